@@ -1,0 +1,130 @@
+//! The statement gate: parse SQL with PostgreSQL's dialect, refuse what is not allowed, and return
+//! the text to forward, re-serialized from the AST (never the client's text with edits).
+//!
+//! This crate is pure: no I/O, no async. The proxy calls [`check`] for every simple-protocol Query
+//! and every extended-protocol Parse; policy rewriting will plug in between parse and serialize.
+
+mod copy;
+mod error;
+mod parse;
+mod settings;
+
+pub use error::Refusal;
+
+use sqlparser::ast::Statement;
+
+/// Which wire-protocol message carried the SQL text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// A simple-protocol `Query` message: zero or more statements separated by `;`.
+    Simple,
+    /// An extended-protocol `Parse` message: at most one statement, `$n` parameters.
+    Extended,
+}
+
+/// A statement (or several) the gate accepted, ready to forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// The SQL to send upstream, serialized from the checked AST.
+    pub sql: String,
+    /// How many statements `sql` holds (0 for an empty query).
+    pub statements: usize,
+}
+
+/// Parses, checks and re-serializes `sql`.
+///
+/// Returns the text to forward, or the reason it must be refused. The returned text is what
+/// PostgreSQL will execute, so every check here applies to exactly what runs.
+pub fn check(sql: &str, protocol: Protocol) -> Result<Checked, Refusal> {
+    let statements = parse::parse(sql)?;
+    if protocol == Protocol::Extended && statements.len() > 1 {
+        return Err(Refusal::Syntax(
+            "cannot insert multiple commands into a prepared statement".into(),
+        ));
+    }
+    for statement in &statements {
+        check_statement(statement)?;
+    }
+    Ok(Checked {
+        sql: serialize(&statements),
+        statements: statements.len(),
+    })
+}
+
+fn check_statement(statement: &Statement) -> Result<(), Refusal> {
+    settings::check(statement)?;
+    copy::check(statement)?;
+    Ok(())
+}
+
+fn serialize(statements: &[Statement]) -> String {
+    let mut out = String::new();
+    for (i, statement) in statements.iter().enumerate() {
+        if i > 0 {
+            out.push_str("; ");
+        }
+        out.push_str(&statement.to_string());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserializes_a_plain_select() {
+        let c = check("select  a ,b from t where a=$1", Protocol::Extended).unwrap();
+        assert_eq!(c.sql, "SELECT a, b FROM t WHERE a = $1");
+        assert_eq!(c.statements, 1);
+    }
+
+    #[test]
+    fn keeps_several_statements_in_a_simple_query() {
+        let c = check("select 1; select 2;", Protocol::Simple).unwrap();
+        assert_eq!(c.sql, "SELECT 1; SELECT 2");
+        assert_eq!(c.statements, 2);
+    }
+
+    #[test]
+    fn refuses_several_statements_in_a_parse() {
+        let e = check("select 1; select 2", Protocol::Extended).unwrap_err();
+        assert_eq!(e.sqlstate(), "42601");
+    }
+
+    #[test]
+    fn empty_query_is_empty() {
+        for q in ["", "  ", ";", " ; ;"] {
+            let c = check(q, Protocol::Simple).unwrap();
+            assert_eq!(c.statements, 0, "{q:?}");
+            assert_eq!(c.sql, "");
+        }
+    }
+
+    #[test]
+    fn unparseable_is_refused_not_forwarded() {
+        let e = check("SELEC 1", Protocol::Simple).unwrap_err();
+        assert_eq!(e.sqlstate(), "42601");
+        assert!(e.to_string().contains("could not parse"), "{e}");
+    }
+
+    #[test]
+    fn a_hidden_second_statement_in_a_comment_is_not_forwarded() {
+        let c = check("select 1 -- ; drop table t\n", Protocol::Simple).unwrap();
+        assert_eq!(c.sql, "SELECT 1");
+        let c = check("select 1 /* ; drop table t */", Protocol::Simple).unwrap();
+        assert_eq!(c.sql, "SELECT 1");
+    }
+
+    #[test]
+    fn string_literals_are_reserialized_with_standard_quoting() {
+        let c = check(r"select 'it''s', 'a\b'", Protocol::Simple).unwrap();
+        assert_eq!(c.sql, r"SELECT 'it''s', 'a\b'");
+    }
+
+    #[test]
+    fn one_refused_statement_refuses_the_message() {
+        let e = check("select 1; set role postgres; select 2", Protocol::Simple).unwrap_err();
+        assert_eq!(e.sqlstate(), "42501");
+    }
+}

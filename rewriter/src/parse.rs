@@ -1,0 +1,41 @@
+//! Parsing with sqlparser's PostgreSQL dialect, bounded in nesting depth.
+
+use sqlparser::ast::Statement;
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use crate::Refusal;
+
+/// Deepest expression/query nesting accepted; deeper input is refused, not parsed recursively.
+const RECURSION_LIMIT: usize = 64;
+
+/// Parses `sql` into statements; an empty string (or only `;`) yields none.
+pub(crate) fn parse(sql: &str) -> Result<Vec<Statement>, Refusal> {
+    if sql.trim_matches(|c: char| c.is_whitespace() || c == ';').is_empty() {
+        return Ok(Vec::new());
+    }
+    if sql.contains('\0') {
+        return Err(Refusal::Syntax("statement contains a NUL byte".into()));
+    }
+    Parser::new(&PostgreSqlDialect {})
+        .with_recursion_limit(RECURSION_LIMIT)
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_statements())
+        .map_err(|e| Refusal::Syntax(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deep_nesting_is_refused_without_overflowing_the_stack() {
+        let sql = format!("SELECT {}1{}", "(".repeat(5000), ")".repeat(5000));
+        assert!(matches!(parse(&sql), Err(Refusal::Syntax(_))));
+    }
+
+    #[test]
+    fn nul_is_refused() {
+        assert!(parse("select 1\0; drop table x").is_err());
+    }
+}

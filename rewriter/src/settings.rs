@@ -1,0 +1,243 @@
+//! Session-state guard: an agent may not change who it is (`SET ROLE`, `SET SESSION
+//! AUTHORIZATION`) nor the settings that change how SQL is lexed (`standard_conforming_strings`,
+//! `client_encoding` other than UTF8), nor anything in Portcullis's own `portcullis.` namespace —
+//! by `SET`, `RESET` or `set_config()`.
+
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName, Reset, Set, Statement,
+    Value, visit_expressions,
+};
+
+use crate::Refusal;
+
+/// Settings whose change is refused outright.
+const PINNED: &[&str] = &[
+    "role",
+    "session_authorization",
+    "standard_conforming_strings",
+];
+
+pub(crate) fn check(statement: &Statement) -> Result<(), Refusal> {
+    match statement {
+        Statement::Set(set) => check_set(set)?,
+        Statement::Reset(reset) => match &reset.reset {
+            Reset::SessionAuthorization => return Err(identity_refusal()),
+            Reset::ConfigurationParameter(name) => check_reset_name(name)?,
+            // RESET ALL returns every setting to its session default; the lexing settings'
+            // defaults are the values Portcullis pinned at connection start.
+            Reset::ALL => {}
+        },
+        _ => {}
+    }
+    check_set_config_calls(statement)
+}
+
+fn check_set(set: &Set) -> Result<(), Refusal> {
+    match set {
+        Set::SetRole { .. } | Set::SetSessionAuthorization(_) => Err(identity_refusal()),
+        Set::SingleAssignment {
+            variable, values, ..
+        } => check_assignment(&setting_name(variable), values.first()),
+        Set::MultipleAssignments { assignments } => assignments
+            .iter()
+            .try_for_each(|a| check_assignment(&setting_name(&a.name), Some(&a.value))),
+        Set::ParenthesizedAssignments { variables, values } => variables
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| check_assignment(&setting_name(v), values.get(i))),
+        Set::SetNames { charset_name, .. } => check_encoding(Some(&charset_name.value)),
+        Set::SetNamesDefault {} => Ok(()),
+        Set::SetTimeZone { .. } | Set::SetTransaction { .. } => Ok(()),
+        Set::SetSessionParam(_) => Err(Refusal::Unsupported("SQL Server session options".into())),
+    }
+}
+
+fn check_assignment(name: &str, value: Option<&Expr>) -> Result<(), Refusal> {
+    if PINNED.contains(&name) || name.starts_with("portcullis.") {
+        return Err(pinned_refusal(name));
+    }
+    if name == "client_encoding" {
+        return check_encoding(value.and_then(literal_text).as_deref());
+    }
+    Ok(())
+}
+
+fn check_reset_name(name: &ObjectName) -> Result<(), Refusal> {
+    let name = setting_name(name);
+    if name == "role" || name == "session_authorization" {
+        return Err(identity_refusal());
+    }
+    if name.starts_with("portcullis.") {
+        return Err(pinned_refusal(&name));
+    }
+    // Resetting a lexing setting returns it to the value pinned at connection start.
+    Ok(())
+}
+
+fn check_encoding(value: Option<&str>) -> Result<(), Refusal> {
+    match value.map(normalize_encoding) {
+        Some(v) if v == "utf8" || v == "unicode" => Ok(()),
+        _ => Err(Refusal::Forbidden(
+            "client_encoding is pinned to UTF8 by Portcullis".into(),
+        )),
+    }
+}
+
+/// `set_config('name', value, is_local)` changes a setting like `SET` does; the name must be a
+/// literal, so that the gate can see which setting it is.
+fn check_set_config_calls(statement: &Statement) -> Result<(), Refusal> {
+    let flow = visit_expressions(statement, |expr| {
+        let Expr::Function(f) = expr else {
+            return ControlFlow::Continue(());
+        };
+        let is_set_config = f
+            .name
+            .0
+            .last()
+            .and_then(|p| p.as_ident())
+            .is_some_and(|i| i.value.eq_ignore_ascii_case("set_config"));
+        if !is_set_config {
+            return ControlFlow::Continue(());
+        }
+        let args = match &f.args {
+            FunctionArguments::List(list) => &list.args,
+            _ => return ControlFlow::Break(Refusal::Forbidden("set_config without arguments".into())),
+        };
+        let name = match args.first() {
+            Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) => literal_text(e),
+            _ => None,
+        };
+        let Some(name) = name else {
+            return ControlFlow::Break(Refusal::Forbidden(
+                "set_config needs a literal setting name".into(),
+            ));
+        };
+        let name = name.to_ascii_lowercase();
+        let value = match args.get(1) {
+            Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) => Some(e),
+            _ => None,
+        };
+        match check_assignment(&name, value) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => ControlFlow::Break(e),
+        }
+    });
+    match flow {
+        ControlFlow::Break(e) => Err(e),
+        ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
+/// A setting's name as PostgreSQL compares it: dotted, case-insensitive (even when quoted).
+fn setting_name(name: &ObjectName) -> String {
+    name.0
+        .iter()
+        .map(|p| {
+            p.as_ident()
+                .map(|i| i.value.to_ascii_lowercase())
+                .unwrap_or_else(|| p.to_string().to_ascii_lowercase())
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The text of a string literal or bare identifier (`SET client_encoding TO utf8`).
+fn literal_text(expr: &Expr) -> Option<String> {
+    match expr {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) | Value::EscapedStringLiteral(s) => Some(s.clone()),
+            _ => None,
+        },
+        Expr::Identifier(i) => Some(i.value.clone()),
+        _ => None,
+    }
+}
+
+fn normalize_encoding(name: &str) -> String {
+    name.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
+fn identity_refusal() -> Refusal {
+    Refusal::Forbidden("an agent cannot change its role or session authorization".into())
+}
+
+fn pinned_refusal(name: &str) -> Refusal {
+    Refusal::Forbidden(format!("the setting \"{name}\" cannot be changed through Portcullis"))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Protocol, check};
+
+    fn refused(sql: &str) -> bool {
+        check(sql, Protocol::Simple).is_err()
+    }
+
+    #[test]
+    fn identity_changes_are_refused() {
+        for sql in [
+            "SET ROLE postgres",
+            "set local role postgres",
+            "SET SESSION ROLE NONE",
+            "SET SESSION AUTHORIZATION postgres",
+            "SET SESSION AUTHORIZATION DEFAULT",
+            "RESET ROLE",
+            "RESET SESSION AUTHORIZATION",
+            "SET role = 'postgres'",
+            "SET \"ROLE\" TO postgres",
+            "SET session_authorization TO postgres",
+            "SELECT set_config('role', 'postgres', false)",
+            "SELECT pg_catalog.set_config('ROLE', 'postgres', false)",
+            "SELECT 1 WHERE set_config('session_authorization', 'x', true) IS NOT NULL",
+        ] {
+            assert!(refused(sql), "{sql} must be refused");
+        }
+    }
+
+    #[test]
+    fn lexing_settings_are_pinned() {
+        for sql in [
+            "SET standard_conforming_strings = off",
+            "SET standard_conforming_strings TO on",
+            "SET LOCAL standard_conforming_strings TO off",
+            "SET client_encoding = 'SQL_ASCII'",
+            "SET client_encoding TO 'GBK'",
+            "SET NAMES 'latin1'",
+            "SELECT set_config('standard_conforming_strings', 'off', false)",
+            "SELECT set_config('client_encoding', 'BIG5', false)",
+            "SELECT set_config(current_user, 'off', false)",
+            "SELECT set_config($1, 'off', false)",
+            "SET portcullis.agent = 'admin'",
+            "RESET portcullis.agent",
+        ] {
+            assert!(refused(sql), "{sql} must be refused");
+        }
+    }
+
+    #[test]
+    fn ordinary_settings_pass() {
+        for sql in [
+            "SET extra_float_digits = 3",
+            "SET application_name = 'psql'",
+            "SET client_encoding = 'UTF8'",
+            "SET client_encoding TO 'utf-8'",
+            "SET client_encoding TO unicode",
+            "SET search_path TO public",
+            "SET TIME ZONE 'UTC'",
+            "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            "SET TRANSACTION READ ONLY",
+            "RESET ALL",
+            "RESET search_path",
+            "SELECT set_config('search_path', 'public', false)",
+            "SHOW standard_conforming_strings",
+            "SHOW TRANSACTION ISOLATION LEVEL",
+        ] {
+            assert!(check(sql, Protocol::Simple).is_ok(), "{sql} must pass: {:?}", check(sql, Protocol::Simple));
+        }
+    }
+}
