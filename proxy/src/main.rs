@@ -1,1 +1,111 @@
-fn main(){}
+//! `portcullis`: the command line. Parses arguments, loads configuration, and runs the chosen
+//! subcommand; `anyhow` errors stop here with a readable message.
+
+mod config;
+mod demo;
+mod pg;
+mod server;
+mod tls;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// Portcullis: a data-layer authorization gate for AI agents, speaking the PostgreSQL protocol.
+#[derive(Parser)]
+#[command(name = "portcullis", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy with a configuration file
+    Serve {
+        /// Path to the TOML configuration (see portcullis.example.toml)
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Start a throwaway PostgreSQL with the demo fixtures plus Portcullis in front of it
+    Demo {
+        /// Address for agents to connect to
+        #[arg(long, default_value = "127.0.0.1:6432")]
+        listen: std::net::SocketAddr,
+        /// Directory holding schema.sql, data.sql and roles.sql
+        #[arg(long, default_value = "fixtures")]
+        fixtures: PathBuf,
+    },
+    /// Check a configuration file and exit (non-zero, naming the key, when it is invalid)
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Read a secret from standard input and print its SCRAM-SHA-256 verifier for the config
+    HashSecret,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => {
+            let resolved = config::Config::load(&config)?.resolve()?;
+            runtime()?.block_on(serve(resolved))
+        }
+        Command::Demo { listen, fixtures } => runtime()?.block_on(demo::run(listen, fixtures)),
+        Command::CheckConfig { config } => {
+            let resolved = config::Config::load(&config)?.resolve()?;
+            server::Shared::new(resolved)?;
+            println!("{}: OK", config.display());
+            Ok(())
+        }
+        Command::HashSecret => {
+            let mut secret = String::new();
+            std::io::stdin().read_line(&mut secret)?;
+            let secret = secret.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!secret.is_empty(), "no secret on standard input");
+            println!("{}", postgres_protocol::password::scram_sha_256(secret.as_bytes()));
+            Ok(())
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+async fn serve(resolved: config::Resolved) -> anyhow::Result<()> {
+    let listen = resolved.listen;
+    let shared = Arc::new(server::Shared::new(resolved)?);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tokio::select! {
+        r = server::serve(listener, shared) => r.context("listener failed"),
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,254 @@
+//! Configuration file (TOML): where to listen, the upstream database, TLS, limits and agents.
+//! Unknown keys and bad values are start-up errors that name the key. Secrets never reach logs.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use connectors::postgres::UpstreamConfig;
+use serde::Deserialize;
+
+use crate::pg::scram::Verifier;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub postgres: PostgresConfig,
+    #[serde(default)]
+    pub agents: Vec<AgentConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Address agents connect to.
+    pub listen: SocketAddr,
+    /// The real database, e.g. `postgres://portcullis:pass@127.0.0.1:5432/app`.
+    pub upstream: Secret,
+    /// Name of an environment variable holding the upstream password (overrides the URL's).
+    pub upstream_password_env: Option<String>,
+    /// TLS toward clients; when absent, SSLRequest is answered 'N'.
+    pub tls: Option<TlsConfig>,
+    /// Refuse clients that do not use TLS (needs `tls`).
+    #[serde(default)]
+    pub require_tls: bool,
+    /// Largest protocol message accepted from a client, in bytes.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Largest SQL text (Query or Parse) accepted, in bytes; longer statements are refused.
+    #[serde(default = "default_max_query_bytes")]
+    pub max_query_bytes: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The agent's id: the PostgreSQL user name it connects with.
+    pub id: String,
+    /// Plaintext secret, or a `SCRAM-SHA-256$…` verifier (see `portcullis hash-secret`).
+    pub secret: Option<Secret>,
+    /// Name of an environment variable holding the secret (or verifier).
+    pub secret_env: Option<String>,
+}
+
+fn default_max_message_bytes() -> usize {
+    64 << 20
+}
+
+fn default_max_query_bytes() -> usize {
+    1 << 20
+}
+
+/// A string that is never printed by `Debug`.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The configuration after validation: everything resolved that can be resolved at start-up.
+pub struct Resolved {
+    pub listen: SocketAddr,
+    pub upstream: UpstreamConfig,
+    pub tls: Option<TlsConfig>,
+    pub require_tls: bool,
+    pub max_message_bytes: usize,
+    pub max_query_bytes: usize,
+    pub agents: Vec<(String, Verifier)>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks every value and resolves environment variables and verifiers.
+    pub fn resolve(self) -> Result<Resolved, ConfigError> {
+        let pg = self.postgres;
+        let mut upstream = UpstreamConfig::from_url(&pg.upstream.0)
+            .map_err(|e| invalid("postgres.upstream", e.to_string()))?;
+        if let Some(var) = &pg.upstream_password_env {
+            let pw = std::env::var(var).map_err(|_| {
+                invalid(
+                    "postgres.upstream_password_env",
+                    format!("environment variable {var} is not set"),
+                )
+            })?;
+            upstream.password = Some(pw);
+        }
+        if pg.require_tls && pg.tls.is_none() {
+            return Err(invalid("postgres.require_tls", "needs [postgres.tls]"));
+        }
+        if pg.max_message_bytes < 1024 {
+            return Err(invalid("postgres.max_message_bytes", "must be at least 1024"));
+        }
+        if pg.max_query_bytes == 0 || pg.max_query_bytes > pg.max_message_bytes {
+            return Err(invalid(
+                "postgres.max_query_bytes",
+                "must be between 1 and postgres.max_message_bytes",
+            ));
+        }
+        let mut seen = HashSet::new();
+        let mut agents = Vec::new();
+        for (i, a) in self.agents.into_iter().enumerate() {
+            let key = format!("agents[{i}]");
+            if a.id.is_empty() || a.id.len() > 63 || a.id.contains('\0') {
+                return Err(invalid(format!("{key}.id"), "must be 1 to 63 bytes, no NUL"));
+            }
+            if !seen.insert(a.id.clone()) {
+                return Err(invalid(format!("{key}.id"), format!("duplicate agent id {:?}", a.id)));
+            }
+            let secret = match (a.secret, &a.secret_env) {
+                (Some(s), None) => s.0,
+                (None, Some(var)) => std::env::var(var).map_err(|_| {
+                    invalid(format!("{key}.secret_env"), format!("environment variable {var} is not set"))
+                })?,
+                _ => {
+                    return Err(invalid(key, "set exactly one of `secret` or `secret_env`"));
+                }
+            };
+            if secret.is_empty() {
+                return Err(invalid(format!("{key}.secret"), "must not be empty"));
+            }
+            let verifier = if secret.starts_with("SCRAM-SHA-256$") {
+                Verifier::parse(&secret).map_err(|e| invalid(format!("{key}.secret"), e.to_string()))?
+            } else {
+                Verifier::from_secret(&secret)
+            };
+            agents.push((a.id, verifier));
+        }
+        Ok(Resolved {
+            listen: pg.listen,
+            upstream,
+            tls: pg.tls,
+            require_tls: pg.require_tls,
+            max_message_bytes: pg.max_message_bytes,
+            max_query_bytes: pg.max_query_bytes,
+            agents,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [postgres]
+        listen = "127.0.0.1:6432"
+        upstream = "postgres://u:p@127.0.0.1:5432/app"
+        [[agents]]
+        id = "bot"
+        secret = "s"
+    "#;
+
+    #[test]
+    fn a_good_config_resolves() {
+        let r = Config::parse(GOOD).unwrap().resolve().unwrap();
+        assert_eq!(r.upstream.dbname, "app");
+        assert_eq!(r.agents.len(), 1);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = Config::parse(&GOOD.replace("listen", "listne")).unwrap_err();
+        assert!(e.contains("listne"), "{e}");
+        let e = Config::parse(&format!("{GOOD}\nfoo = 1")).unwrap_err();
+        assert!(e.contains("foo"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = Config::parse(&GOOD.replace("127.0.0.1:6432", "nowhere")).unwrap_err();
+        assert!(e.contains("listen"), "{e}");
+        let e = Config::parse(&GOOD.replace("postgres://u:p@127.0.0.1:5432/app", "postgres://u:p@h:notaport/app"))
+            .unwrap()
+            .resolve()
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("postgres.upstream"), "{e}");
+        assert!(!e.contains(":p@"), "the error must not echo the password: {e}");
+    }
+
+    #[test]
+    fn duplicate_agents_and_missing_secrets_are_errors() {
+        let dup = format!("{GOOD}\n[[agents]]\nid = \"bot\"\nsecret = \"t\"\n");
+        let e = Config::parse(&dup).unwrap().resolve().err().unwrap().to_string();
+        assert!(e.contains("agents[1].id"), "{e}");
+        let none = GOOD.replace("secret = \"s\"", "");
+        let e = Config::parse(&none).unwrap().resolve().err().unwrap().to_string();
+        assert!(e.contains("agents[0]"), "{e}");
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let c = Config::parse(GOOD).unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("u:p@"), "{dbg}");
+        assert!(!dbg.contains("\"s\""), "{dbg}");
+    }
+}

@@ -1,0 +1,84 @@
+//! `portcullis demo`: a throwaway PostgreSQL loaded with `fixtures/`, a non-superuser upstream
+//! login, and Portcullis in front of it with demo agents; prints the URL an agent uses.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use connectors::postgres::{LocalCluster, UpstreamConfig, random_token};
+
+use crate::config::Resolved;
+use crate::pg::scram::Verifier;
+
+pub const DEMO_DB: &str = "portcullis_demo";
+const UPSTREAM_USER: &str = "portcullis_upstream";
+/// Demo agents and their secrets (demo only: real deployments keep verifiers in the config).
+const AGENTS: &[(&str, &str)] = &[("support-bot", "support-secret"), ("auditor", "auditor-secret")];
+
+pub async fn run(listen: SocketAddr, fixtures: PathBuf) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        fixtures.join("schema.sql").is_file(),
+        "fixtures not found in {} (run from the repository root or pass --fixtures)",
+        fixtures.display()
+    );
+    let upstream_password = random_token();
+    let cluster = {
+        let fixtures = fixtures.clone();
+        let pw = upstream_password.clone();
+        tokio::task::spawn_blocking(move || setup_cluster(&fixtures, &pw)).await??
+    };
+    let resolved = Resolved {
+        listen,
+        upstream: UpstreamConfig {
+            host: "127.0.0.1".into(),
+            port: cluster.port(),
+            user: UPSTREAM_USER.into(),
+            password: Some(upstream_password),
+            dbname: DEMO_DB.into(),
+        },
+        tls: None,
+        require_tls: false,
+        max_message_bytes: 64 << 20,
+        max_query_bytes: 1 << 20,
+        agents: AGENTS
+            .iter()
+            .map(|(id, secret)| (id.to_string(), Verifier::from_secret(secret)))
+            .collect(),
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let shared = Arc::new(crate::server::Shared::new(resolved)?);
+    println!("Portcullis demo is running. PostgreSQL (throwaway) is on port {}.", cluster.port());
+    println!("Connect as an agent:");
+    for (id, secret) in AGENTS {
+        println!("  psql 'postgres://{id}:{secret}@{listen}/{DEMO_DB}'");
+    }
+    println!("Press Ctrl-C to stop; the throwaway database is deleted on exit.");
+    tokio::select! {
+        r = crate::server::serve(listener, shared) => r?,
+        _ = crate::shutdown_signal() => {}
+    }
+    tokio::task::spawn_blocking(move || drop(cluster)).await?;
+    Ok(())
+}
+
+/// Starts a cluster, creates the demo database, loads fixtures and the upstream login.
+pub fn setup_cluster(fixtures: &std::path::Path, upstream_password: &str) -> anyhow::Result<LocalCluster> {
+    let cluster = LocalCluster::start().context("starting a throwaway PostgreSQL")?;
+    cluster.psql("postgres", &format!("CREATE DATABASE {DEMO_DB}"), &[])?;
+    for file in ["schema.sql", "data.sql"] {
+        cluster
+            .psql_file(DEMO_DB, &fixtures.join(file), &[])
+            .with_context(|| format!("loading {file}"))?;
+    }
+    cluster
+        .psql_file(
+            DEMO_DB,
+            &fixtures.join("roles.sql"),
+            &[("upstream_user", UPSTREAM_USER), ("upstream_password", upstream_password)],
+        )
+        .context("creating the upstream login")?;
+    Ok(cluster)
+}

@@ -1,0 +1,319 @@
+//! The startup phase: answer SSLRequest/GSSENCRequest, serve CancelRequest, vet the startup
+//! parameters against an allow-list, authenticate the agent with SCRAM-SHA-256, and log in to
+//! the upstream with Portcullis's own credentials.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use super::client_stream::ClientStream;
+use super::messages::error::{Severity, error_response};
+use super::messages::startup::{self, MAX_STARTUP_PACKET, StartupPacket};
+use super::messages::{auth, frame, status};
+use super::scram::{Exchange, Verifier};
+use crate::server::Shared;
+
+/// A client that passed the handshake, with its upstream session ready.
+pub struct Authenticated {
+    pub client: ClientStream,
+    pub agent: String,
+    pub upstream: connectors::postgres::Upstream,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("client I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The client was sent a FATAL error with this SQLSTATE and message, and the connection ends.
+    #[error("refused ({0}): {1}")]
+    Refused(&'static str, String),
+    /// The connection ended normally without a session (cancel request, TLS probe).
+    #[error("no session requested")]
+    NoSession,
+}
+
+/// Startup parameters forwarded upstream as the client sent them (compared case-insensitively).
+const FORWARDED: &[&str] = &[
+    "application_name",
+    "datestyle",
+    "timezone",
+    "extra_float_digits",
+    "intervalstyle",
+    "search_path",
+    "bytea_output",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "default_transaction_isolation",
+    "default_transaction_read_only",
+    "geqo",
+];
+
+pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Result<Authenticated, HandshakeError> {
+    let mut client = ClientStream::Plain(tcp);
+    let (major, minor, params) = loop {
+        let body = read_startup_packet(&mut client).await?;
+        match startup::decode(&body) {
+            Ok(StartupPacket::SslRequest) => {
+                if client.is_tls() {
+                    return Err(HandshakeError::Refused("08P01", "SSLRequest after TLS".into()));
+                }
+                match (&shared.tls, client) {
+                    (Some(acceptor), ClientStream::Plain(mut tcp)) => {
+                        tcp.write_all(b"S").await?;
+                        client = ClientStream::Tls(Box::new(acceptor.accept(tcp).await?));
+                    }
+                    (_, mut c) => {
+                        c.write_all(b"N").await?;
+                        client = c;
+                    }
+                }
+            }
+            Ok(StartupPacket::GssEncRequest) => client.write_all(b"N").await?,
+            Ok(StartupPacket::Cancel {
+                process_id,
+                secret_key,
+            }) => {
+                if let Some(t) = shared.cancels.lookup(process_id, secret_key) {
+                    debug!("forwarding a cancel request to backend {}", t.process_id);
+                    if let Err(e) = connectors::postgres::cancel(t.addr, t.process_id, t.secret_key).await {
+                        warn!("cancel request to the upstream failed: {e}");
+                    }
+                }
+                return Err(HandshakeError::NoSession);
+            }
+            Ok(StartupPacket::Startup { major, minor, params }) => break (major, minor, params),
+            Err(e) => return fatal(&mut client, "08P01", &e.to_string()).await,
+        }
+    };
+
+    if major != 3 {
+        return fatal(
+            &mut client,
+            "0A000",
+            &format!("unsupported frontend protocol {major}.{minor}: Portcullis speaks 3.0"),
+        )
+        .await;
+    }
+    if shared.require_tls && !client.is_tls() {
+        return fatal(&mut client, "28000", "Portcullis requires TLS (sslmode=require)").await;
+    }
+    let vetted = match vet_params(&params, &shared.upstream.dbname) {
+        Ok(v) => v,
+        Err((code, message)) => return fatal(&mut client, code, &message).await,
+    };
+    if minor > 0 || !vetted.unsupported.is_empty() {
+        let mut out = BytesMut::new();
+        status::negotiate_protocol_version(&mut out, 0, &vetted.unsupported);
+        client.write_all(&out).await?;
+    }
+
+    if !authenticate(&mut client, &vetted.agent, shared).await? {
+        info!(agent = %vetted.agent, "authentication failed");
+        return fatal(
+            &mut client,
+            "28P01",
+            &format!("password authentication failed for user \"{}\"", vetted.agent),
+        )
+        .await;
+    }
+
+    let mut upstream_params: Vec<(&str, &str)> = vec![
+        ("client_encoding", "UTF8"),
+        ("standard_conforming_strings", "on"),
+    ];
+    upstream_params.extend(vetted.forward.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let upstream = match connectors::postgres::connect(&shared.upstream, &upstream_params).await {
+        Ok(u) => u,
+        Err(e) => {
+            warn!(agent = %vetted.agent, "upstream login failed: {e}");
+            return fatal(&mut client, "08006", "Portcullis cannot reach the database").await;
+        }
+    };
+    info!(agent = %vetted.agent, backend = upstream.process_id, "session started");
+    Ok(Authenticated {
+        client,
+        agent: vetted.agent,
+        upstream,
+    })
+}
+
+/// Sends a FATAL ErrorResponse and ends the handshake.
+async fn fatal<T>(client: &mut ClientStream, code: &'static str, message: &str) -> Result<T, HandshakeError> {
+    let mut out = BytesMut::new();
+    error_response(&mut out, Severity::Fatal, code, message, None);
+    let _ = client.write_all(&out).await;
+    let _ = client.shutdown().await;
+    Err(HandshakeError::Refused(code, message.to_string()))
+}
+
+async fn read_startup_packet(client: &mut ClientStream) -> Result<Vec<u8>, HandshakeError> {
+    let len = client.read_i32().await?;
+    if len < 8 || len as usize > MAX_STARTUP_PACKET {
+        return fatal(client, "08P01", "invalid length of startup packet").await;
+    }
+    let mut body = vec![0u8; len as usize - 4];
+    client.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+struct Vetted {
+    agent: String,
+    forward: Vec<(String, String)>,
+    unsupported: Vec<String>,
+}
+
+fn vet_params(params: &[(String, String)], dbname: &str) -> Result<Vetted, (&'static str, String)> {
+    let mut agent = None;
+    let mut forward = Vec::new();
+    let mut unsupported = Vec::new();
+    for (k, v) in params {
+        let key = k.to_ascii_lowercase();
+        match key.as_str() {
+            "user" => agent = Some(v.clone()),
+            "database" => {
+                if !v.is_empty() && v != dbname {
+                    return Err(("3D000", format!("database \"{v}\" does not exist")));
+                }
+            }
+            "replication" => {
+                if !matches!(v.to_ascii_lowercase().as_str(), "false" | "off" | "no" | "0") {
+                    return Err(("28000", "replication connections are not allowed through Portcullis".into()));
+                }
+            }
+            "client_encoding" => {
+                let norm: String = v
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric())
+                    .collect::<String>()
+                    .to_ascii_lowercase();
+                if norm != "utf8" && norm != "unicode" {
+                    return Err(("22023", "Portcullis requires client_encoding UTF8".into()));
+                }
+            }
+            "options" if v.trim().is_empty() => {}
+            _ if key.starts_with("_pq_.") => unsupported.push(k.clone()),
+            _ if FORWARDED.contains(&key.as_str()) => forward.push((key, v.clone())),
+            _ => {
+                return Err((
+                    "42704",
+                    format!("Portcullis does not accept the startup parameter \"{k}\""),
+                ));
+            }
+        }
+    }
+    match agent {
+        Some(a) if !a.is_empty() => Ok(Vetted {
+            agent: a,
+            forward,
+            unsupported,
+        }),
+        _ => Err(("28000", "no PostgreSQL user name specified in startup packet".into())),
+    }
+}
+
+/// SCRAM-SHA-256 with the agent's verifier, or with a decoy for an unknown agent so that both
+/// fail the same way. Returns whether the agent proved its secret.
+async fn authenticate(client: &mut ClientStream, agent: &str, shared: &Shared) -> Result<bool, HandshakeError> {
+    let known = shared.agents.get(agent).cloned();
+    let is_known = known.is_some();
+    let verifier = known.unwrap_or_else(|| Verifier::decoy(agent, &shared.decoy_key));
+
+    let mut out = BytesMut::new();
+    auth::authentication_sasl(&mut out);
+    client.write_all(&out).await?;
+
+    let first = read_auth_message(client).await?;
+    let Some((mechanism, data)) = auth::decode_sasl_initial(&first) else {
+        return fatal(client, "08P01", "invalid SASLInitialResponse").await;
+    };
+    if mechanism != auth::SCRAM_SHA_256 {
+        return fatal(client, "28000", "unsupported SASL mechanism (Portcullis offers SCRAM-SHA-256)").await;
+    }
+    let (exchange, server_first) = match Exchange::start(verifier, data) {
+        Ok(x) => x,
+        Err(e) => return fatal(client, "28000", &format!("SCRAM: {e}")).await,
+    };
+    out.clear();
+    auth::authentication_sasl_continue(&mut out, server_first.as_bytes());
+    client.write_all(&out).await?;
+
+    let final_msg = read_auth_message(client).await?;
+    let Ok(server_final) = exchange.finish(auth::decode_sasl_response(&final_msg)) else {
+        return Ok(false);
+    };
+    if !is_known {
+        return Ok(false);
+    }
+    out.clear();
+    auth::authentication_sasl_final(&mut out, server_final.as_bytes());
+    auth::authentication_ok(&mut out);
+    client.write_all(&out).await?;
+    Ok(true)
+}
+
+/// Reads one 'p' message during authentication.
+async fn read_auth_message(client: &mut ClientStream) -> Result<BytesMut, HandshakeError> {
+    let mut header = [0u8; frame::HEADER];
+    client.read_exact(&mut header).await?;
+    let (tag, size) = match frame::peek_header(&header) {
+        Ok(Some(h)) => h,
+        _ => return fatal(client, "08P01", "invalid message length").await,
+    };
+    if tag != b'p' || size > MAX_STARTUP_PACKET {
+        return fatal(client, "08P01", "expected a SASL response").await;
+    }
+    let mut buf = BytesMut::with_capacity(size);
+    buf.extend_from_slice(&header);
+    buf.resize(size, 0);
+    client.read_exact(&mut buf[frame::HEADER..]).await?;
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn typical_client_parameters_pass() {
+        let v = vet_params(
+            &p(&[
+                ("user", "bot"),
+                ("database", "app"),
+                ("client_encoding", "UTF8"),
+                ("DateStyle", "ISO"),
+                ("TimeZone", "UTC"),
+                ("extra_float_digits", "3"),
+                ("application_name", "psql"),
+                ("_pq_.x", "1"),
+            ]),
+            "app",
+        )
+        .unwrap();
+        assert_eq!(v.agent, "bot");
+        assert_eq!(v.forward.len(), 4);
+        assert_eq!(v.unsupported, vec!["_pq_.x".to_string()]);
+    }
+
+    #[test]
+    fn dangerous_parameters_are_refused() {
+        for bad in [
+            ("replication", "database"),
+            ("replication", "true"),
+            ("options", "-c role=postgres"),
+            ("role", "postgres"),
+            ("session_authorization", "postgres"),
+            ("standard_conforming_strings", "off"),
+            ("client_encoding", "SQL_ASCII"),
+            ("database", "postgres"),
+        ] {
+            assert!(vet_params(&p(&[("user", "bot"), bad]), "app").is_err(), "{bad:?}");
+        }
+        assert!(vet_params(&p(&[("database", "app")]), "app").is_err());
+    }
+}

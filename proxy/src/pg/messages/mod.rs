@@ -1,0 +1,34 @@
+//! PostgreSQL wire messages, one file per message family. The proxy frames messages itself
+//! (1-byte tag + 4-byte length) and decodes only the ones it must look at; everything else is
+//! forwarded as the bytes that arrived.
+
+pub mod auth;
+pub mod error;
+pub mod frame;
+pub mod query;
+pub mod startup;
+pub mod status;
+
+/// Appends a NUL-terminated string.
+pub(crate) fn put_cstr(out: &mut bytes::BytesMut, s: &str) {
+    out.extend_from_slice(s.as_bytes());
+    out.extend_from_slice(&[0]);
+}
+
+/// Writes `tag`, a length placeholder, runs `body`, then fills in the length.
+pub(crate) fn write_message(out: &mut bytes::BytesMut, tag: u8, body: impl FnOnce(&mut bytes::BytesMut)) {
+    out.extend_from_slice(&[tag, 0, 0, 0, 0]);
+    let start = out.len() - 4;
+    body(out);
+    let len = (out.len() - start) as i32;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Reads a NUL-terminated UTF-8 string from `buf` starting at `*pos`, advancing past the NUL.
+pub(crate) fn read_cstr<'a>(buf: &'a [u8], pos: &mut usize) -> Option<&'a str> {
+    let rest = buf.get(*pos..)?;
+    let end = rest.iter().position(|&b| b == 0)?;
+    let s = std::str::from_utf8(&rest[..end]).ok()?;
+    *pos += end + 1;
+    Some(s)
+}

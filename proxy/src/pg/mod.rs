@@ -1,0 +1,11 @@
+//! The PostgreSQL front door: handshake (TLS, startup, SCRAM), then a relay session that sends
+//! every statement through the gate and forwards results as raw bytes.
+
+pub mod cancel;
+pub mod client_stream;
+pub mod gate_cache;
+pub mod handshake;
+pub mod messages;
+pub mod pipeline;
+pub mod scram;
+pub mod session;

@@ -1,0 +1,385 @@
+//! One agent session: relays between the client and its upstream backend.
+//!
+//! Client → upstream: every Query and Parse goes through the statement gate and is re-encoded
+//! with the gate's SQL; other extended-protocol messages are forwarded as they arrived.
+//! A refused statement is replaced by [`REFUSAL_SQL`], which fails upstream at parse time with no
+//! side effect; its ErrorResponse is swapped for Portcullis's own (see `pipeline`). That keeps
+//! PostgreSQL's own ordering, transaction-abort and skip-to-Sync behaviour for refusals.
+//!
+//! Upstream → client: messages are forwarded as bytes, only their headers read (plus
+//! ParameterStatus and ReadyForQuery bodies); rows are never decoded.
+
+use bytes::{Buf, BytesMut};
+use rewriter::Protocol;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use super::cancel::CancelTarget;
+use super::client_stream::ClientStream;
+use super::messages::error::{Severity, error_response};
+use super::messages::frame::{self, FrameError};
+use super::messages::query::{self, ParseDecodeError};
+use super::messages::status;
+use super::pipeline::{Expect, Pipeline, Rejection};
+use crate::server::Shared;
+
+/// Sent upstream in place of a refused statement: a raw-parser syntax error, nothing runs.
+const REFUSAL_SQL: &str = "PORTCULLIS_REFUSED";
+
+/// Largest ParameterStatus/ReadyForQuery the proxy buffers to inspect.
+const MAX_INSPECTED: usize = 64 * 1024;
+
+pub struct Session<'a> {
+    shared: &'a Shared,
+    agent: String,
+    client: ClientStream,
+    upstream: TcpStream,
+    cancel: CancelTarget,
+    pipeline: Pipeline,
+    /// After a refused Parse: drop client messages until Sync, as PostgreSQL does.
+    skip_until_sync: bool,
+    from_client: BytesMut,
+    from_upstream: BytesMut,
+    to_upstream: BytesMut,
+    to_client: BytesMut,
+    /// Bytes still to forward of an upstream message already accounted for.
+    passthrough: usize,
+    /// Bytes still to drop of an upstream message that was replaced.
+    dropping: usize,
+}
+
+/// How a session ended abnormally; the client has been told (FATAL) where it still listens.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("client protocol violation: {0}")]
+    ClientProtocol(String),
+    #[error("upstream protocol violation: {0}")]
+    UpstreamProtocol(String),
+    #[error("upstream I/O: {0}")]
+    Upstream(std::io::Error),
+    #[error("client I/O: {0}")]
+    Client(std::io::Error),
+}
+
+enum Flow {
+    Continue,
+    Terminate,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(
+        shared: &'a Shared,
+        agent: String,
+        client: ClientStream,
+        upstream: TcpStream,
+        cancel: CancelTarget,
+    ) -> Self {
+        Session {
+            shared,
+            agent,
+            client,
+            upstream,
+            cancel,
+            pipeline: Pipeline::default(),
+            skip_until_sync: false,
+            from_client: BytesMut::with_capacity(16 * 1024),
+            from_upstream: BytesMut::with_capacity(64 * 1024),
+            to_upstream: BytesMut::with_capacity(16 * 1024),
+            to_client: BytesMut::with_capacity(64 * 1024),
+            passthrough: 0,
+            dropping: 0,
+        }
+    }
+
+    /// Sends the client the upstream's parameters, our cancel key and ReadyForQuery.
+    pub async fn greet(&mut self, parameters: &[(String, String)], key: (i32, i32)) -> Result<(), SessionError> {
+        let mut out = BytesMut::new();
+        for (name, value) in parameters {
+            // The upstream login's name is Portcullis's business, not the agent's.
+            let value = if name == "session_authorization" { &self.agent } else { value };
+            status::parameter_status(&mut out, name, value);
+        }
+        status::backend_key_data(&mut out, key.0, key.1);
+        status::ready_for_query(&mut out, b'I');
+        self.client.write_all(&out).await.map_err(SessionError::Client)
+    }
+
+    pub async fn run(mut self) -> Result<(), SessionError> {
+        let result = self.relay().await;
+        match &result {
+            Ok(()) => debug!(agent = %self.agent, "session ended"),
+            Err(e) => info!(agent = %self.agent, "session ended: {e}"),
+        }
+        if !self.pipeline.is_idle() {
+            // The client is gone or misbehaved mid-query: stop the work it started.
+            if let Err(e) =
+                connectors::postgres::cancel(self.cancel.addr, self.cancel.process_id, self.cancel.secret_key).await
+            {
+                warn!("cancelling the upstream query failed: {e}");
+            }
+        }
+        let mut bye = BytesMut::new();
+        query::encode_terminate(&mut bye);
+        let _ = self.upstream.write_all(&bye).await;
+        result
+    }
+
+    async fn relay(&mut self) -> Result<(), SessionError> {
+        loop {
+            tokio::select! {
+                read = self.client.read_buf(&mut self.from_client) => {
+                    match read {
+                        Ok(0) => return Ok(()),
+                        Ok(_) => {}
+                        Err(e) => return Err(SessionError::Client(e)),
+                    }
+                    let flow = self.on_client_data();
+                    if !self.to_upstream.is_empty() {
+                        self.upstream.write_all(&self.to_upstream).await.map_err(SessionError::Upstream)?;
+                        self.to_upstream.clear();
+                    }
+                    match flow {
+                        Ok(Flow::Continue) => {}
+                        Ok(Flow::Terminate) => return Ok(()),
+                        Err(e) => {
+                            self.fatal_to_client("08P01", &e.to_string()).await;
+                            return Err(e);
+                        }
+                    }
+                }
+                read = self.upstream.read_buf(&mut self.from_upstream) => {
+                    match read {
+                        Ok(0) => {
+                            let _ = self.client.write_all(&self.to_client).await;
+                            self.fatal_to_client("08006", "the database closed the connection").await;
+                            return Err(SessionError::Upstream(std::io::ErrorKind::UnexpectedEof.into()));
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            self.fatal_to_client("08006", "lost the connection to the database").await;
+                            return Err(SessionError::Upstream(e));
+                        }
+                    }
+                    let result = self.on_upstream_data();
+                    if !self.to_client.is_empty() {
+                        self.client.write_all(&self.to_client).await.map_err(SessionError::Client)?;
+                        self.to_client.clear();
+                    }
+                    if let Err(e) = result {
+                        self.fatal_to_client("08P01", "Portcullis ended the session: unexpected response from the database").await;
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn fatal_to_client(&mut self, code: &str, message: &str) {
+        let mut out = BytesMut::new();
+        error_response(&mut out, Severity::Fatal, code, message, None);
+        let _ = self.client.write_all(&out).await;
+        let _ = self.client.shutdown().await;
+    }
+
+    /// Handles every complete client message in the buffer.
+    fn on_client_data(&mut self) -> Result<Flow, SessionError> {
+        loop {
+            let (tag, msg) = match frame::next_frame(&mut self.from_client, self.shared.max_message_bytes) {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(Flow::Continue),
+                Err(e @ (FrameError::BadLength(_) | FrameError::TooLarge(..))) => {
+                    return Err(SessionError::ClientProtocol(e.to_string()));
+                }
+            };
+            if self.skip_until_sync && !matches!(tag, b'S' | b'X') {
+                continue;
+            }
+            match tag {
+                b'Q' => self.on_query(&msg),
+                b'P' => self.on_parse(&msg)?,
+                b'B' => self.forward(&msg, Some(Expect::Bind)),
+                b'D' => self.forward(&msg, Some(Expect::Describe)),
+                b'E' => self.forward(&msg, Some(Expect::Execute)),
+                b'C' => self.forward(&msg, Some(Expect::Close)),
+                b'H' => self.forward(&msg, None),
+                b'S' => {
+                    self.skip_until_sync = false;
+                    self.forward(&msg, Some(Expect::Sync));
+                }
+                b'X' => return Ok(Flow::Terminate),
+                // Copy-in messages outside COPY FROM STDIN (which the gate refuses): PostgreSQL
+                // ignores them too.
+                b'd' | b'c' | b'f' => {}
+                b'F' => self.inject_query(Rejection {
+                    code: "0A000",
+                    message: "Portcullis does not support the function-call protocol message".into(),
+                }),
+                other => {
+                    return Err(SessionError::ClientProtocol(format!(
+                        "unexpected message type 0x{other:02x}"
+                    )));
+                }
+            }
+        }
+    }
+
+    fn forward(&mut self, msg: &[u8], expect: Option<Expect>) {
+        self.to_upstream.extend_from_slice(msg);
+        if let Some(e) = expect {
+            self.pipeline.push(e, None);
+        }
+    }
+
+    fn on_query(&mut self, msg: &[u8]) {
+        let Some(sql) = query::decode_query(msg) else {
+            return self.inject_query(invalid_text());
+        };
+        if sql.len() > self.shared.max_query_bytes {
+            return self.inject_query(too_long(self.shared.max_query_bytes));
+        }
+        let checked = self.shared.gate.check(sql, Protocol::Simple);
+        match checked.as_ref() {
+            Ok(c) => {
+                query::encode_query(&mut self.to_upstream, &c.sql);
+                self.pipeline.push(Expect::Query, None);
+            }
+            Err(refusal) => {
+                debug!(agent = %self.agent, "refused: {refusal}");
+                self.inject_query(refusal.into());
+            }
+        }
+    }
+
+    fn on_parse(&mut self, msg: &[u8]) -> Result<(), SessionError> {
+        let parse = match query::decode_parse(msg) {
+            Ok(p) => p,
+            Err(ParseDecodeError::Encoding) => {
+                self.inject_parse(invalid_text());
+                return Ok(());
+            }
+            Err(ParseDecodeError::Malformed) => {
+                return Err(SessionError::ClientProtocol("malformed Parse message".into()));
+            }
+        };
+        if parse.sql.len() > self.shared.max_query_bytes {
+            self.inject_parse(too_long(self.shared.max_query_bytes));
+            return Ok(());
+        }
+        let checked = self.shared.gate.check(parse.sql, Protocol::Extended);
+        match checked.as_ref() {
+            Ok(c) => {
+                query::encode_parse(&mut self.to_upstream, parse.name, &c.sql, parse.param_types);
+                self.pipeline.push(Expect::Parse, None);
+            }
+            Err(refusal) => {
+                debug!(agent = %self.agent, "refused: {refusal}");
+                self.inject_parse(refusal.into());
+            }
+        }
+        Ok(())
+    }
+
+    fn inject_query(&mut self, rejection: Rejection) {
+        query::encode_query(&mut self.to_upstream, REFUSAL_SQL);
+        self.pipeline.push(Expect::Query, Some(rejection));
+    }
+
+    fn inject_parse(&mut self, rejection: Rejection) {
+        query::encode_parse(&mut self.to_upstream, "", REFUSAL_SQL, &[0, 0]);
+        // Make the error arrive even if the client waits on a Flush we are about to skip.
+        query::encode_flush(&mut self.to_upstream);
+        self.pipeline.push(Expect::Parse, Some(rejection));
+        self.skip_until_sync = true;
+    }
+
+    /// Accounts for and forwards what the upstream sent, replacing injected refusals' errors.
+    fn on_upstream_data(&mut self) -> Result<(), SessionError> {
+        loop {
+            if self.passthrough > 0 {
+                let n = self.passthrough.min(self.from_upstream.len());
+                self.to_client.extend_from_slice(&self.from_upstream[..n]);
+                self.from_upstream.advance(n);
+                self.passthrough -= n;
+            }
+            if self.dropping > 0 {
+                let n = self.dropping.min(self.from_upstream.len());
+                self.from_upstream.advance(n);
+                self.dropping -= n;
+            }
+            if self.passthrough > 0 || self.dropping > 0 {
+                return Ok(());
+            }
+            let (tag, size) = match frame::peek_header(&self.from_upstream) {
+                Ok(Some(h)) => h,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(SessionError::UpstreamProtocol(e.to_string())),
+            };
+            match tag {
+                b'S' | b'Z' => {
+                    if size > MAX_INSPECTED {
+                        return Err(SessionError::UpstreamProtocol("oversized status message".into()));
+                    }
+                    if self.from_upstream.len() < size {
+                        return Ok(());
+                    }
+                    if tag == b'S' {
+                        check_parameter_status(&self.from_upstream[..size])?;
+                    }
+                    self.account(tag)?;
+                    self.passthrough = size;
+                }
+                b'E' => match self.account(tag)? {
+                    Some(rejection) => {
+                        error_response(&mut self.to_client, Severity::Error, rejection.code, &rejection.message, None);
+                        self.dropping = size;
+                    }
+                    None => self.passthrough = size,
+                },
+                _ => {
+                    self.account(tag)?;
+                    self.passthrough = size;
+                }
+            }
+        }
+    }
+
+    fn account(&mut self, tag: u8) -> Result<Option<Rejection>, SessionError> {
+        self.pipeline
+            .on_backend(tag)
+            .map_err(|e| SessionError::UpstreamProtocol(e.to_string()))
+    }
+}
+
+/// The settings that change how SQL is lexed must stay as Portcullis pinned them; if the server
+/// ever reports otherwise (a path the gate missed), the session ends rather than go on unsafely.
+fn check_parameter_status(msg: &[u8]) -> Result<(), SessionError> {
+    let Some((name, value)) = status::decode_parameter_status(msg) else {
+        return Err(SessionError::UpstreamProtocol("malformed ParameterStatus".into()));
+    };
+    let bad = match name {
+        "standard_conforming_strings" => value != "on",
+        "client_encoding" => value != "UTF8",
+        _ => false,
+    };
+    if bad {
+        return Err(SessionError::UpstreamProtocol(format!(
+            "pinned setting {name} changed to {value}"
+        )));
+    }
+    Ok(())
+}
+
+fn invalid_text() -> Rejection {
+    Rejection {
+        code: "22021",
+        message: "invalid byte sequence for encoding \"UTF8\" in the statement".into(),
+    }
+}
+
+fn too_long(max: usize) -> Rejection {
+    Rejection {
+        code: "54000",
+        message: format!("statement is longer than Portcullis's limit of {max} bytes"),
+    }
+}

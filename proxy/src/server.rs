@@ -1,0 +1,106 @@
+//! The listener: accepts agent connections and runs each session on its own task. A failing
+//! session never affects the others.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use connectors::postgres::UpstreamConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::config::Resolved;
+use crate::pg::cancel::{CancelRegistry, CancelTarget};
+use crate::pg::gate_cache::GateCache;
+use crate::pg::handshake::{self, HandshakeError};
+use crate::pg::scram::Verifier;
+use crate::pg::session::Session;
+
+/// How long a client may take from connecting to being authenticated.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// State shared by all sessions.
+pub struct Shared {
+    pub upstream: UpstreamConfig,
+    pub agents: HashMap<String, Verifier>,
+    /// Keys decoy SCRAM salts for unknown agents; random per process.
+    pub decoy_key: [u8; 32],
+    pub tls: Option<TlsAcceptor>,
+    pub require_tls: bool,
+    pub max_message_bytes: usize,
+    pub max_query_bytes: usize,
+    pub cancels: Arc<CancelRegistry>,
+    pub gate: GateCache,
+}
+
+impl Shared {
+    pub fn new(config: Resolved) -> Result<Self, crate::tls::TlsError> {
+        let tls = config.tls.as_ref().map(crate::tls::acceptor).transpose()?;
+        Ok(Shared {
+            upstream: config.upstream,
+            agents: config.agents.into_iter().collect(),
+            decoy_key: rand::random(),
+            tls,
+            require_tls: config.require_tls,
+            max_message_bytes: config.max_message_bytes,
+            max_query_bytes: config.max_query_bytes,
+            cancels: Arc::new(CancelRegistry::default()),
+            gate: GateCache::new(10_000),
+        })
+    }
+}
+
+/// Accepts connections until the listener fails.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
+    info!("listening for agents on {}", listener.local_addr()?);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            debug!(%peer, "connection");
+            handle(tcp, &shared).await;
+        });
+    }
+}
+
+async fn handle(tcp: TcpStream, shared: &Shared) {
+    let _ = tcp.set_nodelay(true);
+    let auth = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake::handshake(tcp, shared)).await {
+        Ok(Ok(a)) => a,
+        Ok(Err(HandshakeError::NoSession)) => return,
+        Ok(Err(e)) => {
+            debug!("handshake ended: {e}");
+            return;
+        }
+        Err(_) => {
+            debug!("handshake timed out");
+            return;
+        }
+    };
+    let upstream = auth.upstream;
+    let registration = shared.cancels.register(CancelTarget {
+        addr: upstream.addr,
+        process_id: upstream.process_id,
+        secret_key: upstream.secret_key,
+    });
+    let cancel = CancelTarget {
+        addr: upstream.addr,
+        process_id: upstream.process_id,
+        secret_key: upstream.secret_key,
+    };
+    let mut session = Session::new(shared, auth.agent, auth.client, upstream.stream, cancel);
+    if session.greet(&upstream.parameters, registration.key).await.is_err() {
+        return;
+    }
+    let _ = session.run().await;
+    drop(registration);
+}
