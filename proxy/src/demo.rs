@@ -6,13 +6,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use connectors::postgres::fixtures::{self, DEMO_DB, UPSTREAM_USER};
 use connectors::postgres::{LocalCluster, UpstreamConfig, random_token};
 
 use crate::config::Resolved;
 use crate::pg::scram::Verifier;
 
-pub const DEMO_DB: &str = "portcullis_demo";
-const UPSTREAM_USER: &str = "portcullis_upstream";
 /// Demo agents and their secrets (demo only: real deployments keep verifiers in the config).
 const AGENTS: &[(&str, &str)] = &[("support-bot", "support-secret"), ("auditor", "auditor-secret")];
 
@@ -64,21 +63,9 @@ pub async fn run(listen: SocketAddr, fixtures: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts a cluster, creates the demo database, loads fixtures and the upstream login.
-pub fn setup_cluster(fixtures: &std::path::Path, upstream_password: &str) -> anyhow::Result<LocalCluster> {
+/// Starts a cluster and loads the fixtures into it.
+fn setup_cluster(dir: &std::path::Path, upstream_password: &str) -> anyhow::Result<LocalCluster> {
     let cluster = LocalCluster::start().context("starting a throwaway PostgreSQL")?;
-    cluster.psql("postgres", &format!("CREATE DATABASE {DEMO_DB}"), &[])?;
-    for file in ["schema.sql", "data.sql"] {
-        cluster
-            .psql_file(DEMO_DB, &fixtures.join(file), &[])
-            .with_context(|| format!("loading {file}"))?;
-    }
-    cluster
-        .psql_file(
-            DEMO_DB,
-            &fixtures.join("roles.sql"),
-            &[("upstream_user", UPSTREAM_USER), ("upstream_password", upstream_password)],
-        )
-        .context("creating the upstream login")?;
+    fixtures::load(&cluster, dir, upstream_password).context("loading the fixtures")?;
     Ok(cluster)
 }

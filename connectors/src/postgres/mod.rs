@@ -2,6 +2,7 @@
 //! ([`connect`]), how it cancels a running query ([`cancel`]), and a local throwaway cluster
 //! ([`LocalCluster`]) for the demo and the test harness.
 
+pub mod fixtures;
 mod local_cluster;
 mod upstream;
 

@@ -46,9 +46,9 @@ mod tests {
 
     #[test]
     fn frames_split_and_wait_for_more() {
-        let mut b = BytesMut::from(&b"Q\0\0\0\x09abcdZ\0\0"[..]);
+        let mut b = BytesMut::from(&b"Q\0\0\0\x08abcdZ\0\0"[..]);
         let (tag, f) = next_frame(&mut b, 1 << 20).unwrap().unwrap();
-        assert_eq!((tag, &f[..]), (b'Q', &b"Q\0\0\0\x09abcd"[..]));
+        assert_eq!((tag, &f[..]), (b'Q', &b"Q\0\0\0\x08abcd"[..]));
         assert_eq!(next_frame(&mut b, 1 << 20).unwrap(), None);
     }
 

@@ -1,0 +1,210 @@
+//! The end-to-end harness: a throwaway PostgreSQL loaded with `fixtures/`, and the real
+//! `portcullis` binary in front of it with a generated config. Both are stopped and deleted when
+//! the [`Env`] is dropped, also when the test panics.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use connectors::postgres::fixtures::{self, DEMO_DB, UPSTREAM_USER};
+use connectors::postgres::{LocalCluster, random_token};
+
+pub const AGENT: &str = "support-bot";
+pub const AGENT_SECRET: &str = "support-secret";
+/// The second agent is configured with a SCRAM verifier instead of a plaintext secret.
+pub const AUDITOR: &str = "auditor";
+pub const AUDITOR_SECRET: &str = "auditor-secret";
+
+pub struct Env {
+    pub cluster: LocalCluster,
+    pub upstream_password: String,
+    pub port: u16,
+    proxy: Child,
+    dir: tempfile::TempDir,
+}
+
+/// Extra config text appended to `[postgres]`.
+#[derive(Default)]
+pub struct Options {
+    pub postgres_extra: String,
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+impl Env {
+    pub fn start() -> Env {
+        Self::start_with(Options::default())
+    }
+
+    pub fn start_with(options: Options) -> Env {
+        let cluster = LocalCluster::start().expect("start PostgreSQL");
+        let upstream_password = random_token();
+        fixtures::load(&cluster, &repo_root().join("fixtures"), &upstream_password).expect("load fixtures");
+        let dir = tempfile::tempdir().unwrap();
+        let verifier = postgres_protocol_verifier(AUDITOR_SECRET);
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let config = format!(
+                r#"
+[postgres]
+listen = "127.0.0.1:{port}"
+upstream = "postgres://{UPSTREAM_USER}@127.0.0.1:{pg}/{DEMO_DB}"
+upstream_password_env = "PORTCULLIS_TEST_UPSTREAM_PASSWORD"
+{extra}
+
+[[agents]]
+id = "{AGENT}"
+secret = "{AGENT_SECRET}"
+
+[[agents]]
+id = "{AUDITOR}"
+secret = "{verifier}"
+"#,
+                pg = cluster.port(),
+                extra = options.postgres_extra,
+            );
+            let config_path = dir.path().join("portcullis.toml");
+            std::fs::write(&config_path, config).unwrap();
+            let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
+            let mut proxy = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+                .arg("serve")
+                .arg("--config")
+                .arg(&config_path)
+                .env("PORTCULLIS_TEST_UPSTREAM_PASSWORD", &upstream_password)
+                .env("RUST_LOG", "debug")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn portcullis");
+            if wait_for_port(port, &mut proxy) {
+                return Env {
+                    cluster,
+                    upstream_password,
+                    port,
+                    proxy,
+                    dir,
+                };
+            }
+            let _ = proxy.kill();
+            let _ = proxy.wait();
+            last = std::fs::read_to_string(dir.path().join("proxy.log")).unwrap_or_default();
+        }
+        panic!("portcullis did not start:\n{last}");
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn proxy_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
+    }
+
+    /// Whether the proxy process is still running.
+    pub fn proxy_alive(&mut self) -> bool {
+        matches!(self.proxy.try_wait(), Ok(None))
+    }
+
+    pub fn agent_url(&self) -> String {
+        self.url(AGENT, AGENT_SECRET)
+    }
+
+    pub fn url(&self, user: &str, secret: &str) -> String {
+        format!("postgres://{user}:{secret}@127.0.0.1:{}/{DEMO_DB}", self.port)
+    }
+
+    pub fn direct_url(&self) -> String {
+        self.cluster.superuser_url(DEMO_DB)
+    }
+
+    pub async fn agent(&self) -> tokio_postgres::Client {
+        connect(&self.agent_url()).await.expect("agent connects through portcullis")
+    }
+
+    pub async fn direct(&self) -> tokio_postgres::Client {
+        connect(&self.direct_url()).await.expect("superuser connects directly")
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = self.proxy.kill();
+        let _ = self.proxy.wait();
+        if std::thread::panicking() {
+            eprintln!("--- portcullis log ---\n{}", self.proxy_log());
+        }
+    }
+}
+
+pub async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// The SQLSTATE of a tokio-postgres error, or "" when it is not a server error.
+pub fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_default()
+}
+
+pub fn message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
+}
+
+fn postgres_protocol_verifier(secret: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .arg("hash-secret")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(format!("{secret}\n").as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("portcullis hash-secret");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_for_port(port: u16, proxy: &mut Child) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        if !matches!(proxy.try_wait(), Ok(None)) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Finds a client program, or explains how to install it (tests/setup.sh installs them all).
+pub fn require(program: &str) -> PathBuf {
+    which(program).unwrap_or_else(|| panic!("{program} not found: run `bash tests/setup.sh` first"))
+}
+
+pub fn which(program: &str) -> Option<PathBuf> {
+    let p = Path::new(program);
+    if p.is_absolute() || program.contains('/') {
+        return p.is_file().then(|| p.to_path_buf());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(program))
+            .find(|c| c.is_file())
+    })
+}

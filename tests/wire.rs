@@ -1,0 +1,294 @@
+//! Wire-protocol behaviour through Portcullis with tokio-postgres as the agent: both query
+//! protocols, transactions, binary results, COPY, refusals, authentication and cancel.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::{StreamExt, TryStreamExt, future::join_all, pin_mut};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_and_extended_queries_return_what_postgres_returns() {
+    let env = Env::start();
+    let agent = env.agent().await;
+    let direct = env.direct().await;
+
+    let rows = agent.simple_query("select 1 as a; select 'two' as b").await.unwrap();
+    let values: Vec<String> = rows
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap().to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(values, ["1", "two"]);
+
+    let sql = "select id, name, email from customers where tenant_id = $1 and id > $2 order by id";
+    let via: Vec<(i32, String, String)> = agent
+        .query(sql, &[&2i32, &5i32])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let want: Vec<(i32, String, String)> = direct
+        .query(sql, &[&2i32, &5i32])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert!(!want.is_empty());
+    assert_eq!(via, want);
+
+    // A named prepared statement executed many times.
+    let stmt = agent.prepare("select name from customers where id = $1").await.unwrap();
+    for id in 1..=30i32 {
+        let name: String = agent.query_one(&stmt, &[&id]).await.unwrap().get(0);
+        assert_eq!(name, format!("Customer {id}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_results_are_forwarded_intact() {
+    let env = Env::start();
+    let agent = env.agent().await;
+    let direct = env.direct().await;
+    // tokio-postgres asks for every result column in binary format.
+    let (a, b) = (fetch_transfers(&agent).await, fetch_transfers(&direct).await);
+    assert_eq!(a.len(), 200);
+    assert_eq!(a, b);
+}
+
+type TransferRow = (i64, String, std::time::SystemTime, bool, Vec<u8>);
+
+async fn fetch_transfers(c: &tokio_postgres::Client) -> Vec<TransferRow> {
+    let sql = "select id, amount::text, amount, created_at, metadata, approved, iban::bytea \
+               from transfers order by id";
+    c.query(sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(3), r.get(5), r.get(6)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_and_savepoints_behave_as_in_postgres() {
+    let env = Env::start();
+    let mut agent = env.agent().await;
+    let direct = env.direct().await;
+
+    let mut tx = agent.transaction().await.unwrap();
+    tx.execute(
+        "insert into tickets (tenant_id, customer_id, subject, body, status) values (1, 3, 'kept', 'b', 'open')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let sp = tx.savepoint("sp").await.unwrap();
+    sp.execute(
+        "insert into tickets (tenant_id, customer_id, subject, body, status) values (1, 3, 'undone', 'b', 'open')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let err = sp.execute("select 1/0", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "22012");
+    sp.rollback().await.unwrap();
+    tx.commit().await.unwrap();
+
+    let subjects: Vec<String> = direct
+        .query("select subject from tickets where subject in ('kept', 'undone')", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(subjects, ["kept"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_then_a_good_query_and_refusals_leave_the_session_usable() {
+    let env = Env::start();
+    let agent = env.agent().await;
+
+    // Unparseable: refused by the gate, never forwarded.
+    let e = agent.simple_query("SELEC name FROM customers").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42601");
+    assert!(message(&e).contains("Portcullis could not parse"), "{}", message(&e));
+    assert_eq!(one(&agent, "select 41 + 1").await, "42");
+
+    // The same in the extended protocol.
+    let e = agent.prepare("SELEC $1").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42601");
+    assert_eq!(one(&agent, "select 'still here'").await, "still here");
+
+    // An upstream error (not the gate's) passes through unchanged.
+    let e = agent.simple_query("select * from no_such_table").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42P01");
+
+    // Identity and lexing changes are refused, in both protocols.
+    for sql in [
+        "SET ROLE postgres",
+        "SET SESSION AUTHORIZATION postgres",
+        "RESET ROLE",
+        "SET standard_conforming_strings = off",
+        "SET client_encoding = 'SQL_ASCII'",
+        "SELECT set_config('role', 'postgres', false)",
+        "COPY customers FROM STDIN",
+        "COPY customers TO '/tmp/leak'",
+    ] {
+        let e = agent.simple_query(sql).await.unwrap_err();
+        assert!(["42501", "0A000"].contains(&sqlstate(&e).as_str()), "{sql}: {e}");
+        let e = agent.prepare(sql).await.unwrap_err();
+        assert!(["42501", "0A000"].contains(&sqlstate(&e).as_str()), "{sql}: {e}");
+    }
+    assert_eq!(one(&agent, "show standard_conforming_strings").await, "on");
+    assert_eq!(one(&agent, "show client_encoding").await, "UTF8");
+    assert_eq!(one(&agent, "select current_user").await, "portcullis_upstream");
+
+    // Several statements in one message: one refusal refuses the whole message, none runs.
+    let e = agent
+        .simple_query("insert into tickets (tenant_id, customer_id, subject, body, status) values (1, 1, 'multi', 'b', 'open'); set role postgres")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501");
+    assert_eq!(one(&agent, "select count(*) from tickets where subject = 'multi'").await, "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_inside_a_transaction_aborts_it_like_any_error() {
+    let env = Env::start();
+    let agent = env.agent().await;
+    agent.simple_query("begin").await.unwrap();
+    agent
+        .simple_query("insert into tickets (tenant_id, customer_id, subject, body, status) values (1, 1, 'in-tx', 'b', 'open')")
+        .await
+        .unwrap();
+    let e = agent.simple_query("set role postgres").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42501");
+    let e = agent.simple_query("select 1").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "25P02", "the transaction is aborted, as PostgreSQL would have it");
+    agent.simple_query("commit").await.unwrap();
+    assert_eq!(one(&agent, "select count(*) from tickets where subject = 'in-tx'").await, "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_extended_queries_keep_their_order_around_a_refusal() {
+    let env = Env::start();
+    let agent = env.agent().await;
+    // tokio-postgres pipelines concurrent requests on one connection, one Sync each.
+    let sqls = [
+        "select 1::text",
+        "select 2::text",
+        "set role postgres",
+        "select 4::text",
+        "select (1/0)::text",
+        "select 6::text",
+    ];
+    let futures = sqls.iter().map(|sql| agent.query(*sql, &[]));
+    let results = join_all(futures).await;
+    let summary: Vec<String> = results
+        .iter()
+        .map(|r| match r {
+            Ok(rows) => rows.first().map(|r| r.get::<_, String>(0)).unwrap_or_default(),
+            Err(e) => format!("E{}", sqlstate(e)),
+        })
+        .collect();
+    assert_eq!(summary, ["1", "2", "E42501", "4", "E22012", "6"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_to_stdout_streams_rows() {
+    let env = Env::start();
+    let agent = env.agent().await;
+    let stream = agent
+        .copy_out("COPY (select id, email from customers order by id) TO STDOUT WITH (FORMAT csv)")
+        .await
+        .unwrap();
+    pin_mut!(stream);
+    let mut data = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        data.extend_from_slice(&chunk.unwrap());
+    }
+    let text = String::from_utf8(data).unwrap();
+    assert_eq!(text.lines().count(), 30);
+    assert_eq!(text.lines().next(), Some("1,customer1@example.com"));
+    // Whole table too.
+    let rows: Vec<_> = agent
+        .copy_out("COPY transfers TO STDOUT")
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let total: usize = rows.iter().map(|b| b.iter().filter(|&&c| c == b'\n').count()).sum();
+    assert_eq!(total, 200);
+    assert_eq!(one(&agent, "select 'after copy'").await, "after copy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_refuses_wrong_secrets_and_unknown_agents_alike() {
+    let env = Env::start();
+    // Plaintext-configured agent and verifier-configured agent both log in.
+    connect(&env.agent_url()).await.unwrap();
+    connect(&env.url(AUDITOR, AUDITOR_SECRET)).await.unwrap();
+
+    let wrong = connect(&env.url(AGENT, "guess")).await.unwrap_err();
+    let unknown = connect(&env.url("nobody", "guess")).await.unwrap_err();
+    assert_eq!(sqlstate(&wrong), "28P01");
+    assert_eq!(sqlstate(&unknown), "28P01");
+    assert_eq!(message(&wrong), format!("password authentication failed for user \"{AGENT}\""));
+    assert_eq!(message(&unknown), "password authentication failed for user \"nobody\"");
+
+    // The upstream credentials are not agent credentials.
+    let e = connect(&env.url("portcullis_upstream", &env.upstream_password)).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "28P01");
+    let e = connect(&env.url("postgres", env.cluster.superuser_password())).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "28P01");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_parameters_outside_the_allow_list_are_refused() {
+    let env = Env::start();
+    let base = env.agent_url();
+    for (extra, code) in [
+        ("options=-c%20role%3Dpostgres", "42704"),
+    ] {
+        let e = connect(&format!("{base}?{extra}")).await.unwrap_err();
+        assert_eq!(sqlstate(&e), code, "{extra}: {e}");
+    }
+    let other_db = base.replace("/portcullis_demo", "/postgres");
+    assert_eq!(sqlstate(&connect(&other_db).await.unwrap_err()), "3D000");
+    // Allowed parameters reach the upstream session.
+    let c = connect(&format!("{base}?application_name=agent-x")).await.unwrap();
+    assert_eq!(one(&c, "show application_name").await, "agent-x");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_requests_reach_the_right_backend() {
+    let env = Env::start();
+    let agent = env.agent().await;
+    let other = env.agent().await;
+    let token = agent.cancel_token();
+    let started = Instant::now();
+    let sleeper = tokio::spawn(async move { agent.simple_query("select pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let e = sleeper.await.unwrap().unwrap_err();
+    assert_eq!(sqlstate(&e), "57014");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // The other session was not cancelled.
+    assert_eq!(one(&other, "select 'unaffected'").await, "unaffected");
+}
+
+async fn one(c: &tokio_postgres::Client, sql: &str) -> String {
+    for m in c.simple_query(sql).await.unwrap() {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            return r.get(0).unwrap_or("").to_string();
+        }
+    }
+    panic!("{sql} returned no row");
+}
