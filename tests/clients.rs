@@ -1,1 +1,217 @@
+//! Real PostgreSQL clients through Portcullis, each as an agent: psql (with `\d`), pgbench in
+//! all three query modes, psycopg2, psycopg 3, asyncpg, SQLAlchemy, node-postgres and pgjdbc.
+//! Each client script asserts its own results and prints `OK <client>`.
+//! `bash tests/setup.sh` installs them.
 
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use common::*;
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    out
+}
+
+fn assert_ok(out: &Output, marker: &str) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains(marker),
+        "client failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+}
+
+fn python() -> PathBuf {
+    let venv = repo_root().join(".venv/bin/python");
+    assert!(venv.is_file(), "{} not found: run `bash tests/setup.sh` first", venv.display());
+    venv
+}
+
+fn run_python(script: &str, marker: &str) {
+    let env = Env::start();
+    let out = run(Command::new(python())
+        .arg(repo_root().join("tests/clients/python").join(script))
+        .env("PORTCULLIS_URL", env.agent_url()));
+    assert_ok(&out, marker);
+}
+
+#[test]
+fn psycopg2() {
+    run_python("psycopg2_client.py", "OK psycopg2");
+}
+
+#[test]
+fn psycopg3() {
+    run_python("psycopg3_client.py", "OK psycopg3");
+}
+
+#[test]
+fn asyncpg() {
+    run_python("asyncpg_client.py", "OK asyncpg");
+}
+
+#[test]
+fn sqlalchemy() {
+    run_python("sqlalchemy_client.py", "OK sqlalchemy");
+}
+
+#[test]
+fn node_pg() {
+    let node = require("node");
+    let dir = repo_root().join("tests/clients/node");
+    assert!(dir.join("node_modules/pg").is_dir(), "node_modules missing: run `bash tests/setup.sh` first");
+    let env = Env::start();
+    let out = run(Command::new(node).arg(dir.join("pg_client.js")).env("PORTCULLIS_URL", env.agent_url()));
+    assert_ok(&out, "OK node-pg");
+}
+
+#[test]
+fn jdbc() {
+    let java = require("java");
+    let jar = PathBuf::from("/usr/share/java/postgresql.jar");
+    assert!(jar.is_file(), "pgjdbc not found: run `bash tests/setup.sh` first");
+    let env = Env::start();
+    let out = run(Command::new(java)
+        .arg("-cp")
+        .arg(&jar)
+        .arg(repo_root().join("tests/clients/jdbc/JdbcClient.java"))
+        .arg(format!("jdbc:postgresql://127.0.0.1:{}/portcullis_demo?sslmode=disable", env.port))
+        .arg(AGENT)
+        .arg(AGENT_SECRET));
+    assert_ok(&out, "OK jdbc");
+}
+
+fn psql(env: &Env) -> Command {
+    let mut cmd = Command::new(env.cluster.bindir().join("psql"));
+    cmd.arg("-X").arg("-v").arg("ON_ERROR_STOP=0").arg(env.agent_url());
+    cmd
+}
+
+#[test]
+fn psql_works_including_describe_and_copy() {
+    let env = Env::start();
+    let script = r#"
+\set id 7
+select name from customers where id = :id;
+begin;
+insert into tickets (tenant_id, customer_id, subject, body, status) values (1, 1, 'psql-kept', 'b', 'open');
+savepoint sp;
+insert into tickets (tenant_id, customer_id, subject, body, status) values (1, 1, 'psql-undone', 'b', 'open');
+rollback to savepoint sp;
+commit;
+select string_agg(subject, ',') from tickets where subject like 'psql-%';
+select 1/0;
+select 'after-error';
+set role postgres;
+select 'after-refusal';
+\copy (select id from customers where id <= 3 order by id) to stdout
+\d customers
+\dt
+\conninfo
+"#;
+    let out = run(psql(&env).arg("-At").arg("-c").arg("select 1").arg("-f").arg("-").stdin_script(script));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "Customer 7",
+        "psql-kept\n",
+        "after-error",
+        "after-refusal",
+        "1\n2\n3\n",
+        "ssn|text",
+        "public|customers|table|postgres",
+    ] {
+        assert!(stdout.contains(want), "missing {want:?} in psql output:\n{stdout}\n--- stderr\n{stderr}");
+    }
+    assert!(stderr.contains("division by zero"), "{stderr}");
+    assert!(stderr.contains("Portcullis refused this statement"), "{stderr}");
+}
+
+/// Lets a Command take a script on stdin.
+trait StdinScript {
+    fn stdin_script(&mut self, script: &str) -> &mut Self;
+}
+
+impl StdinScript for Command {
+    fn stdin_script(&mut self, script: &str) -> &mut Self {
+        let path = std::env::temp_dir().join(format!("portcullis-psql-{}.sql", std::process::id()));
+        std::fs::write(&path, script).unwrap();
+        self.stdin(std::fs::File::open(&path).unwrap())
+    }
+}
+
+#[test]
+fn pgbench_in_every_query_mode() {
+    let env = Env::start();
+    let pgbench = env.cluster.bindir().join("pgbench");
+    // Tables are created directly by the superuser; the agent only runs transactions.
+    let init = run(Command::new(&pgbench).args(["-i", "-s", "1", "-q"]).arg(env.direct_url()));
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    env.cluster
+        .psql(
+            "portcullis_demo",
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON pgbench_accounts, pgbench_branches, \
+             pgbench_tellers, pgbench_history TO portcullis_upstream",
+            &[],
+        )
+        .unwrap();
+    for mode in ["simple", "extended", "prepared"] {
+        for builtin in [&["-S"][..], &["-b", "tpcb-like"][..]] {
+            let out = run(Command::new(&pgbench)
+                .args(["-n", "-c", "4", "-j", "2", "-t", "100", "-M", mode])
+                .args(builtin)
+                .arg(env.agent_url()));
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains("number of failed transactions: 0"),
+                "pgbench -M {mode} {builtin:?}:\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(stdout.contains("number of transactions actually processed: 400/400"), "{stdout}");
+        }
+    }
+}
+
+#[test]
+fn tls_is_offered_and_can_be_required() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    let gen = run(Command::new(require("openssl"))
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
+    let env = Env::start_with(Options {
+        postgres_extra: format!(
+            "require_tls = true\n[postgres.tls]\ncert = {:?}\nkey = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+    });
+    let url = env.agent_url();
+    let out = run(Command::new(env.cluster.bindir().join("psql"))
+        .arg("-X")
+        .arg("-At")
+        .arg(format!("{url}?sslmode=require"))
+        .arg("-c")
+        .arg("select 'over tls'")
+        .arg("-c")
+        .arg("\\conninfo"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("over tls") && stdout.contains("SSL connection"), "{stdout}");
+
+    let out = run(Command::new(env.cluster.bindir().join("psql"))
+        .arg("-X")
+        .arg(format!("{url}?sslmode=disable"))
+        .arg("-c")
+        .arg("select 1"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("requires TLS"));
+}

@@ -77,7 +77,7 @@ secret = "{verifier}"
                 .arg("--config")
                 .arg(&config_path)
                 .env("PORTCULLIS_TEST_UPSTREAM_PASSWORD", &upstream_password)
-                .env("RUST_LOG", "debug")
+                .env("RUST_LOG", "info,portcullis=debug")
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()

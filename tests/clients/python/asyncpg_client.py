@@ -1,0 +1,48 @@
+"""asyncpg through Portcullis (binary protocol throughout): parameters, prepared statements,
+savepoints, errors, refusals, COPY TO STDOUT, introspection of custom types."""
+import asyncio
+import io
+import os
+
+import asyncpg
+
+
+async def main():
+    conn = await asyncpg.connect(os.environ["PORTCULLIS_URL"])
+    assert await conn.fetchval("select name from customers where id = $1", 7) == "Customer 7"
+
+    stmt = await conn.prepare("select id, amount, metadata from transfers where customer_id = $1 order by id")
+    rows = await stmt.fetch(3)
+    assert len(rows) > 0 and all(r["id"] > 0 for r in rows)
+
+    async with conn.transaction():
+        await conn.execute("insert into tickets (tenant_id, customer_id, subject, body, status) values (1, 1, 'apg-kept', 'b', 'open')")
+        try:
+            async with conn.transaction():  # savepoint
+                await conn.execute("insert into tickets (tenant_id, customer_id, subject, body, status) values (1, 1, 'apg-undone', 'b', 'open')")
+                await conn.execute("select 1/0")
+        except asyncpg.DivisionByZeroError:
+            pass
+    got = await conn.fetch("select subject from tickets where subject like 'apg-%' order by 1")
+    assert [r[0] for r in got] == ["apg-kept"], got
+
+    try:
+        await conn.execute("set role postgres")
+        raise SystemExit("must be refused")
+    except asyncpg.InsufficientPrivilegeError:
+        pass
+    try:
+        await conn.fetch("selec 1")
+        raise SystemExit("must be refused")
+    except asyncpg.PostgresSyntaxError:
+        pass
+    assert await conn.fetchval("select $1::int + 1", 41) == 42
+
+    out = io.BytesIO()
+    await conn.copy_from_query("select id from customers order by id", output=out)
+    assert out.getvalue().decode().split() == [str(i) for i in range(1, 31)]
+    await conn.close()
+    print("OK asyncpg")
+
+
+asyncio.run(main())

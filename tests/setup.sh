@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what the end-to-end tests need besides Rust: PostgreSQL 15 server binaries and psql,
+# pgbench, PgBouncer (benchmarks), the JDBC driver, a Python venv with psycopg2, psycopg 3,
+# asyncpg and SQLAlchemy, and node's `pg`. Idempotent; safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v psql >/dev/null || need_apt+=(postgresql-client)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+command -v pgbench >/dev/null || need_apt+=(postgresql-contrib)
+command -v pgbouncer >/dev/null || need_apt+=(pgbouncer)
+[ -f /usr/share/java/postgresql.jar ] || need_apt+=(libpostgresql-jdbc-java)
+command -v java >/dev/null || need_apt+=(default-jdk-headless)
+command -v node >/dev/null || need_apt+=(nodejs npm)
+command -v openssl >/dev/null || need_apt+=(openssl)
+python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # Debian's postgresql package starts a cluster of its own; the tests never use it.
+  if command -v pg_lsclusters >/dev/null; then
+    pg_lsclusters -h 2>/dev/null | while read -r ver name _; do pg_ctlcluster "$ver" "$name" stop 2>/dev/null || true; done
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -r tests/clients/requirements.txt
+
+(cd tests/clients/node && npm install --silent --no-audit --no-fund >/dev/null)
+echo "setup: done"
