@@ -11,7 +11,9 @@ use std::process::{Command, Output};
 use common::*;
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     out
 }
 
@@ -27,7 +29,11 @@ fn assert_ok(out: &Output, marker: &str) {
 
 fn python() -> PathBuf {
     let venv = repo_root().join(".venv/bin/python");
-    assert!(venv.is_file(), "{} not found: run `bash tests/setup.sh` first", venv.display());
+    assert!(
+        venv.is_file(),
+        "{} not found: run `bash tests/setup.sh` first",
+        venv.display()
+    );
     venv
 }
 
@@ -63,9 +69,14 @@ fn sqlalchemy() {
 fn node_pg() {
     let node = require("node");
     let dir = repo_root().join("tests/clients/node");
-    assert!(dir.join("node_modules/pg").is_dir(), "node_modules missing: run `bash tests/setup.sh` first");
+    assert!(
+        dir.join("node_modules/pg").is_dir(),
+        "node_modules missing: run `bash tests/setup.sh` first"
+    );
     let env = Env::start();
-    let out = run(Command::new(node).arg(dir.join("pg_client.js")).env("PORTCULLIS_URL", env.agent_url()));
+    let out = run(Command::new(node)
+        .arg(dir.join("pg_client.js"))
+        .env("PORTCULLIS_URL", env.agent_url()));
     assert_ok(&out, "OK node-pg");
 }
 
@@ -73,13 +84,19 @@ fn node_pg() {
 fn jdbc() {
     let java = require("java");
     let jar = PathBuf::from("/usr/share/java/postgresql.jar");
-    assert!(jar.is_file(), "pgjdbc not found: run `bash tests/setup.sh` first");
+    assert!(
+        jar.is_file(),
+        "pgjdbc not found: run `bash tests/setup.sh` first"
+    );
     let env = Env::start();
     let out = run(Command::new(java)
         .arg("-cp")
         .arg(&jar)
         .arg(repo_root().join("tests/clients/jdbc/JdbcClient.java"))
-        .arg(format!("jdbc:postgresql://127.0.0.1:{}/portcullis_demo?sslmode=disable", env.port))
+        .arg(format!(
+            "jdbc:postgresql://127.0.0.1:{}/portcullis_demo?sslmode=disable",
+            env.port
+        ))
         .arg(AGENT)
         .arg(AGENT_SECRET));
     assert_ok(&out, "OK jdbc");
@@ -87,7 +104,10 @@ fn jdbc() {
 
 fn psql(env: &Env) -> Command {
     let mut cmd = Command::new(env.cluster.bindir().join("psql"));
-    cmd.arg("-X").arg("-v").arg("ON_ERROR_STOP=0").arg(env.agent_url());
+    cmd.arg("-X")
+        .arg("-v")
+        .arg("ON_ERROR_STOP=0")
+        .arg(env.agent_url());
     cmd
 }
 
@@ -113,7 +133,13 @@ select 'after-refusal';
 \dt
 \conninfo
 "#;
-    let out = run(psql(&env).arg("-At").arg("-c").arg("select 1").arg("-f").arg("-").stdin_script(script));
+    let out = run(psql(&env)
+        .arg("-At")
+        .arg("-c")
+        .arg("select 1")
+        .arg("-f")
+        .arg("-")
+        .stdin_script(script));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     for want in [
@@ -125,10 +151,16 @@ select 'after-refusal';
         "ssn|text",
         "public|customers|table|postgres",
     ] {
-        assert!(stdout.contains(want), "missing {want:?} in psql output:\n{stdout}\n--- stderr\n{stderr}");
+        assert!(
+            stdout.contains(want),
+            "missing {want:?} in psql output:\n{stdout}\n--- stderr\n{stderr}"
+        );
     }
     assert!(stderr.contains("division by zero"), "{stderr}");
-    assert!(stderr.contains("Portcullis refused this statement"), "{stderr}");
+    assert!(
+        stderr.contains("Portcullis refused this statement"),
+        "{stderr}"
+    );
 }
 
 /// Lets a Command take a script on stdin.
@@ -149,8 +181,14 @@ fn pgbench_in_every_query_mode() {
     let env = Env::start();
     let pgbench = env.cluster.bindir().join("pgbench");
     // Tables are created directly by the superuser; the agent only runs transactions.
-    let init = run(Command::new(&pgbench).args(["-i", "-s", "1", "-q"]).arg(env.direct_url()));
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let init = run(Command::new(&pgbench)
+        .args(["-i", "-s", "1", "-q"])
+        .arg(env.direct_url()));
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     env.cluster
         .psql(
             "portcullis_demo",
@@ -171,7 +209,10 @@ fn pgbench_in_every_query_mode() {
                 "pgbench -M {mode} {builtin:?}:\n{stdout}\n{}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            assert!(stdout.contains("number of transactions actually processed: 400/400"), "{stdout}");
+            assert!(
+                stdout.contains("number of transactions actually processed: 400/400"),
+                "{stdout}"
+            );
         }
     }
 }
@@ -181,12 +222,26 @@ fn tls_is_offered_and_can_be_required() {
     let certs = tempfile::tempdir().unwrap();
     let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
     let gen = run(Command::new(require("openssl"))
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
         .arg(&cert));
-    assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
+    assert!(
+        gen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gen.stderr)
+    );
     let env = Env::start_with(Options {
         postgres_extra: format!(
             "require_tls = true\n[postgres.tls]\ncert = {:?}\nkey = {:?}\n",
@@ -204,8 +259,15 @@ fn tls_is_offered_and_can_be_required() {
         .arg("-c")
         .arg("\\conninfo"));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("over tls") && stdout.contains("SSL connection"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("over tls") && stdout.contains("SSL connection"),
+        "{stdout}"
+    );
 
     let out = run(Command::new(env.cluster.bindir().join("psql"))
         .arg("-X")

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use common::*;
-use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::{backend, frontend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -22,7 +22,10 @@ struct Raw {
 impl Raw {
     async fn open(env: &Env) -> Raw {
         let s = TcpStream::connect(("127.0.0.1", env.port)).await.unwrap();
-        Raw { s, buf: BytesMut::new() }
+        Raw {
+            s,
+            buf: BytesMut::new(),
+        }
     }
 
     async fn startup(&mut self, params: &[(&str, &str)]) {
@@ -34,12 +37,14 @@ impl Raw {
     /// Logs in as the test agent and waits for ReadyForQuery.
     async fn login(env: &Env) -> Raw {
         let mut r = Raw::open(env).await;
-        r.startup(&[("user", AGENT), ("database", "portcullis_demo")]).await;
+        r.startup(&[("user", AGENT), ("database", "portcullis_demo")])
+            .await;
         let mut scram = None;
         loop {
             match r.next().await.expect("login message") {
                 backend::Message::AuthenticationSasl(_) => {
-                    let s = ScramSha256::new(AGENT_SECRET.as_bytes(), ChannelBinding::unsupported());
+                    let s =
+                        ScramSha256::new(AGENT_SECRET.as_bytes(), ChannelBinding::unsupported());
                     let mut b = BytesMut::new();
                     frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut b).unwrap();
                     r.s.write_all(&b).await.unwrap();
@@ -69,7 +74,9 @@ impl Raw {
             if let Some(m) = backend::Message::parse(&mut self.buf).unwrap() {
                 return Some(m);
             }
-            match tokio::time::timeout(Duration::from_secs(10), self.s.read_buf(&mut self.buf)).await {
+            match tokio::time::timeout(Duration::from_secs(10), self.s.read_buf(&mut self.buf))
+                .await
+            {
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return None,
             }
@@ -111,7 +118,11 @@ fn query(sql: &str) -> BytesMut {
 /// Another session still works after each bad one.
 async fn others_still_work(env: &Env) {
     let c = env.agent().await;
-    let n: i64 = c.query_one("select count(*) from customers", &[]).await.unwrap().get(0);
+    let n: i64 = c
+        .query_one("select count(*) from customers", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 30);
 }
 
@@ -181,7 +192,11 @@ async fn malformed_messages_end_only_that_session() {
     r.send(&b).await;
     expect_fatal_and_close(&mut r, "0A000").await;
 
-    let n: i64 = survivor.query_one("select count(*) from tickets", &[]).await.unwrap().get(0);
+    let n: i64 = survivor
+        .query_one("select count(*) from tickets", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 120);
     others_still_work(&env).await;
 }
@@ -217,7 +232,21 @@ async fn refused_protocol_features_get_clean_errors() {
     // A refused Parse makes the proxy skip to Sync, as PostgreSQL does after an error.
     let mut b = BytesMut::new();
     frontend::parse("", "SET ROLE postgres", std::iter::empty::<u32>(), &mut b).unwrap();
-    frontend::bind("", "", std::iter::empty::<i16>(), std::iter::empty::<i32>(), |_: i32, _: &mut BytesMut| -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> { unreachable!() }, Some(0), &mut b).map_err(|_| ()).unwrap();
+    frontend::bind(
+        "",
+        "",
+        std::iter::empty::<i16>(),
+        std::iter::empty::<i32>(),
+        |_: i32,
+         _: &mut BytesMut|
+         -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+            unreachable!()
+        },
+        Some(0),
+        &mut b,
+    )
+    .map_err(|_| ())
+    .unwrap();
     frontend::execute("", 0, &mut b).unwrap();
     frontend::sync(&mut b);
     r.send(&b).await;
@@ -268,7 +297,10 @@ async fn a_client_that_vanishes_mid_query_has_its_query_cancelled() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(gone, "the upstream query must be cancelled within 5 s of the client vanishing");
+    assert!(
+        gone,
+        "the upstream query must be cancelled within 5 s of the client vanishing"
+    );
     others_still_work(&env).await;
 }
 

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use futures_util::{StreamExt, TryStreamExt, future::join_all, pin_mut};
+use futures_util::{future::join_all, pin_mut, StreamExt, TryStreamExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simple_and_extended_queries_return_what_postgres_returns() {
@@ -14,7 +14,10 @@ async fn simple_and_extended_queries_return_what_postgres_returns() {
     let agent = env.agent().await;
     let direct = env.direct().await;
 
-    let rows = agent.simple_query("select 1 as a; select 'two' as b").await.unwrap();
+    let rows = agent
+        .simple_query("select 1 as a; select 'two' as b")
+        .await
+        .unwrap();
     let values: Vec<String> = rows
         .iter()
         .filter_map(|m| match m {
@@ -43,7 +46,10 @@ async fn simple_and_extended_queries_return_what_postgres_returns() {
     assert_eq!(via, want);
 
     // A named prepared statement executed many times.
-    let stmt = agent.prepare("select name from customers where id = $1").await.unwrap();
+    let stmt = agent
+        .prepare("select name from customers where id = $1")
+        .await
+        .unwrap();
     for id in 1..=30i32 {
         let name: String = agent.query_one(&stmt, &[&id]).await.unwrap().get(0);
         assert_eq!(name, format!("Customer {id}"));
@@ -56,7 +62,10 @@ async fn binary_results_are_forwarded_intact() {
     let agent = env.agent().await;
     let direct = env.direct().await;
     // tokio-postgres asks for every result column in binary format.
-    let (a, b) = (fetch_transfers(&agent).await, fetch_transfers(&direct).await);
+    let (a, b) = (
+        fetch_transfers(&agent).await,
+        fetch_transfers(&direct).await,
+    );
     assert_eq!(a.len(), 200);
     assert_eq!(a, b);
 }
@@ -100,7 +109,10 @@ async fn transactions_and_savepoints_behave_as_in_postgres() {
     tx.commit().await.unwrap();
 
     let subjects: Vec<String> = direct
-        .query("select subject from tickets where subject in ('kept', 'undone')", &[])
+        .query(
+            "select subject from tickets where subject in ('kept', 'undone')",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
@@ -115,9 +127,16 @@ async fn an_error_then_a_good_query_and_refusals_leave_the_session_usable() {
     let agent = env.agent().await;
 
     // Unparseable: refused by the gate, never forwarded.
-    let e = agent.simple_query("SELEC name FROM customers").await.unwrap_err();
+    let e = agent
+        .simple_query("SELEC name FROM customers")
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&e), "42601");
-    assert!(message(&e).contains("Portcullis could not parse"), "{}", message(&e));
+    assert!(
+        message(&e).contains("Portcullis could not parse"),
+        "{}",
+        message(&e)
+    );
     assert_eq!(one(&agent, "select 41 + 1").await, "42");
 
     // The same in the extended protocol.
@@ -126,7 +145,10 @@ async fn an_error_then_a_good_query_and_refusals_leave_the_session_usable() {
     assert_eq!(one(&agent, "select 'still here'").await, "still here");
 
     // An upstream error (not the gate's) passes through unchanged.
-    let e = agent.simple_query("select * from no_such_table").await.unwrap_err();
+    let e = agent
+        .simple_query("select * from no_such_table")
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&e), "42P01");
 
     // Identity and lexing changes are refused, in both protocols.
@@ -141,13 +163,22 @@ async fn an_error_then_a_good_query_and_refusals_leave_the_session_usable() {
         "COPY customers TO '/tmp/leak'",
     ] {
         let e = agent.simple_query(sql).await.unwrap_err();
-        assert!(["42501", "0A000"].contains(&sqlstate(&e).as_str()), "{sql}: {e}");
+        assert!(
+            ["42501", "0A000"].contains(&sqlstate(&e).as_str()),
+            "{sql}: {e}"
+        );
         let e = agent.prepare(sql).await.unwrap_err();
-        assert!(["42501", "0A000"].contains(&sqlstate(&e).as_str()), "{sql}: {e}");
+        assert!(
+            ["42501", "0A000"].contains(&sqlstate(&e).as_str()),
+            "{sql}: {e}"
+        );
     }
     assert_eq!(one(&agent, "show standard_conforming_strings").await, "on");
     assert_eq!(one(&agent, "show client_encoding").await, "UTF8");
-    assert_eq!(one(&agent, "select current_user").await, "portcullis_upstream");
+    assert_eq!(
+        one(&agent, "select current_user").await,
+        "portcullis_upstream"
+    );
 
     // Several statements in one message: one refusal refuses the whole message, none runs.
     let e = agent
@@ -155,7 +186,14 @@ async fn an_error_then_a_good_query_and_refusals_leave_the_session_usable() {
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&e), "42501");
-    assert_eq!(one(&agent, "select count(*) from tickets where subject = 'multi'").await, "0");
+    assert_eq!(
+        one(
+            &agent,
+            "select count(*) from tickets where subject = 'multi'"
+        )
+        .await,
+        "0"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,9 +208,20 @@ async fn a_refusal_inside_a_transaction_aborts_it_like_any_error() {
     let e = agent.simple_query("set role postgres").await.unwrap_err();
     assert_eq!(sqlstate(&e), "42501");
     let e = agent.simple_query("select 1").await.unwrap_err();
-    assert_eq!(sqlstate(&e), "25P02", "the transaction is aborted, as PostgreSQL would have it");
+    assert_eq!(
+        sqlstate(&e),
+        "25P02",
+        "the transaction is aborted, as PostgreSQL would have it"
+    );
     agent.simple_query("commit").await.unwrap();
-    assert_eq!(one(&agent, "select count(*) from tickets where subject = 'in-tx'").await, "0");
+    assert_eq!(
+        one(
+            &agent,
+            "select count(*) from tickets where subject = 'in-tx'"
+        )
+        .await,
+        "0"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,7 +242,10 @@ async fn pipelined_extended_queries_keep_their_order_around_a_refusal() {
     let summary: Vec<String> = results
         .iter()
         .map(|r| match r {
-            Ok(rows) => rows.first().map(|r| r.get::<_, String>(0)).unwrap_or_default(),
+            Ok(rows) => rows
+                .first()
+                .map(|r| r.get::<_, String>(0))
+                .unwrap_or_default(),
             Err(e) => format!("E{}", sqlstate(e)),
         })
         .collect();
@@ -224,7 +276,10 @@ async fn copy_to_stdout_streams_rows() {
         .try_collect()
         .await
         .unwrap();
-    let total: usize = rows.iter().map(|b| b.iter().filter(|&&c| c == b'\n').count()).sum();
+    let total: usize = rows
+        .iter()
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+        .sum();
     assert_eq!(total, 200);
     assert_eq!(one(&agent, "select 'after copy'").await, "after copy");
 }
@@ -240,13 +295,23 @@ async fn authentication_refuses_wrong_secrets_and_unknown_agents_alike() {
     let unknown = connect(&env.url("nobody", "guess")).await.unwrap_err();
     assert_eq!(sqlstate(&wrong), "28P01");
     assert_eq!(sqlstate(&unknown), "28P01");
-    assert_eq!(message(&wrong), format!("password authentication failed for user \"{AGENT}\""));
-    assert_eq!(message(&unknown), "password authentication failed for user \"nobody\"");
+    assert_eq!(
+        message(&wrong),
+        format!("password authentication failed for user \"{AGENT}\"")
+    );
+    assert_eq!(
+        message(&unknown),
+        "password authentication failed for user \"nobody\""
+    );
 
     // The upstream credentials are not agent credentials.
-    let e = connect(&env.url("portcullis_upstream", &env.upstream_password)).await.unwrap_err();
+    let e = connect(&env.url("portcullis_upstream", &env.upstream_password))
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&e), "28P01");
-    let e = connect(&env.url("postgres", env.cluster.superuser_password())).await.unwrap_err();
+    let e = connect(&env.url("postgres", env.cluster.superuser_password()))
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&e), "28P01");
 }
 
@@ -254,16 +319,16 @@ async fn authentication_refuses_wrong_secrets_and_unknown_agents_alike() {
 async fn startup_parameters_outside_the_allow_list_are_refused() {
     let env = Env::start();
     let base = env.agent_url();
-    for (extra, code) in [
-        ("options=-c%20role%3Dpostgres", "42704"),
-    ] {
+    for (extra, code) in [("options=-c%20role%3Dpostgres", "42704")] {
         let e = connect(&format!("{base}?{extra}")).await.unwrap_err();
         assert_eq!(sqlstate(&e), code, "{extra}: {e}");
     }
     let other_db = base.replace("/portcullis_demo", "/postgres");
     assert_eq!(sqlstate(&connect(&other_db).await.unwrap_err()), "3D000");
     // Allowed parameters reach the upstream session.
-    let c = connect(&format!("{base}?application_name=agent-x")).await.unwrap();
+    let c = connect(&format!("{base}?application_name=agent-x"))
+        .await
+        .unwrap();
     assert_eq!(one(&c, "show application_name").await, "agent-x");
 }
 

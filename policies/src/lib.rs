@@ -1,1 +1,4 @@
-pub fn _x(){}
+//! Cedar policy loading, versioning and filter derivation.
+//!
+//! Not built yet (issue 3): nothing depends on this crate, and Portcullis enforces no policy
+//! today beyond the statement gate in `rewriter`.

@@ -143,7 +143,10 @@ impl Config {
             return Err(invalid("postgres.require_tls", "needs [postgres.tls]"));
         }
         if pg.max_message_bytes < 1024 {
-            return Err(invalid("postgres.max_message_bytes", "must be at least 1024"));
+            return Err(invalid(
+                "postgres.max_message_bytes",
+                "must be at least 1024",
+            ));
         }
         if pg.max_query_bytes == 0 || pg.max_query_bytes > pg.max_message_bytes {
             return Err(invalid(
@@ -156,15 +159,24 @@ impl Config {
         for (i, a) in self.agents.into_iter().enumerate() {
             let key = format!("agents[{i}]");
             if a.id.is_empty() || a.id.len() > 63 || a.id.contains('\0') {
-                return Err(invalid(format!("{key}.id"), "must be 1 to 63 bytes, no NUL"));
+                return Err(invalid(
+                    format!("{key}.id"),
+                    "must be 1 to 63 bytes, no NUL",
+                ));
             }
             if !seen.insert(a.id.clone()) {
-                return Err(invalid(format!("{key}.id"), format!("duplicate agent id {:?}", a.id)));
+                return Err(invalid(
+                    format!("{key}.id"),
+                    format!("duplicate agent id {:?}", a.id),
+                ));
             }
             let secret = match (a.secret, &a.secret_env) {
                 (Some(s), None) => s.0,
                 (None, Some(var)) => std::env::var(var).map_err(|_| {
-                    invalid(format!("{key}.secret_env"), format!("environment variable {var} is not set"))
+                    invalid(
+                        format!("{key}.secret_env"),
+                        format!("environment variable {var} is not set"),
+                    )
                 })?,
                 _ => {
                     return Err(invalid(key, "set exactly one of `secret` or `secret_env`"));
@@ -174,7 +186,8 @@ impl Config {
                 return Err(invalid(format!("{key}.secret"), "must not be empty"));
             }
             let verifier = if secret.starts_with("SCRAM-SHA-256$") {
-                Verifier::parse(&secret).map_err(|e| invalid(format!("{key}.secret"), e.to_string()))?
+                Verifier::parse(&secret)
+                    .map_err(|e| invalid(format!("{key}.secret"), e.to_string()))?
             } else {
                 Verifier::from_secret(&secret)
             };
@@ -224,23 +237,39 @@ mod tests {
     fn bad_values_are_named() {
         let e = Config::parse(&GOOD.replace("127.0.0.1:6432", "nowhere")).unwrap_err();
         assert!(e.contains("listen"), "{e}");
-        let e = Config::parse(&GOOD.replace("postgres://u:p@127.0.0.1:5432/app", "postgres://u:p@h:notaport/app"))
-            .unwrap()
-            .resolve()
-            .err()
-            .unwrap()
-            .to_string();
+        let e = Config::parse(&GOOD.replace(
+            "postgres://u:p@127.0.0.1:5432/app",
+            "postgres://u:p@h:notaport/app",
+        ))
+        .unwrap()
+        .resolve()
+        .err()
+        .unwrap()
+        .to_string();
         assert!(e.contains("postgres.upstream"), "{e}");
-        assert!(!e.contains(":p@"), "the error must not echo the password: {e}");
+        assert!(
+            !e.contains(":p@"),
+            "the error must not echo the password: {e}"
+        );
     }
 
     #[test]
     fn duplicate_agents_and_missing_secrets_are_errors() {
         let dup = format!("{GOOD}\n[[agents]]\nid = \"bot\"\nsecret = \"t\"\n");
-        let e = Config::parse(&dup).unwrap().resolve().err().unwrap().to_string();
+        let e = Config::parse(&dup)
+            .unwrap()
+            .resolve()
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("agents[1].id"), "{e}");
         let none = GOOD.replace("secret = \"s\"", "");
-        let e = Config::parse(&none).unwrap().resolve().err().unwrap().to_string();
+        let e = Config::parse(&none)
+            .unwrap()
+            .resolve()
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("agents[0]"), "{e}");
     }
 

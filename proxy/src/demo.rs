@@ -7,13 +7,16 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use connectors::postgres::fixtures::{self, DEMO_DB, UPSTREAM_USER};
-use connectors::postgres::{LocalCluster, UpstreamConfig, random_token};
+use connectors::postgres::{random_token, LocalCluster, UpstreamConfig};
 
 use crate::config::Resolved;
 use crate::pg::scram::Verifier;
 
 /// Demo agents and their secrets (demo only: real deployments keep verifiers in the config).
-const AGENTS: &[(&str, &str)] = &[("support-bot", "support-secret"), ("auditor", "auditor-secret")];
+const AGENTS: &[(&str, &str)] = &[
+    ("support-bot", "support-secret"),
+    ("auditor", "auditor-secret"),
+];
 
 pub async fn run(listen: SocketAddr, fixtures: PathBuf) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -49,7 +52,10 @@ pub async fn run(listen: SocketAddr, fixtures: PathBuf) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let shared = Arc::new(crate::server::Shared::new(resolved)?);
-    println!("Portcullis demo is running. PostgreSQL (throwaway) is on port {}.", cluster.port());
+    println!(
+        "Portcullis demo is running. PostgreSQL (throwaway) is on port {}.",
+        cluster.port()
+    );
     println!("Connect as an agent:");
     for (id, secret) in AGENTS {
         println!("  psql 'postgres://{id}:{secret}@{listen}/{DEMO_DB}'");

@@ -73,7 +73,10 @@ fn main() -> anyhow::Result<()> {
             std::io::stdin().read_line(&mut secret)?;
             let secret = secret.trim_end_matches(['\r', '\n']);
             anyhow::ensure!(!secret.is_empty(), "no secret on standard input");
-            println!("{}", postgres_protocol::password::scram_sha_256(secret.as_bytes()));
+            println!(
+                "{}",
+                postgres_protocol::password::scram_sha_256(secret.as_bytes())
+            );
             Ok(())
         }
     }

@@ -74,18 +74,19 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Resul
 
 async fn handle(tcp: TcpStream, shared: &Shared) {
     let _ = tcp.set_nodelay(true);
-    let auth = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake::handshake(tcp, shared)).await {
-        Ok(Ok(a)) => a,
-        Ok(Err(HandshakeError::NoSession)) => return,
-        Ok(Err(e)) => {
-            debug!("handshake ended: {e}");
-            return;
-        }
-        Err(_) => {
-            debug!("handshake timed out");
-            return;
-        }
-    };
+    let auth =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake::handshake(tcp, shared)).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(HandshakeError::NoSession)) => return,
+            Ok(Err(e)) => {
+                debug!("handshake ended: {e}");
+                return;
+            }
+            Err(_) => {
+                debug!("handshake timed out");
+                return;
+            }
+        };
     let upstream = auth.upstream;
     let registration = shared.cancels.register(CancelTarget {
         addr: upstream.addr,
@@ -98,7 +99,11 @@ async fn handle(tcp: TcpStream, shared: &Shared) {
         secret_key: upstream.secret_key,
     };
     let mut session = Session::new(shared, auth.agent, auth.client, upstream.stream, cancel);
-    if session.greet(&upstream.parameters, registration.key).await.is_err() {
+    if session
+        .greet(&upstream.parameters, registration.key)
+        .await
+        .is_err()
+    {
         return;
     }
     let _ = session.run().await;

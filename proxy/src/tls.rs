@@ -23,7 +23,10 @@ pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| TlsError::Cert(cfg.cert.display().to_string(), e.to_string()))?;
     if certs.is_empty() {
-        return Err(TlsError::Cert(cfg.cert.display().to_string(), "no certificate found".into()));
+        return Err(TlsError::Cert(
+            cfg.cert.display().to_string(),
+            "no certificate found".into(),
+        ));
     }
     let key = PrivateKeyDer::from_pem_file(&cfg.key)
         .map_err(|e| TlsError::Key(cfg.key.display().to_string(), e.to_string()))?;

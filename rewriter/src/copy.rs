@@ -11,9 +11,9 @@ pub(crate) fn check(statement: &Statement) -> Result<(), Refusal> {
     };
     match (to, target) {
         (true, CopyTarget::Stdout) => Ok(()),
-        (_, CopyTarget::File { .. }) => Err(Refusal::Forbidden(
-            "COPY to or from a server file".into(),
-        )),
+        (_, CopyTarget::File { .. }) => {
+            Err(Refusal::Forbidden("COPY to or from a server file".into()))
+        }
         (_, CopyTarget::Program { .. }) => Err(Refusal::Forbidden(
             "COPY to or from a server program".into(),
         )),
@@ -23,12 +23,16 @@ pub(crate) fn check(statement: &Statement) -> Result<(), Refusal> {
 
 #[cfg(test)]
 mod tests {
-    use crate::{Protocol, check};
+    use crate::{check, Protocol};
 
     #[test]
     fn copy_to_stdout_passes_and_the_rest_is_refused() {
         assert!(check("COPY t TO STDOUT", Protocol::Simple).is_ok());
-        assert!(check("COPY (SELECT 1) TO STDOUT WITH (FORMAT csv)", Protocol::Simple).is_ok());
+        assert!(check(
+            "COPY (SELECT 1) TO STDOUT WITH (FORMAT csv)",
+            Protocol::Simple
+        )
+        .is_ok());
         for sql in [
             "COPY t FROM STDIN",
             "COPY t TO '/tmp/x'",

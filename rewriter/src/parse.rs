@@ -11,7 +11,10 @@ const RECURSION_LIMIT: usize = 64;
 
 /// Parses `sql` into statements; an empty string (or only `;`) yields none.
 pub(crate) fn parse(sql: &str) -> Result<Vec<Statement>, Refusal> {
-    if sql.trim_matches(|c: char| c.is_whitespace() || c == ';').is_empty() {
+    if sql
+        .trim_matches(|c: char| c.is_whitespace() || c == ';')
+        .is_empty()
+    {
         return Ok(Vec::new());
     }
     if sql.contains('\0') {

@@ -6,8 +6,8 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName, Reset, Set, Statement,
-    Value, visit_expressions,
+    visit_expressions, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName, Reset,
+    Set, Statement, Value,
 };
 
 use crate::Refusal;
@@ -103,7 +103,11 @@ fn check_set_config_calls(statement: &Statement) -> Result<(), Refusal> {
         }
         let args = match &f.args {
             FunctionArguments::List(list) => &list.args,
-            _ => return ControlFlow::Break(Refusal::Forbidden("set_config without arguments".into())),
+            _ => {
+                return ControlFlow::Break(Refusal::Forbidden(
+                    "set_config without arguments".into(),
+                ))
+            }
         };
         let name = match args.first() {
             Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) => literal_text(e),
@@ -167,12 +171,14 @@ fn identity_refusal() -> Refusal {
 }
 
 fn pinned_refusal(name: &str) -> Refusal {
-    Refusal::Forbidden(format!("the setting \"{name}\" cannot be changed through Portcullis"))
+    Refusal::Forbidden(format!(
+        "the setting \"{name}\" cannot be changed through Portcullis"
+    ))
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::{Protocol, check};
+    use crate::{check, Protocol};
 
     fn refused(sql: &str) -> bool {
         check(sql, Protocol::Simple).is_err()
@@ -237,7 +243,11 @@ mod tests {
             "SHOW standard_conforming_strings",
             "SHOW TRANSACTION ISOLATION LEVEL",
         ] {
-            assert!(check(sql, Protocol::Simple).is_ok(), "{sql} must pass: {:?}", check(sql, Protocol::Simple));
+            assert!(
+                check(sql, Protocol::Simple).is_ok(),
+                "{sql} must pass: {:?}",
+                check(sql, Protocol::Simple)
+            );
         }
     }
 }

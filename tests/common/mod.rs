@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use connectors::postgres::fixtures::{self, DEMO_DB, UPSTREAM_USER};
-use connectors::postgres::{LocalCluster, random_token};
+use connectors::postgres::{random_token, LocalCluster};
 
 pub const AGENT: &str = "support-bot";
 pub const AGENT_SECRET: &str = "support-secret";
@@ -33,7 +33,10 @@ pub struct Options {
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 impl Env {
@@ -44,7 +47,8 @@ impl Env {
     pub fn start_with(options: Options) -> Env {
         let cluster = LocalCluster::start().expect("start PostgreSQL");
         let upstream_password = random_token();
-        fixtures::load(&cluster, &repo_root().join("fixtures"), &upstream_password).expect("load fixtures");
+        fixtures::load(&cluster, &repo_root().join("fixtures"), &upstream_password)
+            .expect("load fixtures");
         let dir = tempfile::tempdir().unwrap();
         let verifier = postgres_protocol_verifier(AUDITOR_SECRET);
         let mut last = String::new();
@@ -116,7 +120,10 @@ secret = "{verifier}"
     }
 
     pub fn url(&self, user: &str, secret: &str) -> String {
-        format!("postgres://{user}:{secret}@127.0.0.1:{}/{DEMO_DB}", self.port)
+        format!(
+            "postgres://{user}:{secret}@127.0.0.1:{}/{DEMO_DB}",
+            self.port
+        )
     }
 
     pub fn direct_url(&self) -> String {
@@ -124,11 +131,15 @@ secret = "{verifier}"
     }
 
     pub async fn agent(&self) -> tokio_postgres::Client {
-        connect(&self.agent_url()).await.expect("agent connects through portcullis")
+        connect(&self.agent_url())
+            .await
+            .expect("agent connects through portcullis")
     }
 
     pub async fn direct(&self) -> tokio_postgres::Client {
-        connect(&self.direct_url()).await.expect("superuser connects directly")
+        connect(&self.direct_url())
+            .await
+            .expect("superuser connects directly")
     }
 }
 
@@ -156,7 +167,9 @@ pub fn sqlstate(e: &tokio_postgres::Error) -> String {
 }
 
 pub fn message(e: &tokio_postgres::Error) -> String {
-    e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
+    e.as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| e.to_string())
 }
 
 fn postgres_protocol_verifier(secret: &str) -> String {
@@ -167,7 +180,10 @@ fn postgres_protocol_verifier(secret: &str) -> String {
         .spawn()
         .and_then(|mut c| {
             use std::io::Write;
-            c.stdin.take().unwrap().write_all(format!("{secret}\n").as_bytes())?;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(format!("{secret}\n").as_bytes())?;
             c.wait_with_output()
         })
         .expect("portcullis hash-secret");
@@ -175,7 +191,11 @@ fn postgres_protocol_verifier(secret: &str) -> String {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_for_port(port: u16, proxy: &mut Child) -> bool {

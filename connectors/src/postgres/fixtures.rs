@@ -12,7 +12,11 @@ pub const UPSTREAM_USER: &str = "portcullis_upstream";
 
 /// Creates [`DEMO_DB`], loads `schema.sql` and `data.sql` from `dir`, and creates
 /// [`UPSTREAM_USER`] with `upstream_password` via `roles.sql`.
-pub fn load(cluster: &LocalCluster, dir: &Path, upstream_password: &str) -> Result<(), ClusterError> {
+pub fn load(
+    cluster: &LocalCluster,
+    dir: &Path,
+    upstream_password: &str,
+) -> Result<(), ClusterError> {
     cluster.psql("postgres", &format!("CREATE DATABASE {DEMO_DB}"), &[])?;
     for file in ["schema.sql", "data.sql"] {
         cluster.psql_file(DEMO_DB, &dir.join(file), &[])?;
@@ -20,6 +24,9 @@ pub fn load(cluster: &LocalCluster, dir: &Path, upstream_password: &str) -> Resu
     cluster.psql_file(
         DEMO_DB,
         &dir.join("roles.sql"),
-        &[("upstream_user", UPSTREAM_USER), ("upstream_password", upstream_password)],
+        &[
+            ("upstream_user", UPSTREAM_USER),
+            ("upstream_password", upstream_password),
+        ],
     )
 }

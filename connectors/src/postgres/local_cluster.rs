@@ -33,12 +33,17 @@ impl LocalCluster {
     pub fn start() -> Result<Self, ClusterError> {
         let bindir = find_bindir().ok_or(ClusterError::NoBinaries)?;
         let as_postgres = is_root();
-        let dir = tempfile::Builder::new().prefix("portcullis-pg-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("portcullis-pg-")
+            .tempdir()?;
         let superuser_password = random_token();
         std::fs::write(dir.path().join("pwfile"), &superuser_password)?;
         std::fs::create_dir(dir.path().join("sock"))?;
         if as_postgres {
-            run(Command::new("chown").arg("-R").arg("postgres:").arg(dir.path()))?;
+            run(Command::new("chown")
+                .arg("-R")
+                .arg("postgres:")
+                .arg(dir.path()))?;
         }
         let mut cluster = LocalCluster {
             dir,
@@ -146,7 +151,12 @@ impl LocalCluster {
     }
 
     /// Runs a SQL file as the superuser (stops at the first error).
-    pub fn psql_file(&self, db: &str, file: &Path, vars: &[(&str, &str)]) -> Result<(), ClusterError> {
+    pub fn psql_file(
+        &self,
+        db: &str,
+        file: &Path,
+        vars: &[(&str, &str)],
+    ) -> Result<(), ClusterError> {
         let mut cmd = self.psql_command(db, vars);
         cmd.arg("-f").arg(file);
         run(&mut cmd).map(|_| ())

@@ -6,5 +6,5 @@ pub mod fixtures;
 mod local_cluster;
 mod upstream;
 
-pub use local_cluster::{ClusterError, LocalCluster, random_token};
-pub use upstream::{ConnectError, Upstream, UpstreamConfig, cancel, connect};
+pub use local_cluster::{random_token, ClusterError, LocalCluster};
+pub use upstream::{cancel, connect, ConnectError, Upstream, UpstreamConfig};

@@ -73,7 +73,11 @@ impl UpstreamConfig {
 
 fn strip_secrets(message: &str) -> String {
     // tokio-postgres' parse errors name the offending key, never the value; keep it that way.
-    message.split(':').next().unwrap_or("invalid URL").to_string()
+    message
+        .split(':')
+        .next()
+        .unwrap_or("invalid URL")
+        .to_string()
 }
 
 /// A logged-in upstream session, ready for queries, with everything the backend announced.
@@ -132,12 +136,18 @@ pub async fn connect(
             Message::AuthenticationOk => {}
             Message::AuthenticationCleartextPassword => {
                 let pw = config.password.as_ref().ok_or(ConnectError::NoPassword)?;
-                send(&mut stream, |b| frontend::password_message(pw.as_bytes(), b)).await?;
+                send(&mut stream, |b| {
+                    frontend::password_message(pw.as_bytes(), b)
+                })
+                .await?;
             }
             Message::AuthenticationMd5Password(body) => {
                 let pw = config.password.as_ref().ok_or(ConnectError::NoPassword)?;
                 let hash = md5_hash(config.user.as_bytes(), pw.as_bytes(), body.salt());
-                send(&mut stream, |b| frontend::password_message(hash.as_bytes(), b)).await?;
+                send(&mut stream, |b| {
+                    frontend::password_message(hash.as_bytes(), b)
+                })
+                .await?;
             }
             Message::AuthenticationSasl(body) => {
                 let pw = config.password.as_ref().ok_or(ConnectError::NoPassword)?;
@@ -218,7 +228,10 @@ async fn send(
     Ok(())
 }
 
-async fn read_message(stream: &mut TcpStream, read: &mut BytesMut) -> Result<Message, ConnectError> {
+async fn read_message(
+    stream: &mut TcpStream,
+    read: &mut BytesMut,
+) -> Result<Message, ConnectError> {
     loop {
         if let Some(message) = Message::parse(read)? {
             return Ok(message);

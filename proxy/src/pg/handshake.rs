@@ -8,8 +8,8 @@ use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use super::client_stream::ClientStream;
-use super::messages::error::{Severity, error_response};
-use super::messages::startup::{self, MAX_STARTUP_PACKET, StartupPacket};
+use super::messages::error::{error_response, Severity};
+use super::messages::startup::{self, StartupPacket, MAX_STARTUP_PACKET};
 use super::messages::{auth, frame, status};
 use super::scram::{Exchange, Verifier};
 use crate::server::Shared;
@@ -57,7 +57,10 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Result<Authenticated,
         match startup::decode(&body) {
             Ok(StartupPacket::SslRequest) => {
                 if client.is_tls() {
-                    return Err(HandshakeError::Refused("08P01", "SSLRequest after TLS".into()));
+                    return Err(HandshakeError::Refused(
+                        "08P01",
+                        "SSLRequest after TLS".into(),
+                    ));
                 }
                 match (&shared.tls, client) {
                     (Some(acceptor), ClientStream::Plain(mut tcp)) => {
@@ -77,13 +80,19 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Result<Authenticated,
             }) => {
                 if let Some(t) = shared.cancels.lookup(process_id, secret_key) {
                     debug!("forwarding a cancel request to backend {}", t.process_id);
-                    if let Err(e) = connectors::postgres::cancel(t.addr, t.process_id, t.secret_key).await {
+                    if let Err(e) =
+                        connectors::postgres::cancel(t.addr, t.process_id, t.secret_key).await
+                    {
                         warn!("cancel request to the upstream failed: {e}");
                     }
                 }
                 return Err(HandshakeError::NoSession);
             }
-            Ok(StartupPacket::Startup { major, minor, params }) => break (major, minor, params),
+            Ok(StartupPacket::Startup {
+                major,
+                minor,
+                params,
+            }) => break (major, minor, params),
             Err(e) => return fatal(&mut client, "08P01", &e.to_string()).await,
         }
     };
@@ -97,7 +106,12 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Result<Authenticated,
         .await;
     }
     if shared.require_tls && !client.is_tls() {
-        return fatal(&mut client, "28000", "Portcullis requires TLS (sslmode=require)").await;
+        return fatal(
+            &mut client,
+            "28000",
+            "Portcullis requires TLS (sslmode=require)",
+        )
+        .await;
     }
     let vetted = match vet_params(&params, &shared.upstream.dbname) {
         Ok(v) => v,
@@ -114,7 +128,10 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Result<Authenticated,
         return fatal(
             &mut client,
             "28P01",
-            &format!("password authentication failed for user \"{}\"", vetted.agent),
+            &format!(
+                "password authentication failed for user \"{}\"",
+                vetted.agent
+            ),
         )
         .await;
     }
@@ -140,7 +157,11 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Result<Authenticated,
 }
 
 /// Sends a FATAL ErrorResponse and ends the handshake.
-async fn fatal<T>(client: &mut ClientStream, code: &'static str, message: &str) -> Result<T, HandshakeError> {
+async fn fatal<T>(
+    client: &mut ClientStream,
+    code: &'static str,
+    message: &str,
+) -> Result<T, HandshakeError> {
     let mut out = BytesMut::new();
     error_response(&mut out, Severity::Fatal, code, message, None);
     let _ = client.write_all(&out).await;
@@ -178,8 +199,14 @@ fn vet_params(params: &[(String, String)], dbname: &str) -> Result<Vetted, (&'st
                 }
             }
             "replication" => {
-                if !matches!(v.to_ascii_lowercase().as_str(), "false" | "off" | "no" | "0") {
-                    return Err(("28000", "replication connections are not allowed through Portcullis".into()));
+                if !matches!(
+                    v.to_ascii_lowercase().as_str(),
+                    "false" | "off" | "no" | "0"
+                ) {
+                    return Err((
+                        "28000",
+                        "replication connections are not allowed through Portcullis".into(),
+                    ));
                 }
             }
             "client_encoding" => {
@@ -209,13 +236,20 @@ fn vet_params(params: &[(String, String)], dbname: &str) -> Result<Vetted, (&'st
             forward,
             unsupported,
         }),
-        _ => Err(("28000", "no PostgreSQL user name specified in startup packet".into())),
+        _ => Err((
+            "28000",
+            "no PostgreSQL user name specified in startup packet".into(),
+        )),
     }
 }
 
 /// SCRAM-SHA-256 with the agent's verifier, or with a decoy for an unknown agent so that both
 /// fail the same way. Returns whether the agent proved its secret.
-async fn authenticate(client: &mut ClientStream, agent: &str, shared: &Shared) -> Result<bool, HandshakeError> {
+async fn authenticate(
+    client: &mut ClientStream,
+    agent: &str,
+    shared: &Shared,
+) -> Result<bool, HandshakeError> {
     let known = shared.agents.get(agent).cloned();
     let is_known = known.is_some();
     let verifier = known.unwrap_or_else(|| Verifier::decoy(agent, &shared.decoy_key));
@@ -229,7 +263,12 @@ async fn authenticate(client: &mut ClientStream, agent: &str, shared: &Shared) -
         return fatal(client, "08P01", "invalid SASLInitialResponse").await;
     };
     if mechanism != auth::SCRAM_SHA_256 {
-        return fatal(client, "28000", "unsupported SASL mechanism (Portcullis offers SCRAM-SHA-256)").await;
+        return fatal(
+            client,
+            "28000",
+            "unsupported SASL mechanism (Portcullis offers SCRAM-SHA-256)",
+        )
+        .await;
     }
     let (exchange, server_first) = match Exchange::start(verifier, data) {
         Ok(x) => x,
@@ -276,7 +315,10 @@ mod tests {
     use super::*;
 
     fn p(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -312,7 +354,10 @@ mod tests {
             ("client_encoding", "SQL_ASCII"),
             ("database", "postgres"),
         ] {
-            assert!(vet_params(&p(&[("user", "bot"), bad]), "app").is_err(), "{bad:?}");
+            assert!(
+                vet_params(&p(&[("user", "bot"), bad]), "app").is_err(),
+                "{bad:?}"
+            );
         }
         assert!(vet_params(&p(&[("database", "app")]), "app").is_err());
     }

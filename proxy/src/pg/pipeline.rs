@@ -88,7 +88,10 @@ impl Pipeline {
             b's' => pop_if(&mut self.queue, &[Expect::Execute])?,
             b't' => {
                 if front != Some(Expect::Describe) {
-                    return Err(Mismatch { tag, expected: format!("{front:?} was pending") });
+                    return Err(Mismatch {
+                        tag,
+                        expected: format!("{front:?} was pending"),
+                    });
                 }
             }
             b'T' => match front {
@@ -96,18 +99,31 @@ impl Pipeline {
                     self.queue.pop_front();
                 }
                 Some(Expect::Query) => {}
-                _ => return Err(Mismatch { tag, expected: format!("{front:?} was pending") }),
+                _ => {
+                    return Err(Mismatch {
+                        tag,
+                        expected: format!("{front:?} was pending"),
+                    })
+                }
             },
             b'C' | b'I' => match front {
                 Some(Expect::Execute) => {
                     self.queue.pop_front();
                 }
                 Some(Expect::Query) => {}
-                _ => return Err(Mismatch { tag, expected: format!("{front:?} was pending") }),
+                _ => {
+                    return Err(Mismatch {
+                        tag,
+                        expected: format!("{front:?} was pending"),
+                    })
+                }
             },
             b'D' | b'H' | b'd' | b'c' => {
                 if !matches!(front, Some(Expect::Query | Expect::Execute)) {
-                    return Err(Mismatch { tag, expected: format!("{front:?} was pending") });
+                    return Err(Mismatch {
+                        tag,
+                        expected: format!("{front:?} was pending"),
+                    });
                 }
             }
             b'Z' => pop_if(&mut self.queue, &[Expect::Query, Expect::Sync])?,
@@ -146,13 +162,22 @@ mod tests {
     use super::*;
 
     fn rej() -> Option<Rejection> {
-        Some(Rejection { code: "42501", message: "no".into() })
+        Some(Rejection {
+            code: "42501",
+            message: "no".into(),
+        })
     }
 
     #[test]
     fn extended_batch_completes() {
         let mut p = Pipeline::default();
-        for e in [Expect::Parse, Expect::Bind, Expect::Describe, Expect::Execute, Expect::Sync] {
+        for e in [
+            Expect::Parse,
+            Expect::Bind,
+            Expect::Describe,
+            Expect::Execute,
+            Expect::Sync,
+        ] {
             p.push(e, None);
         }
         for tag in *b"12TDDCZ" {

@@ -3,8 +3,8 @@
 //!
 //! Channel binding (SCRAM-SHA-256-PLUS) is not offered; clients that require it are refused.
 
-use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
 use hmac::{KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
@@ -40,7 +40,9 @@ pub enum ScramError {
 impl Verifier {
     /// Parses PostgreSQL's verifier format.
     pub fn parse(s: &str) -> Result<Self, ScramError> {
-        let rest = s.strip_prefix("SCRAM-SHA-256$").ok_or(ScramError::BadVerifier)?;
+        let rest = s
+            .strip_prefix("SCRAM-SHA-256$")
+            .ok_or(ScramError::BadVerifier)?;
         let (params, keys) = rest.split_once('$').ok_or(ScramError::BadVerifier)?;
         let (iter, salt) = params.split_once(':').ok_or(ScramError::BadVerifier)?;
         let (stored, server) = keys.split_once(':').ok_or(ScramError::BadVerifier)?;
@@ -64,8 +66,10 @@ impl Verifier {
 
     /// Derives a verifier from a plaintext secret with a fresh random salt.
     pub fn from_secret(secret: &str) -> Self {
-        Self::parse(&postgres_protocol::password::scram_sha_256(secret.as_bytes()))
-            .expect("postgres-protocol produces valid verifiers")
+        Self::parse(&postgres_protocol::password::scram_sha_256(
+            secret.as_bytes(),
+        ))
+        .expect("postgres-protocol produces valid verifiers")
     }
 
     /// A verifier no secret matches, with a salt derived from `name` and `instance_key`, so that
@@ -113,7 +117,11 @@ impl Exchange {
             .split(',')
             .find_map(|a| a.strip_prefix("r="))
             .ok_or(ScramError::Malformed)?;
-        if client_nonce.is_empty() || !client_nonce.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b',') {
+        if client_nonce.is_empty()
+            || !client_nonce
+                .bytes()
+                .all(|b| (0x21..=0x7e).contains(&b) && b != b',')
+        {
             return Err(ScramError::Malformed);
         }
         let server_nonce = B64.encode(rand::random::<[u8; 18]>());
@@ -196,7 +204,9 @@ mod tests {
         let (exchange, server_first) = Exchange::start(verifier, client.message())?;
         client.update(server_first.as_bytes()).unwrap();
         let server_final = exchange.finish(client.message())?;
-        client.finish(server_final.as_bytes()).map_err(|_| ScramError::Failed)
+        client
+            .finish(server_final.as_bytes())
+            .map_err(|_| ScramError::Failed)
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::cancel::CancelTarget;
 use super::client_stream::ClientStream;
-use super::messages::error::{Severity, error_response};
+use super::messages::error::{error_response, Severity};
 use super::messages::frame::{self, FrameError};
 use super::messages::query::{self, ParseDecodeError};
 use super::messages::status;
@@ -93,16 +93,27 @@ impl<'a> Session<'a> {
     }
 
     /// Sends the client the upstream's parameters, our cancel key and ReadyForQuery.
-    pub async fn greet(&mut self, parameters: &[(String, String)], key: (i32, i32)) -> Result<(), SessionError> {
+    pub async fn greet(
+        &mut self,
+        parameters: &[(String, String)],
+        key: (i32, i32),
+    ) -> Result<(), SessionError> {
         let mut out = BytesMut::new();
         for (name, value) in parameters {
             // The upstream login's name is Portcullis's business, not the agent's.
-            let value = if name == "session_authorization" { &self.agent } else { value };
+            let value = if name == "session_authorization" {
+                &self.agent
+            } else {
+                value
+            };
             status::parameter_status(&mut out, name, value);
         }
         status::backend_key_data(&mut out, key.0, key.1);
         status::ready_for_query(&mut out, b'I');
-        self.client.write_all(&out).await.map_err(SessionError::Client)
+        self.client
+            .write_all(&out)
+            .await
+            .map_err(SessionError::Client)
     }
 
     pub async fn run(mut self) -> Result<(), SessionError> {
@@ -113,8 +124,12 @@ impl<'a> Session<'a> {
         }
         if !self.pipeline.is_idle() {
             // The client is gone or misbehaved mid-query: stop the work it started.
-            if let Err(e) =
-                connectors::postgres::cancel(self.cancel.addr, self.cancel.process_id, self.cancel.secret_key).await
+            if let Err(e) = connectors::postgres::cancel(
+                self.cancel.addr,
+                self.cancel.process_id,
+                self.cancel.secret_key,
+            )
+            .await
             {
                 warn!("cancelling the upstream query failed: {e}");
             }
@@ -185,13 +200,14 @@ impl<'a> Session<'a> {
     /// Handles every complete client message in the buffer.
     fn on_client_data(&mut self) -> Result<Flow, SessionError> {
         loop {
-            let (tag, msg) = match frame::next_frame(&mut self.from_client, self.shared.max_message_bytes) {
-                Ok(Some(f)) => f,
-                Ok(None) => return Ok(Flow::Continue),
-                Err(e @ (FrameError::BadLength(_) | FrameError::TooLarge(..))) => {
-                    return Err(SessionError::ClientProtocol(e.to_string()));
-                }
-            };
+            let (tag, msg) =
+                match frame::next_frame(&mut self.from_client, self.shared.max_message_bytes) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => return Ok(Flow::Continue),
+                    Err(e @ (FrameError::BadLength(_) | FrameError::TooLarge(..))) => {
+                        return Err(SessionError::ClientProtocol(e.to_string()));
+                    }
+                };
             if self.skip_until_sync && !matches!(tag, b'S' | b'X') {
                 continue;
             }
@@ -213,7 +229,8 @@ impl<'a> Session<'a> {
                 b'd' | b'c' | b'f' => {}
                 b'F' => self.inject_query(Rejection {
                     code: "0A000",
-                    message: "Portcullis does not support the function-call protocol message".into(),
+                    message: "Portcullis does not support the function-call protocol message"
+                        .into(),
                 }),
                 other => {
                     return Err(SessionError::ClientProtocol(format!(
@@ -259,7 +276,9 @@ impl<'a> Session<'a> {
                 return Ok(());
             }
             Err(ParseDecodeError::Malformed) => {
-                return Err(SessionError::ClientProtocol("malformed Parse message".into()));
+                return Err(SessionError::ClientProtocol(
+                    "malformed Parse message".into(),
+                ));
             }
         };
         if parse.sql.len() > self.shared.max_query_bytes {
@@ -318,7 +337,9 @@ impl<'a> Session<'a> {
             match tag {
                 b'S' | b'Z' => {
                     if size > MAX_INSPECTED {
-                        return Err(SessionError::UpstreamProtocol("oversized status message".into()));
+                        return Err(SessionError::UpstreamProtocol(
+                            "oversized status message".into(),
+                        ));
                     }
                     if self.from_upstream.len() < size {
                         return Ok(());
@@ -331,7 +352,13 @@ impl<'a> Session<'a> {
                 }
                 b'E' => match self.account(tag)? {
                     Some(rejection) => {
-                        error_response(&mut self.to_client, Severity::Error, rejection.code, &rejection.message, None);
+                        error_response(
+                            &mut self.to_client,
+                            Severity::Error,
+                            rejection.code,
+                            &rejection.message,
+                            None,
+                        );
                         self.dropping = size;
                     }
                     None => self.passthrough = size,
@@ -355,7 +382,9 @@ impl<'a> Session<'a> {
 /// ever reports otherwise (a path the gate missed), the session ends rather than go on unsafely.
 fn check_parameter_status(msg: &[u8]) -> Result<(), SessionError> {
     let Some((name, value)) = status::decode_parameter_status(msg) else {
-        return Err(SessionError::UpstreamProtocol("malformed ParameterStatus".into()));
+        return Err(SessionError::UpstreamProtocol(
+            "malformed ParameterStatus".into(),
+        ));
     };
     let bad = match name {
         "standard_conforming_strings" => value != "on",

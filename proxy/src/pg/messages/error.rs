@@ -20,7 +20,13 @@ impl Severity {
 }
 
 /// Appends an ErrorResponse with severity, SQLSTATE and message (and an optional hint).
-pub fn error_response(out: &mut BytesMut, severity: Severity, code: &str, message: &str, hint: Option<&str>) {
+pub fn error_response(
+    out: &mut BytesMut,
+    severity: Severity,
+    code: &str,
+    message: &str,
+    hint: Option<&str>,
+) {
     write_message(out, b'E', |b| {
         b.extend_from_slice(b"S");
         put_cstr(b, severity.as_str());

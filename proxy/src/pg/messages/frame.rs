@@ -57,8 +57,14 @@ mod tests {
         let mut b = BytesMut::from(&b"Q\0\0\0\x02"[..]);
         assert_eq!(next_frame(&mut b, 100), Err(FrameError::BadLength(2)));
         let mut b = BytesMut::from(&b"Q\x7f\xff\xff\xff"[..]);
-        assert!(matches!(next_frame(&mut b, 100), Err(FrameError::TooLarge(_, 100))));
+        assert!(matches!(
+            next_frame(&mut b, 100),
+            Err(FrameError::TooLarge(_, 100))
+        ));
         let mut b = BytesMut::from(&b"Q\xff\xff\xff\xff"[..]);
-        assert!(matches!(next_frame(&mut b, 100), Err(FrameError::BadLength(-1))));
+        assert!(matches!(
+            next_frame(&mut b, 100),
+            Err(FrameError::BadLength(-1))
+        ));
     }
 }

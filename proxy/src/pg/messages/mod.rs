@@ -16,7 +16,11 @@ pub(crate) fn put_cstr(out: &mut bytes::BytesMut, s: &str) {
 }
 
 /// Writes `tag`, a length placeholder, runs `body`, then fills in the length.
-pub(crate) fn write_message(out: &mut bytes::BytesMut, tag: u8, body: impl FnOnce(&mut bytes::BytesMut)) {
+pub(crate) fn write_message(
+    out: &mut bytes::BytesMut,
+    tag: u8,
+    body: impl FnOnce(&mut bytes::BytesMut),
+) {
     out.extend_from_slice(&[tag, 0, 0, 0, 0]);
     let start = out.len() - 4;
     body(out);

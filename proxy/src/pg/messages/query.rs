@@ -75,7 +75,10 @@ mod tests {
         let mut b = BytesMut::new();
         encode_parse(&mut b, "s1", "SELECT $1", &[0, 1, 0, 0, 0, 23]);
         let p = decode_parse(&b).unwrap();
-        assert_eq!((p.name, p.sql, p.param_types), ("s1", "SELECT $1", &[0u8, 1, 0, 0, 0, 23][..]));
+        assert_eq!(
+            (p.name, p.sql, p.param_types),
+            ("s1", "SELECT $1", &[0u8, 1, 0, 0, 0, 23][..])
+        );
     }
 
     #[test]

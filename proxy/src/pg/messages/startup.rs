@@ -13,8 +13,15 @@ pub const MAX_STARTUP_PACKET: usize = 10_000;
 pub enum StartupPacket {
     SslRequest,
     GssEncRequest,
-    Cancel { process_id: i32, secret_key: i32 },
-    Startup { major: u16, minor: u16, params: Vec<(String, String)> },
+    Cancel {
+        process_id: i32,
+        secret_key: i32,
+    },
+    Startup {
+        major: u16,
+        minor: u16,
+        params: Vec<(String, String)>,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -75,7 +82,10 @@ mod tests {
             StartupPacket::Startup {
                 major: 3,
                 minor: 0,
-                params: vec![("user".into(), "bot".into()), ("database".into(), "app".into())]
+                params: vec![
+                    ("user".into(), "bot".into()),
+                    ("database".into(), "app".into())
+                ]
             }
         );
     }
@@ -92,13 +102,19 @@ mod tests {
 
     #[test]
     fn decodes_requests() {
-        assert_eq!(decode(&SSL_REQUEST.to_be_bytes()).unwrap(), StartupPacket::SslRequest);
+        assert_eq!(
+            decode(&SSL_REQUEST.to_be_bytes()).unwrap(),
+            StartupPacket::SslRequest
+        );
         let mut c = CANCEL_REQUEST.to_be_bytes().to_vec();
         c.extend_from_slice(&7i32.to_be_bytes());
         c.extend_from_slice(&9i32.to_be_bytes());
         assert_eq!(
             decode(&c).unwrap(),
-            StartupPacket::Cancel { process_id: 7, secret_key: 9 }
+            StartupPacket::Cancel {
+                process_id: 7,
+                secret_key: 9
+            }
         );
     }
 }
