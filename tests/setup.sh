@@ -14,6 +14,7 @@ command -v pgbouncer >/dev/null || need_apt+=(pgbouncer)
 command -v java >/dev/null || need_apt+=(default-jdk-headless)
 command -v node >/dev/null || need_apt+=(nodejs npm)
 command -v openssl >/dev/null || need_apt+=(openssl)
+command -v bc >/dev/null || need_apt+=(bc)
 python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"

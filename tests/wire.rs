@@ -357,3 +357,45 @@ async fn one(c: &tokio_postgres::Client, sql: &str) -> String {
     }
     panic!("{sql} returned no row");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lexing_setting_changed_behind_the_gates_back_ends_the_session() {
+    let env = Env::start();
+    // A function the gate cannot see into (created by the DBA, directly).
+    env.direct()
+        .await
+        .batch_execute(
+            "CREATE FUNCTION public.sneaky() RETURNS text LANGUAGE sql \
+             AS $$ SELECT set_config('standard_conforming_strings', 'off', false) $$; \
+             GRANT EXECUTE ON FUNCTION public.sneaky() TO portcullis_upstream",
+        )
+        .await
+        .unwrap();
+    let agent = env.agent().await;
+    let result = agent.simple_query("select public.sneaky()").await;
+    // Whether or not the row arrives first, the session must not survive to run another
+    // statement with backslash escapes enabled.
+    let _ = result;
+    let next = agent.simple_query("select 'a\\', 'b'").await;
+    assert!(next.is_err(), "the session must have ended: {next:?}");
+    assert!(agent.is_closed());
+    // Other sessions are unaffected.
+    assert_eq!(
+        one(&env.agent().await, "show standard_conforming_strings").await,
+        "on"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_executing_functions_are_refused() {
+    let env = Env::start();
+    let agent = env.agent().await;
+    for sql in [
+        "select query_to_xml('select set_config(''standard_conforming_strings'', ''off'', false)', true, true, '')",
+        "select * from ts_stat('select to_tsvector(body) from tickets')",
+    ] {
+        let e = agent.simple_query(sql).await.unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{sql}");
+    }
+    assert_eq!(one(&agent, "show standard_conforming_strings").await, "on");
+}

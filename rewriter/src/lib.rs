@@ -6,6 +6,7 @@
 
 mod copy;
 mod error;
+mod functions;
 mod parse;
 mod settings;
 
@@ -54,6 +55,7 @@ pub fn check(sql: &str, protocol: Protocol) -> Result<Checked, Refusal> {
 fn check_statement(statement: &Statement) -> Result<(), Refusal> {
     settings::check(statement)?;
     copy::check(statement)?;
+    functions::check(statement)?;
     Ok(())
 }
 
