@@ -36,7 +36,11 @@ impl Raw {
 
     /// Logs in as the test agent and waits for ReadyForQuery.
     async fn login(env: &Env) -> Raw {
-        let mut r = Raw::open(env).await;
+        Raw::open(env).await.login_on_this_connection().await
+    }
+
+    async fn login_on_this_connection(mut self) -> Raw {
+        let r = &mut self;
         r.startup(&[("user", AGENT), ("database", "portcullis_demo")])
             .await;
         let mut scram = None;
@@ -57,7 +61,7 @@ impl Raw {
                     frontend::sasl_response(s.message(), &mut b).unwrap();
                     r.s.write_all(&b).await.unwrap();
                 }
-                backend::Message::ReadyForQuery(_) => return r,
+                backend::Message::ReadyForQuery(_) => return self,
                 backend::Message::ErrorResponse(_) => panic!("login refused"),
                 _ => {}
             }
@@ -317,5 +321,36 @@ async fn huge_and_deep_queries_are_refused_not_fatal() {
     r.send(&query(&deep)).await;
     assert_eq!(r.until_ready().await, (vec!["42601".to_string()], true));
     r.send(&query("select 1")).await;
+    assert_eq!(r.until_ready().await, (vec![], true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gssenc_is_declined_and_a_wrong_cancel_key_cancels_nothing() {
+    let env = Env::start();
+    // GSSENCRequest: 'N', then the client may go on with a normal startup on the same socket.
+    let mut r = Raw::open(&env).await;
+    let mut b = BytesMut::new();
+    b.put_i32(8);
+    b.put_i32(80877104);
+    r.send(&b).await;
+    let mut answer = [0u8; 1];
+    r.s.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"N");
+    let mut r = r.login_on_this_connection().await;
+
+    // Without TLS configured, SSLRequest is answered 'N' the same way.
+    let mut s = Raw::open(&env).await;
+    let mut b = BytesMut::new();
+    frontend::ssl_request(&mut b);
+    s.send(&b).await;
+    s.s.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"N");
+
+    // A CancelRequest with a key no session holds does nothing.
+    r.send(&query("select pg_sleep(1), 'survived'")).await;
+    let mut c = TcpStream::connect(("127.0.0.1", env.port)).await.unwrap();
+    let mut b = BytesMut::new();
+    frontend::cancel_request(12345, 67890, &mut b);
+    c.write_all(&b).await.unwrap();
     assert_eq!(r.until_ready().await, (vec![], true));
 }

@@ -68,74 +68,35 @@ impl Pipeline {
     /// this message when it is the ErrorResponse of an injected refusal.
     pub fn on_backend(&mut self, tag: u8) -> Result<Option<Rejection>, Mismatch> {
         let front = self.queue.front().map(|p| p.expect);
-        let pop_if = |q: &mut VecDeque<Pending>, want: &[Expect]| -> Result<(), Mismatch> {
-            match q.front() {
-                Some(p) if want.contains(&p.expect) => {
-                    q.pop_front();
-                    Ok(())
-                }
-                _ => Err(Mismatch {
-                    tag,
-                    expected: format!("{front:?} was pending"),
-                }),
-            }
+        let mismatch = || Mismatch {
+            tag,
+            expected: format!("{front:?} was pending"),
         };
-        match tag {
-            b'1' => pop_if(&mut self.queue, &[Expect::Parse])?,
-            b'2' => pop_if(&mut self.queue, &[Expect::Bind])?,
-            b'3' => pop_if(&mut self.queue, &[Expect::Close])?,
-            b'n' => pop_if(&mut self.queue, &[Expect::Describe])?,
-            b's' => pop_if(&mut self.queue, &[Expect::Execute])?,
-            b't' => {
-                if front != Some(Expect::Describe) {
-                    return Err(Mismatch {
-                        tag,
-                        expected: format!("{front:?} was pending"),
-                    });
-                }
+        // What this message does to the front of the queue: complete it, continue it, or neither.
+        let completes: &[Expect] = match tag {
+            b'1' => &[Expect::Parse],
+            b'2' => &[Expect::Bind],
+            b'3' => &[Expect::Close],
+            b'n' => &[Expect::Describe],
+            b's' => &[Expect::Execute],
+            b'Z' => &[Expect::Query, Expect::Sync],
+            b'T' if front == Some(Expect::Describe) => &[Expect::Describe],
+            b'C' | b'I' if front == Some(Expect::Execute) => &[Expect::Execute],
+            b'T' | b'C' | b'I' if front == Some(Expect::Query) => &[],
+            b't' if front == Some(Expect::Describe) => &[],
+            b'D' | b'H' | b'd' | b'c' if matches!(front, Some(Expect::Query | Expect::Execute)) => {
+                &[]
             }
-            b'T' => match front {
-                Some(Expect::Describe) => {
-                    self.queue.pop_front();
-                }
-                Some(Expect::Query) => {}
-                _ => {
-                    return Err(Mismatch {
-                        tag,
-                        expected: format!("{front:?} was pending"),
-                    })
-                }
-            },
-            b'C' | b'I' => match front {
-                Some(Expect::Execute) => {
-                    self.queue.pop_front();
-                }
-                Some(Expect::Query) => {}
-                _ => {
-                    return Err(Mismatch {
-                        tag,
-                        expected: format!("{front:?} was pending"),
-                    })
-                }
-            },
-            b'D' | b'H' | b'd' | b'c' => {
-                if !matches!(front, Some(Expect::Query | Expect::Execute)) {
-                    return Err(Mismatch {
-                        tag,
-                        expected: format!("{front:?} was pending"),
-                    });
-                }
-            }
-            b'Z' => pop_if(&mut self.queue, &[Expect::Query, Expect::Sync])?,
             b'E' => return Ok(self.on_error()),
             // Asynchronous messages may arrive at any time.
-            b'N' | b'A' | b'S' => {}
-            _ => {
-                return Err(Mismatch {
-                    tag,
-                    expected: "that message is never expected".into(),
-                });
+            b'N' | b'A' | b'S' => &[],
+            _ => return Err(mismatch()),
+        };
+        if !completes.is_empty() {
+            if !front.is_some_and(|f| completes.contains(&f)) {
+                return Err(mismatch());
             }
+            self.queue.pop_front();
         }
         Ok(None)
     }
