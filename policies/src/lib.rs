@@ -1,4 +1,19 @@
-//! Cedar policy loading, versioning and filter derivation.
+//! Policy as code: a policy set is a directory holding one Cedar schema (`*.cedarschema`), any
+//! number of policy files (`*.cedar`, each policy named by its `@id("…")` annotation) and
+//! `entities.json` (agents, roles, users). Loading validates everything strictly against the
+//! schema and names the file, line and column of every problem. Each loaded set has a
+//! [`Version`]: the content hash of its files, under which a [`VersionStore`] keeps it.
 //!
-//! Not built yet (issue 3): nothing depends on this crate, and Portcullis enforces no policy
-//! today beyond the statement gate in `rewriter`.
+//! Filter derivation (Cedar partial evaluation → Filter IR) builds on this (issue 3).
+
+mod diagnostics;
+mod load;
+mod source;
+mod store;
+mod version;
+
+pub use diagnostics::Diagnostic;
+pub use load::{load_dir, load_sources, LoadError, PolicyBundle};
+pub use source::{SourceFile, SourceKind};
+pub use store::{StoreError, VersionStore};
+pub use version::Version;

@@ -45,6 +45,21 @@ enum Command {
     },
     /// Read a secret from standard input and print its SCRAM-SHA-256 verifier for the config
     HashSecret,
+    /// Work with Cedar policy sets (validate)
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Load a policy-set directory, validate it strictly against its schema, print its version
+    Validate {
+        /// Directory with one *.cedarschema, *.cedar policy files and entities.json
+        dir: PathBuf,
+        /// Also keep the validated set in this version store (content-addressed by version)
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -78,6 +93,9 @@ fn run() -> anyhow::Result<()> {
             println!("{}: OK", config.display());
             Ok(())
         }
+        Command::Policy(PolicyCommand::Validate { dir, store }) => {
+            policy_validate(&dir, store.as_deref())
+        }
         Command::HashSecret => {
             let mut secret = String::new();
             std::io::stdin().read_line(&mut secret)?;
@@ -90,6 +108,24 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn policy_validate(dir: &std::path::Path, store: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let bundle = policies::load_dir(dir)?;
+    for w in &bundle.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!(
+        "{}: valid ({} policies), version {}",
+        dir.display(),
+        bundle.policies.num_of_policies(),
+        bundle.version
+    );
+    if let Some(root) = store {
+        let path = policies::VersionStore::open(root)?.save(&bundle)?;
+        println!("stored in {}", path.display());
+    }
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

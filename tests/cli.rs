@@ -1,0 +1,94 @@
+//! The `portcullis` command line as a user runs it: help, config checks, policy validation.
+
+use std::process::Command;
+
+fn portcullis(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn repo(path: &str) -> String {
+    format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn help_lists_every_subcommand() {
+    let (ok, out, _) = portcullis(&["--help"]);
+    assert!(ok);
+    for cmd in ["serve", "demo", "check-config", "hash-secret", "policy"] {
+        assert!(out.contains(cmd), "{cmd} missing from:\n{out}");
+    }
+}
+
+#[test]
+fn policy_validate_accepts_the_examples_and_stores_versions() {
+    let store = tempfile::tempdir().unwrap();
+    for set in ["policies/examples/finance", "policies/examples/rag"] {
+        let (ok, out, err) = portcullis(&[
+            "policy",
+            "validate",
+            &repo(set),
+            "--store",
+            store.path().to_str().unwrap(),
+        ]);
+        assert!(ok, "{set}: {out}{err}");
+        assert!(out.contains("valid") && out.contains("version "), "{out}");
+        let version = out
+            .split("version ")
+            .nth(1)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .trim();
+        assert!(store.path().join(version).join("entities.json").is_file());
+    }
+}
+
+#[test]
+fn policy_validate_names_file_line_and_policy_of_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(repo("policies/examples/finance")).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let rows = dir.path().join("rows.cedar");
+    let text = std::fs::read_to_string(&rows)
+        .unwrap()
+        .replace("principal.tenant_id }", "principal.tenantid }");
+    std::fs::write(&rows, text).unwrap();
+    let (ok, _, err) = portcullis(&["policy", "validate", dir.path().to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("rows.cedar:6:"), "{err}");
+    assert!(
+        err.contains("support-reads-own-tenant") && err.contains("tenantid"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_broken_config_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "[postgres]\nlisten = \"127.0.0.1:1\"\nupstream = \"postgres://a@b/c\"\nmax_query_bytes = \"x\"\n").unwrap();
+    let (ok, _, err) = portcullis(&["check-config", "--config", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("max_query_bytes") && err.contains("line 4"),
+        "{err}"
+    );
+    std::fs::write(
+        &path,
+        "[postgres]\nlisten = \"127.0.0.1:1\"\nupstream = \"postgres://a@b/c\"\nlisten_port = 5\n",
+    )
+    .unwrap();
+    let (ok, _, err) = portcullis(&["check-config", "--config", path.to_str().unwrap()]);
+    assert!(!ok && err.contains("listen_port"), "{err}");
+}
