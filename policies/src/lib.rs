@@ -4,15 +4,19 @@
 //! schema and names the file, line and column of every problem. Each loaded set has a
 //! [`Version`]: the content hash of its files, under which a [`VersionStore`] keeps it.
 //!
-//! Filter derivation (Cedar partial evaluation → Filter IR) builds on this (issue 3).
+//! [`derive`] turns a set and a request with the resource unknown into a [`Filter`].
 
+mod derive;
 mod diagnostics;
+mod filter;
 mod load;
 mod source;
 mod store;
 mod version;
 
+pub use derive::{derive, DeriveError, Derived};
 pub use diagnostics::Diagnostic;
+pub use filter::{CmpOp, Filter, Pattern, Row, RowValue, Value};
 pub use load::{load_dir, load_sources, LoadError, PolicyBundle};
 pub use source::{SourceFile, SourceKind};
 pub use store::{StoreError, VersionStore};

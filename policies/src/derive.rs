@@ -1,0 +1,429 @@
+//! Filter derivation: with the principal, action and context known and the resource unknown,
+//! Cedar's type-aware partial evaluation leaves residual policies; their conditions become a
+//! [`Filter`]. Permits are ORed, forbids ANDed in negated.
+//!
+//! Soundness over convenience: a row passes the filter only if Cedar would allow it.
+//! - A permit the translator does not understand grants nothing (it is dropped, and reported).
+//! - A forbid it does not understand forbids everything (the filter is `False`, and reported).
+//! - A residual error node (a subexpression Cedar knows would fail) inside a forbid is replaced
+//!   by `True`: wherever Cedar's forbid is true it never evaluated that node, so the filter
+//!   still excludes that row; inside a permit it drops the permit (an error never permits).
+//! - Missing optional attributes are SQL NULL; strict validation makes policies guard them with
+//!   `has`, which becomes `IS NOT NULL`, and NULL never satisfies a filter.
+
+use cedar_policy::pst::{BinaryOp, Clause, Expr, Literal, PatternElem, UnaryOp, Var};
+use cedar_policy::{
+    Context, Effect, EntityTypeName, EntityUid, PartialEntities, PartialEntityUid, PartialRequest,
+};
+
+use crate::filter::{CmpOp, Filter, Pattern, Value};
+use crate::load::PolicyBundle;
+
+/// The filter for one (principal, action, table) and the policies behind it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Derived {
+    pub filter: Filter,
+    /// Policies whose residual contributed (ids), for the audit record.
+    pub determining: Vec<String>,
+    /// Policies that could not be translated: (id, what was done about it).
+    pub untranslated: Vec<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeriveError {
+    #[error("invalid request for derivation: {0}")]
+    Request(String),
+    #[error("partial evaluation failed: {0}")]
+    Evaluation(String),
+}
+
+/// Derives the row filter for `principal` doing `action` (e.g. `"select"`) on `resource_type`
+/// (e.g. `"public::tickets"`) with `context`.
+pub fn derive(
+    bundle: &PolicyBundle,
+    principal: &EntityUid,
+    action: &str,
+    resource_type: &str,
+    context: Context,
+) -> Result<Derived, DeriveError> {
+    let action: EntityUid = format!("Action::{}", quote(action))
+        .parse()
+        .map_err(|e| DeriveError::Request(format!("action: {e}")))?;
+    let resource_type: EntityTypeName = resource_type
+        .parse()
+        .map_err(|e| DeriveError::Request(format!("resource type: {e}")))?;
+    let request = PartialRequest::new(
+        PartialEntityUid::from_concrete(principal.clone()),
+        action,
+        PartialEntityUid::new(resource_type, None),
+        Some(context),
+        &bundle.schema,
+    )
+    .map_err(|e| DeriveError::Request(e.to_string()))?;
+    let entities = PartialEntities::from_concrete(bundle.entities.clone(), &bundle.schema)
+        .map_err(|e| DeriveError::Evaluation(e.to_string()))?;
+    let response = bundle
+        .policies
+        .tpe(&request, &entities, &bundle.schema)
+        .map_err(|e| DeriveError::Evaluation(e.to_string()))?;
+
+    let mut permits = Vec::new();
+    let mut forbids = Vec::new();
+    let mut determining = Vec::new();
+    let mut untranslated = Vec::new();
+    for policy in response.policies() {
+        let id = policy.id().to_string();
+        let pst = match policy.to_pst() {
+            Ok(p) => p,
+            Err(e) => {
+                untranslated.push((id.clone(), format!("no PST: {e}")));
+                if policy.effect() == Effect::Forbid {
+                    forbids.push(Filter::False);
+                }
+                continue;
+            }
+        };
+        let clauses = pst.body().clauses();
+        if clauses
+            .iter()
+            .all(|c| matches!(c, Clause::When(e) if matches!(**e, Expr::ResidualError)))
+            && !clauses.is_empty()
+        {
+            // The whole condition errors for every row: the policy never applies.
+            continue;
+        }
+        match policy.effect() {
+            Effect::Permit => match condition(clauses, None) {
+                Ok(Filter::False) => {}
+                Ok(f) => {
+                    determining.push(id);
+                    permits.push(f);
+                }
+                Err(why) => {
+                    untranslated.push((id, format!("permit ignored (grants nothing): {why}")))
+                }
+            },
+            Effect::Forbid => match condition(clauses, Some(Filter::True)) {
+                Ok(Filter::False) => {}
+                Ok(f) => {
+                    determining.push(id);
+                    forbids.push(Filter::negate(f));
+                }
+                Err(why) => {
+                    untranslated.push((
+                        id,
+                        format!("forbid not understood (denies everything): {why}"),
+                    ));
+                    forbids.push(Filter::False);
+                }
+            },
+        }
+    }
+    let mut parts = vec![Filter::or(permits)];
+    parts.extend(forbids);
+    Ok(Derived {
+        filter: Filter::and(parts),
+        determining,
+        untranslated,
+    })
+}
+
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// The conjunction of a policy's clauses.
+fn condition(clauses: &[Clause], on_error: Option<Filter>) -> Result<Filter, String> {
+    let mut parts = Vec::new();
+    for c in clauses {
+        match c {
+            Clause::When(e) => parts.push(translate(e, &on_error)?),
+            Clause::Unless(e) => {
+                // Under negation an error stand-in must flip too, to keep the forbid argument.
+                let flipped = on_error.clone().map(Filter::negate);
+                parts.push(Filter::negate(translate(e, &flipped)?));
+            }
+        }
+    }
+    Ok(Filter::and(parts))
+}
+
+fn translate(e: &Expr, on_error: &Option<Filter>) -> Result<Filter, String> {
+    match e {
+        Expr::Literal(Literal::Bool(b)) => Ok(if *b { Filter::True } else { Filter::False }),
+        Expr::ResidualError => on_error
+            .clone()
+            .ok_or_else(|| "a subexpression always errors".to_string()),
+        Expr::UnaryOp {
+            op: UnaryOp::Not,
+            expr,
+        } => {
+            // Soundness for the stand-in does not depend on polarity (see the module docs).
+            Ok(Filter::negate(translate(expr, on_error)?))
+        }
+        Expr::BinaryOp { op, left, right } => binary(*op, left, right, on_error),
+        Expr::HasAttr { expr, attrs } if attrs.len() == 1 && is_resource(expr) => {
+            Ok(Filter::Present(attrs.first().to_string()))
+        }
+        Expr::Like { expr, pattern } => {
+            let attr =
+                resource_attr(expr).ok_or("`like` on something other than a resource attribute")?;
+            Ok(Filter::Like {
+                attr,
+                pattern: pattern
+                    .iter()
+                    .map(|p| match p {
+                        PatternElem::Char(c) => Pattern::Char(*c),
+                        PatternElem::Wildcard => Pattern::Wildcard,
+                    })
+                    .collect(),
+            })
+        }
+        Expr::IfThenElse {
+            cond,
+            then_expr,
+            else_expr,
+        } => {
+            let c = translate(cond, on_error)?;
+            let t = translate(then_expr, on_error)?;
+            let f = translate(else_expr, on_error)?;
+            Ok(Filter::or(vec![
+                Filter::and(vec![c.clone(), t]),
+                Filter::and(vec![Filter::negate(c), f]),
+            ]))
+        }
+        other => Err(format!("unsupported expression `{}`", describe(other))),
+    }
+}
+
+fn binary(
+    op: BinaryOp,
+    left: &Expr,
+    right: &Expr,
+    on_error: &Option<Filter>,
+) -> Result<Filter, String> {
+    let cmp = match op {
+        BinaryOp::And => {
+            return Ok(Filter::and(vec![
+                translate(left, on_error)?,
+                translate(right, on_error)?,
+            ]));
+        }
+        BinaryOp::Or => {
+            return Ok(Filter::or(vec![
+                translate(left, on_error)?,
+                translate(right, on_error)?,
+            ]));
+        }
+        BinaryOp::Eq => Some(CmpOp::Eq),
+        BinaryOp::NotEq => Some(CmpOp::NotEq),
+        BinaryOp::Less | BinaryOp::DecimalLessThan => Some(CmpOp::Lt),
+        BinaryOp::LessEq | BinaryOp::DecimalLessEq => Some(CmpOp::LtEq),
+        BinaryOp::Greater | BinaryOp::DecimalGreater => Some(CmpOp::Gt),
+        BinaryOp::GreaterEq | BinaryOp::DecimalGreaterEq => Some(CmpOp::GtEq),
+        _ => None,
+    };
+    if let Some(cmp) = cmp {
+        return match (
+            resource_attr(left),
+            constant(right),
+            constant(left),
+            resource_attr(right),
+        ) {
+            (Some(attr), Some(value), _, _) => Ok(Filter::Compare {
+                attr,
+                op: cmp,
+                value,
+            }),
+            (_, _, Some(value), Some(attr)) => Ok(Filter::Compare {
+                attr,
+                op: cmp.flipped(),
+                value,
+            }),
+            _ => Err(format!(
+                "comparison `{}` is not between a resource attribute and a constant",
+                describe(&Expr::BinaryOp {
+                    op,
+                    left: left.clone().into(),
+                    right: right.clone().into()
+                })
+            )),
+        };
+    }
+    match op {
+        BinaryOp::Contains => match (
+            constant_set(left),
+            resource_attr(right),
+            resource_attr(left),
+            constant(right),
+        ) {
+            (Some(values), Some(attr), _, _) => Ok(Filter::InSet { attr, values }),
+            (_, _, Some(attr), Some(value)) => Ok(Filter::SetContains { attr, value }),
+            _ => Err("`contains` needs a constant set and a resource attribute".into()),
+        },
+        BinaryOp::ContainsAny => match (
+            resource_attr(left),
+            constant_set(right),
+            constant_set(left),
+            resource_attr(right),
+        ) {
+            (Some(attr), Some(values), _, _) | (_, _, Some(values), Some(attr)) => {
+                Ok(Filter::SetContainsAny { attr, values })
+            }
+            _ => Err("`containsAny` needs a constant set and a resource attribute".into()),
+        },
+        BinaryOp::ContainsAll => match (resource_attr(left), constant_set(right)) {
+            (Some(attr), Some(values)) => Ok(Filter::SetContainsAll { attr, values }),
+            _ => Err("`containsAll` needs a resource attribute and a constant set".into()),
+        },
+        other => Err(format!("unsupported operator {other:?}")),
+    }
+}
+
+fn is_resource(e: &Expr) -> bool {
+    matches!(e, Expr::Var(Var::Resource))
+}
+
+fn resource_attr(e: &Expr) -> Option<String> {
+    match e {
+        Expr::GetAttr { expr, attr } if is_resource(expr) => Some(attr.to_string()),
+        _ => None,
+    }
+}
+
+fn constant(e: &Expr) -> Option<Value> {
+    match e {
+        Expr::Literal(Literal::Bool(b)) => Some(Value::Bool(*b)),
+        Expr::Literal(Literal::Long(n)) => Some(Value::Long(*n)),
+        Expr::Literal(Literal::String(s)) => Some(Value::String(s.to_string())),
+        Expr::UnaryOp {
+            op: UnaryOp::Decimal,
+            expr,
+        } => match &**expr {
+            Expr::Literal(Literal::String(s)) => parse_decimal(s).map(Value::Decimal),
+            _ => None,
+        },
+        Expr::UnaryOp {
+            op: UnaryOp::Datetime,
+            expr,
+        } => match &**expr {
+            Expr::Literal(Literal::String(s)) => parse_datetime(s).map(Value::Datetime),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn constant_set(e: &Expr) -> Option<Vec<Value>> {
+    match e {
+        Expr::Set(items) => items.iter().map(|i| constant(i)).collect(),
+        _ => None,
+    }
+}
+
+/// Cedar decimal text (`-12.3456`, 1 to 4 fractional digits) scaled by 10⁴.
+pub(crate) fn parse_decimal(s: &str) -> Option<i64> {
+    let (neg, digits) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let (int, frac) = digits.split_once('.')?;
+    if int.is_empty()
+        || frac.is_empty()
+        || frac.len() > 4
+        || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let scaled = int.parse::<i64>().ok()?.checked_mul(10_000)?;
+    let frac_val = format!("{frac:0<4}").parse::<i64>().ok()?;
+    let v = scaled.checked_add(frac_val)?;
+    Some(if neg { -v } else { v })
+}
+
+/// Cedar datetime text, in the forms `YYYY-MM-DD` and `YYYY-MM-DDThh:mm:ss[.SSS]Z`, as
+/// milliseconds since the epoch. Other forms (offsets) are not translated.
+pub(crate) fn parse_datetime(s: &str) -> Option<i64> {
+    let num = |t: &str| -> Option<i64> {
+        t.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| t.parse().ok())?
+    };
+    let (date, time) = match s.split_once('T') {
+        Some((d, t)) => (d, Some(t)),
+        None => (s, None),
+    };
+    let mut d = date.split('-');
+    let (y, m, day) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
+    if d.next().is_some() || date.len() != 10 || !(1..=12).contains(&m) || !(1..=31).contains(&day)
+    {
+        return None;
+    }
+    let mut ms = days_from_civil(y, m, day) * 86_400_000;
+    if let Some(t) = time {
+        let t = t.strip_suffix('Z')?;
+        let (hms, frac) = match t.split_once('.') {
+            Some((a, b)) if b.len() == 3 => (a, num(b)?),
+            Some(_) => return None,
+            None => (t, 0),
+        };
+        let mut p = hms.split(':');
+        let (h, mi, sec) = (num(p.next()?)?, num(p.next()?)?, num(p.next()?)?);
+        if p.next().is_some() || h > 23 || mi > 59 || sec > 59 {
+            return None;
+        }
+        ms += ((h * 60 + mi) * 60 + sec) * 1000 + frac;
+    }
+    Some(ms)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn describe(e: &Expr) -> String {
+    let s = format!("{e:?}");
+    if s.len() > 120 {
+        format!(
+            "{}…",
+            &s[..s.char_indices().nth(120).map(|(i, _)| i).unwrap_or(s.len())]
+        )
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_scale_by_ten_thousand() {
+        assert_eq!(parse_decimal("10000.00"), Some(100_000_000));
+        assert_eq!(parse_decimal("-1.5"), Some(-15_000));
+        assert_eq!(parse_decimal("0.0001"), Some(1));
+        assert_eq!(parse_decimal("1"), None);
+        assert_eq!(parse_decimal("1.23456"), None);
+    }
+
+    #[test]
+    fn datetimes_are_epoch_millis() {
+        assert_eq!(parse_datetime("1970-01-01"), Some(0));
+        assert_eq!(
+            parse_datetime("2026-01-02T03:04:05Z"),
+            Some(1_767_323_045_000)
+        );
+        assert_eq!(
+            parse_datetime("2026-01-02T03:04:05.250Z"),
+            Some(1_767_323_045_250)
+        );
+        assert_eq!(parse_datetime("2026-01-02T03:04:05+0100"), None);
+    }
+}
