@@ -6,6 +6,7 @@
 //!
 //! [`derive`] turns a set and a request with the resource unknown into a [`Filter`].
 
+mod cache;
 mod derive;
 mod diagnostics;
 mod filter;
@@ -14,6 +15,7 @@ mod source;
 mod store;
 mod version;
 
+pub use cache::DerivationCache;
 pub use derive::{derive, DeriveError, Derived};
 pub use diagnostics::Diagnostic;
 pub use filter::{CmpOp, Filter, Pattern, Row, RowValue, Value};

@@ -315,3 +315,26 @@ fn derived_filters_have_the_expected_shape() {
     let d = derive(&b, &auditor, "select", "public::tickets", Context::empty()).unwrap();
     assert_eq!(d.filter, Filter::True);
 }
+
+#[test]
+fn the_cache_returns_the_same_filter_and_separates_versions() {
+    let b = example("finance");
+    let bot = EntityUid::from_str("Agent::\"support-bot\"").unwrap();
+    let cache = policies::DerivationCache::new(16);
+    let first = cache
+        .get_or_derive(&b, &bot, "select", "public::tickets", "", Context::empty)
+        .unwrap();
+    let again = cache
+        .get_or_derive(&b, &bot, "select", "public::tickets", "", || {
+            panic!("must not derive again")
+        })
+        .unwrap();
+    assert!(std::sync::Arc::ptr_eq(&first, &again));
+    // A different context key derives anew.
+    let for_bob = cache
+        .get_or_derive(&b, &bot, "select", "public::tickets", "bob", || {
+            context(Some("bob"))
+        })
+        .unwrap();
+    assert_ne!(for_bob.filter, first.filter);
+}
