@@ -92,3 +92,60 @@ fn a_broken_config_names_the_key() {
     let (ok, _, err) = portcullis(&["check-config", "--config", path.to_str().unwrap()]);
     assert!(!ok && err.contains("listen_port"), "{err}");
 }
+
+/// `schema import` against the real fixture database produces the finance example's
+/// tables.cedarschema, and the example set validates with it.
+/// `PORTCULLIS_UPDATE_SNAPSHOTS=1` rewrites the committed file from the database.
+#[test]
+fn schema_import_from_the_fixture_database_is_what_the_finance_set_validates_against() {
+    use connectors::postgres::{fixtures, LocalCluster};
+    let cluster = LocalCluster::start().unwrap();
+    fixtures::load(&cluster, std::path::Path::new(&repo("fixtures")), "pw").unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    let generated = out_dir.path().join("tables.cedarschema");
+    // The upstream login (not superuser) can read the catalog too.
+    let url = format!(
+        "postgres://portcullis_upstream:pw@127.0.0.1:{}/portcullis_demo",
+        cluster.port()
+    );
+    let (ok, _, err) = portcullis(&[
+        "schema",
+        "import",
+        "--upstream",
+        &url,
+        "--schema",
+        "public",
+        "--out",
+        generated.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let text = std::fs::read_to_string(&generated).unwrap();
+    assert!(
+        text.contains("entity transfers {") && text.contains("\"amount\": decimal,"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"ssn\"?: String,") && text.contains("\"metadata\"?: String,"),
+        "{text}"
+    );
+
+    let committed = repo("policies/examples/finance/tables.cedarschema");
+    if std::env::var_os("PORTCULLIS_UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&committed, &text).unwrap();
+    }
+    assert_eq!(
+        std::fs::read_to_string(&committed).unwrap_or_default(),
+        text,
+        "the finance example's tables.cedarschema is not what `schema import` generates from fixtures/"
+    );
+
+    // The example set with the freshly generated file validates.
+    let set = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(repo("policies/examples/finance")).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, set.path().join(p.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(&generated, set.path().join("tables.cedarschema")).unwrap();
+    let (ok, out, err) = portcullis(&["policy", "validate", set.path().to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+}

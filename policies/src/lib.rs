@@ -1,4 +1,4 @@
-//! Policy as code: a policy set is a directory holding one Cedar schema (`*.cedarschema`), any
+//! Policy as code: a policy set is a directory holding Cedar schema fragments (`*.cedarschema`), any
 //! number of policy files (`*.cedar`, each policy named by its `@id("…")` annotation) and
 //! `entities.json` (agents, roles, users). Loading validates everything strictly against the
 //! schema and names the file, line and column of every problem. Each loaded set has a
@@ -11,6 +11,7 @@ mod derive;
 mod diagnostics;
 mod filter;
 mod load;
+pub mod schema_import;
 mod source;
 mod store;
 mod version;

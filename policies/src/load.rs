@@ -1,4 +1,4 @@
-//! Loading a policy set: parse the schema, every policy file (ids from `@id`) and the entities,
+//! Loading a policy set: parse the schema fragments, every policy file (ids from `@id`) and the entities,
 //! then validate the policies strictly against the schema. Every problem found is reported, not
 //! just the first, each with its file and position.
 
@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use cedar_policy::{Entities, PolicyId, PolicySet, Schema, ValidationMode, Validator};
+use cedar_policy::{
+    Entities, PolicyId, PolicySet, Schema, SchemaFragment, ValidationMode, Validator,
+};
 
 use crate::diagnostics::Diagnostic;
 use crate::source::{self, SourceFile, SourceKind};
@@ -60,29 +62,10 @@ pub fn load_sources(files: Vec<SourceFile>) -> Result<PolicyBundle, LoadError> {
     let mut errors = Vec::new();
     let of_kind = |k: SourceKind| files.iter().filter(move |f| f.kind == k);
 
-    let schema = match of_kind(SourceKind::Schema).collect::<Vec<_>>().as_slice() {
-        [one] => match Schema::from_cedarschema_str(&one.text) {
-            Ok((schema, _warnings)) => Some(schema),
-            Err(e) => {
-                errors.push(Diagnostic::from_miette(&one.name, &one.text, &e));
-                None
-            }
-        },
-        [] => {
-            errors.push(layout(
-                "no schema: the set needs exactly one *.cedarschema file",
-            ));
-            None
-        }
-        many => {
-            let names: Vec<_> = many.iter().map(|f| f.name.as_str()).collect();
-            errors.push(layout(&format!(
-                "several schemas ({}): the set needs exactly one *.cedarschema file",
-                names.join(", ")
-            )));
-            None
-        }
-    };
+    let schema = load_schema(
+        &of_kind(SourceKind::Schema).collect::<Vec<_>>(),
+        &mut errors,
+    );
 
     let mut policies = PolicySet::new();
     let mut origin: HashMap<String, String> = HashMap::new();
@@ -182,6 +165,45 @@ pub fn load_sources(files: Vec<SourceFile>) -> Result<PolicyBundle, LoadError> {
             origin,
         }),
         _ => Err(LoadError::Invalid(errors)),
+    }
+}
+
+/// One or more schema fragments (e.g. hand-written principals plus imported tables), combined.
+fn load_schema(files: &[&SourceFile], errors: &mut Vec<Diagnostic>) -> Option<Schema> {
+    if files.is_empty() {
+        errors.push(layout(
+            "no schema: the set needs at least one *.cedarschema file",
+        ));
+        return None;
+    }
+    let mut fragments = Vec::new();
+    for f in files {
+        match SchemaFragment::from_cedarschema_str(&f.text) {
+            Ok((fragment, _warnings)) => fragments.push(fragment),
+            Err(e) => errors.push(Diagnostic::from_miette(&f.name, &f.text, &e)),
+        }
+    }
+    if fragments.len() < files.len() {
+        return None;
+    }
+    match Schema::from_schema_fragments(fragments) {
+        Ok(schema) => Some(schema),
+        Err(e) => {
+            // Errors across fragments have no single file; with one file, positions still apply.
+            let (name, text) = match files {
+                [one] => (one.name.clone(), one.text.as_str()),
+                _ => (
+                    files
+                        .iter()
+                        .map(|f| f.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" + "),
+                    "",
+                ),
+            };
+            errors.push(Diagnostic::from_miette(&name, text, &e));
+            None
+        }
     }
 }
 

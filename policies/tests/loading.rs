@@ -59,7 +59,7 @@ fn the_version_is_the_content_and_only_the_content() {
     // Any change to policies, schema or entities: a new version.
     for (file, edit) in [
         ("rows.cedar", "\n// a comment is a change too\n"),
-        ("schema.cedarschema", "\n// schema edit\n"),
+        ("tables.cedarschema", "\n// schema edit\n"),
     ] {
         let d = broken(file, |t| t + edit);
         assert_ne!(load_dir(d.path()).unwrap().version, v, "{file}");
@@ -133,14 +133,22 @@ fn entities_and_schema_are_checked_too() {
         t.replace("\"clearance\": 1", "\"clearance\": \"high\"")
     });
     assert!(errors(d.path()).iter().any(|d| d.file == "entities.json"));
-    let d = broken("schema.cedarschema", |t| {
+    let d = broken("principals.cedarschema", |t| {
         t.replace("entity Role;", "entity Role")
     });
     assert!(errors(d.path())
         .iter()
-        .any(|d| d.file == "schema.cedarschema" && d.line > 0));
-    let d = broken("schema.cedarschema", |t| t);
-    std::fs::remove_file(d.path().join("schema.cedarschema")).unwrap();
+        .any(|d| d.file == "principals.cedarschema" && d.line > 0));
+    // A type used in one fragment but defined in none.
+    let d = broken("principals.cedarschema", |t| t.replace("entity Role;", ""));
+    assert!(
+        errors(d.path()).iter().any(|d| d.message.contains("Role")),
+        "{:?}",
+        errors(d.path())
+    );
+    let d = broken("principals.cedarschema", |t| t);
+    std::fs::remove_file(d.path().join("principals.cedarschema")).unwrap();
+    std::fs::remove_file(d.path().join("tables.cedarschema")).unwrap();
     assert!(errors(d.path())
         .iter()
         .any(|d| d.message.contains("no schema")));

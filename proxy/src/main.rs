@@ -48,6 +48,25 @@ enum Command {
     /// Work with Cedar policy sets (validate)
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Generate Cedar schemas from the database
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+}
+
+#[derive(Subcommand)]
+enum SchemaCommand {
+    /// Read the catalog and write Cedar entity types for its tables, plus the standard actions
+    Import {
+        /// Database URL (postgres://user:pass@host:port/db); any login that can read the catalog
+        #[arg(long)]
+        upstream: String,
+        /// Schema to import (repeatable; default: public)
+        #[arg(long = "schema", default_value = "public")]
+        schemas: Vec<String>,
+        /// Write here instead of standard output
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -96,6 +115,11 @@ fn run() -> anyhow::Result<()> {
         Command::Policy(PolicyCommand::Validate { dir, store }) => {
             policy_validate(&dir, store.as_deref())
         }
+        Command::Schema(SchemaCommand::Import {
+            upstream,
+            schemas,
+            out,
+        }) => runtime()?.block_on(schema_import(&upstream, &schemas, out.as_deref())),
         Command::HashSecret => {
             let mut secret = String::new();
             std::io::stdin().read_line(&mut secret)?;
@@ -124,6 +148,40 @@ fn policy_validate(dir: &std::path::Path, store: Option<&std::path::Path>) -> an
     if let Some(root) = store {
         let path = policies::VersionStore::open(root)?.save(&bundle)?;
         println!("stored in {}", path.display());
+    }
+    Ok(())
+}
+
+async fn schema_import(
+    upstream: &str,
+    schemas: &[String],
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let config = connectors::postgres::UpstreamConfig::from_url(upstream)?;
+    let columns = connectors::postgres::catalog::table_columns(upstream, schemas).await?;
+    anyhow::ensure!(
+        !columns.is_empty(),
+        "no tables found in schema(s) {}",
+        schemas.join(", ")
+    );
+    let columns: Vec<policies::schema_import::Column> = columns
+        .into_iter()
+        .map(|c| policies::schema_import::Column {
+            schema: c.schema,
+            table: c.table,
+            name: c.name,
+            type_name: c.type_name,
+            element_type: c.element_type,
+            nullable: c.nullable,
+        })
+        .collect();
+    let text = policies::schema_import::render(&config.dbname, &columns);
+    match out {
+        Some(path) => {
+            std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => print!("{text}"),
     }
     Ok(())
 }

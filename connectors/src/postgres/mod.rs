@@ -1,7 +1,9 @@
 //! The upstream PostgreSQL: where it is ([`UpstreamConfig`]), how Portcullis logs in to it
 //! ([`connect`]), how it cancels a running query ([`cancel`]), and a local throwaway cluster
-//! ([`LocalCluster`]) for the demo and the test harness.
+//! ([`LocalCluster`]) for the demo and the test harness, and catalog introspection
+//! ([`catalog`]) for schema import.
 
+pub mod catalog;
 pub mod fixtures;
 mod local_cluster;
 mod upstream;
