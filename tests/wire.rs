@@ -159,6 +159,7 @@ async fn an_error_then_a_good_query_and_refusals_leave_the_session_usable() {
         "SET standard_conforming_strings = off",
         "SET client_encoding = 'SQL_ASCII'",
         "SELECT set_config('role', 'postgres', false)",
+        "SELECT * FROM set_config('standard_conforming_strings', 'off', false)",
         "COPY customers FROM STDIN",
         "COPY customers TO '/tmp/leak'",
     ] {

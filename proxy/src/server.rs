@@ -88,16 +88,12 @@ async fn handle(tcp: TcpStream, shared: &Shared) {
             }
         };
     let upstream = auth.upstream;
-    let registration = shared.cancels.register(CancelTarget {
-        addr: upstream.addr,
-        process_id: upstream.process_id,
-        secret_key: upstream.secret_key,
-    });
     let cancel = CancelTarget {
         addr: upstream.addr,
         process_id: upstream.process_id,
         secret_key: upstream.secret_key,
     };
+    let registration = shared.cancels.register(cancel);
     let mut session = Session::new(shared, auth.agent, auth.client, upstream.stream, cancel);
     if session
         .greet(&upstream.parameters, registration.key)

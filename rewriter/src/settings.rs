@@ -6,8 +6,8 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    visit_expressions, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName, Reset,
-    Set, Statement, Value,
+    visit_expressions, visit_relations, Expr, FunctionArg, FunctionArgExpr, FunctionArguments,
+    ObjectName, Reset, Set, Statement, Value,
 };
 
 use crate::Refusal;
@@ -128,6 +128,22 @@ fn check_set_config_calls(statement: &Statement) -> Result<(), Refusal> {
             Err(e) => ControlFlow::Break(e),
         }
     });
+    if let ControlFlow::Break(e) = flow {
+        return Err(e);
+    }
+    // `FROM set_config(...)` is a relation to sqlparser, without its arguments in view: refused.
+    let flow = visit_relations(statement, |name| {
+        let is_set_config = name
+            .0
+            .last()
+            .and_then(|p| p.as_ident())
+            .is_some_and(|i| i.value.eq_ignore_ascii_case("set_config"));
+        if is_set_config {
+            ControlFlow::Break(Refusal::Forbidden("set_config as a table function".into()))
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
     match flow {
         ControlFlow::Break(e) => Err(e),
         ControlFlow::Continue(()) => Ok(()),
@@ -200,6 +216,11 @@ mod tests {
             "SELECT set_config('role', 'postgres', false)",
             "SELECT pg_catalog.set_config('ROLE', 'postgres', false)",
             "SELECT 1 WHERE set_config('session_authorization', 'x', true) IS NOT NULL",
+            "SELECT * FROM set_config('role', 'postgres', false)",
+            "SELECT * FROM pg_catalog.set_config('standard_conforming_strings', 'off', false) AS s",
+            "EXPLAIN ANALYZE SELECT set_config('role', 'postgres', false)",
+            "COPY (SELECT set_config('role', 'postgres', false)) TO STDOUT",
+            "WITH x AS (SELECT set_config('role', 'postgres', false)) SELECT * FROM x",
         ] {
             assert!(refused(sql), "{sql} must be refused");
         }
