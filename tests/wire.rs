@@ -160,6 +160,8 @@ async fn an_error_then_a_good_query_and_refusals_leave_the_session_usable() {
         "SET client_encoding = 'SQL_ASCII'",
         "SELECT set_config('role', 'postgres', false)",
         "SELECT * FROM set_config('standard_conforming_strings', 'off', false)",
+        "CREATE FUNCTION pg_temp.f() RETURNS text LANGUAGE sql \
+         AS $$ SELECT set_config('standard_conforming_strings', 'off', false) $$",
         "COPY customers FROM STDIN",
         "COPY customers TO '/tmp/leak'",
     ] {

@@ -1,6 +1,7 @@
 //! Function guard: functions that execute SQL text the gate never sees (`query_to_xml`,
-//! `ts_stat`, `dblink`, …) are refused, whatever schema qualifies them. Issue 4 turns this
-//! deny-list into an allow-list.
+//! `ts_stat`, `dblink`, …) are refused, whatever schema qualifies them, and so is creating
+//! functions, procedures and triggers, whose bodies are SQL the gate never parses. Issue 4 turns
+//! this deny-list into an allow-list.
 
 use std::ops::ControlFlow;
 
@@ -33,6 +34,16 @@ const EXECUTES_SQL: &[&str] = &[
 ];
 
 pub(crate) fn check(statement: &Statement) -> Result<(), Refusal> {
+    if matches!(
+        statement,
+        Statement::CreateFunction(_)
+            | Statement::CreateProcedure { .. }
+            | Statement::CreateTrigger(_)
+    ) {
+        return Err(Refusal::Forbidden(
+            "creating functions, procedures or triggers (their bodies run SQL Portcullis cannot check)".into(),
+        ));
+    }
     // Calls in expressions…
     let flow = visit_expressions(statement, |expr| match expr {
         Expr::Function(f) => refuse_if_executes_sql(&f.name),
