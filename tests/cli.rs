@@ -149,3 +149,31 @@ fn schema_import_from_the_fixture_database_is_what_the_finance_set_validates_aga
     let (ok, out, err) = portcullis(&["policy", "validate", set.path().to_str().unwrap()]);
     assert!(ok, "{out}{err}");
 }
+
+#[test]
+fn policy_test_runs_the_examples_and_reports_a_wrong_expectation() {
+    for set in ["policies/examples/finance", "policies/examples/rag"] {
+        let (ok, out, err) = portcullis(&["policy", "test", &repo(set)]);
+        assert!(ok, "{set}: {out}{err}");
+        assert!(out.contains(" passed, 0 failed"), "{out}");
+    }
+    // Claim that support-bot sees a large transfer: both the filter and Cedar disagree.
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(repo("policies/examples/finance")).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let tests = dir.path().join("finance.test.toml");
+    let text = std::fs::read_to_string(&tests).unwrap().replacen(
+        "visible = false\nattrs = { id = 3, tenant_id = 1",
+        "visible = true\nattrs = { id = 3, tenant_id = 1",
+        1,
+    );
+    std::fs::write(&tests, text).unwrap();
+    let (ok, out, _) = portcullis(&["policy", "test", dir.path().to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        out.contains("FAIL finance.test.toml: low clearance hides large transfers, even in its own tenant, row 3: expected visible, but the derived filter rejects it and Cedar denies it"),
+        "{out}"
+    );
+}

@@ -11,6 +11,7 @@ mod derive;
 mod diagnostics;
 mod filter;
 mod load;
+pub mod policy_tests;
 pub mod schema_import;
 mod source;
 mod store;

@@ -9,7 +9,8 @@ use std::str::FromStr;
 use cedar_policy::{
     Authorizer, Context, Decision, Entity, EntityUid, Request, RestrictedExpression,
 };
-use policies::{derive, load_dir, Filter, PolicyBundle, Row, RowValue, Value};
+use policies::policy_tests::TestValue;
+use policies::{derive, load_dir, Filter, PolicyBundle, Row, Value};
 
 /// A small deterministic generator (xorshift), so failures reproduce.
 struct Gen(u64);
@@ -28,51 +29,14 @@ impl Gen {
     }
 }
 
-/// One generated attribute: its Cedar form and its SQL-row form.
-enum Attr {
-    Long(i64),
-    Str(String),
-    Bool(bool),
-    Decimal(i64),
-    Datetime(i64),
-    Set(Vec<String>),
-}
-
-fn cedar_value(a: &Attr) -> RestrictedExpression {
-    match a {
-        Attr::Long(n) => RestrictedExpression::new_long(*n),
-        Attr::Str(s) => RestrictedExpression::new_string(s.clone()),
-        Attr::Bool(b) => RestrictedExpression::new_bool(*b),
-        Attr::Decimal(d) => {
-            let sign = if *d < 0 { "-" } else { "" };
-            RestrictedExpression::from_str(&format!(
-                "decimal(\"{sign}{}.{:04}\")",
-                d.abs() / 10_000,
-                d.abs() % 10_000
-            ))
-            .unwrap()
-        }
-        Attr::Datetime(ms) => {
-            // Whole days only, which is all the generator makes.
-            let days = ms / 86_400_000;
-            RestrictedExpression::from_str(&format!("datetime(\"{}\")", civil(days))).unwrap()
-        }
-        Attr::Set(items) => RestrictedExpression::new_set(
-            items
-                .iter()
-                .map(|s| RestrictedExpression::new_string(s.clone())),
+fn decimal(scaled: i64) -> TestValue {
+    let sign = if scaled < 0 { "-" } else { "" };
+    TestValue::Decimal {
+        decimal: format!(
+            "{sign}{}.{:04}",
+            scaled.abs() / 10_000,
+            scaled.abs() % 10_000
         ),
-    }
-}
-
-fn row_value(a: &Attr) -> RowValue {
-    match a {
-        Attr::Long(n) => RowValue::Scalar(Value::Long(*n)),
-        Attr::Str(s) => RowValue::Scalar(Value::String(s.clone())),
-        Attr::Bool(b) => RowValue::Scalar(Value::Bool(*b)),
-        Attr::Decimal(d) => RowValue::Scalar(Value::Decimal(*d)),
-        Attr::Datetime(ms) => RowValue::Scalar(Value::Datetime(*ms)),
-        Attr::Set(items) => RowValue::Set(items.iter().map(|s| Value::String(s.clone())).collect()),
     }
 }
 
@@ -90,51 +54,59 @@ fn civil(days: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-fn gen_row(table: &str, g: &mut Gen) -> Vec<(&'static str, Attr)> {
-    let day = |g: &mut Gen| Attr::Datetime((20_000 + g.below(400)) * 86_400_000);
+fn gen_row(table: &str, g: &mut Gen) -> Vec<(&'static str, TestValue)> {
+    let day = |g: &mut Gen| TestValue::Datetime {
+        datetime: civil(20_000 + g.below(400)),
+    };
     let mut row = vec![
-        ("id", Attr::Long(g.below(1000))),
-        ("tenant_id", Attr::Long(g.below(4))),
+        ("id", TestValue::Long(g.below(1000))),
+        ("tenant_id", TestValue::Long(g.below(4))),
     ];
     match table {
         "public::customers" => {
-            row.push(("name", Attr::Str(format!("c{}", g.below(50)))));
-            row.push(("email", Attr::Str("x@example.com".into())));
+            row.push(("name", TestValue::String(format!("c{}", g.below(50)))));
+            row.push(("email", TestValue::String("x@example.com".into())));
             if g.below(3) > 0 {
-                row.push(("ssn", Attr::Str(format!("{:09}", g.below(1_000_000_000)))));
+                row.push((
+                    "ssn",
+                    TestValue::String(format!("{:09}", g.below(1_000_000_000))),
+                ));
             }
             row.push((
                 "tier",
-                Attr::Str(g.pick(&["standard", "gold", "platinum"]).into()),
+                TestValue::String(g.pick(&["standard", "gold", "platinum"]).into()),
             ));
             row.push(("created_at", day(g)));
         }
         "public::tickets" => {
-            row.push(("customer_id", Attr::Long(g.below(30))));
-            row.push(("subject", Attr::Str("s".into())));
-            row.push(("body", Attr::Str("b".into())));
+            row.push(("customer_id", TestValue::Long(g.below(30))));
+            row.push(("subject", TestValue::String("s".into())));
+            row.push(("body", TestValue::String("b".into())));
             row.push((
                 "status",
-                Attr::Str(g.pick(&["open", "pending", "closed"]).into()),
+                TestValue::String(g.pick(&["open", "pending", "closed"]).into()),
             ));
-            row.push(("priority", Attr::Long(1 + g.below(5))));
+            row.push(("priority", TestValue::Long(1 + g.below(5))));
             row.push(("opened_at", day(g)));
         }
         "public::transfers" => {
-            row.push(("customer_id", Attr::Long(g.below(30))));
+            row.push(("customer_id", TestValue::Long(g.below(30))));
             // Amounts around the 10,000.00 threshold, including exactly on it.
             let amount = match g.below(4) {
                 0 => 100_000_000,
                 1 => 100_000_000 + 1,
                 _ => g.below(200_000_000),
             };
-            row.push(("amount", Attr::Decimal(amount)));
-            row.push(("currency", Attr::Str(g.pick(&["EUR", "USD"]).into())));
-            row.push(("iban", Attr::Str("DE00".into())));
-            row.push(("approved", Attr::Bool(g.below(2) == 0)));
+            row.push(("amount", decimal(amount)));
+            row.push((
+                "currency",
+                TestValue::String(g.pick(&["EUR", "USD"]).into()),
+            ));
+            row.push(("iban", TestValue::String("DE00".into())));
+            row.push(("approved", TestValue::Bool(g.below(2) == 0)));
             row.push(("created_at", day(g)));
             if g.below(2) == 0 {
-                row.push(("metadata", Attr::Str("{}".into())));
+                row.push(("metadata", TestValue::String("{}".into())));
             }
         }
         "vectors::support_docs" => {
@@ -143,16 +115,16 @@ fn gen_row(table: &str, g: &mut Gen) -> Vec<(&'static str, Attr)> {
             let acl = groups
                 .iter()
                 .filter(|_| g.below(3) == 0)
-                .map(|s| s.to_string())
+                .map(|s| TestValue::String(s.to_string()))
                 .collect();
-            row.push(("acl_groups", Attr::Set(acl)));
+            row.push(("acl_groups", TestValue::Set(acl)));
             row.push((
                 "classification",
-                Attr::Str(g.pick(&["public", "internal", "restricted"]).into()),
+                TestValue::String(g.pick(&["public", "internal", "restricted"]).into()),
             ));
-            row.push(("title", Attr::Str("t".into())));
+            row.push(("title", TestValue::String("t".into())));
             if g.below(2) == 0 {
-                row.push(("source_url", Attr::Str("https://x".into())));
+                row.push(("source_url", TestValue::String("https://x".into())));
             }
         }
         other => panic!("no generator for {other}"),
@@ -203,7 +175,7 @@ fn check_set(
                         let uid = EntityUid::from_str(&format!("{table}::\"row{n}\"")).unwrap();
                         let cedar_attrs: HashMap<String, RestrictedExpression> = attrs
                             .iter()
-                            .map(|(k, v)| (k.to_string(), cedar_value(v)))
+                            .map(|(k, v)| (k.to_string(), v.to_cedar().unwrap()))
                             .collect();
                         let entity = Entity::new(uid.clone(), cedar_attrs, HashSet::new()).unwrap();
                         let entities = bundle
@@ -225,7 +197,7 @@ fn check_set(
                             == Decision::Allow;
                         let row: Row = attrs
                             .iter()
-                            .map(|(k, v)| (k.to_string(), row_value(v)))
+                            .map(|(k, v)| (k.to_string(), v.to_row_value().unwrap()))
                             .collect::<BTreeMap<_, _>>();
                         let admitted = derived.filter.eval(&row) == Some(true);
                         assert!(

@@ -45,7 +45,7 @@ enum Command {
     },
     /// Read a secret from standard input and print its SCRAM-SHA-256 verifier for the config
     HashSecret,
-    /// Work with Cedar policy sets (validate)
+    /// Work with Cedar policy sets (validate, test)
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// Generate Cedar schemas from the database
@@ -78,6 +78,11 @@ enum PolicyCommand {
         /// Also keep the validated set in this version store (content-addressed by version)
         #[arg(long)]
         store: Option<PathBuf>,
+    },
+    /// Run the set's *.test.toml cases against the derived filters and Cedar's own decisions
+    Test {
+        /// Policy-set directory (its *.test.toml files hold the cases)
+        dir: PathBuf,
     },
 }
 
@@ -115,6 +120,7 @@ fn run() -> anyhow::Result<()> {
         Command::Policy(PolicyCommand::Validate { dir, store }) => {
             policy_validate(&dir, store.as_deref())
         }
+        Command::Policy(PolicyCommand::Test { dir }) => policy_test(&dir),
         Command::Schema(SchemaCommand::Import {
             upstream,
             schemas,
@@ -149,6 +155,31 @@ fn policy_validate(dir: &std::path::Path, store: Option<&std::path::Path>) -> an
         let path = policies::VersionStore::open(root)?.save(&bundle)?;
         println!("stored in {}", path.display());
     }
+    Ok(())
+}
+
+fn policy_test(dir: &std::path::Path) -> anyhow::Result<()> {
+    let bundle = policies::load_dir(dir)?;
+    let report = policies::policy_tests::run_dir(&bundle, dir).map_err(anyhow::Error::msg)?;
+    for failure in &report.failures {
+        println!("FAIL {failure}");
+    }
+    println!(
+        "policy tests: {} passed, {} failed (version {})",
+        report.passed,
+        report.failures.len(),
+        bundle.version.short()
+    );
+    anyhow::ensure!(
+        report.passed + report.failures.len() > 0,
+        "no test rows found in {}/*.test.toml",
+        dir.display()
+    );
+    anyhow::ensure!(
+        report.failures.is_empty(),
+        "{} policy test row(s) failed",
+        report.failures.len()
+    );
     Ok(())
 }
 
