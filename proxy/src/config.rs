@@ -15,8 +15,26 @@ use crate::pg::scram::Verifier;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub postgres: PostgresConfig,
+    /// The Cedar policy set (optional until enforcement lands).
+    pub policies: Option<PoliciesConfig>,
     #[serde(default)]
     pub agents: Vec<AgentConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoliciesConfig {
+    /// Directory of the policy set (schema fragments, *.cedar, entities.json).
+    pub dir: PathBuf,
+    /// Version store: every activated version is kept here under its content hash.
+    pub store: Option<PathBuf>,
+    /// How often the directory is checked for changes (SIGHUP checks at once).
+    #[serde(default = "default_reload_interval_ms")]
+    pub reload_interval_ms: u64,
+}
+
+fn default_reload_interval_ms() -> u64 {
+    2000
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,6 +125,7 @@ pub struct Resolved {
     pub max_message_bytes: usize,
     pub max_query_bytes: usize,
     pub agents: Vec<(String, Verifier)>,
+    pub policies: Option<PoliciesConfig>,
 }
 
 impl Config {
@@ -127,6 +146,20 @@ impl Config {
 
     /// Checks every value and resolves environment variables and verifiers.
     pub fn resolve(self) -> Result<Resolved, ConfigError> {
+        if let Some(p) = &self.policies {
+            if !p.dir.is_dir() {
+                return Err(invalid(
+                    "policies.dir",
+                    format!("{} is not a directory", p.dir.display()),
+                ));
+            }
+            if p.reload_interval_ms < 100 {
+                return Err(invalid(
+                    "policies.reload_interval_ms",
+                    "must be at least 100",
+                ));
+            }
+        }
         let pg = self.postgres;
         let mut upstream = UpstreamConfig::from_url(&pg.upstream.0)
             .map_err(|e| invalid("postgres.upstream", e.to_string()))?;
@@ -201,6 +234,7 @@ impl Config {
             max_message_bytes: pg.max_message_bytes,
             max_query_bytes: pg.max_query_bytes,
             agents,
+            policies: self.policies,
         })
     }
 }

@@ -47,6 +47,7 @@ pub async fn run(listen: SocketAddr, fixtures: PathBuf) -> anyhow::Result<()> {
             .iter()
             .map(|(id, secret)| (id.to_string(), Verifier::from_secret(secret)))
             .collect(),
+        policies: None,
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -4,6 +4,7 @@
 mod config;
 mod demo;
 mod pg;
+mod policy_state;
 mod server;
 mod tls;
 
@@ -224,9 +225,24 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-async fn serve(resolved: config::Resolved) -> anyhow::Result<()> {
+async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
     let listen = resolved.listen;
-    let shared = Arc::new(server::Shared::new(resolved)?);
+    let mut policies = None;
+    if let Some(p) = resolved.policies.take() {
+        let interval = std::time::Duration::from_millis(p.reload_interval_ms);
+        let state =
+            tokio::task::spawn_blocking(move || policy_state::PolicyState::load(p.dir, p.store))
+                .await?
+                .context("loading the policy set")?;
+        let state = Arc::new(state);
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("listening for SIGHUP")?;
+        tokio::spawn(policy_state::watch(state.clone(), interval, hup));
+        policies = Some(state);
+    }
+    let mut shared = server::Shared::new(resolved)?;
+    shared.policies = policies;
+    let shared = Arc::new(shared);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

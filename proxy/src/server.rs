@@ -16,6 +16,7 @@ use crate::pg::gate_cache::GateCache;
 use crate::pg::handshake::{self, HandshakeError};
 use crate::pg::scram::Verifier;
 use crate::pg::session::Session;
+use crate::policy_state::PolicyState;
 
 /// How long a client may take from connecting to being authenticated.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -32,6 +33,8 @@ pub struct Shared {
     pub max_query_bytes: usize,
     pub cancels: Arc<CancelRegistry>,
     pub gate: GateCache,
+    /// The active Cedar policy set, hot-reloaded (none when the config has no `[policies]`).
+    pub policies: Option<Arc<PolicyState>>,
 }
 
 impl Shared {
@@ -47,6 +50,7 @@ impl Shared {
             max_query_bytes: config.max_query_bytes,
             cancels: Arc::new(CancelRegistry::default()),
             gate: GateCache::new(10_000),
+            policies: None,
         })
     }
 }
@@ -88,6 +92,9 @@ async fn handle(tcp: TcpStream, shared: &Shared) {
             }
         };
     let upstream = auth.upstream;
+    if let Some(p) = &shared.policies {
+        info!(agent = %auth.agent, "session uses policy version {}", p.current().version.short());
+    }
     let cancel = CancelTarget {
         addr: upstream.addr,
         process_id: upstream.process_id,

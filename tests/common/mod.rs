@@ -110,6 +110,10 @@ secret = "{verifier}"
         std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
     }
 
+    pub fn proxy_pid(&self) -> u32 {
+        self.proxy.id()
+    }
+
     /// Whether the proxy process is still running.
     pub fn proxy_alive(&mut self) -> bool {
         matches!(self.proxy.try_wait(), Ok(None))

@@ -1,0 +1,95 @@
+//! The active policy set, and hot reload: the set's directory is re-read on SIGHUP and every
+//! `reload_interval_ms`; a new valid version is stored and swapped in atomically (sessions see it
+//! at their next statement), an invalid one is logged and the previous version stays active.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use policies::{PolicyBundle, Version, VersionStore};
+use tracing::{error, info};
+
+pub struct PolicyState {
+    dir: PathBuf,
+    store: Option<VersionStore>,
+    active: RwLock<Arc<PolicyBundle>>,
+    /// The last version that failed to load, so a broken set is reported once, not every poll.
+    last_rejected: RwLock<Option<String>>,
+}
+
+impl PolicyState {
+    /// Loads the set (it must be valid) and stores it. Blocking: call before serving.
+    pub fn load(dir: PathBuf, store: Option<PathBuf>) -> anyhow::Result<Self> {
+        let bundle = policies::load_dir(&dir)?;
+        let store = store.map(VersionStore::open).transpose()?;
+        if let Some(s) = &store {
+            s.save(&bundle)?;
+        }
+        info!(version = %bundle.version, "policy version {} active", bundle.version.short());
+        Ok(PolicyState {
+            dir,
+            store,
+            active: RwLock::new(Arc::new(bundle)),
+            last_rejected: RwLock::new(None),
+        })
+    }
+
+    /// The version sessions use now.
+    pub fn current(&self) -> Arc<PolicyBundle> {
+        self.active.read().expect("policy lock").clone()
+    }
+
+    /// Re-reads the directory; activates it if it is a new valid version. Blocking.
+    pub fn reload(&self) -> Option<Version> {
+        let active = self.current().version.clone();
+        match policies::load_dir(&self.dir) {
+            Ok(bundle) if bundle.version == active => None,
+            Ok(bundle) => {
+                if let Some(Err(e)) = self.store.as_ref().map(|s| s.save(&bundle)) {
+                    error!(
+                        "policy version {} not activated: cannot store it: {e}",
+                        bundle.version.short()
+                    );
+                    return None;
+                }
+                let version = bundle.version.clone();
+                *self.active.write().expect("policy lock") = Arc::new(bundle);
+                *self.last_rejected.write().expect("policy lock") = None;
+                info!(version = %version, "policy version {} activated (was {})", version.short(), active.short());
+                Some(version)
+            }
+            Err(e) => {
+                let text = e.to_string();
+                let mut last = self.last_rejected.write().expect("policy lock");
+                if last.as_deref() != Some(text.as_str()) {
+                    error!(
+                        "policy change rejected, version {} stays active: {text}",
+                        active.short()
+                    );
+                    *last = Some(text);
+                }
+                None
+            }
+        }
+    }
+}
+
+/// Reloads on SIGHUP (`hup`, installed by the caller before serving, so an early signal cannot
+/// take the default action and end the process) and every `interval`, forever.
+pub async fn watch(
+    state: Arc<PolicyState>,
+    interval: Duration,
+    mut hup: tokio::signal::unix::Signal,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            Some(()) = hup.recv() => info!("SIGHUP: reloading policies"),
+        }
+        let s = state.clone();
+        // File reads and Cedar validation are blocking work: keep them off the async workers.
+        let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+    }
+}

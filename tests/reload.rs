@@ -1,0 +1,139 @@
+//! Policy hot reload through the real binary: a broken edit is rejected and the previous version
+//! stays active, a valid edit becomes the new version (and is stored), SIGHUP reloads at once,
+//! and sessions keep working throughout.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn copy_finance(to: &Path) {
+    for entry in std::fs::read_dir(repo_root().join("policies/examples/finance")).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+    }
+}
+
+fn stored_versions(store: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(store)
+        .map(|it| {
+            it.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.len() == 64)
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+fn start(set: &Path, store: &Path, interval_ms: u64) -> Env {
+    Env::start_with(Options {
+        postgres_extra: format!(
+            "[policies]\ndir = {:?}\nstore = {:?}\nreload_interval_ms = {interval_ms}\n",
+            set.display().to_string(),
+            store.display().to_string()
+        ),
+    })
+}
+
+fn append(path: PathBuf, text: &str) {
+    let old = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(path, old + text).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_edit_keeps_the_old_version_and_a_valid_one_replaces_it() {
+    let set = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    copy_finance(set.path());
+    let env = start(set.path(), store.path(), 200);
+    let v1 = stored_versions(store.path());
+    assert_eq!(v1.len(), 1, "the initial version is stored at start");
+    assert!(env
+        .proxy_log()
+        .contains(&format!("policy version {} active", &v1[0][..12])));
+    let session = env.agent().await;
+
+    // A syntax error: rejected with its position; nothing new stored; sessions unaffected.
+    append(
+        set.path().join("rows.cedar"),
+        "\npermit (principal, action, resource) when { resource.tenant_id === 1 };\n",
+    );
+    wait_until("the rejection is logged", || {
+        env.proxy_log().contains("policy change rejected")
+    });
+    let log = env.proxy_log();
+    assert!(
+        log.contains("rows.cedar:") && log.contains(&v1[0][..12]),
+        "{log}"
+    );
+    assert_eq!(stored_versions(store.path()), v1);
+    let n: i64 = session
+        .query_one("select count(*) from customers", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 30);
+
+    // Fixed (a valid change): the new version is stored and activated.
+    copy_finance(set.path());
+    append(set.path().join("rows.cedar"), "\n// reviewed 2026-11-23\n");
+    wait_until("a second version is stored", || {
+        stored_versions(store.path()).len() == 2
+    });
+    wait_until("activation is logged", || {
+        env.proxy_log().contains("activated (was")
+    });
+    // The open session survived; a new one sees the new version.
+    let n: i64 = session
+        .query_one("select count(*) from tickets", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 120);
+    let _fresh = env.agent().await;
+    let v2: Vec<String> = stored_versions(store.path())
+        .into_iter()
+        .filter(|v| !v1.contains(v))
+        .collect();
+    wait_until("the new session reports the new version", || {
+        env.proxy_log()
+            .contains(&format!("session uses policy version {}", &v2[0][..12]))
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_at_once() {
+    let set = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    copy_finance(set.path());
+    // Polling every 10 minutes: only SIGHUP can explain a quick reload.
+    let env = start(set.path(), store.path(), 600_000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    append(set.path().join("delegation.cedar"), "\n// edited\n");
+    let status = std::process::Command::new("kill")
+        .arg("-HUP")
+        .arg(env.proxy_pid().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_until("SIGHUP stores the new version", || {
+        stored_versions(store.path()).len() == 2
+    });
+    assert!(env.proxy_log().contains("SIGHUP: reloading policies"));
+    let c = env.agent().await;
+    c.simple_query("select 1").await.unwrap();
+}
