@@ -1,6 +1,10 @@
 //! The `portcullis` command line as a user runs it: help, config checks, policy validation.
 
+mod common;
+
 use std::process::Command;
+
+use common::copy_files;
 
 fn portcullis(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
@@ -55,10 +59,7 @@ fn policy_validate_accepts_the_examples_and_stores_versions() {
 #[test]
 fn policy_validate_names_file_line_and_policy_of_an_error() {
     let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(repo("policies/examples/finance")).unwrap() {
-        let p = entry.unwrap().path();
-        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
-    }
+    copy_files("policies/examples/finance", dir.path());
     let rows = dir.path().join("rows.cedar");
     let text = std::fs::read_to_string(&rows)
         .unwrap()
@@ -141,10 +142,7 @@ fn schema_import_from_the_fixture_database_is_what_the_finance_set_validates_aga
 
     // The example set with the freshly generated file validates.
     let set = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(repo("policies/examples/finance")).unwrap() {
-        let p = entry.unwrap().path();
-        std::fs::copy(&p, set.path().join(p.file_name().unwrap())).unwrap();
-    }
+    copy_files("policies/examples/finance", set.path());
     std::fs::copy(&generated, set.path().join("tables.cedarschema")).unwrap();
     let (ok, out, err) = portcullis(&["policy", "validate", set.path().to_str().unwrap()]);
     assert!(ok, "{out}{err}");
@@ -159,10 +157,7 @@ fn policy_test_runs_the_examples_and_reports_a_wrong_expectation() {
     }
     // Claim that support-bot sees a large transfer: both the filter and Cedar disagree.
     let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(repo("policies/examples/finance")).unwrap() {
-        let p = entry.unwrap().path();
-        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
-    }
+    copy_files("policies/examples/finance", dir.path());
     let tests = dir.path().join("finance.test.toml");
     let text = std::fs::read_to_string(&tests).unwrap().replacen(
         "visible = false\nattrs = { id = 3, tenant_id = 1",

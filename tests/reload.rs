@@ -10,10 +10,7 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn copy_finance(to: &Path) {
-    for entry in std::fs::read_dir(repo_root().join("policies/examples/finance")).unwrap() {
-        let p = entry.unwrap().path();
-        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
-    }
+    copy_files("policies/examples/finance", to);
 }
 
 fn stored_versions(store: &Path) -> Vec<String> {
