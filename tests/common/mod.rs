@@ -39,6 +39,16 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Copies the files (not subdirectories) of `from` (relative to the repository root) into `to`.
+pub fn copy_files(from: &str, to: &Path) {
+    for entry in std::fs::read_dir(repo_root().join(from)).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
 impl Env {
     pub fn start() -> Env {
         Self::start_with(Options::default())
