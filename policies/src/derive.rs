@@ -138,11 +138,8 @@ fn condition(clauses: &[Clause], on_error: Option<Filter>) -> Result<Filter, Str
     for c in clauses {
         match c {
             Clause::When(e) => parts.push(translate(e, &on_error)?),
-            Clause::Unless(e) => {
-                // Under negation an error stand-in must flip too, to keep the forbid argument.
-                let flipped = on_error.clone().map(Filter::negate);
-                parts.push(Filter::negate(translate(e, &flipped)?));
-            }
+            // As with `!`, the stand-in needs no flipping under negation (see the module docs).
+            Clause::Unless(e) => parts.push(Filter::negate(translate(e, &on_error)?)),
         }
     }
     Ok(Filter::and(parts))
