@@ -171,4 +171,21 @@ fn policy_test_runs_the_examples_and_reports_a_wrong_expectation() {
         out.contains("FAIL finance.test.toml: low clearance hides large transfers, even in its own tenant, row 3: expected visible, but the derived filter rejects it and Cedar denies it"),
         "{out}"
     );
+
+    // Claim that support-bot reads IBANs in clear: the column rule and Cedar disagree.
+    let text = std::fs::read_to_string(&tests)
+        .unwrap()
+        .replacen("iban = \"masked:last4\"", "iban = \"visible\"", 1)
+        .replacen("masked = [\"iban\"]", "masked = []", 1);
+    std::fs::write(&tests, text).unwrap();
+    let (ok, out, _) = portcullis(&["policy", "test", dir.path().to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        out.contains("column iban: expected visible, but the derived rule is masked:last4"),
+        "{out}"
+    );
+    assert!(
+        out.contains("row 1: column iban: expected shown, but the derived rule hides it and Cedar's read_column denies it"),
+        "{out}"
+    );
 }

@@ -46,9 +46,45 @@ pub fn derive(
     resource_type: &str,
     context: Context,
 ) -> Result<Derived, DeriveError> {
-    let action: EntityUid = format!("Action::{}", quote(action))
-        .parse()
-        .map_err(|e| DeriveError::Request(format!("action: {e}")))?;
+    let parts = residuals(bundle, principal, action, resource_type, context)?;
+    let mut determining = Vec::new();
+    let mut permits = Vec::new();
+    for (id, f) in parts.permits {
+        determining.push(id);
+        permits.push(f);
+    }
+    let mut filters = vec![Filter::or(permits)];
+    for (id, f) in parts.forbids {
+        if let Some(id) = id {
+            determining.push(id);
+        }
+        filters.push(Filter::negate(f));
+    }
+    Ok(Derived {
+        filter: Filter::and(filters),
+        determining,
+        untranslated: parts.untranslated,
+    })
+}
+
+/// The translated residuals of one request, policy by policy.
+pub(crate) struct Residuals {
+    /// Permits that may apply: (id, condition). Never `False`.
+    pub permits: Vec<(String, Filter)>,
+    /// Forbids that may apply: (id, condition), not yet negated. Never `False`. A forbid the
+    /// translator does not understand is here with condition `True` and no id.
+    pub forbids: Vec<(Option<String>, Filter)>,
+    pub untranslated: Vec<(String, String)>,
+}
+
+pub(crate) fn residuals(
+    bundle: &PolicyBundle,
+    principal: &EntityUid,
+    action: &str,
+    resource_type: &str,
+    context: Context,
+) -> Result<Residuals, DeriveError> {
+    let action = action_uid(action)?;
     let resource_type: EntityTypeName = resource_type
         .parse()
         .map_err(|e| DeriveError::Request(format!("resource type: {e}")))?;
@@ -67,18 +103,19 @@ pub fn derive(
         .tpe(&request, &entities, &bundle.schema)
         .map_err(|e| DeriveError::Evaluation(e.to_string()))?;
 
-    let mut permits = Vec::new();
-    let mut forbids = Vec::new();
-    let mut determining = Vec::new();
-    let mut untranslated = Vec::new();
+    let mut out = Residuals {
+        permits: Vec::new(),
+        forbids: Vec::new(),
+        untranslated: Vec::new(),
+    };
     for policy in response.policies() {
         let id = policy.id().to_string();
         let pst = match policy.to_pst() {
             Ok(p) => p,
             Err(e) => {
-                untranslated.push((id.clone(), format!("no PST: {e}")));
+                out.untranslated.push((id.clone(), format!("no PST: {e}")));
                 if policy.effect() == Effect::Forbid {
-                    forbids.push(Filter::False);
+                    out.forbids.push((None, Filter::True));
                 }
                 continue;
             }
@@ -95,37 +132,31 @@ pub fn derive(
         match policy.effect() {
             Effect::Permit => match condition(clauses, None) {
                 Ok(Filter::False) => {}
-                Ok(f) => {
-                    determining.push(id);
-                    permits.push(f);
-                }
-                Err(why) => {
-                    untranslated.push((id, format!("permit ignored (grants nothing): {why}")))
-                }
+                Ok(f) => out.permits.push((id, f)),
+                Err(why) => out
+                    .untranslated
+                    .push((id, format!("permit ignored (grants nothing): {why}"))),
             },
             Effect::Forbid => match condition(clauses, Some(Filter::True)) {
                 Ok(Filter::False) => {}
-                Ok(f) => {
-                    determining.push(id);
-                    forbids.push(Filter::negate(f));
-                }
+                Ok(f) => out.forbids.push((Some(id), f)),
                 Err(why) => {
-                    untranslated.push((
+                    out.untranslated.push((
                         id,
                         format!("forbid not understood (denies everything): {why}"),
                     ));
-                    forbids.push(Filter::False);
+                    out.forbids.push((None, Filter::True));
                 }
             },
         }
     }
-    let mut parts = vec![Filter::or(permits)];
-    parts.extend(forbids);
-    Ok(Derived {
-        filter: Filter::and(parts),
-        determining,
-        untranslated,
-    })
+    Ok(out)
+}
+
+pub(crate) fn action_uid(action: &str) -> Result<EntityUid, DeriveError> {
+    format!("Action::{}", quote(action))
+        .parse()
+        .map_err(|e| DeriveError::Request(format!("action: {e}")))
 }
 
 fn quote(s: &str) -> String {

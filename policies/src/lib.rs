@@ -4,9 +4,11 @@
 //! schema and names the file, line and column of every problem. Each loaded set has a
 //! [`Version`]: the content hash of its files, under which a [`VersionStore`] keeps it.
 //!
-//! [`derive`] turns a set and a request with the resource unknown into a [`Filter`].
+//! [`derive`] turns a set and a request with the resource unknown into a [`Filter`];
+//! [`derive_columns`] gives each column of a table a [`ColumnRule`].
 
 mod cache;
+mod columns;
 mod derive;
 mod diagnostics;
 mod filter;
@@ -18,6 +20,7 @@ mod store;
 mod version;
 
 pub use cache::DerivationCache;
+pub use columns::{derive_columns, has_column_rules, ColumnRule, ColumnRules, Mask, READ_COLUMN};
 pub use derive::{derive, DeriveError, Derived};
 pub use diagnostics::Diagnostic;
 pub use filter::{CmpOp, Filter, Pattern, Row, RowValue, Value};

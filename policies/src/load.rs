@@ -107,6 +107,10 @@ pub fn load_sources(files: Vec<SourceFile>) -> Result<PolicyBundle, LoadError> {
                 );
                 continue;
             }
+            if let Some(why) = crate::columns::check_mask_annotation(policy) {
+                errors.push(Diagnostic::at(&file.name, &file.text, None, why).for_policy(&id));
+                continue;
+            }
             if let Err(e) = policies.add(policy.new_id(PolicyId::new(&id))) {
                 errors.push(
                     Diagnostic::at(&file.name, &file.text, None, e.to_string()).for_policy(&id),

@@ -17,6 +17,12 @@
 //! ```
 //! Attribute values: integers, strings, booleans, arrays (sets), `{ decimal = "…" }`,
 //! `{ datetime = "…" }`; an attribute left out is NULL (absent).
+//!
+//! Column expectations, for tables with column rules: a case may state each column's rule
+//! (`columns = { email = "visible", ssn = "masked:redact", notes = "conditional:null",
+//! iban = "denied" }`), and a row may list the columns hidden on it (`masked = ["ssn"]`).
+//! For every stated column and every row, whether the value is shown is checked against the
+//! derived rule and against Cedar's concrete `read_column` decision.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -27,6 +33,7 @@ use cedar_policy::{
 };
 use serde::Deserialize;
 
+use crate::columns::{derive_columns, READ_COLUMN};
 use crate::derive::{derive, parse_datetime, parse_decimal};
 use crate::filter::{Row, RowValue, Value};
 use crate::load::PolicyBundle;
@@ -46,7 +53,11 @@ struct Case {
     on_behalf_of: Option<String>,
     action: String,
     table: String,
-    #[serde(rename = "row")]
+    /// Expected column rules, by column name (`visible`, `denied`, `masked:<mask>`,
+    /// `conditional:<mask>`).
+    #[serde(default)]
+    columns: BTreeMap<String, String>,
+    #[serde(rename = "row", default)]
     rows: Vec<TestRow>,
 }
 
@@ -55,6 +66,8 @@ struct Case {
 struct TestRow {
     visible: bool,
     attrs: BTreeMap<String, TestValue>,
+    /// Columns (of the case's `columns`) whose value must be hidden on this row.
+    masked: Option<Vec<String>>,
 }
 
 /// An attribute value in a test row.
@@ -183,19 +196,51 @@ fn run_case(bundle: &PolicyBundle, file: &str, case: &Case, report: &mut Report)
             context.clone(),
         )
         .map_err(|e| e.to_string())?;
-        let action = uid("Action", &case.action)?;
-        Ok((principal, context, derived, action))
+        let columns: Vec<&str> = case.columns.keys().map(String::as_str).collect();
+        let rules = if columns.is_empty() {
+            None
+        } else {
+            Some(
+                derive_columns(bundle, &principal, &case.table, &columns, &context)
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| {
+                        format!(
+                            "the case states columns, but the schema declares no `{READ_COLUMN}` \
+                             action for {}",
+                            case.table
+                        )
+                    })?,
+            )
+        };
+        Ok((principal, context, derived, rules))
     };
-    let (principal, context, derived, action) = match setup() {
+    let (principal, context, derived, rules) = match setup() {
         Ok(s) => s,
         Err(e) => {
             report.failures.push(format!("{label}: cannot run: {e}"));
             return;
         }
     };
+    if let Some(rules) = &rules {
+        for (column, expected) in &case.columns {
+            let actual = rules.columns[column].to_string();
+            if actual == *expected {
+                report.passed += 1;
+            } else {
+                report.failures.push(format!(
+                    "{label}: column {column}: expected {expected}, but the derived rule is {actual}"
+                ));
+            }
+        }
+    }
+    let cedar = Cedar {
+        bundle,
+        principal: &principal,
+        context: &context,
+    };
     for (n, row) in case.rows.iter().enumerate() {
         let row_label = format!("{label}, row {}", n + 1);
-        let check = || -> Result<(bool, bool), String> {
+        let check = || -> Result<Vec<String>, String> {
             let resource = uid(&case.table, &format!("test-row-{}", n + 1))?;
             let attrs: HashMap<String, RestrictedExpression> = row
                 .attrs
@@ -209,38 +254,101 @@ fn run_case(bundle: &PolicyBundle, file: &str, case: &Case, report: &mut Report)
                 .clone()
                 .add_entities([entity], Some(&bundle.schema))
                 .map_err(|e| e.to_string())?;
-            let request = Request::new(
-                principal.clone(),
-                action.clone(),
-                resource,
-                context.clone(),
-                Some(&bundle.schema),
-            )
-            .map_err(|e| e.to_string())?;
-            let cedar = Authorizer::new()
-                .is_authorized(&request, &bundle.policies, &entities)
-                .decision()
-                == Decision::Allow;
             let filter_row: Row = row
                 .attrs
                 .iter()
                 .map(|(k, v)| Ok((k.clone(), v.to_row_value()?)))
                 .collect::<Result<_, String>>()?;
-            Ok((derived.filter.eval(&filter_row) == Some(true), cedar))
+
+            let mut problems = Vec::new();
+            let filter = derived.filter.eval(&filter_row) == Some(true);
+            let allowed = cedar.allows(&entities, &resource, &case.action, None)?;
+            if filter != row.visible || allowed != row.visible {
+                problems.push(format!(
+                    "expected {}, but the derived filter {} it and Cedar {} it",
+                    if row.visible { "visible" } else { "hidden" },
+                    if filter { "admits" } else { "rejects" },
+                    if allowed { "allows" } else { "denies" },
+                ));
+            }
+            if let Some(masked) = &row.masked {
+                if let Some(unknown) = masked.iter().find(|c| !case.columns.contains_key(*c)) {
+                    return Err(format!(
+                        "masked column {unknown:?} is not among the case's columns"
+                    ));
+                }
+            }
+            if let Some(rules) = &rules {
+                for (column, rule) in &rules.columns {
+                    let shown = rule.shows(&filter_row);
+                    let allowed = cedar.allows(&entities, &resource, READ_COLUMN, Some(column))?;
+                    let expected = row
+                        .masked
+                        .as_ref()
+                        .map(|m| !m.contains(column))
+                        .unwrap_or(allowed);
+                    if shown != allowed || shown != expected {
+                        problems.push(format!(
+                            "column {column}: expected {}, but the derived rule {} it and \
+                             Cedar's read_column {} it",
+                            if expected { "shown" } else { "hidden" },
+                            if shown { "shows" } else { "hides" },
+                            if allowed { "allows" } else { "denies" },
+                        ));
+                    }
+                }
+            }
+            Ok(problems)
         };
         match check() {
             Err(e) => report
                 .failures
                 .push(format!("{row_label}: invalid row: {e}")),
-            Ok((filter, cedar)) if filter == row.visible && cedar == row.visible => {
-                report.passed += 1
-            }
-            Ok((filter, cedar)) => report.failures.push(format!(
-                "{row_label}: expected {}, but the derived filter {} it and Cedar {} it",
-                if row.visible { "visible" } else { "hidden" },
-                if filter { "admits" } else { "rejects" },
-                if cedar { "allows" } else { "denies" },
-            )),
+            Ok(problems) if problems.is_empty() => report.passed += 1,
+            Ok(problems) => report
+                .failures
+                .extend(problems.into_iter().map(|p| format!("{row_label}: {p}"))),
         }
+    }
+}
+
+/// Cedar's concrete decision for one request of a case.
+struct Cedar<'a> {
+    bundle: &'a PolicyBundle,
+    principal: &'a EntityUid,
+    context: &'a Context,
+}
+
+impl Cedar<'_> {
+    fn allows(
+        &self,
+        entities: &cedar_policy::Entities,
+        resource: &EntityUid,
+        action: &str,
+        column: Option<&str>,
+    ) -> Result<bool, String> {
+        let context = match column {
+            None => self.context.clone(),
+            Some(c) => self
+                .context
+                .clone()
+                .merge([(
+                    "column".to_string(),
+                    RestrictedExpression::new_string(c.to_string()),
+                )])
+                .map_err(|e| e.to_string())?,
+        };
+        let request = Request::new(
+            self.principal.clone(),
+            uid("Action", action)?,
+            resource.clone(),
+            context,
+            Some(&self.bundle.schema),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Authorizer::new()
+            .is_authorized(&request, &self.bundle.policies, entities)
+            .decision()
+            == Decision::Allow)
     }
 }

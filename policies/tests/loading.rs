@@ -37,11 +37,15 @@ fn the_finance_example_loads_with_its_policy_ids() {
     assert_eq!(
         ids,
         [
+            "auditor-hashed-emails",
             "auditor-reads-all",
             "columns-readable",
+            "delegated-no-ssn",
             "delegation-intersects-tenants",
+            "low-clearance-no-large-transfer-metadata",
             "low-clearance-no-large-transfers",
-            "support-no-pii-columns",
+            "support-iban-last4",
+            "support-no-ssn",
             "support-reads-own-tenant",
         ]
     );
@@ -197,4 +201,36 @@ fn the_rag_example_loads() {
     let b = load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/rag")).unwrap();
     assert_eq!(b.policies.num_of_policies(), 4);
     assert!(b.policies.policies().all(|p| p.annotation("id").is_some()));
+}
+
+#[test]
+fn mask_annotations_are_checked_at_load() {
+    let cases = [
+        (
+            "@mask(\"scramble\")\nforbid (principal, action == Action::\"read_column\", resource);",
+            "unknown mask \"scramble\"",
+        ),
+        (
+            "@mask(\"null\")\npermit (principal, action == Action::\"read_column\", resource);",
+            "@mask belongs on a forbid policy",
+        ),
+        (
+            "@mask(\"null\")\nforbid (principal, action == Action::\"select\", resource);",
+            "only Action::\"read_column\"",
+        ),
+        (
+            "@mask(\"null\")\nforbid (principal, action, resource);",
+            "only Action::\"read_column\"",
+        ),
+    ];
+    for (policy, message) in cases {
+        let dir = broken("extra.cedar", |_| format!("@id(\"bad-mask\")\n{policy}\n"));
+        let errs = errors(dir.path());
+        assert!(
+            errs.iter().any(|d| d.file == "extra.cedar"
+                && d.policy.as_deref() == Some("bad-mask")
+                && d.message.contains(message)),
+            "{policy}: {errs:?}"
+        );
+    }
 }

@@ -11,23 +11,9 @@ use cedar_policy::{
 };
 use policies::policy_tests::TestValue;
 use policies::{derive, load_dir, Filter, PolicyBundle, Row, Value};
-
-/// A small deterministic generator (xorshift), so failures reproduce.
-struct Gen(u64);
-impl Gen {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> i64 {
-        (self.next() % n) as i64
-    }
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len() as u64) as usize]
-    }
-}
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
 fn decimal(scaled: i64) -> TestValue {
     let sign = if scaled < 0 { "-" } else { "" };
@@ -54,82 +40,148 @@ fn civil(days: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-fn gen_row(table: &str, g: &mut Gen) -> Vec<(&'static str, TestValue)> {
-    let day = |g: &mut Gen| TestValue::Datetime {
-        datetime: civil(20_000 + g.below(400)),
-    };
-    let mut row = vec![
-        ("id", TestValue::Long(g.below(1000))),
-        ("tenant_id", TestValue::Long(g.below(4))),
-    ];
+type GenRow = Vec<(&'static str, TestValue)>;
+
+fn string(options: &'static [&'static str]) -> impl Strategy<Value = TestValue> {
+    proptest::sample::select(options).prop_map(|s| TestValue::String(s.to_string()))
+}
+
+fn long(range: std::ops::Range<i64>) -> impl Strategy<Value = TestValue> {
+    range.prop_map(TestValue::Long)
+}
+
+fn day() -> impl Strategy<Value = TestValue> {
+    (20_000i64..20_400).prop_map(|d| TestValue::Datetime { datetime: civil(d) })
+}
+
+/// An optional attribute: absent (NULL) about a third of the time.
+fn optional(
+    name: &'static str,
+    value: impl Strategy<Value = TestValue>,
+) -> impl Strategy<Value = Option<(&'static str, TestValue)>> {
+    proptest::option::weighted(0.66, value.prop_map(move |v| (name, v)))
+}
+
+fn with_optional(mut row: GenRow, extra: Option<(&'static str, TestValue)>) -> GenRow {
+    row.extend(extra);
+    row
+}
+
+/// Rows of `table`, with attribute values chosen around the example policies' boundaries.
+fn rows(table: &str) -> BoxedStrategy<GenRow> {
+    let key = (long(0..1000), long(0..4));
     match table {
-        "public::customers" => {
-            row.push(("name", TestValue::String(format!("c{}", g.below(50)))));
-            row.push(("email", TestValue::String("x@example.com".into())));
-            if g.below(3) > 0 {
-                row.push((
-                    "ssn",
-                    TestValue::String(format!("{:09}", g.below(1_000_000_000))),
-                ));
-            }
-            row.push((
-                "tier",
-                TestValue::String(g.pick(&["standard", "gold", "platinum"]).into()),
-            ));
-            row.push(("created_at", day(g)));
-        }
-        "public::tickets" => {
-            row.push(("customer_id", TestValue::Long(g.below(30))));
-            row.push(("subject", TestValue::String("s".into())));
-            row.push(("body", TestValue::String("b".into())));
-            row.push((
-                "status",
-                TestValue::String(g.pick(&["open", "pending", "closed"]).into()),
-            ));
-            row.push(("priority", TestValue::Long(1 + g.below(5))));
-            row.push(("opened_at", day(g)));
-        }
+        "public::customers" => (
+            key,
+            (0i64..50).prop_map(|n| TestValue::String(format!("c{n}"))),
+            string(&["x@example.com", "y@example.com"]),
+            optional(
+                "ssn",
+                (0i64..1_000_000_000).prop_map(|n| TestValue::String(format!("{n:09}"))),
+            ),
+            string(&["standard", "gold", "platinum"]),
+            day(),
+        )
+            .prop_map(|((id, tenant), name, email, ssn, tier, created)| {
+                with_optional(
+                    vec![
+                        ("id", id),
+                        ("tenant_id", tenant),
+                        ("name", name),
+                        ("email", email),
+                        ("tier", tier),
+                        ("created_at", created),
+                    ],
+                    ssn,
+                )
+            })
+            .boxed(),
+        "public::tickets" => (
+            key,
+            long(0..30),
+            string(&["open", "pending", "closed"]),
+            long(1..6),
+            day(),
+        )
+            .prop_map(|((id, tenant), customer, status, priority, opened)| {
+                vec![
+                    ("id", id),
+                    ("tenant_id", tenant),
+                    ("customer_id", customer),
+                    ("subject", TestValue::String("s".into())),
+                    ("body", TestValue::String("b".into())),
+                    ("status", status),
+                    ("priority", priority),
+                    ("opened_at", opened),
+                ]
+            })
+            .boxed(),
         "public::transfers" => {
-            row.push(("customer_id", TestValue::Long(g.below(30))));
-            // Amounts around the 10,000.00 threshold, including exactly on it.
-            let amount = match g.below(4) {
-                0 => 100_000_000,
-                1 => 100_000_000 + 1,
-                _ => g.below(200_000_000),
-            };
-            row.push(("amount", decimal(amount)));
-            row.push((
-                "currency",
-                TestValue::String(g.pick(&["EUR", "USD"]).into()),
-            ));
-            row.push(("iban", TestValue::String("DE00".into())));
-            row.push(("approved", TestValue::Bool(g.below(2) == 0)));
-            row.push(("created_at", day(g)));
-            if g.below(2) == 0 {
-                row.push(("metadata", TestValue::String("{}".into())));
-            }
+            // Amounts around the 1,000.00 and 10,000.00 thresholds, including exactly on them.
+            let amount = prop_oneof![
+                Just(10_000_000i64),
+                Just(10_000_001),
+                Just(100_000_000),
+                Just(100_000_001),
+                0i64..200_000_000,
+            ]
+            .prop_map(decimal);
+            (
+                key,
+                long(0..30),
+                amount,
+                string(&["EUR", "USD"]),
+                string(&["DE0012345678", "FR76"]),
+                any::<bool>(),
+                day(),
+                optional("metadata", string(&["{}"])),
+            )
+                .prop_map(
+                    |((id, tenant), customer, amount, currency, iban, approved, created, meta)| {
+                        with_optional(
+                            vec![
+                                ("id", id),
+                                ("tenant_id", tenant),
+                                ("customer_id", customer),
+                                ("amount", amount),
+                                ("currency", currency),
+                                ("iban", iban),
+                                ("approved", TestValue::Bool(approved)),
+                                ("created_at", created),
+                            ],
+                            meta,
+                        )
+                    },
+                )
+                .boxed()
         }
-        "vectors::support_docs" => {
-            row.retain(|(k, _)| *k != "id");
-            let groups = ["support", "billing", "legal", "hr"];
-            let acl = groups
-                .iter()
-                .filter(|_| g.below(3) == 0)
-                .map(|s| TestValue::String(s.to_string()))
-                .collect();
-            row.push(("acl_groups", TestValue::Set(acl)));
-            row.push((
-                "classification",
-                TestValue::String(g.pick(&["public", "internal", "restricted"]).into()),
-            ));
-            row.push(("title", TestValue::String("t".into())));
-            if g.below(2) == 0 {
-                row.push(("source_url", TestValue::String("https://x".into())));
-            }
-        }
+        "vectors::support_docs" => (
+            long(0..4),
+            proptest::sample::subsequence(&["support", "billing", "legal", "hr"][..], 0..=4),
+            string(&["public", "internal", "restricted"]),
+            optional("source_url", string(&["https://x"])),
+        )
+            .prop_map(|(tenant, acl, classification, url)| {
+                with_optional(
+                    vec![
+                        ("tenant_id", tenant),
+                        (
+                            "acl_groups",
+                            TestValue::Set(
+                                acl.into_iter()
+                                    .map(|g| TestValue::String(g.to_string()))
+                                    .collect(),
+                            ),
+                        ),
+                        ("classification", classification),
+                        ("title", TestValue::String("t".into())),
+                    ],
+                    url,
+                )
+            })
+            .boxed(),
         other => panic!("no generator for {other}"),
     }
-    row
 }
 
 fn context(on_behalf_of: Option<&str>) -> Context {
@@ -145,22 +197,74 @@ fn context(on_behalf_of: Option<&str>) -> Context {
     }
 }
 
-/// Checks every (agent, delegation, table, action) of a set against Cedar on `rows` rows each.
+/// Outcome counts, so a test can insist that both outcomes occur often.
+#[derive(Default)]
+struct Counts {
+    allowed: usize,
+    denied: usize,
+    shown: usize,
+    hidden: usize,
+}
+
+/// Cedar's concrete decision for one row.
+fn cedar_allows(
+    bundle: &PolicyBundle,
+    principal: &EntityUid,
+    action: &str,
+    context: Context,
+    entities: &cedar_policy::Entities,
+    resource: &EntityUid,
+) -> bool {
+    let request = Request::new(
+        principal.clone(),
+        EntityUid::from_str(&format!("Action::\"{action}\"")).unwrap(),
+        resource.clone(),
+        context,
+        Some(&bundle.schema),
+    )
+    .unwrap();
+    Authorizer::new()
+        .is_authorized(&request, &bundle.policies, entities)
+        .decision()
+        == Decision::Allow
+}
+
+/// For every (agent, delegation, table, action) of a set and `cases` generated rows each: the
+/// derived row filter admits a row exactly when Cedar allows it, and (for tables with column
+/// rules) each column's rule shows its value exactly when Cedar allows `read_column` on it.
+/// proptest shrinks a failure to a minimal row.
 fn check_set(
     bundle: &PolicyBundle,
     agents: &[&str],
     users: &[Option<&str>],
     tables: &[&str],
     actions: &[&str],
-    rows: usize,
-) -> (usize, usize) {
-    let mut g = Gen(0x9E37_79B9_7F4A_7C15);
-    let authorizer = Authorizer::new();
-    let (mut allowed, mut denied) = (0, 0);
+    cases: u32,
+) -> Counts {
+    let counts = std::cell::RefCell::new(Counts::default());
     for agent in agents {
         let principal = EntityUid::from_str(&format!("Agent::\"{agent}\"")).unwrap();
         for user in users {
             for table in tables {
+                let columns: Vec<&str> = {
+                    let mut names = Vec::new();
+                    let mut runner = TestRunner::deterministic();
+                    // Every attribute a generated row can carry (optional ones included).
+                    for _ in 0..64 {
+                        for (k, _) in rows(table).new_tree(&mut runner).unwrap().current() {
+                            if !names.contains(&k) {
+                                names.push(k);
+                            }
+                        }
+                    }
+                    names
+                };
+                let rules =
+                    policies::derive_columns(bundle, &principal, table, &columns, &context(*user))
+                        .unwrap();
+                if let Some(r) = &rules {
+                    assert!(r.untranslated.is_empty(), "{r:?}");
+                }
                 for action in actions {
                     let derived =
                         derive(bundle, &principal, action, table, context(*user)).unwrap();
@@ -169,10 +273,16 @@ fn check_set(
                         "{agent} {action} {table}: {:?}",
                         derived.untranslated
                     );
-                    let action_uid = EntityUid::from_str(&format!("Action::\"{action}\"")).unwrap();
-                    for n in 0..rows {
-                        let attrs = gen_row(table, &mut g);
-                        let uid = EntityUid::from_str(&format!("{table}::\"row{n}\"")).unwrap();
+                    let mut runner = TestRunner::new_with_rng(
+                        Config {
+                            cases,
+                            failure_persistence: None,
+                            ..Config::default()
+                        },
+                        TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+                    );
+                    let result = runner.run(&rows(table), |attrs| {
+                        let uid = EntityUid::from_str(&format!("{table}::\"row\"")).unwrap();
                         let cedar_attrs: HashMap<String, RestrictedExpression> = attrs
                             .iter()
                             .map(|(k, v)| (k.to_string(), v.to_cedar().unwrap()))
@@ -183,44 +293,73 @@ fn check_set(
                             .clone()
                             .add_entities([entity], Some(&bundle.schema))
                             .unwrap();
-                        let request = Request::new(
-                            principal.clone(),
-                            action_uid.clone(),
-                            uid,
-                            context(*user),
-                            Some(&bundle.schema),
-                        )
-                        .unwrap();
-                        let cedar = authorizer
-                            .is_authorized(&request, &bundle.policies, &entities)
-                            .decision()
-                            == Decision::Allow;
                         let row: Row = attrs
                             .iter()
                             .map(|(k, v)| (k.to_string(), v.to_row_value().unwrap()))
                             .collect::<BTreeMap<_, _>>();
+                        let cedar =
+                            cedar_allows(bundle, &principal, action, context(*user), &entities, &uid);
                         let admitted = derived.filter.eval(&row) == Some(true);
-                        assert!(
+                        prop_assert!(
                             !admitted || cedar,
-                            "LEAK: filter admits a row Cedar denies\n  {agent} as {user:?} {action} {table}\n  filter: {:?}\n  row: {row:?}",
-                            derived.filter
+                            "LEAK: filter admits a row Cedar denies\n  {} as {:?} {} {}\n  filter: {:?}",
+                            agent, user, action, table, derived.filter
                         );
-                        assert!(
+                        prop_assert!(
                             admitted || !cedar,
-                            "over-filtered: Cedar allows a row the filter rejects\n  {agent} as {user:?} {action} {table}\n  filter: {:?}\n  row: {row:?}",
-                            derived.filter
+                            "over-filtered: Cedar allows a row the filter rejects\n  {} as {:?} {} {}\n  filter: {:?}",
+                            agent, user, action, table, derived.filter
                         );
+                        let mut c = counts.borrow_mut();
                         if cedar {
-                            allowed += 1
+                            c.allowed += 1
                         } else {
-                            denied += 1
+                            c.denied += 1
                         }
+                        for (column, rule) in rules.iter().flat_map(|r| r.columns.iter()) {
+                            let context = context(*user)
+                                .merge([(
+                                    "column".to_string(),
+                                    RestrictedExpression::new_string(column.clone()),
+                                )])
+                                .unwrap();
+                            let cedar = cedar_allows(
+                                bundle,
+                                &principal,
+                                policies::READ_COLUMN,
+                                context,
+                                &entities,
+                                &uid,
+                            );
+                            let shown = rule.shows(&row);
+                            prop_assert_eq!(
+                                shown,
+                                cedar,
+                                "column {} of {} for {} as {:?}: the rule {} it, Cedar {} it\n  rule: {:?}",
+                                column,
+                                table,
+                                agent,
+                                user,
+                                if shown { "shows" } else { "hides" },
+                                if cedar { "allows" } else { "denies" },
+                                rule
+                            );
+                            if shown {
+                                c.shown += 1
+                            } else {
+                                c.hidden += 1
+                            }
+                        }
+                        Ok(())
+                    });
+                    if let Err(e) = result {
+                        panic!("{e}");
                     }
                 }
             }
         }
     }
-    (allowed, denied)
+    counts.into_inner()
 }
 
 fn example(name: &str) -> PolicyBundle {
@@ -234,7 +373,7 @@ fn example(name: &str) -> PolicyBundle {
 
 #[test]
 fn finance_filters_agree_with_cedar_on_every_generated_row() {
-    let (allowed, denied) = check_set(
+    let c = check_set(
         &example("finance"),
         &["support-bot", "auditor"],
         &[None, Some("alice"), Some("bob")],
@@ -242,16 +381,24 @@ fn finance_filters_agree_with_cedar_on_every_generated_row() {
         &["select", "update"],
         150,
     );
-    // The test means something only if both outcomes occur often.
+    // The test means something only if every outcome occurs often.
     assert!(
-        allowed > 500 && denied > 500,
-        "allowed {allowed}, denied {denied}"
+        c.allowed > 500 && c.denied > 500,
+        "allowed {}, denied {}",
+        c.allowed,
+        c.denied
+    );
+    assert!(
+        c.shown > 1000 && c.hidden > 300,
+        "columns shown {}, hidden {}",
+        c.shown,
+        c.hidden
     );
 }
 
 #[test]
 fn rag_filters_agree_with_cedar_on_every_generated_point() {
-    let (allowed, denied) = check_set(
+    let c = check_set(
         &example("rag"),
         &["rag-bot", "compliance-bot", "ingestor"],
         &[None, Some("carol")],
@@ -260,8 +407,10 @@ fn rag_filters_agree_with_cedar_on_every_generated_point() {
         200,
     );
     assert!(
-        allowed > 200 && denied > 200,
-        "allowed {allowed}, denied {denied}"
+        c.allowed > 200 && c.denied > 200,
+        "allowed {}, denied {}",
+        c.allowed,
+        c.denied
     );
 }
 
