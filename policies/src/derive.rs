@@ -108,7 +108,10 @@ pub(crate) fn residuals(
         forbids: Vec::new(),
         untranslated: Vec::new(),
     };
-    for policy in response.policies() {
+    // Policy id order, so the same set always derives the same filter (and the same SQL).
+    let mut residual: Vec<_> = response.policies().collect();
+    residual.sort_by_key(|p| p.id().to_string());
+    for policy in residual {
         let id = policy.id().to_string();
         let pst = match policy.to_pst() {
             Ok(p) => p,
@@ -190,6 +193,12 @@ fn translate(e: &Expr, on_error: &Option<Filter>) -> Result<Filter, String> {
             Ok(Filter::negate(translate(expr, on_error)?))
         }
         Expr::BinaryOp { op, left, right } => binary(*op, left, right, on_error),
+        // A Bool attribute used as a condition (strict validation guarantees the type).
+        Expr::GetAttr { .. } if resource_attr(e).is_some() => Ok(Filter::Compare {
+            attr: resource_attr(e).expect("checked"),
+            op: CmpOp::Eq,
+            value: Value::Bool(true),
+        }),
         Expr::HasAttr { expr, attrs } if attrs.len() == 1 && is_resource(expr) => {
             Ok(Filter::Present(attrs.first().to_string()))
         }
@@ -338,8 +347,73 @@ fn constant(e: &Expr) -> Option<Value> {
             Expr::Literal(Literal::String(s)) => parse_datetime(s).map(Value::Datetime),
             _ => None,
         },
+        // A datetime value after partial evaluation: `datetime("…").offset(duration("…ms"))`.
+        Expr::BinaryOp {
+            op: BinaryOp::Offset,
+            left,
+            right,
+        } => match (constant(left)?, &**right) {
+            (
+                Value::Datetime(base),
+                Expr::UnaryOp {
+                    op: UnaryOp::Duration,
+                    expr,
+                },
+            ) => match &**expr {
+                Expr::Literal(Literal::String(d)) => {
+                    parse_duration(d).and_then(|ms| base.checked_add(ms).map(Value::Datetime))
+                }
+                _ => None,
+            },
+            _ => None,
+        },
         _ => None,
     }
+}
+
+/// Cedar duration text (`-1d2h3m4s5ms`: optional sign, then units d, h, m, s, ms in that order)
+/// in milliseconds.
+pub(crate) fn parse_duration(s: &str) -> Option<i64> {
+    let (neg, mut rest) = match s.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, s),
+    };
+    if rest.is_empty() {
+        return None;
+    }
+    let units: [(&str, i64); 5] = [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("ms", 1),
+        ("m", 60_000),
+        ("s", 1000),
+    ];
+    let mut total: i64 = 0;
+    let mut last_rank = 0usize;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let n: i64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, scale) = units.iter().find(|(u, _)| rest.starts_with(u))?;
+        // Order d, h, m, s, ms; each unit at most once.
+        let rank = match *unit {
+            "d" => 1,
+            "h" => 2,
+            "m" => 3,
+            "s" => 4,
+            _ => 5,
+        };
+        if rank <= last_rank {
+            return None;
+        }
+        last_rank = rank;
+        rest = &rest[unit.len()..];
+        total = total.checked_add(n.checked_mul(*scale)?)?;
+    }
+    Some(if neg { -total } else { total })
 }
 
 fn constant_set(e: &Expr) -> Option<Vec<Value>> {
@@ -439,6 +513,16 @@ mod tests {
         assert_eq!(parse_decimal("0.0001"), Some(1));
         assert_eq!(parse_decimal("1"), None);
         assert_eq!(parse_decimal("1.23456"), None);
+    }
+
+    #[test]
+    fn durations_are_millis() {
+        assert_eq!(parse_duration("86400000ms"), Some(86_400_000));
+        assert_eq!(parse_duration("1d2h3m4s5ms"), Some(93_784_005));
+        assert_eq!(parse_duration("-1s"), Some(-1000));
+        assert_eq!(parse_duration("1s1d"), None);
+        assert_eq!(parse_duration("1x"), None);
+        assert_eq!(parse_duration(""), None);
     }
 
     #[test]

@@ -29,6 +29,18 @@ pub enum CmpOp {
 }
 
 impl CmpOp {
+    /// The operator whose result is the negation of this one's (`<` and `>=`).
+    pub fn negated(self) -> CmpOp {
+        match self {
+            CmpOp::Eq => CmpOp::NotEq,
+            CmpOp::NotEq => CmpOp::Eq,
+            CmpOp::Lt => CmpOp::GtEq,
+            CmpOp::LtEq => CmpOp::Gt,
+            CmpOp::Gt => CmpOp::LtEq,
+            CmpOp::GtEq => CmpOp::Lt,
+        }
+    }
+
     /// The operator with its operands swapped (`c < a` is `a > c`).
     pub fn flipped(self) -> CmpOp {
         match self {
@@ -143,6 +155,12 @@ impl Filter {
             Filter::True => Filter::False,
             Filter::False => Filter::True,
             Filter::Not(inner) => *inner,
+            // `NOT (a <= c)` is `a > c` in three-valued logic too (both NULL when `a` is).
+            Filter::Compare { attr, op, value } => Filter::Compare {
+                attr,
+                op: op.negated(),
+                value,
+            },
             other => Filter::Not(Box::new(other)),
         }
     }
