@@ -1,16 +1,29 @@
-//! The statement gate: parse SQL with PostgreSQL's dialect, refuse what is not allowed, and return
-//! the text to forward, re-serialized from the AST (never the client's text with edits).
+//! The statement gate and rewriter: parse SQL with PostgreSQL's dialect, refuse what is not
+//! allowed, rewrite every read of a protected relation into its filtered, masked, fenced view,
+//! and return the text to forward, re-serialized from the AST (never the client's text with
+//! edits).
 //!
-//! This crate is pure: no I/O, no async. The proxy calls [`check`] for every simple-protocol Query
-//! and every extended-protocol Parse; policy rewriting will plug in between parse and serialize.
+//! This crate is pure: no I/O, no async. The proxy calls [`rewrite`] (policy enforced) or
+//! [`check`] (gate only, when no policy set is configured) for every simple-protocol Query and
+//! every extended-protocol Parse.
 
+mod catalog;
+mod catalogs;
 mod copy;
 mod error;
+mod fence;
 mod functions;
 mod parse;
+mod policy;
+mod protect;
 mod settings;
+mod sql_filter;
+mod statements;
 
+pub use catalog::{Catalog, Column, RelKind, Relation};
 pub use error::Refusal;
+pub use policy::{Policies, TablePolicy};
+pub use protect::Read;
 
 use sqlparser::ast::Statement;
 
@@ -49,6 +62,46 @@ pub fn check(sql: &str, protocol: Protocol) -> Result<Checked, Refusal> {
     Ok(Checked {
         sql: serialize(&statements),
         statements: statements.len(),
+    })
+}
+
+/// What the rewriter needs of the session: the catalog, the search_path names resolve with, and
+/// the policy of the session's agent at the current version.
+pub struct Context<'a> {
+    pub catalog: &'a Catalog,
+    pub search_path: &'a [String],
+    pub policies: &'a dyn Policies,
+}
+
+/// A statement (or several) rewritten under policy, ready to forward.
+#[derive(Debug, Clone)]
+pub struct Rewritten {
+    /// The SQL to send upstream.
+    pub sql: String,
+    /// How many statements `sql` holds.
+    pub statements: usize,
+    /// The protected relations read, with the rules applied (for audit and explain).
+    pub reads: Vec<Read>,
+}
+
+/// Parses, checks and rewrites `sql` so that it can only read what `ctx`'s policy allows.
+pub fn rewrite(sql: &str, protocol: Protocol, ctx: &Context<'_>) -> Result<Rewritten, Refusal> {
+    let mut statements = parse::parse(sql)?;
+    if protocol == Protocol::Extended && statements.len() > 1 {
+        return Err(Refusal::Syntax(
+            "cannot insert multiple commands into a prepared statement".into(),
+        ));
+    }
+    let mut reads = Vec::new();
+    for statement in &mut statements {
+        settings::check(statement)?;
+        copy::check(statement)?;
+        reads.extend(statements::rewrite(statement, ctx)?);
+    }
+    Ok(Rewritten {
+        sql: serialize(&statements),
+        statements: statements.len(),
+        reads,
     })
 }
 

@@ -1,0 +1,159 @@
+//! The upstream's relations as the rewriter needs them: schema, name, kind, columns with their
+//! types, and inheritance. Loaded by the proxy from the real catalog (see `connectors`); here
+//! only data and name resolution with a search_path.
+
+use std::collections::{HashMap, HashSet};
+
+use sqlparser::ast::{Ident, ObjectName};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelKind {
+    Table,
+    PartitionedTable,
+    View,
+    MaterializedView,
+    Foreign,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    /// `format_type(atttypid, atttypmod)`, usable as a cast target (`character varying(20)`).
+    pub sql_type: String,
+    /// `pg_type.typname` (`int4`, `text`, `_text` for arrays).
+    pub type_name: String,
+    /// `pg_type.typcategory` (`S` string, `N` numeric, `D` date/time, `A` array, …).
+    pub category: char,
+}
+
+impl Column {
+    pub fn is_text(&self) -> bool {
+        self.category == 'S'
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relation {
+    pub schema: String,
+    pub name: String,
+    pub kind: RelKind,
+    pub columns: Vec<Column>,
+    /// Whether other relations inherit from it (inheritance children or partitions).
+    pub has_children: bool,
+}
+
+impl Relation {
+    /// The Cedar entity type of the relation: `schema::name`.
+    pub fn entity_type(&self) -> String {
+        format!("{}::{}", self.schema, self.name)
+    }
+
+    /// `"schema"."name"`, always quoted.
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+/// Schemas whose relations are PostgreSQL's own catalogs (not policy-protected; see
+/// `catalogs.rs` for which of them an agent may read).
+pub const SYSTEM_SCHEMAS: [&str; 2] = ["pg_catalog", "information_schema"];
+
+/// Relations by (schema, name): the protected ones with their columns, the system ones by name
+/// only.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    relations: HashMap<(String, String), Relation>,
+    system: HashSet<(String, String)>,
+    functions: HashSet<String>,
+}
+
+/// What a relation name refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved<'c> {
+    /// A relation Portcullis protects (user schemas).
+    Protected(&'c Relation),
+    /// A system catalog relation: `(schema, name)`.
+    System(String, String),
+}
+
+impl Catalog {
+    /// `relations`: every relation outside the system schemas; `system`: the (schema, name) of
+    /// every relation in them; `functions`: the names of the functions in `pg_catalog`.
+    pub fn new(
+        relations: Vec<Relation>,
+        system: Vec<(String, String)>,
+        functions: Vec<String>,
+    ) -> Self {
+        Catalog {
+            relations: relations
+                .into_iter()
+                .map(|r| ((r.schema.clone(), r.name.clone()), r))
+                .collect(),
+            system: system.into_iter().collect(),
+            functions: functions.into_iter().collect(),
+        }
+    }
+
+    /// Whether `pg_catalog` has a function named `name`.
+    pub fn is_builtin_function(&self, name: &str) -> bool {
+        self.functions.contains(name)
+    }
+
+    pub fn relations(&self) -> impl Iterator<Item = &Relation> {
+        self.relations.values()
+    }
+
+    pub fn get(&self, schema: &str, name: &str) -> Option<&Relation> {
+        self.relations.get(&(schema.to_string(), name.to_string()))
+    }
+
+    /// Resolves a relation name the way PostgreSQL does for a session whose search_path is
+    /// `search_path` (pg_catalog implicitly first). `None`: no such relation is known, which
+    /// the rewriter refuses (it may exist upstream, but Portcullis cannot vouch for it).
+    pub fn resolve(&self, name: &ObjectName, search_path: &[String]) -> Option<Resolved<'_>> {
+        let parts: Vec<String> = name
+            .0
+            .iter()
+            .map(|p| p.as_ident().map(normalize))
+            .collect::<Option<_>>()?;
+        match parts.as_slice() {
+            [schema, rel] => self.lookup(schema, rel),
+            [rel] => {
+                // pg_catalog first unless the path places it explicitly; pg_temp is never
+                // searched (the rewriter refuses creating temporary relations).
+                let mut path: Vec<&str> = Vec::new();
+                if !search_path.iter().any(|s| s == "pg_catalog") {
+                    path.push("pg_catalog");
+                }
+                path.extend(search_path.iter().map(String::as_str));
+                path.into_iter().find_map(|schema| self.lookup(schema, rel))
+            }
+            _ => None,
+        }
+    }
+
+    fn lookup(&self, schema: &str, rel: &str) -> Option<Resolved<'_>> {
+        if SYSTEM_SCHEMAS.contains(&schema) {
+            // Whether a system relation may be read is decided by name (see `catalogs`).
+            let key = (schema.to_string(), rel.to_string());
+            if self.system.contains(&key) {
+                return Some(Resolved::System(key.0, key.1));
+            }
+            return None;
+        }
+        self.get(schema, rel).map(Resolved::Protected)
+    }
+}
+
+/// An identifier as PostgreSQL stores it: unquoted names fold to lower case.
+pub fn normalize(ident: &Ident) -> String {
+    match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_ascii_lowercase(),
+    }
+}
+
+/// `"name"` with embedded quotes doubled.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}

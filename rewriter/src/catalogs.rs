@@ -1,0 +1,190 @@
+//! Which of PostgreSQL's own catalogs an agent may read, and which built-in functions it may
+//! call. Catalogs: an allow-list of what clients use to introspect (psql `\d`, JDBC metadata,
+//! ORMs' reflection) — never statistics (`pg_stats`, `pg_stat_*`: row counts and values), other
+//! sessions (`pg_stat_activity`, `pg_locks`), or the source of views, rules, policies and
+//! functions. Functions: PostgreSQL's built-ins (loaded from `pg_catalog`) minus those that run
+//! SQL text, touch files, large objects or the server, reveal source or statistics, or change
+//! state outside the statement.
+
+/// System relations an agent may read.
+const READABLE: &[(&str, &str)] = &[
+    ("pg_catalog", "pg_aggregate"),
+    ("pg_catalog", "pg_am"),
+    ("pg_catalog", "pg_amop"),
+    ("pg_catalog", "pg_amproc"),
+    ("pg_catalog", "pg_attrdef"),
+    ("pg_catalog", "pg_attribute"),
+    ("pg_catalog", "pg_available_extensions"),
+    ("pg_catalog", "pg_cast"),
+    ("pg_catalog", "pg_class"),
+    ("pg_catalog", "pg_collation"),
+    ("pg_catalog", "pg_constraint"),
+    ("pg_catalog", "pg_conversion"),
+    ("pg_catalog", "pg_cursors"),
+    ("pg_catalog", "pg_database"),
+    ("pg_catalog", "pg_depend"),
+    ("pg_catalog", "pg_description"),
+    ("pg_catalog", "pg_enum"),
+    ("pg_catalog", "pg_extension"),
+    ("pg_catalog", "pg_foreign_table"),
+    ("pg_catalog", "pg_index"),
+    ("pg_catalog", "pg_indexes"),
+    ("pg_catalog", "pg_inherits"),
+    ("pg_catalog", "pg_language"),
+    ("pg_catalog", "pg_namespace"),
+    ("pg_catalog", "pg_opclass"),
+    ("pg_catalog", "pg_operator"),
+    ("pg_catalog", "pg_opfamily"),
+    ("pg_catalog", "pg_partitioned_table"),
+    ("pg_catalog", "pg_prepared_statements"),
+    ("pg_catalog", "pg_range"),
+    ("pg_catalog", "pg_roles"),
+    ("pg_catalog", "pg_sequence"),
+    ("pg_catalog", "pg_sequences"),
+    ("pg_catalog", "pg_settings"),
+    ("pg_catalog", "pg_shdescription"),
+    ("pg_catalog", "pg_tables"),
+    ("pg_catalog", "pg_tablespace"),
+    ("pg_catalog", "pg_timezone_abbrevs"),
+    ("pg_catalog", "pg_timezone_names"),
+    ("pg_catalog", "pg_trigger"),
+    ("pg_catalog", "pg_ts_config"),
+    ("pg_catalog", "pg_ts_dict"),
+    ("pg_catalog", "pg_type"),
+    ("pg_catalog", "pg_user"),
+    ("information_schema", "applicable_roles"),
+    ("information_schema", "attributes"),
+    ("information_schema", "character_sets"),
+    ("information_schema", "check_constraints"),
+    ("information_schema", "collations"),
+    ("information_schema", "column_privileges"),
+    ("information_schema", "columns"),
+    ("information_schema", "constraint_column_usage"),
+    ("information_schema", "constraint_table_usage"),
+    ("information_schema", "domains"),
+    ("information_schema", "element_types"),
+    ("information_schema", "enabled_roles"),
+    ("information_schema", "information_schema_catalog_name"),
+    ("information_schema", "key_column_usage"),
+    ("information_schema", "referential_constraints"),
+    ("information_schema", "role_table_grants"),
+    ("information_schema", "schemata"),
+    ("information_schema", "sequences"),
+    ("information_schema", "table_constraints"),
+    ("information_schema", "table_privileges"),
+    ("information_schema", "tables"),
+];
+
+/// Whether an agent may read the system relation `schema.name`.
+pub(crate) fn readable(schema: &str, name: &str) -> bool {
+    READABLE.contains(&(schema, name))
+}
+
+/// SQL-syntax functions sqlparser reports as calls but `pg_proc` does not list.
+const SYNTAX_FUNCTIONS: &[&str] = &[
+    "coalesce",
+    "nullif",
+    "greatest",
+    "least",
+    "current_date",
+    "current_time",
+    "current_timestamp",
+    "localtime",
+    "localtimestamp",
+    "current_user",
+    "current_role",
+    "session_user",
+    "user",
+    "current_catalog",
+    "current_schema",
+    "grouping",
+];
+
+/// Built-in functions an agent may not call, by exact name.
+const DENIED_FUNCTIONS: &[&str] = &[
+    // run SQL text the rewriter never sees
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "table_to_xml",
+    "table_to_xmlschema",
+    "table_to_xml_and_xmlschema",
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
+    "schema_to_xml",
+    "schema_to_xmlschema",
+    "schema_to_xml_and_xmlschema",
+    "database_to_xml",
+    "database_to_xmlschema",
+    "database_to_xml_and_xmlschema",
+    "ts_stat",
+    "ts_rewrite",
+    // settings (identity and lexing are pinned), notifications
+    "set_config",
+    "pg_notify",
+    // source of views, rules, functions, triggers, policies
+    "pg_get_viewdef",
+    "pg_get_ruledef",
+    "pg_get_functiondef",
+    "pg_get_function_sqlbody",
+    "pg_get_triggerdef",
+    // server administration
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "pg_reload_conf",
+    "pg_rotate_logfile",
+    "pg_promote",
+    "pg_switch_wal",
+    "pg_current_logfile",
+    "pg_import_system_collations",
+    "pg_log_backend_memory_contexts",
+    "pg_export_snapshot",
+    "setval",
+    "pg_sleep_for",
+    "pg_sleep_until",
+];
+
+/// Prefixes of denied built-in function names (families).
+const DENIED_PREFIXES: &[&str] = &[
+    "dblink",
+    "lo_",
+    "loread",
+    "lowrite",
+    "pg_read_",
+    "pg_ls_",
+    "pg_stat_",
+    "pg_file_",
+    "pg_create_",
+    "pg_drop_",
+    "pg_replication_",
+    "pg_logical_",
+    "pg_backup_",
+    "pg_start_backup",
+    "pg_stop_backup",
+    "pg_wal_",
+    "pg_walfile_",
+    "pg_copy_",
+    "pg_advisory_",
+    "pg_try_advisory_",
+    "binary_upgrade_",
+];
+
+/// Why an agent may not call the built-in `name`, if it may not. `builtin` says whether
+/// `pg_catalog` has a function of that name.
+pub(crate) fn function_refusal(name: &str, builtin: bool) -> Option<String> {
+    if SYNTAX_FUNCTIONS.contains(&name) {
+        return None;
+    }
+    if !builtin {
+        return Some(format!(
+            "function {name}() is not a PostgreSQL built-in; user-defined functions run with \
+             Portcullis's database rights and are not allowed"
+        ));
+    }
+    if DENIED_FUNCTIONS.contains(&name) || DENIED_PREFIXES.iter().any(|p| name.starts_with(p)) {
+        return Some(format!(
+            "function {name}() is not allowed through Portcullis"
+        ));
+    }
+    None
+}

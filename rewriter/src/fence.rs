@@ -1,0 +1,76 @@
+//! The fenced view of one protected relation: `(SELECT <columns or masks> FROM "s"."t" WHERE
+//! <row filter> OFFSET 0)`. `OFFSET 0` keeps PostgreSQL from flattening the subquery, so no
+//! outer expression is evaluated on a row the filter excludes; denied columns are left out,
+//! masked ones replaced by an expression of the same type.
+
+use policies::{ColumnRule, Filter, Mask};
+
+use crate::catalog::{quote_ident, Column, Relation};
+use crate::policy::TablePolicy;
+use crate::sql_filter::{quote_string, render};
+use crate::Refusal;
+
+/// The fence's SQL text, and the columns whose values pass through unmasked (those outer
+/// predicates may be copied into the fence for).
+pub struct Fence {
+    pub sql: String,
+    pub clear_columns: Vec<Column>,
+}
+
+pub fn build(relation: &Relation, policy: &TablePolicy) -> Result<Fence, Refusal> {
+    let mut projection = Vec::new();
+    let mut clear_columns = Vec::new();
+    for col in &relation.columns {
+        let name = quote_ident(&col.name);
+        match policy.column(&col.name) {
+            ColumnRule::Visible => {
+                projection.push(name);
+                clear_columns.push(col.clone());
+            }
+            ColumnRule::Denied => {}
+            ColumnRule::Masked {
+                mask,
+                unless: Filter::False,
+            } => projection.push(format!("{} AS {name}", masked(col, mask))),
+            ColumnRule::Masked { mask, unless } => projection.push(format!(
+                "CASE WHEN {} THEN {name} ELSE {} END AS {name}",
+                render(&unless, relation)?,
+                masked(col, mask)
+            )),
+        }
+    }
+    if projection.is_empty() {
+        return Err(Refusal::Forbidden(format!(
+            "no column of {} is readable under the current policy",
+            relation.entity_type()
+        )));
+    }
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {} OFFSET 0",
+        projection.join(", "),
+        relation.qualified(),
+        render(&policy.filter, relation)?
+    );
+    Ok(Fence { sql, clear_columns })
+}
+
+/// The masked value of `col`, typed as the column.
+fn masked(col: &Column, mask: Mask) -> String {
+    let name = quote_ident(&col.name);
+    let ty = &col.sql_type;
+    if !col.is_text() {
+        return format!("NULL::{ty}");
+    }
+    match mask {
+        Mask::Null => format!("NULL::{ty}"),
+        Mask::Redact => format!("{}::{ty}", quote_string("***")),
+        Mask::Last4 => format!(
+            "(CASE WHEN pg_catalog.char_length({name}) > 4 \
+             THEN pg_catalog.repeat('*', pg_catalog.char_length({name}) - 4) || pg_catalog.\"right\"({name}, 4) \
+             ELSE pg_catalog.repeat('*', pg_catalog.char_length({name})) END)::{ty}"
+        ),
+        Mask::Hash => format!(
+            "pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to({name}::text, 'UTF8')), 'hex')::{ty}"
+        ),
+    }
+}

@@ -1,0 +1,38 @@
+//! What the rewriter needs to know of policy: for a relation, the row filter and column rules
+//! to enforce. The proxy answers from Cedar (via the `policies` crate) for the session's agent,
+//! context and policy version.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use policies::{ColumnRule, Filter};
+
+use crate::catalog::Relation;
+use crate::Refusal;
+
+/// The rules for reading one relation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TablePolicy {
+    /// Which rows are visible.
+    pub filter: Filter,
+    /// Per column; `None` when the relation has no column rules (every column visible).
+    pub columns: Option<BTreeMap<String, ColumnRule>>,
+    /// The policies that decided it (ids), for audit and `portcullis explain`.
+    pub determining: Vec<String>,
+}
+
+impl TablePolicy {
+    /// The rule for `column` (a column the rules do not list is denied).
+    pub fn column(&self, column: &str) -> ColumnRule {
+        match &self.columns {
+            None => ColumnRule::Visible,
+            Some(rules) => rules.get(column).cloned().unwrap_or(ColumnRule::Denied),
+        }
+    }
+}
+
+/// The session's policy, as the rewriter asks for it.
+pub trait Policies {
+    /// The rules for reading `relation`, or why it may not be read at all.
+    fn read(&self, relation: &Relation) -> Result<Arc<TablePolicy>, Refusal>;
+}

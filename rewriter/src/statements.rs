@@ -1,0 +1,100 @@
+//! Which statements an agent may run when policy is enforced, and how each is protected:
+//! queries (also under EXPLAIN and COPY … TO STDOUT) are rewritten, session and transaction
+//! control passes, and everything else is refused — DDL, writes (not yet policy-checked),
+//! SQL-level PREPARE/EXECUTE and cursors (they would run later, outside the statement that was
+//! checked), LISTEN/NOTIFY, and the rest.
+
+use sqlparser::ast::{CopySource, Set, Statement};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use crate::catalog::quote_ident;
+use crate::protect::{protect, Read};
+use crate::{Context, Refusal};
+
+pub(crate) fn rewrite(statement: &mut Statement, ctx: &Context<'_>) -> Result<Vec<Read>, Refusal> {
+    match statement {
+        Statement::Query(_) => protect(statement, ctx),
+        Statement::Explain {
+            statement: inner, ..
+        } => match &**inner {
+            Statement::Query(_) => protect(statement, ctx),
+            _ => Err(Refusal::Unsupported(
+                "EXPLAIN of anything but a query".into(),
+            )),
+        },
+        Statement::Copy { source, .. } => {
+            if let CopySource::Table {
+                table_name,
+                columns,
+            } = source
+            {
+                // `COPY t [(cols)] TO STDOUT` becomes `COPY (SELECT … FROM t) TO STDOUT`.
+                let cols = if columns.is_empty() {
+                    "*".to_string()
+                } else {
+                    columns
+                        .iter()
+                        .map(|c| quote_ident(&crate::catalog::normalize(c)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let query = Parser::new(&PostgreSqlDialect {})
+                    .try_with_sql(&format!("SELECT {cols} FROM {table_name}"))
+                    .and_then(|mut p| p.parse_query())
+                    .map_err(|e| Refusal::Unsupported(format!("COPY of this table: {e}")))?;
+                *source = CopySource::Query(query);
+            }
+            protect(statement, ctx)
+        }
+        Statement::Set(set) => {
+            if let Set::SingleAssignment { variable, .. } = set {
+                if variable.to_string().eq_ignore_ascii_case("search_path") {
+                    return Err(Refusal::Forbidden(
+                        "search_path is fixed by Portcullis; schema-qualify names instead".into(),
+                    ));
+                }
+            }
+            Ok(Vec::new())
+        }
+        Statement::Reset(_)
+        | Statement::ShowVariable { .. }
+        | Statement::StartTransaction { .. }
+        | Statement::Commit { .. }
+        | Statement::Rollback { .. }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. }
+        | Statement::Deallocate { .. }
+        | Statement::Discard { .. } => Ok(Vec::new()),
+        Statement::Insert(_)
+        | Statement::Update(_)
+        | Statement::Delete(_)
+        | Statement::Merge(_) => Err(Refusal::Unsupported(
+            "writes (INSERT, UPDATE, DELETE, MERGE) are not yet policy-checked".into(),
+        )),
+        Statement::Prepare { .. } | Statement::Execute { .. } => Err(Refusal::Forbidden(
+            "SQL-level PREPARE/EXECUTE (use the protocol's prepared statements)".into(),
+        )),
+        Statement::Declare { .. } | Statement::Fetch { .. } | Statement::Close { .. } => {
+            Err(Refusal::Unsupported("cursors (DECLARE/FETCH/CLOSE)".into()))
+        }
+        Statement::LISTEN { .. } | Statement::NOTIFY { .. } | Statement::UNLISTEN { .. } => {
+            Err(Refusal::Forbidden("LISTEN/NOTIFY".into()))
+        }
+        other => Err(Refusal::Forbidden(format!(
+            "{} is not allowed through Portcullis",
+            kind(other)
+        ))),
+    }
+}
+
+/// The statement's leading keywords (`CREATE TABLE`, `TRUNCATE`), for messages.
+fn kind(statement: &Statement) -> String {
+    statement
+        .to_string()
+        .split_whitespace()
+        .take_while(|w| w.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,294 @@
+//! The rewriter on an in-memory catalog: what a statement becomes, and what is refused. (The
+//! end-to-end tests run the rewritten SQL on a real PostgreSQL.)
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use policies::{CmpOp, ColumnRule, Filter, Mask, Value};
+use rewriter::{
+    rewrite, Catalog, Column, Context, Policies, Protocol, Refusal, RelKind, Relation, TablePolicy,
+};
+
+fn col(name: &str, ty: &str) -> Column {
+    let (sql_type, category) = match ty {
+        "int4" => ("integer", 'N'),
+        "text" => ("text", 'S'),
+        "numeric" => ("numeric(12,2)", 'N'),
+        other => panic!("{other}"),
+    };
+    Column {
+        name: name.into(),
+        sql_type: sql_type.into(),
+        type_name: ty.into(),
+        category,
+    }
+}
+
+fn catalog() -> Catalog {
+    Catalog::new(
+        vec![
+            Relation {
+                schema: "public".into(),
+                name: "customers".into(),
+                kind: RelKind::Table,
+                columns: vec![
+                    col("id", "int4"),
+                    col("tenant_id", "int4"),
+                    col("name", "text"),
+                    col("ssn", "text"),
+                ],
+                has_children: false,
+            },
+            Relation {
+                schema: "public".into(),
+                name: "orders".into(),
+                kind: RelKind::Table,
+                columns: vec![
+                    col("id", "int4"),
+                    col("customer_id", "int4"),
+                    col("total", "numeric"),
+                ],
+                has_children: true,
+            },
+            Relation {
+                schema: "public".into(),
+                name: "unprotected".into(),
+                kind: RelKind::Table,
+                columns: vec![col("id", "int4")],
+                has_children: false,
+            },
+        ],
+        vec![
+            ("pg_catalog".into(), "pg_class".into()),
+            ("pg_catalog".into(), "pg_stats".into()),
+            ("pg_catalog".into(), "pg_statistic".into()),
+        ],
+        [
+            "count",
+            "lower",
+            "generate_series",
+            "pg_read_file",
+            "query_to_xml",
+            "now",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+}
+
+struct Fixed;
+
+impl Policies for Fixed {
+    fn read(&self, relation: &Relation) -> Result<Arc<TablePolicy>, Refusal> {
+        let tenant = Filter::Compare {
+            attr: "tenant_id".into(),
+            op: CmpOp::Eq,
+            value: Value::Long(1),
+        };
+        match relation.name.as_str() {
+            "customers" => Ok(Arc::new(TablePolicy {
+                filter: tenant,
+                columns: Some(BTreeMap::from([
+                    ("id".into(), ColumnRule::Visible),
+                    ("tenant_id".into(), ColumnRule::Visible),
+                    ("name".into(), ColumnRule::Visible),
+                    (
+                        "ssn".into(),
+                        ColumnRule::Masked {
+                            mask: Mask::Redact,
+                            unless: Filter::False,
+                        },
+                    ),
+                ])),
+                determining: vec!["p".into()],
+            })),
+            "orders" => Ok(Arc::new(TablePolicy {
+                filter: Filter::Compare {
+                    attr: "total".into(),
+                    op: CmpOp::Lt,
+                    value: Value::Decimal(1_000_000),
+                },
+                columns: None,
+                determining: vec![],
+            })),
+            _ => Err(Refusal::Forbidden(format!(
+                "{} is not covered by policy",
+                relation.entity_type()
+            ))),
+        }
+    }
+}
+
+fn run(sql: &str) -> Result<String, Refusal> {
+    let catalog = catalog();
+    let path = vec!["public".to_string()];
+    let ctx = Context {
+        catalog: &catalog,
+        search_path: &path,
+        policies: &Fixed,
+    };
+    rewrite(sql, Protocol::Simple, &ctx).map(|r| r.sql)
+}
+
+const CUSTOMERS: &str = r#"(SELECT "id", "tenant_id", "name", '***'::TEXT AS "ssn" FROM "public"."customers" WHERE ("tenant_id" = 1) OFFSET 0)"#;
+
+#[test]
+fn a_table_becomes_its_fenced_filtered_masked_view() {
+    assert_eq!(
+        run("select * from customers").unwrap(),
+        format!(r#"SELECT * FROM {CUSTOMERS} AS "customers""#)
+    );
+    assert_eq!(
+        run("select c.name from public.customers c").unwrap(),
+        format!(r#"SELECT c.name FROM {CUSTOMERS} AS "c""#)
+    );
+}
+
+#[test]
+fn every_position_is_protected() {
+    for sql in [
+        "select * from customers join orders on orders.customer_id = customers.id",
+        "select (select count(*) from customers)",
+        "select 1 where exists (select 1 from customers where ssn = 'x')",
+        "select * from (select * from (select * from customers) a) b",
+        "select id from customers union select id from orders",
+        "with x as (select * from customers) select * from x",
+        "select * from orders o, lateral (select * from customers c where c.id = o.customer_id) l",
+        "select id from orders where customer_id in (select id from customers)",
+        "with recursive r as (select id from customers union all select id + 1 from r where id < 3) select * from r",
+        "explain select * from customers",
+        "copy customers to stdout",
+        "copy (select * from customers) to stdout",
+    ] {
+        let out = run(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert!(
+            !out.contains(r#"FROM customers"#) && !out.contains("FROM public.customers"),
+            "{sql} → {out}"
+        );
+        assert!(out.contains(r#"FROM "public"."customers" WHERE"#), "{sql} → {out}");
+    }
+}
+
+#[test]
+fn cte_names_shadow_tables_only_in_scope() {
+    // The CTE `customers` hides the table inside the main query...
+    let out = run("with customers as (select 1 as id) select * from customers").unwrap();
+    assert_eq!(
+        out,
+        r#"WITH customers AS (SELECT 1 AS id) SELECT * FROM "customers""#
+    );
+    // ...but a CTE body naming itself without RECURSIVE would be the table: refused.
+    let e = run("with customers as (select * from customers) select * from customers").unwrap_err();
+    assert_eq!(e.sqlstate(), "42501");
+    // A CTE from another branch is not in scope: the table is fenced.
+    let out =
+        run("select * from (with customers as (select 1) select * from customers) a, customers")
+            .unwrap();
+    assert!(
+        out.ends_with(&format!(r#", {CUSTOMERS} AS "customers""#)),
+        "{out}"
+    );
+}
+
+#[test]
+fn unknown_relations_uncovered_tables_and_unsafe_catalogs_are_refused() {
+    for (sql, state) in [
+        ("select * from nope", "42501"),
+        ("select * from other.customers", "42501"),
+        ("select * from unprotected", "42501"),
+        ("select * from pg_stats", "42501"),
+        ("select * from pg_catalog.pg_statistic", "42501"),
+        ("select * from only orders", "0A000"),
+    ] {
+        let e = run(sql).unwrap_err();
+        assert_eq!(e.sqlstate(), state, "{sql}: {e}");
+    }
+    assert_eq!(
+        run("select relname from pg_class").unwrap(),
+        r#"SELECT relname FROM "pg_catalog"."pg_class""#
+    );
+}
+
+#[test]
+fn only_is_read_as_postgresql_reads_it() {
+    let out = run("select * from only customers").unwrap();
+    assert_eq!(out, format!(r#"SELECT * FROM {CUSTOMERS} AS "customers""#));
+}
+
+#[test]
+fn functions_outside_the_allow_list_are_refused() {
+    for sql in [
+        "select pg_read_file('/etc/passwd')",
+        "select query_to_xml('select * from customers', true, true, '')",
+        "select public.leak(id) from customers",
+        "select myfunc()",
+        "select * from pg_read_file('x') f",
+    ] {
+        let e = run(sql).unwrap_err();
+        assert_eq!(e.sqlstate(), "42501", "{sql}: {e}");
+    }
+    assert!(run("select count(*), lower(name), now(), coalesce(name, 'x') from customers").is_ok());
+    assert!(run("select * from generate_series(1, 3) g").is_ok());
+}
+
+#[test]
+fn statements_other_than_reads_are_refused() {
+    for (sql, state) in [
+        ("create table x (a int)", "42501"),
+        ("drop table customers", "42501"),
+        ("truncate customers", "42501"),
+        ("grant select on customers to public", "42501"),
+        ("insert into customers values (1)", "0A000"),
+        ("update customers set name = 'x'", "0A000"),
+        ("delete from customers", "0A000"),
+        ("prepare p as select * from customers", "42501"),
+        ("listen x", "42501"),
+        ("notify x", "42501"),
+        ("set search_path = evil, public", "42501"),
+        ("select * into newtable from customers", "42501"),
+        ("select * from customers for update", "0A000"),
+        ("vacuum customers", "42501"),
+        ("create temp table customers (id int)", "42501"),
+    ] {
+        let e = run(sql).unwrap_err();
+        assert_eq!(e.sqlstate(), state, "{sql}: {e}");
+    }
+    for sql in [
+        "begin",
+        "commit",
+        "rollback",
+        "show search_path",
+        "set statement_timeout = 5",
+    ] {
+        assert!(run(sql).is_ok(), "{sql}");
+    }
+}
+
+#[test]
+fn leakproof_point_lookups_are_copied_into_the_fence() {
+    let out = run("select * from customers where id = 5 and name like '%x'").unwrap();
+    assert!(
+        out.contains(r#"WHERE (("tenant_id" = 1)) AND "id" = 5 OFFSET 0"#),
+        "{out}"
+    );
+    // The outer predicate stays outside too.
+    assert!(
+        out.ends_with(r#"AS "customers" WHERE id = 5 AND name LIKE '%x'"#),
+        "{out}"
+    );
+    // Masked columns, non-leakproof types and non-constants are not copied.
+    for sql in [
+        "select * from customers where ssn = 'x'",
+        "select * from orders where total = 5",
+        "select * from customers where id = tenant_id",
+        "select * from customers where id = 5.5",
+    ] {
+        let out = run(sql).unwrap();
+        assert_eq!(out.matches(" OFFSET 0").count(), 1, "{sql}");
+        assert!(!out.contains(") AND "), "{sql} → {out}");
+    }
+    let out =
+        run("select * from customers c join orders o on o.customer_id = c.id where c.id = $1")
+            .unwrap();
+    assert!(out.contains(r#"AND "id" = $1 OFFSET 0"#), "{out}");
+}
