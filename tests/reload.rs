@@ -83,24 +83,50 @@ async fn a_broken_edit_keeps_the_old_version_and_a_valid_one_replaces_it() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 30);
+    // The policy is enforced: support-bot sees its tenant's 10 customers.
+    assert_eq!(n, 10);
+    let direct = env.direct().await;
+    let count = |sql: &'static str| {
+        let direct = &direct;
+        async move {
+            let n: i64 = direct.query_one(sql, &[]).await.unwrap().get(0);
+            n
+        }
+    };
+    let before: i64 = session
+        .query_one("select count(*) from tickets", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        before,
+        count("select count(*) from tickets where tenant_id = 1").await
+    );
 
-    // Fixed (a valid change): the new version is stored and activated.
+    // Fixed (a valid change that hides closed tickets): the new version is stored and
+    // activated.
     copy_finance(set.path());
-    append(set.path().join("rows.cedar"), "\n// reviewed 2026-11-23\n");
+    append(
+        set.path().join("rows.cedar"),
+        "\n@id(\"no-closed-tickets\")\nforbid (principal, action == Action::\"select\", resource is public::tickets)\nwhen { resource.status == \"closed\" };\n",
+    );
     wait_until("a second version is stored", || {
         stored_versions(store.path()).len() == 2
     });
     wait_until("activation is logged", || {
         env.proxy_log().contains("activated (was")
     });
-    // The open session survived; a new one sees the new version.
+    // The open session survived and uses the new version from its next statement.
     let n: i64 = session
         .query_one("select count(*) from tickets", &[])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 120);
+    assert_eq!(
+        n,
+        count("select count(*) from tickets where tenant_id = 1 and status <> 'closed'").await
+    );
+    assert!(n < before);
     let _fresh = env.agent().await;
     let v2: Vec<String> = stored_versions(store.path())
         .into_iter()

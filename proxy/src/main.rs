@@ -3,6 +3,7 @@
 
 mod config;
 mod demo;
+mod enforce;
 mod pg;
 mod policy_state;
 mod server;
@@ -240,8 +241,30 @@ async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
         tokio::spawn(policy_state::watch(state.clone(), interval, hup));
         policies = Some(state);
     }
+    let enforcer = match &policies {
+        Some(state) => {
+            let snapshot =
+                connectors::postgres::catalog::snapshot(&resolved.upstream.tokio_config())
+                    .await
+                    .context("reading the upstream catalog")?;
+            tracing::info!(
+                relations = snapshot.relations.len(),
+                search_path = ?snapshot.search_path,
+                "policy enforcement on"
+            );
+            Some(Arc::new(enforce::Enforcer::new(snapshot, state.clone())))
+        }
+        None => {
+            tracing::warn!(
+                "no [policies] configured: statements pass the gate but no row or column policy \
+                 is enforced"
+            );
+            None
+        }
+    };
     let mut shared = server::Shared::new(resolved)?;
     shared.policies = policies;
+    shared.enforcer = enforcer;
     let shared = Arc::new(shared);
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -11,6 +11,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::config::Resolved;
+use crate::enforce::{Enforcer, Principal};
 use crate::pg::cancel::{CancelRegistry, CancelTarget};
 use crate::pg::gate_cache::GateCache;
 use crate::pg::handshake::{self, HandshakeError};
@@ -35,6 +36,8 @@ pub struct Shared {
     pub gate: GateCache,
     /// The active Cedar policy set, hot-reloaded (none when the config has no `[policies]`).
     pub policies: Option<Arc<PolicyState>>,
+    /// Policy enforcement (with `[policies]`); without it, sessions only pass the gate.
+    pub enforcer: Option<Arc<Enforcer>>,
 }
 
 impl Shared {
@@ -51,6 +54,7 @@ impl Shared {
             cancels: Arc::new(CancelRegistry::default()),
             gate: GateCache::new(10_000),
             policies: None,
+            enforcer: None,
         })
     }
 }
@@ -100,8 +104,25 @@ async fn handle(tcp: TcpStream, shared: &Shared) {
         process_id: upstream.process_id,
         secret_key: upstream.secret_key,
     };
+    let principal = match &shared.enforcer {
+        None => None,
+        Some(_) => match Principal::agent(&auth.agent) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                warn!(agent = %auth.agent, "agent id is not a valid Cedar entity id: {e}");
+                return;
+            }
+        },
+    };
     let registration = shared.cancels.register(cancel);
-    let mut session = Session::new(shared, auth.agent, auth.client, upstream.stream, cancel);
+    let mut session = Session::new(
+        shared,
+        auth.agent,
+        principal,
+        auth.client,
+        upstream.stream,
+        cancel,
+    );
     if session
         .greet(&upstream.parameters, registration.key)
         .await

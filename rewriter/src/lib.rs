@@ -28,7 +28,7 @@ pub use protect::Read;
 use sqlparser::ast::Statement;
 
 /// Which wire-protocol message carried the SQL text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
     /// A simple-protocol `Query` message: zero or more statements separated by `;`.
     Simple,

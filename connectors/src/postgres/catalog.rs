@@ -1,5 +1,6 @@
 //! Catalog introspection with tokio-postgres: the columns of the tables (and views) in given
-//! schemas, with their types and nullability, for `portcullis schema import`.
+//! schemas, with their types and nullability, for `portcullis schema import`; and a
+//! [`Snapshot`] of everything the rewriter resolves names against.
 
 use tokio_postgres::NoTls;
 
@@ -65,4 +66,124 @@ pub async fn table_columns(
             nullable: r.get(5),
         })
         .collect())
+}
+
+/// A relation outside the system schemas, with its columns in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelationInfo {
+    pub schema: String,
+    pub name: String,
+    /// `pg_class.relkind`: `r`, `p`, `v`, `m` or `f`.
+    pub kind: char,
+    pub has_children: bool,
+    pub columns: Vec<ColumnInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnInfo {
+    pub name: String,
+    /// `format_type(atttypid, atttypmod)`
+    pub sql_type: String,
+    /// `pg_type.typname`
+    pub type_name: String,
+    /// `pg_type.typcategory`
+    pub category: char,
+}
+
+/// What the rewriter needs of the catalog, read in one go.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub relations: Vec<RelationInfo>,
+    /// (schema, name) of every relation in `pg_catalog` and `information_schema`.
+    pub system: Vec<(String, String)>,
+    /// Names of the functions in `pg_catalog`.
+    pub functions: Vec<String>,
+    /// The login's effective search_path (`current_schemas(false)`).
+    pub search_path: Vec<String>,
+}
+
+const RELATIONS: &str = "
+    SELECT n.nspname::text, c.relname::text, c.relkind::text, c.relhassubclass,
+           a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), t.typname::text,
+           t.typcategory::text
+    FROM pg_catalog.pg_class c
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    LEFT JOIN pg_catalog.pg_attribute a
+      ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+    LEFT JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+    WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+      AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'
+    ORDER BY n.nspname, c.relname, a.attnum";
+
+const SYSTEM: &str = "
+    SELECT n.nspname::text, c.relname::text
+    FROM pg_catalog.pg_class c
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+      AND n.nspname IN ('pg_catalog', 'information_schema')";
+
+const FUNCTIONS: &str = "
+    SELECT DISTINCT proname::text FROM pg_catalog.pg_proc
+    WHERE pronamespace = 'pg_catalog'::regnamespace";
+
+/// Reads a [`Snapshot`] with `config`'s credentials.
+pub async fn snapshot(config: &tokio_postgres::Config) -> Result<Snapshot, CatalogError> {
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| CatalogError::Connect(e.to_string()))?;
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let q = |e: tokio_postgres::Error| CatalogError::Query(e.to_string());
+    let mut snap = Snapshot::default();
+    for row in client.query(RELATIONS, &[]).await.map_err(q)? {
+        let (schema, name): (String, String) = (row.get(0), row.get(1));
+        let first = |s: String| s.chars().next().unwrap_or('?');
+        let is_new = snap
+            .relations
+            .last()
+            .is_none_or(|r| r.schema != schema || r.name != name);
+        if is_new {
+            snap.relations.push(RelationInfo {
+                schema,
+                name,
+                kind: first(row.get(2)),
+                has_children: row.get(3),
+                columns: Vec::new(),
+            });
+        }
+        if let Some(col) = row.get::<_, Option<String>>(4) {
+            let rel = snap.relations.last_mut().expect("pushed above");
+            rel.columns.push(ColumnInfo {
+                name: col,
+                sql_type: row.get(5),
+                type_name: row.get(6),
+                category: first(row.get(7)),
+            });
+        }
+    }
+    snap.system = client
+        .query(SYSTEM, &[])
+        .await
+        .map_err(q)?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    snap.functions = client
+        .query(FUNCTIONS, &[])
+        .await
+        .map_err(q)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    snap.search_path = client
+        .query_one("SELECT pg_catalog.current_schemas(false)::text[]", &[])
+        .await
+        .map_err(q)?
+        .get(0);
+    drop(client);
+    let _ = driver.await;
+    Ok(snap)
 }

@@ -71,6 +71,22 @@ impl UpstreamConfig {
     }
 }
 
+impl UpstreamConfig {
+    /// The same connection as a tokio-postgres configuration (for catalog reads).
+    pub fn tokio_config(&self) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host(&self.host)
+            .port(self.port)
+            .user(&self.user)
+            .dbname(&self.dbname)
+            .application_name("portcullis-catalog");
+        if let Some(p) = &self.password {
+            c.password(p);
+        }
+        c
+    }
+}
+
 fn strip_secrets(message: &str) -> String {
     // tokio-postgres' parse errors name the offending key, never the value; keep it that way.
     message

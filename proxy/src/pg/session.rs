@@ -17,11 +17,13 @@ use tracing::{debug, info, warn};
 
 use super::cancel::CancelTarget;
 use super::client_stream::ClientStream;
+use super::gate_cache::GateResult;
 use super::messages::error::{error_response, Severity};
 use super::messages::frame::{self, FrameError};
 use super::messages::query::{self, ParseDecodeError};
 use super::messages::status;
 use super::pipeline::{Expect, Pipeline, Rejection};
+use crate::enforce::Principal;
 use crate::server::Shared;
 
 /// Sent upstream in place of a refused statement: a raw-parser syntax error, nothing runs.
@@ -33,6 +35,8 @@ const MAX_INSPECTED: usize = 64 * 1024;
 pub struct Session<'a> {
     shared: &'a Shared,
     agent: String,
+    /// Who policy sees (with enforcement on).
+    principal: Option<Principal>,
     client: ClientStream,
     upstream: TcpStream,
     cancel: CancelTarget,
@@ -71,6 +75,7 @@ impl<'a> Session<'a> {
     pub fn new(
         shared: &'a Shared,
         agent: String,
+        principal: Option<Principal>,
         client: ClientStream,
         upstream: TcpStream,
         cancel: CancelTarget,
@@ -78,6 +83,7 @@ impl<'a> Session<'a> {
         Session {
             shared,
             agent,
+            principal,
             client,
             upstream,
             cancel,
@@ -255,7 +261,7 @@ impl<'a> Session<'a> {
         if sql.len() > self.shared.max_query_bytes {
             return self.inject_query(too_long(self.shared.max_query_bytes));
         }
-        let checked = self.shared.gate.check(sql, Protocol::Simple);
+        let checked = self.gate(sql, Protocol::Simple);
         match checked.as_ref() {
             Ok(c) => {
                 query::encode_query(&mut self.to_upstream, &c.sql);
@@ -285,7 +291,7 @@ impl<'a> Session<'a> {
             self.inject_parse(too_long(self.shared.max_query_bytes));
             return Ok(());
         }
-        let checked = self.shared.gate.check(parse.sql, Protocol::Extended);
+        let checked = self.gate(parse.sql, Protocol::Extended);
         match checked.as_ref() {
             Ok(c) => {
                 query::encode_parse(&mut self.to_upstream, parse.name, &c.sql, parse.param_types);
@@ -297,6 +303,15 @@ impl<'a> Session<'a> {
             }
         }
         Ok(())
+    }
+
+    /// The statement to forward: rewritten under policy when enforcement is on, else only
+    /// gate-checked.
+    fn gate(&self, sql: &str, protocol: Protocol) -> GateResult {
+        match (&self.shared.enforcer, &self.principal) {
+            (Some(enforcer), Some(principal)) => enforcer.rewrite(principal, sql, protocol),
+            _ => self.shared.gate.check(sql, protocol),
+        }
     }
 
     fn inject_query(&mut self, rejection: Rejection) {

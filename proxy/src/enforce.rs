@@ -1,0 +1,230 @@
+//! Policy enforcement for sessions: the upstream catalog (read at start), the rules per
+//! (policy version, agent, context, relation) derived from Cedar, and rewrites cached per
+//! (policy version, agent, context, protocol, statement text). Each statement uses the policy
+//! version active when it arrives.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use cedar_policy::{Context, EntityUid};
+use connectors::postgres::catalog::Snapshot;
+use policies::{derive_columns, DerivationCache, PolicyBundle, Version};
+use rewriter::{
+    Catalog, Checked, Column, Policies, Protocol, Refusal, RelKind, Relation, Rewritten,
+    TablePolicy,
+};
+use tracing::warn;
+
+use crate::pg::gate_cache::GateResult;
+use crate::policy_state::PolicyState;
+
+/// Who a session acts as, fixed at login.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub agent: EntityUid,
+    /// Identifies the context exactly (empty: no delegation).
+    pub context_key: String,
+}
+
+impl Principal {
+    pub fn agent(id: &str) -> Result<Self, String> {
+        let uid = EntityUid::from_str(&format!(
+            "Agent::{}",
+            serde_json::Value::String(id.to_string())
+        ))
+        .map_err(|e| e.to_string())?;
+        Ok(Principal {
+            agent: uid,
+            context_key: String::new(),
+        })
+    }
+
+    fn context(&self) -> Context {
+        Context::empty()
+    }
+}
+
+type RuleKey = (Version, String, String, String);
+type RewriteKey = (Version, String, String, Protocol, Box<str>);
+
+pub struct Enforcer {
+    pub catalog: Catalog,
+    pub search_path: Vec<String>,
+    pub policies: Arc<PolicyState>,
+    filters: DerivationCache,
+    rules: Mutex<HashMap<RuleKey, Arc<TablePolicy>>>,
+    rewrites: Mutex<HashMap<RewriteKey, GateResult>>,
+    capacity: usize,
+}
+
+impl Enforcer {
+    pub fn new(snapshot: Snapshot, policies: Arc<PolicyState>) -> Self {
+        let relations = snapshot
+            .relations
+            .into_iter()
+            .map(|r| Relation {
+                kind: match r.kind {
+                    'p' => RelKind::PartitionedTable,
+                    'v' => RelKind::View,
+                    'm' => RelKind::MaterializedView,
+                    'f' => RelKind::Foreign,
+                    _ => RelKind::Table,
+                },
+                schema: r.schema,
+                name: r.name,
+                has_children: r.has_children,
+                columns: r
+                    .columns
+                    .into_iter()
+                    .map(|c| Column {
+                        name: c.name,
+                        sql_type: c.sql_type,
+                        type_name: c.type_name,
+                        category: c.category,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Enforcer {
+            catalog: Catalog::new(relations, snapshot.system, snapshot.functions),
+            search_path: snapshot.search_path,
+            policies,
+            filters: DerivationCache::new(10_000),
+            rules: Mutex::new(HashMap::new()),
+            rewrites: Mutex::new(HashMap::new()),
+            capacity: 10_000,
+        }
+    }
+
+    /// The rewrite of `sql` for `principal` under the active policy version.
+    pub fn rewrite(&self, principal: &Principal, sql: &str, protocol: Protocol) -> GateResult {
+        let bundle = self.policies.current();
+        let key: RewriteKey = (
+            bundle.version.clone(),
+            principal.agent.to_string(),
+            principal.context_key.clone(),
+            protocol,
+            Box::from(sql),
+        );
+        if let Some(hit) = self.rewrites.lock().expect("rewrite cache").get(&key) {
+            return hit.clone();
+        }
+        let result = Arc::new(
+            self.rewrite_uncached(&bundle, principal, sql, protocol)
+                .map(|r| Checked {
+                    sql: r.sql,
+                    statements: r.statements,
+                }),
+        );
+        let mut cache = self.rewrites.lock().expect("rewrite cache");
+        if cache.len() >= self.capacity {
+            cache.clear();
+        }
+        cache.insert(key, result.clone());
+        result
+    }
+
+    /// Rewrites without the cache (also for `portcullis explain`).
+    pub fn rewrite_uncached(
+        &self,
+        bundle: &PolicyBundle,
+        principal: &Principal,
+        sql: &str,
+        protocol: Protocol,
+    ) -> Result<Rewritten, Refusal> {
+        let session = SessionPolicies {
+            enforcer: self,
+            bundle,
+            principal,
+        };
+        let ctx = rewriter::Context {
+            catalog: &self.catalog,
+            search_path: &self.search_path,
+            policies: &session,
+        };
+        rewriter::rewrite(sql, protocol, &ctx)
+    }
+}
+
+/// The rules of one session's principal under one policy version.
+struct SessionPolicies<'a> {
+    enforcer: &'a Enforcer,
+    bundle: &'a PolicyBundle,
+    principal: &'a Principal,
+}
+
+impl Policies for SessionPolicies<'_> {
+    fn read(&self, relation: &Relation) -> Result<Arc<TablePolicy>, Refusal> {
+        let entity_type = relation.entity_type();
+        let key: RuleKey = (
+            self.bundle.version.clone(),
+            self.principal.agent.to_string(),
+            self.principal.context_key.clone(),
+            entity_type.clone(),
+        );
+        if let Some(hit) = self.enforcer.rules.lock().expect("rules cache").get(&key) {
+            return Ok(hit.clone());
+        }
+        let covered = self
+            .bundle
+            .schema
+            .entity_types()
+            .any(|t| t.to_string() == entity_type);
+        if !covered {
+            return Err(Refusal::Forbidden(format!(
+                "{} is not covered by the policy set (its schema has no entity type {entity_type})",
+                relation.qualified()
+            )));
+        }
+        let derive_error = |e: policies::DeriveError| {
+            warn!("cannot derive the policy for {entity_type}: {e}");
+            Refusal::Forbidden(format!(
+                "the policy for {entity_type} could not be evaluated"
+            ))
+        };
+        let derived = self
+            .enforcer
+            .filters
+            .get_or_derive(
+                self.bundle,
+                &self.principal.agent,
+                "select",
+                &entity_type,
+                &self.principal.context_key,
+                || self.principal.context(),
+            )
+            .map_err(derive_error)?;
+        let columns: Vec<&str> = relation.columns.iter().map(|c| c.name.as_str()).collect();
+        let rules = derive_columns(
+            self.bundle,
+            &self.principal.agent,
+            &entity_type,
+            &columns,
+            &self.principal.context(),
+        )
+        .map_err(derive_error)?;
+        for (id, why) in derived
+            .untranslated
+            .iter()
+            .chain(rules.iter().flat_map(|r| r.untranslated.iter()))
+        {
+            warn!(policy = %id, "policy for {entity_type} not translated: {why}");
+        }
+        let mut determining = derived.determining.clone();
+        if let Some(r) = &rules {
+            determining.extend(r.determining.iter().cloned());
+        }
+        let policy = Arc::new(TablePolicy {
+            filter: derived.filter.clone(),
+            columns: rules.map(|r| r.columns),
+            determining,
+        });
+        let mut cache = self.enforcer.rules.lock().expect("rules cache");
+        if cache.len() >= self.enforcer.capacity {
+            cache.clear();
+        }
+        cache.insert(key, policy.clone());
+        Ok(policy)
+    }
+}
