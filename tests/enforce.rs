@@ -520,3 +520,34 @@ async fn oracle_through_portcullis_equals_views_implementing_the_same_policy() {
         "compared {compared}, non-empty {nonempty}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_introspection_works_under_enforcement() {
+    let e = start();
+    let out = std::process::Command::new(require("psql"))
+        .arg(e.env.agent_url())
+        .args([
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            "\\d customers",
+            "-c",
+            "\\dt",
+            "-c",
+            "select ssn from customers limit 1",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("customers_pkey") && stdout.contains("transfers"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("***"), "{stdout}");
+}

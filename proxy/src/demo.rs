@@ -1,5 +1,6 @@
 //! `portcullis demo`: a throwaway PostgreSQL loaded with `fixtures/`, a non-superuser upstream
-//! login, and Portcullis in front of it with demo agents; prints the URL an agent uses.
+//! login, and Portcullis in front of it with demo agents, enforcing the finance example policy
+//! set; prints the URL an agent uses.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,7 +19,7 @@ const AGENTS: &[(&str, &str)] = &[
     ("auditor", "auditor-secret"),
 ];
 
-pub async fn run(listen: SocketAddr, fixtures: PathBuf) -> anyhow::Result<()> {
+pub async fn run(listen: SocketAddr, fixtures: PathBuf, policies: PathBuf) -> anyhow::Result<()> {
     anyhow::ensure!(
         fixtures.join("schema.sql").is_file(),
         "fixtures not found in {} (run from the repository root or pass --fixtures)",
@@ -52,7 +53,23 @@ pub async fn run(listen: SocketAddr, fixtures: PathBuf) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    let shared = Arc::new(crate::server::Shared::new(resolved)?);
+    let state = {
+        let dir = policies.clone();
+        tokio::task::spawn_blocking(move || crate::policy_state::PolicyState::load(dir, None))
+            .await?
+            .with_context(|| format!("loading the policy set {}", policies.display()))?
+    };
+    let state = Arc::new(state);
+    let snapshot = connectors::postgres::catalog::snapshot(&resolved.upstream.tokio_config())
+        .await
+        .context("reading the demo database's catalog")?;
+    let mut shared = crate::server::Shared::new(resolved)?;
+    shared.enforcer = Some(Arc::new(crate::enforce::Enforcer::new(
+        snapshot,
+        state.clone(),
+    )));
+    shared.policies = Some(state);
+    let shared = Arc::new(shared);
     println!(
         "Portcullis demo is running. PostgreSQL (throwaway) is on port {}.",
         cluster.port()
@@ -61,6 +78,12 @@ pub async fn run(listen: SocketAddr, fixtures: PathBuf) -> anyhow::Result<()> {
     for (id, secret) in AGENTS {
         println!("  psql 'postgres://{id}:{secret}@{listen}/{DEMO_DB}'");
     }
+    println!(
+        "Policy: {} (support-bot sees tenant 1 with SSNs redacted and IBANs cut to the last \
+         four; the auditor sees every tenant with emails hashed).",
+        policies.display()
+    );
+    println!("Try: select * from customers;  select id, amount, iban, metadata from transfers;");
     println!("Press Ctrl-C to stop; the throwaway database is deleted on exit.");
     tokio::select! {
         r = crate::server::serve(listener, shared) => r?,

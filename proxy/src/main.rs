@@ -39,6 +39,9 @@ enum Command {
         /// Directory holding schema.sql, data.sql and roles.sql
         #[arg(long, default_value = "fixtures")]
         fixtures: PathBuf,
+        /// The Cedar policy set the demo enforces
+        #[arg(long, default_value = "policies/examples/finance")]
+        policies: PathBuf,
     },
     /// Check a configuration file and exit (non-zero, naming the key, when it is invalid)
     CheckConfig {
@@ -112,7 +115,11 @@ fn run() -> anyhow::Result<()> {
             let resolved = config::Config::load(&config)?.resolve()?;
             runtime()?.block_on(serve(resolved))
         }
-        Command::Demo { listen, fixtures } => runtime()?.block_on(demo::run(listen, fixtures)),
+        Command::Demo {
+            listen,
+            fixtures,
+            policies,
+        } => runtime()?.block_on(demo::run(listen, fixtures, policies)),
         Command::CheckConfig { config } => {
             let resolved = config::Config::load(&config)?.resolve()?;
             server::Shared::new(resolved)?;

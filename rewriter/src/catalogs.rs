@@ -36,13 +36,20 @@ const READABLE: &[(&str, &str)] = &[
     ("pg_catalog", "pg_operator"),
     ("pg_catalog", "pg_opfamily"),
     ("pg_catalog", "pg_partitioned_table"),
+    // RLS policy definitions (psql's \d lists them); Portcullis's own policy is not here.
+    ("pg_catalog", "pg_policy"),
     ("pg_catalog", "pg_prepared_statements"),
+    ("pg_catalog", "pg_publication"),
+    ("pg_catalog", "pg_publication_namespace"),
+    ("pg_catalog", "pg_publication_rel"),
     ("pg_catalog", "pg_range"),
     ("pg_catalog", "pg_roles"),
     ("pg_catalog", "pg_sequence"),
     ("pg_catalog", "pg_sequences"),
     ("pg_catalog", "pg_settings"),
     ("pg_catalog", "pg_shdescription"),
+    // Extended-statistics *definitions* (the values are in pg_statistic_ext_data: refused).
+    ("pg_catalog", "pg_statistic_ext"),
     ("pg_catalog", "pg_tables"),
     ("pg_catalog", "pg_tablespace"),
     ("pg_catalog", "pg_timezone_abbrevs"),
@@ -98,6 +105,8 @@ const SYNTAX_FUNCTIONS: &[&str] = &[
     "current_catalog",
     "current_schema",
     "grouping",
+    // `ARRAY(subquery)`
+    "array",
 ];
 
 /// Built-in functions an agent may not call, by exact name.
@@ -122,12 +131,11 @@ const DENIED_FUNCTIONS: &[&str] = &[
     // settings (identity and lexing are pinned), notifications
     "set_config",
     "pg_notify",
-    // source of views, rules, functions, triggers, policies
+    // source of views, rules and functions
     "pg_get_viewdef",
     "pg_get_ruledef",
     "pg_get_functiondef",
     "pg_get_function_sqlbody",
-    "pg_get_triggerdef",
     // server administration
     "pg_terminate_backend",
     "pg_cancel_backend",
