@@ -307,8 +307,12 @@ impl VisitorMut for Protector<'_> {
             }
             frame = names;
         }
-        if let SetExpr::Table(_) = &*query.body {
-            return unsupported("TABLE t (write SELECT * FROM t)");
+        match &*query.body {
+            SetExpr::Table(_) => return unsupported("TABLE t (write SELECT * FROM t)"),
+            SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_) => {
+                return unsupported("data-modifying WITH queries");
+            }
+            _ => {}
         }
         self.ctes.push(frame);
         ControlFlow::Continue(())
@@ -368,9 +372,21 @@ impl VisitorMut for Protector<'_> {
     }
 
     fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<Refusal> {
-        if let Expr::Function(f) = expr {
-            let name = f.name.clone();
-            self.check_function(&name)?;
+        match expr {
+            Expr::Function(f) => {
+                let name = f.name.clone();
+                self.check_function(&name)?;
+            }
+            // `OPERATOR(schema.op)`: a user-defined operator runs a user function.
+            Expr::BinaryOp {
+                op: BinaryOperator::PGCustomBinaryOperator(parts),
+                ..
+            } if !(parts.len() == 2 && parts[0] == "pg_catalog") => {
+                return forbidden(
+                    "operators outside pg_catalog (they run user-defined functions)".into(),
+                );
+            }
+            _ => {}
         }
         ControlFlow::Continue(())
     }

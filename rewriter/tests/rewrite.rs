@@ -249,6 +249,15 @@ fn statements_other_than_reads_are_refused() {
         ("select * from customers for update", "0A000"),
         ("vacuum customers", "42501"),
         ("create temp table customers (id int)", "42501"),
+        (
+            "with d as (delete from customers returning *) select * from d",
+            "0A000",
+        ),
+        (
+            "with i as (insert into customers values (1) returning *) select 1",
+            "0A000",
+        ),
+        ("select 1 operator(public.+) 2", "42501"),
     ] {
         let e = run(sql).unwrap_err();
         assert_eq!(e.sqlstate(), state, "{sql}: {e}");
