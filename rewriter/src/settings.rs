@@ -151,6 +151,20 @@ fn check_set_config_calls(statement: &Statement) -> Result<(), Refusal> {
 }
 
 /// A setting's name as PostgreSQL compares it: dotted, case-insensitive (even when quoted).
+/// The names a `SET` assigns, as PostgreSQL reads them (lower case, quotes dropped).
+pub(crate) fn assigned(set: &Set) -> Vec<String> {
+    match set {
+        Set::SingleAssignment { variable, .. } => vec![setting_name(variable)],
+        Set::MultipleAssignments { assignments } => {
+            assignments.iter().map(|a| setting_name(&a.name)).collect()
+        }
+        Set::ParenthesizedAssignments { variables, .. } => {
+            variables.iter().map(setting_name).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
 fn setting_name(name: &ObjectName) -> String {
     name.0
         .iter()

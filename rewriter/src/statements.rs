@@ -4,7 +4,7 @@
 //! SQL-level PREPARE/EXECUTE and cursors (they would run later, outside the statement that was
 //! checked), LISTEN/NOTIFY, and the rest.
 
-use sqlparser::ast::{CopySource, Set, Statement};
+use sqlparser::ast::{CopySource, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
@@ -48,12 +48,13 @@ pub(crate) fn rewrite(statement: &mut Statement, ctx: &Context<'_>) -> Result<Ve
             protect(statement, ctx)
         }
         Statement::Set(set) => {
-            if let Set::SingleAssignment { variable, .. } = set {
-                if variable.to_string().eq_ignore_ascii_case("search_path") {
-                    return Err(Refusal::Forbidden(
-                        "search_path is fixed by Portcullis; schema-qualify names instead".into(),
-                    ));
-                }
+            if crate::settings::assigned(set)
+                .iter()
+                .any(|n| n == "search_path")
+            {
+                return Err(Refusal::Forbidden(
+                    "search_path is fixed by Portcullis; schema-qualify names instead".into(),
+                ));
             }
             Ok(Vec::new())
         }

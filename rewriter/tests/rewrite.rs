@@ -245,6 +245,8 @@ fn statements_other_than_reads_are_refused() {
         ("listen x", "42501"),
         ("notify x", "42501"),
         ("set search_path = evil, public", "42501"),
+        ("set \"search_path\" = evil, public", "42501"),
+        ("set local SEARCH_PATH to evil", "42501"),
         ("select * into newtable from customers", "42501"),
         ("select * from customers for update", "0A000"),
         ("vacuum customers", "42501"),

@@ -113,7 +113,7 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Result<Authenticated,
         )
         .await;
     }
-    let vetted = match vet_params(&params, &shared.upstream.dbname) {
+    let vetted = match vet_params(&params, &shared.upstream.dbname, shared.enforcer.is_some()) {
         Ok(v) => v,
         Err((code, message)) => return fatal(&mut client, code, &message).await,
     };
@@ -185,7 +185,12 @@ struct Vetted {
     unsupported: Vec<String>,
 }
 
-fn vet_params(params: &[(String, String)], dbname: &str) -> Result<Vetted, (&'static str, String)> {
+/// `enforcing`: policy is enforced, so the search_path the rewriter resolves names with is fixed.
+fn vet_params(
+    params: &[(String, String)],
+    dbname: &str,
+    enforcing: bool,
+) -> Result<Vetted, (&'static str, String)> {
     let mut agent = None;
     let mut forward = Vec::new();
     let mut unsupported = Vec::new();
@@ -220,6 +225,12 @@ fn vet_params(params: &[(String, String)], dbname: &str) -> Result<Vetted, (&'st
                 }
             }
             "options" if v.trim().is_empty() => {}
+            "search_path" if enforcing => {
+                return Err((
+                    "42501",
+                    "search_path is fixed by Portcullis; schema-qualify names instead".into(),
+                ));
+            }
             _ if key.starts_with("_pq_.") => unsupported.push(k.clone()),
             _ if FORWARDED.contains(&key.as_str()) => forward.push((key, v.clone())),
             _ => {
@@ -335,6 +346,7 @@ mod tests {
                 ("_pq_.x", "1"),
             ]),
             "app",
+            true,
         )
         .unwrap();
         assert_eq!(v.agent, "bot");
@@ -355,10 +367,15 @@ mod tests {
             ("database", "postgres"),
         ] {
             assert!(
-                vet_params(&p(&[("user", "bot"), bad]), "app").is_err(),
+                vet_params(&p(&[("user", "bot"), bad]), "app", false).is_err(),
                 "{bad:?}"
             );
         }
-        assert!(vet_params(&p(&[("database", "app")]), "app").is_err());
+        assert!(vet_params(&p(&[("database", "app")]), "app", false).is_err());
+        // With policy enforced, names resolve with the login's search_path: it is not the
+        // client's to choose.
+        let path = p(&[("user", "bot"), ("search_path", "evil, public")]);
+        assert!(vet_params(&path, "app", false).is_ok());
+        assert!(vet_params(&path, "app", true).is_err());
     }
 }
