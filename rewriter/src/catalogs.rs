@@ -109,25 +109,9 @@ const SYNTAX_FUNCTIONS: &[&str] = &[
     "array",
 ];
 
-/// Built-in functions an agent may not call, by exact name.
+/// Built-in functions an agent may not call, by exact name (besides
+/// [`crate::functions::EXECUTES_SQL`], which run SQL text the rewriter never sees).
 const DENIED_FUNCTIONS: &[&str] = &[
-    // run SQL text the rewriter never sees
-    "query_to_xml",
-    "query_to_xmlschema",
-    "query_to_xml_and_xmlschema",
-    "table_to_xml",
-    "table_to_xmlschema",
-    "table_to_xml_and_xmlschema",
-    "cursor_to_xml",
-    "cursor_to_xmlschema",
-    "schema_to_xml",
-    "schema_to_xmlschema",
-    "schema_to_xml_and_xmlschema",
-    "database_to_xml",
-    "database_to_xmlschema",
-    "database_to_xml_and_xmlschema",
-    "ts_stat",
-    "ts_rewrite",
     // settings (identity and lexing are pinned), notifications
     "set_config",
     "pg_notify",
@@ -189,7 +173,10 @@ pub(crate) fn function_refusal(name: &str, builtin: bool) -> Option<String> {
              Portcullis's database rights and are not allowed"
         ));
     }
-    if DENIED_FUNCTIONS.contains(&name) || DENIED_PREFIXES.iter().any(|p| name.starts_with(p)) {
+    if crate::functions::EXECUTES_SQL.contains(&name)
+        || DENIED_FUNCTIONS.contains(&name)
+        || DENIED_PREFIXES.iter().any(|p| name.starts_with(p))
+    {
         return Some(format!(
             "function {name}() is not allowed through Portcullis"
         ));

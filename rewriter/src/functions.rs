@@ -1,7 +1,8 @@
 //! Function guard: functions that execute SQL text the gate never sees (`query_to_xml`,
 //! `ts_stat`, `dblink`, …) are refused, whatever schema qualifies them, and so is creating
-//! functions, procedures and triggers, whose bodies are SQL the gate never parses. Issue 4 turns
-//! this deny-list into an allow-list.
+//! functions, procedures and triggers, whose bodies are SQL the gate never parses. This is the
+//! gate-only mode's guard; with policy enforced, `catalogs.rs` allow-lists functions (and denies
+//! these too).
 
 use std::ops::ControlFlow;
 
@@ -10,7 +11,7 @@ use sqlparser::ast::{visit_expressions, visit_relations, Expr, ObjectName, State
 use crate::Refusal;
 
 /// Functions whose arguments are SQL text that PostgreSQL will run.
-const EXECUTES_SQL: &[&str] = &[
+pub(crate) const EXECUTES_SQL: &[&str] = &[
     "query_to_xml",
     "query_to_xmlschema",
     "query_to_xml_and_xmlschema",
