@@ -25,6 +25,8 @@ pub struct Principal {
     pub agent: EntityUid,
     /// Identifies the context exactly (empty: no delegation).
     pub context_key: String,
+    /// Agent and context as one cache key, built once per session.
+    scope: String,
 }
 
 impl Principal {
@@ -34,9 +36,11 @@ impl Principal {
             serde_json::Value::String(id.to_string())
         ))
         .map_err(|e| e.to_string())?;
+        let context_key = String::new();
         Ok(Principal {
+            scope: format!("{uid}\0{context_key}"),
             agent: uid,
-            context_key: String::new(),
+            context_key,
         })
     }
 
@@ -46,7 +50,22 @@ impl Principal {
 }
 
 type RuleKey = (Version, String, String, String);
-type RewriteKey = (Version, String, String, Protocol, Box<str>);
+
+/// Rewrites under the active policy version only (sessions never use an older one), by scope
+/// then statement text per protocol: a hit allocates nothing.
+#[derive(Default)]
+struct RewriteCache {
+    version: Option<Version>,
+    scopes: HashMap<String, [HashMap<Box<str>, GateResult>; 2]>,
+    len: usize,
+}
+
+fn slot(protocol: Protocol) -> usize {
+    match protocol {
+        Protocol::Simple => 0,
+        Protocol::Extended => 1,
+    }
+}
 
 pub struct Enforcer {
     pub catalog: Catalog,
@@ -54,7 +73,7 @@ pub struct Enforcer {
     pub policies: Arc<PolicyState>,
     filters: DerivationCache,
     rules: Mutex<HashMap<RuleKey, Arc<TablePolicy>>>,
-    rewrites: Mutex<HashMap<RewriteKey, GateResult>>,
+    rewrites: Mutex<RewriteCache>,
     capacity: usize,
 }
 
@@ -92,7 +111,7 @@ impl Enforcer {
             policies,
             filters: DerivationCache::new(10_000),
             rules: Mutex::new(HashMap::new()),
-            rewrites: Mutex::new(HashMap::new()),
+            rewrites: Mutex::new(RewriteCache::default()),
             capacity: 10_000,
         }
     }
@@ -100,15 +119,21 @@ impl Enforcer {
     /// The rewrite of `sql` for `principal` under the active policy version.
     pub fn rewrite(&self, principal: &Principal, sql: &str, protocol: Protocol) -> GateResult {
         let bundle = self.policies.current();
-        let key: RewriteKey = (
-            bundle.version.clone(),
-            principal.agent.to_string(),
-            principal.context_key.clone(),
-            protocol,
-            Box::from(sql),
-        );
-        if let Some(hit) = self.rewrites.lock().expect("rewrite cache").get(&key) {
-            return hit.clone();
+        {
+            let mut cache = self.rewrites.lock().expect("rewrite cache");
+            if cache.version.as_ref() != Some(&bundle.version) {
+                *cache = RewriteCache {
+                    version: Some(bundle.version.clone()),
+                    ..RewriteCache::default()
+                };
+            }
+            if let Some(hit) = cache
+                .scopes
+                .get(principal.scope.as_str())
+                .and_then(|maps| maps[slot(protocol)].get(sql))
+            {
+                return hit.clone();
+            }
         }
         let result = Arc::new(
             self.rewrite_uncached(&bundle, principal, sql, protocol)
@@ -118,10 +143,17 @@ impl Enforcer {
                 }),
         );
         let mut cache = self.rewrites.lock().expect("rewrite cache");
-        if cache.len() >= self.capacity {
-            cache.clear();
+        if cache.version.as_ref() == Some(&bundle.version) {
+            if cache.len >= self.capacity {
+                cache.scopes.clear();
+                cache.len = 0;
+            }
+            let maps = cache.scopes.entry(principal.scope.clone()).or_default();
+            let fresh = maps[slot(protocol)]
+                .insert(Box::from(sql), result.clone())
+                .is_none();
+            cache.len += usize::from(fresh);
         }
-        cache.insert(key, result.clone());
         result
     }
 
