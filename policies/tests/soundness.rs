@@ -27,16 +27,7 @@ fn decimal(scaled: i64) -> TestValue {
 }
 
 fn civil(days: i64) -> String {
-    // Inverse of days_from_civil (Howard Hinnant).
-    let z = days + 719_468;
-    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    let (y, m, d) = policies::civil_from_days(days);
     format!("{y:04}-{m:02}-{d:02}")
 }
 
