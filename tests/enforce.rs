@@ -236,6 +236,7 @@ async fn what_cannot_be_made_safe_is_refused_and_the_session_goes_on() {
         ("set search_path = pg_temp, public", "42501"),
         ("prepare p as select * from customers", "42501"),
         ("listen x", "42501"),
+        ("explain analyze select * from customers", "42501"),
         ("do $$ begin end $$", "42601"),
         ("with customers as (select * from customers) select * from customers", "42501"),
     ] {

@@ -16,8 +16,23 @@ pub(crate) fn rewrite(statement: &mut Statement, ctx: &Context<'_>) -> Result<Ve
     match statement {
         Statement::Query(_) => protect(statement, ctx),
         Statement::Explain {
-            statement: inner, ..
+            statement: inner,
+            analyze,
+            options,
+            ..
         } => match &**inner {
+            // EXPLAIN ANALYZE runs the query and reports how many rows each filter removed:
+            // the policy filter's count is the number of rows the agent may not see.
+            _ if *analyze
+                || options
+                    .iter()
+                    .flatten()
+                    .any(|o| crate::catalog::normalize(&o.name) == "analyze") =>
+            {
+                Err(Refusal::Forbidden(
+                    "EXPLAIN ANALYZE (its row counts include rows the policy hides)".into(),
+                ))
+            }
             Statement::Query(_) => protect(statement, ctx),
             _ => Err(Refusal::Unsupported(
                 "EXPLAIN of anything but a query".into(),

@@ -260,6 +260,11 @@ fn statements_other_than_reads_are_refused() {
             "0A000",
         ),
         ("select 1 operator(public.+) 2", "42501"),
+        ("explain analyze select * from customers", "42501"),
+        (
+            "explain (costs off, ANALYZE) select * from customers",
+            "42501",
+        ),
     ] {
         let e = run(sql).unwrap_err();
         assert_eq!(e.sqlstate(), state, "{sql}: {e}");
