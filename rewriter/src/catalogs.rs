@@ -132,6 +132,30 @@ const DENIED_FUNCTIONS: &[&str] = &[
     "pg_log_backend_memory_contexts",
     "pg_export_snapshot",
     "setval",
+    // sequences advance (a write) or tell how many rows were ever inserted
+    "nextval",
+    "pg_sequence_last_value",
+    // sizes tell how many rows a table holds, the hidden ones included
+    "pg_relation_size",
+    "pg_table_size",
+    "pg_total_relation_size",
+    "pg_indexes_size",
+    "pg_database_size",
+    "pg_tablespace_size",
+    // statistics values
+    "pg_mcv_list_items",
+    // other sessions and server configuration
+    "pg_lock_status",
+    "pg_blocking_pids",
+    "pg_safe_snapshot_blocking_pids",
+    "pg_prepared_xact",
+    "pg_hba_file_rules",
+    "pg_ident_file_mappings",
+    "pg_show_all_file_settings",
+    "pg_config",
+    "pg_get_shmem_allocations",
+    "pg_get_backend_memory_contexts",
+    "pg_get_replication_slots",
     "pg_sleep_for",
     "pg_sleep_until",
 ];
@@ -159,6 +183,7 @@ const DENIED_PREFIXES: &[&str] = &[
     "pg_advisory_",
     "pg_try_advisory_",
     "binary_upgrade_",
+    "pg_control_",
 ];
 
 /// Why an agent may not call the built-in `name`, if it may not. `builtin` says whether

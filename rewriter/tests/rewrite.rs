@@ -223,6 +223,9 @@ fn functions_outside_the_allow_list_are_refused() {
         "select public.leak(id) from customers",
         "select myfunc()",
         "select * from pg_read_file('x') f",
+        "select pg_catalog.pg_relation_size('customers')",
+        "select pg_total_relation_size('public.customers'::regclass)",
+        "select nextval('customers_id_seq')",
     ] {
         let e = run(sql).unwrap_err();
         assert_eq!(e.sqlstate(), "42501", "{sql}: {e}");
