@@ -245,6 +245,26 @@ async fn what_cannot_be_made_safe_is_refused_and_the_session_goes_on() {
     }
     // The session is still usable.
     assert_eq!(one(&bot, "select 1").await, "1");
+    // The planner's row-count estimate counts hidden rows: it reads as NULL.
+    let direct = e.env.direct().await;
+    direct.batch_execute("ANALYZE customers").await.unwrap();
+    assert_eq!(
+        one(
+            &direct,
+            "select reltuples from pg_class where relname = 'customers'"
+        )
+        .await,
+        "30"
+    );
+    assert_eq!(
+        rows(
+            &bot,
+            "select reltuples, relpages from pg_class where relname = 'customers'"
+        )
+        .await
+        .unwrap(),
+        vec![vec![None, None]]
+    );
     // psql-style introspection still works.
     assert!(rows(&bot, "select c.relname from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace where n.nspname = 'public'").await.is_ok());
 }

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use cedar_policy::{Context, EntityUid};
-use connectors::postgres::catalog::Snapshot;
+use connectors::postgres::catalog::{RelationInfo, Snapshot};
 use policies::{derive_columns, DerivationCache, PolicyBundle, Version};
 use rewriter::{
     Catalog, Checked, Column, Policies, Protocol, Refusal, RelKind, Relation, Rewritten,
@@ -79,34 +79,10 @@ pub struct Enforcer {
 
 impl Enforcer {
     pub fn new(snapshot: Snapshot, policies: Arc<PolicyState>) -> Self {
-        let relations = snapshot
-            .relations
-            .into_iter()
-            .map(|r| Relation {
-                kind: match r.kind {
-                    'p' => RelKind::PartitionedTable,
-                    'v' => RelKind::View,
-                    'm' => RelKind::MaterializedView,
-                    'f' => RelKind::Foreign,
-                    _ => RelKind::Table,
-                },
-                schema: r.schema,
-                name: r.name,
-                has_children: r.has_children,
-                columns: r
-                    .columns
-                    .into_iter()
-                    .map(|c| Column {
-                        name: c.name,
-                        sql_type: c.sql_type,
-                        type_name: c.type_name,
-                        category: c.category,
-                    })
-                    .collect(),
-            })
-            .collect();
+        let relations = snapshot.relations.into_iter().map(relation).collect();
+        let system = snapshot.system.into_iter().map(relation).collect();
         Enforcer {
-            catalog: Catalog::new(relations, snapshot.system, snapshot.functions),
+            catalog: Catalog::new(relations, system, snapshot.functions),
             search_path: snapshot.search_path,
             policies,
             filters: DerivationCache::new(10_000),
@@ -176,6 +152,32 @@ impl Enforcer {
             policies: &session,
         };
         rewriter::rewrite(sql, protocol, &ctx)
+    }
+}
+
+/// The rewriter's view of a catalog relation.
+fn relation(r: RelationInfo) -> Relation {
+    Relation {
+        kind: match r.kind {
+            'p' => RelKind::PartitionedTable,
+            'v' => RelKind::View,
+            'm' => RelKind::MaterializedView,
+            'f' => RelKind::Foreign,
+            _ => RelKind::Table,
+        },
+        schema: r.schema,
+        name: r.name,
+        has_children: r.has_children,
+        columns: r
+            .columns
+            .into_iter()
+            .map(|c| Column {
+                name: c.name,
+                sql_type: c.sql_type,
+                type_name: c.type_name,
+                category: c.category,
+            })
+            .collect(),
     }
 }
 

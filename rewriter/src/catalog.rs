@@ -58,12 +58,11 @@ impl Relation {
 /// `catalogs.rs` for which of them an agent may read).
 pub const SYSTEM_SCHEMAS: [&str; 2] = ["pg_catalog", "information_schema"];
 
-/// Relations by (schema, name): the protected ones with their columns, the system ones by name
-/// only.
+/// Relations by (schema, name), protected and system ones apart, with their columns.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     relations: HashMap<(String, String), Relation>,
-    system: HashSet<(String, String)>,
+    system: HashMap<(String, String), Relation>,
     functions: HashSet<String>,
 }
 
@@ -72,24 +71,23 @@ pub struct Catalog {
 pub enum Resolved<'c> {
     /// A relation Portcullis protects (user schemas).
     Protected(&'c Relation),
-    /// A system catalog relation: `(schema, name)`.
-    System(String, String),
+    /// A system catalog relation.
+    System(&'c Relation),
 }
 
 impl Catalog {
-    /// `relations`: every relation outside the system schemas; `system`: the (schema, name) of
-    /// every relation in them; `functions`: the names of the functions in `pg_catalog`.
-    pub fn new(
-        relations: Vec<Relation>,
-        system: Vec<(String, String)>,
-        functions: Vec<String>,
-    ) -> Self {
+    /// `relations`: every relation outside the system schemas; `system`: every relation in
+    /// them; `functions`: the names of the functions in `pg_catalog`.
+    pub fn new(relations: Vec<Relation>, system: Vec<Relation>, functions: Vec<String>) -> Self {
         Catalog {
             relations: relations
                 .into_iter()
                 .map(|r| ((r.schema.clone(), r.name.clone()), r))
                 .collect(),
-            system: system.into_iter().collect(),
+            system: system
+                .into_iter()
+                .map(|r| ((r.schema.clone(), r.name.clone()), r))
+                .collect(),
             functions: functions.into_iter().collect(),
         }
     }
@@ -135,11 +133,10 @@ impl Catalog {
     fn lookup(&self, schema: &str, rel: &str) -> Option<Resolved<'_>> {
         if SYSTEM_SCHEMAS.contains(&schema) {
             // Whether a system relation may be read is decided by name (see `catalogs`).
-            let key = (schema.to_string(), rel.to_string());
-            if self.system.contains(&key) {
-                return Some(Resolved::System(key.0, key.1));
-            }
-            return None;
+            return self
+                .system
+                .get(&(schema.to_string(), rel.to_string()))
+                .map(Resolved::System);
         }
         self.get(schema, rel).map(Resolved::Protected)
     }

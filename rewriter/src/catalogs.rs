@@ -87,6 +87,43 @@ pub(crate) fn readable(schema: &str, name: &str) -> bool {
     READABLE.contains(&(schema, name))
 }
 
+/// Columns of readable catalogs that are statistics about protected tables' rows (the row
+/// count estimate counts hidden rows too); an agent reads them as NULL.
+const HIDDEN_COLUMNS: &[(&str, &str, &str)] = &[
+    ("pg_catalog", "pg_class", "reltuples"),
+    ("pg_catalog", "pg_class", "relpages"),
+    ("pg_catalog", "pg_class", "relallvisible"),
+    ("pg_catalog", "pg_sequences", "last_value"),
+];
+
+/// The system relation as an agent sees it: `None` to read it as is, else the SQL of a
+/// subquery with the same columns, statistics columns NULL.
+pub(crate) fn system_view(relation: &crate::Relation) -> Option<String> {
+    let hidden = |col: &str| {
+        HIDDEN_COLUMNS.contains(&(relation.schema.as_str(), relation.name.as_str(), col))
+    };
+    if !relation.columns.iter().any(|c| hidden(&c.name)) {
+        return None;
+    }
+    let columns: Vec<String> = relation
+        .columns
+        .iter()
+        .map(|c| {
+            let name = crate::catalog::quote_ident(&c.name);
+            if hidden(&c.name) {
+                format!("NULL::{} AS {name}", c.sql_type)
+            } else {
+                name
+            }
+        })
+        .collect();
+    Some(format!(
+        "SELECT {} FROM {}",
+        columns.join(", "),
+        relation.qualified()
+    ))
+}
+
 /// SQL-syntax functions sqlparser reports as calls but `pg_proc` does not list.
 const SYNTAX_FUNCTIONS: &[&str] = &[
     "coalesce",

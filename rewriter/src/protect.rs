@@ -20,7 +20,7 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-use crate::catalog::{normalize, Column, Resolved};
+use crate::catalog::{normalize, Column, Relation, Resolved};
 use crate::catalogs;
 use crate::fence;
 use crate::policy::TablePolicy;
@@ -172,17 +172,31 @@ impl Protector<'_> {
                 "relation {target} is not known to Portcullis (it may not exist; if it was just \
                  created, the catalog is refreshed on reconnect)"
             )),
-            Some(Resolved::System(schema, rel)) => {
-                if !catalogs::readable(&schema, &rel) {
+            Some(Resolved::System(rel)) => {
+                if !catalogs::readable(&rel.schema, &rel.name) {
                     return forbidden(format!(
-                        "the system catalog {schema}.{rel} is not readable through Portcullis"
+                        "the system catalog {}.{} is not readable through Portcullis",
+                        rel.schema, rel.name
                     ));
                 }
-                *name = ObjectName::from(vec![quoted(&schema), quoted(&rel)]);
-                if only {
-                    // Keep PostgreSQL's reading: the alias was the relation.
+                let qualified = ObjectName::from(vec![quoted(&rel.schema), quoted(&rel.name)]);
+                if let Some(sql) = catalogs::system_view(rel) {
+                    let subquery = parse_query(&sql, rel)?;
+                    *factor = TableFactor::Derived {
+                        lateral: false,
+                        subquery,
+                        alias: Some(alias.unwrap_or_else(|| TableAlias {
+                            explicit: true,
+                            name: quoted(&rel.name),
+                            columns: vec![],
+                            at: None,
+                        })),
+                        sample: None,
+                    };
+                } else if only {
+                    // `only` was read as the relation name and the relation as its alias.
                     *factor = TableFactor::Table {
-                        name: ObjectName::from(vec![quoted(&schema), quoted(&rel)]),
+                        name: qualified,
                         alias: None,
                         args: None,
                         with_hints: vec![],
@@ -193,6 +207,8 @@ impl Protector<'_> {
                         index_hints: vec![],
                         with_ordinality: false,
                     };
+                } else {
+                    *name = qualified;
                 }
                 ControlFlow::Continue(())
             }
@@ -210,18 +226,7 @@ impl Protector<'_> {
                     Ok(f) => f,
                     Err(e) => return ControlFlow::Break(e),
                 };
-                let subquery = match Parser::new(&PostgreSqlDialect {})
-                    .try_with_sql(&fence.sql)
-                    .and_then(|mut p| p.parse_query())
-                {
-                    Ok(q) => q,
-                    Err(e) => {
-                        return ControlFlow::Break(Refusal::Unsupported(format!(
-                            "cannot build the protected view of {}: {e}",
-                            rel.entity_type()
-                        )))
-                    }
-                };
+                let subquery = parse_query(&fence.sql, rel)?;
                 // The alias as PostgreSQL would fold it, quoted, so no keyword or case can be
                 // read differently upstream.
                 let alias = match alias {
@@ -261,6 +266,20 @@ impl Protector<'_> {
                 ControlFlow::Continue(())
             }
         }
+    }
+}
+
+/// Parses SQL the rewriter built for `rel`.
+fn parse_query(sql: &str, rel: &Relation) -> ControlFlow<Refusal, Box<Query>> {
+    match Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_query())
+    {
+        Ok(q) => ControlFlow::Continue(q),
+        Err(e) => ControlFlow::Break(Refusal::Unsupported(format!(
+            "cannot build the protected view of {}: {e}",
+            rel.entity_type()
+        ))),
     }
 }
 

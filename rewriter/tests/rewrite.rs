@@ -24,6 +24,24 @@ fn col(name: &str, ty: &str) -> Column {
     }
 }
 
+fn system(name: &str, columns: &[&str]) -> Relation {
+    Relation {
+        schema: "pg_catalog".into(),
+        name: name.into(),
+        kind: RelKind::Table,
+        columns: columns
+            .iter()
+            .map(|c| Column {
+                name: c.to_string(),
+                sql_type: "real".into(),
+                type_name: "float4".into(),
+                category: 'N',
+            })
+            .collect(),
+        has_children: false,
+    }
+}
+
 fn catalog() -> Catalog {
     Catalog::new(
         vec![
@@ -59,9 +77,10 @@ fn catalog() -> Catalog {
             },
         ],
         vec![
-            ("pg_catalog".into(), "pg_class".into()),
-            ("pg_catalog".into(), "pg_stats".into()),
-            ("pg_catalog".into(), "pg_statistic".into()),
+            system("pg_class", &["oid", "relname", "reltuples"]),
+            system("pg_namespace", &["oid", "nspname"]),
+            system("pg_stats", &["tablename"]),
+            system("pg_statistic", &["starelid"]),
         ],
         [
             "count",
@@ -204,8 +223,13 @@ fn unknown_relations_uncovered_tables_and_unsafe_catalogs_are_refused() {
         assert_eq!(e.sqlstate(), state, "{sql}: {e}");
     }
     assert_eq!(
-        run("select relname from pg_class").unwrap(),
-        r#"SELECT relname FROM "pg_catalog"."pg_class""#
+        run("select nspname from pg_namespace n").unwrap(),
+        r#"SELECT nspname FROM "pg_catalog"."pg_namespace" n"#
+    );
+    // pg_class's row-count estimates count hidden rows: read as NULL.
+    assert_eq!(
+        run("select relname, reltuples from pg_class").unwrap(),
+        r#"SELECT relname, reltuples FROM (SELECT "oid", "relname", NULL::REAL AS "reltuples" FROM "pg_catalog"."pg_class") AS "pg_class""#
     );
 }
 

@@ -68,7 +68,7 @@ pub async fn table_columns(
         .collect())
 }
 
-/// A relation outside the system schemas, with its columns in order.
+/// A relation, with its columns in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelationInfo {
     pub schema: String,
@@ -94,8 +94,8 @@ pub struct ColumnInfo {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub relations: Vec<RelationInfo>,
-    /// (schema, name) of every relation in `pg_catalog` and `information_schema`.
-    pub system: Vec<(String, String)>,
+    /// Every relation in `pg_catalog` and `information_schema`.
+    pub system: Vec<RelationInfo>,
     /// Names of the functions in `pg_catalog`.
     pub functions: Vec<String>,
     /// The login's effective search_path (`current_schemas(false)`).
@@ -112,16 +112,11 @@ const RELATIONS: &str = "
       ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
     LEFT JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
     WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
-      AND n.nspname NOT IN ('pg_catalog', 'information_schema')
       AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'
     ORDER BY n.nspname, c.relname, a.attnum";
 
-const SYSTEM: &str = "
-    SELECT n.nspname::text, c.relname::text
-    FROM pg_catalog.pg_class c
-    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
-      AND n.nspname IN ('pg_catalog', 'information_schema')";
+/// Schemas whose relations are PostgreSQL's own catalogs.
+const SYSTEM_SCHEMAS: [&str; 2] = ["pg_catalog", "information_schema"];
 
 const FUNCTIONS: &str = "
     SELECT DISTINCT proname::text FROM pg_catalog.pg_proc
@@ -164,13 +159,11 @@ pub async fn snapshot(config: &tokio_postgres::Config) -> Result<Snapshot, Catal
             });
         }
     }
-    snap.system = client
-        .query(SYSTEM, &[])
-        .await
-        .map_err(q)?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let (system, user) = std::mem::take(&mut snap.relations)
+        .into_iter()
+        .partition(|r| SYSTEM_SCHEMAS.contains(&r.schema.as_str()));
+    snap.relations = user;
+    snap.system = system;
     snap.functions = client
         .query(FUNCTIONS, &[])
         .await
