@@ -3,6 +3,7 @@
 //! at their next statement), an invalid one is logged and the previous version stays active.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -13,6 +14,8 @@ pub struct PolicyState {
     dir: PathBuf,
     store: Option<VersionStore>,
     active: RwLock<Arc<PolicyBundle>>,
+    /// Bumped at every activation, so sessions can tell cheaply that the version changed.
+    generation: AtomicU64,
     /// The last version that failed to load, so a broken set is reported once, not every poll.
     last_rejected: RwLock<Option<String>>,
 }
@@ -30,6 +33,7 @@ impl PolicyState {
             dir,
             store,
             active: RwLock::new(Arc::new(bundle)),
+            generation: AtomicU64::new(0),
             last_rejected: RwLock::new(None),
         })
     }
@@ -37,6 +41,12 @@ impl PolicyState {
     /// The version sessions use now.
     pub fn current(&self) -> Arc<PolicyBundle> {
         self.active.read().expect("policy lock").clone()
+    }
+
+    /// Changes whenever another version becomes active. Read it before [`Self::current`]: a
+    /// statement rewritten under the version then active is never older than the generation.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Re-reads the directory; activates it if it is a new valid version. Blocking.
@@ -54,6 +64,7 @@ impl PolicyState {
                 }
                 let version = bundle.version.clone();
                 *self.active.write().expect("policy lock") = Arc::new(bundle);
+                self.generation.fetch_add(1, Ordering::AcqRel);
                 *self.last_rejected.write().expect("policy lock") = None;
                 info!(version = %version, "policy version {} activated (was {})", version.short(), active.short());
                 Some(version)

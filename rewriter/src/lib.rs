@@ -27,6 +27,11 @@ pub use protect::Read;
 
 use sqlparser::ast::Statement;
 
+/// Starts the text of the error a rewritten write raises when a row it would write violates
+/// policy (the write's check casts this text to an integer, so PostgreSQL aborts the statement
+/// with an input-syntax error carrying it); the proxy turns that error into 42501.
+pub const VIOLATION_MARKER: &str = "portcullis-policy-violation: ";
+
 /// Which wire-protocol message carried the SQL text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {

@@ -36,10 +36,30 @@ pub enum Expect {
     Sync,
 }
 
+/// What the client is shown of the reply to a message the proxy sent upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// The client's own message: its reply is forwarded.
+    Forward,
+    /// An injected refusal: its ErrorResponse is replaced by this rejection.
+    Refuse(Rejection),
+    /// A message the proxy added on its own (re-preparing a statement): a successful reply is
+    /// dropped, an error is forwarded (the client's next message fails with it).
+    Hide,
+}
+
+/// What to do with one backend message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Forward,
+    Drop,
+    Replace(Rejection),
+}
+
 #[derive(Debug)]
 struct Pending {
     expect: Expect,
-    rejection: Option<Rejection>,
+    reply: Reply,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -52,11 +72,19 @@ pub struct Mismatch {
 #[derive(Debug, Default)]
 pub struct Pipeline {
     queue: VecDeque<Pending>,
+    /// An error made the backend skip (or fail) a message the proxy added on its own.
+    hidden_lost: bool,
 }
 
 impl Pipeline {
-    pub fn push(&mut self, expect: Expect, rejection: Option<Rejection>) {
-        self.queue.push_back(Pending { expect, rejection });
+    pub fn push(&mut self, expect: Expect, reply: Reply) {
+        self.queue.push_back(Pending { expect, reply });
+    }
+
+    /// Whether a message the proxy added on its own was skipped or failed since the last call:
+    /// the state it was to establish upstream cannot be assumed.
+    pub fn take_hidden_lost(&mut self) -> bool {
+        std::mem::take(&mut self.hidden_lost)
     }
 
     /// True when no reply is outstanding (the upstream is not busy for this client).
@@ -64,9 +92,8 @@ impl Pipeline {
         self.queue.is_empty()
     }
 
-    /// Accounts for one backend message by its tag. Returns the rejection to send instead of
-    /// this message when it is the ErrorResponse of an injected refusal.
-    pub fn on_backend(&mut self, tag: u8) -> Result<Option<Rejection>, Mismatch> {
+    /// Accounts for one backend message by its tag, and says what the client gets of it.
+    pub fn on_backend(&mut self, tag: u8) -> Result<Action, Mismatch> {
         let front = self.queue.front().map(|p| p.expect);
         let mismatch = || Mismatch {
             tag,
@@ -92,29 +119,43 @@ impl Pipeline {
             b'N' | b'A' | b'S' => &[],
             _ => return Err(mismatch()),
         };
-        if !completes.is_empty() {
-            if !front.is_some_and(|f| completes.contains(&f)) {
-                return Err(mismatch());
-            }
-            self.queue.pop_front();
+        if completes.is_empty() {
+            return Ok(Action::Forward);
         }
-        Ok(None)
+        if !front.is_some_and(|f| completes.contains(&f)) {
+            return Err(mismatch());
+        }
+        let done = self.queue.pop_front().expect("front checked");
+        Ok(match done.reply {
+            Reply::Hide => Action::Drop,
+            _ => Action::Forward,
+        })
     }
 
-    fn on_error(&mut self) -> Option<Rejection> {
-        let front = self.queue.front_mut()?;
-        let rejection = front.rejection.take();
+    fn on_error(&mut self) -> Action {
+        let Some(front) = self.queue.front_mut() else {
+            return Action::Forward;
+        };
+        let action = match std::mem::replace(&mut front.reply, Reply::Forward) {
+            Reply::Refuse(r) => Action::Replace(r),
+            Reply::Hide => {
+                self.hidden_lost = true;
+                Action::Forward
+            }
+            Reply::Forward => Action::Forward,
+        };
         match front.expect {
             // A simple query, or the implicit commit at Sync, is followed by ReadyForQuery.
             Expect::Query | Expect::Sync => {}
             // In the extended protocol the backend now skips everything up to Sync.
             _ => {
                 while self.queue.front().is_some_and(|p| p.expect != Expect::Sync) {
-                    self.queue.pop_front();
+                    let skipped = self.queue.pop_front().expect("front checked");
+                    self.hidden_lost |= skipped.reply == Reply::Hide;
                 }
             }
         }
-        rejection
+        action
     }
 }
 
@@ -122,11 +163,15 @@ impl Pipeline {
 mod tests {
     use super::*;
 
-    fn rej() -> Option<Rejection> {
-        Some(Rejection {
+    fn rejection() -> Rejection {
+        Rejection {
             code: "42501",
             message: "no".into(),
-        })
+        }
+    }
+
+    fn rej() -> Reply {
+        Reply::Refuse(rejection())
     }
 
     #[test]
@@ -139,10 +184,10 @@ mod tests {
             Expect::Execute,
             Expect::Sync,
         ] {
-            p.push(e, None);
+            p.push(e, Reply::Forward);
         }
         for tag in *b"12TDDCZ" {
-            assert_eq!(p.on_backend(tag), Ok(None), "{}", tag as char);
+            assert_eq!(p.on_backend(tag), Ok(Action::Forward), "{}", tag as char);
         }
         assert!(p.is_idle());
     }
@@ -150,37 +195,64 @@ mod tests {
     #[test]
     fn an_injected_refusal_is_matched_to_its_error() {
         let mut p = Pipeline::default();
-        p.push(Expect::Parse, None);
-        p.push(Expect::Bind, None);
-        p.push(Expect::Execute, None);
+        p.push(Expect::Parse, Reply::Forward);
+        p.push(Expect::Bind, Reply::Forward);
+        p.push(Expect::Execute, Reply::Forward);
         p.push(Expect::Parse, rej());
-        p.push(Expect::Sync, None);
+        p.push(Expect::Sync, Reply::Forward);
         for tag in *b"12C" {
-            assert_eq!(p.on_backend(tag), Ok(None));
+            assert_eq!(p.on_backend(tag), Ok(Action::Forward));
         }
-        assert_eq!(p.on_backend(b'E'), Ok(rej()));
-        assert_eq!(p.on_backend(b'Z'), Ok(None));
+        assert_eq!(p.on_backend(b'E'), Ok(Action::Replace(rejection())));
+        assert_eq!(p.on_backend(b'Z'), Ok(Action::Forward));
         assert!(p.is_idle());
     }
 
     #[test]
     fn a_real_earlier_error_is_not_replaced_and_skips_to_sync() {
         let mut p = Pipeline::default();
-        p.push(Expect::Parse, None);
-        p.push(Expect::Bind, None);
+        p.push(Expect::Parse, Reply::Forward);
+        p.push(Expect::Bind, Reply::Forward);
         p.push(Expect::Parse, rej());
-        p.push(Expect::Sync, None);
-        assert_eq!(p.on_backend(b'E'), Ok(None));
-        assert_eq!(p.on_backend(b'Z'), Ok(None));
+        p.push(Expect::Sync, Reply::Forward);
+        assert_eq!(p.on_backend(b'E'), Ok(Action::Forward));
+        assert_eq!(p.on_backend(b'Z'), Ok(Action::Forward));
         assert!(p.is_idle());
+        assert!(!p.take_hidden_lost());
+    }
+
+    #[test]
+    fn hidden_replies_are_dropped_and_hidden_errors_forwarded() {
+        let mut p = Pipeline::default();
+        p.push(Expect::Close, Reply::Hide);
+        p.push(Expect::Parse, Reply::Hide);
+        p.push(Expect::Bind, Reply::Forward);
+        p.push(Expect::Sync, Reply::Forward);
+        assert_eq!(p.on_backend(b'3'), Ok(Action::Drop));
+        assert_eq!(p.on_backend(b'1'), Ok(Action::Drop));
+        assert_eq!(p.on_backend(b'2'), Ok(Action::Forward));
+        assert_eq!(p.on_backend(b'Z'), Ok(Action::Forward));
+        p.push(Expect::Parse, Reply::Hide);
+        p.push(Expect::Bind, Reply::Forward);
+        p.push(Expect::Sync, Reply::Forward);
+        assert_eq!(p.on_backend(b'E'), Ok(Action::Forward));
+        assert_eq!(p.on_backend(b'Z'), Ok(Action::Forward));
+        assert!(p.is_idle());
+        assert!(p.take_hidden_lost());
+        // An earlier error skips the hidden messages queued behind it.
+        p.push(Expect::Execute, Reply::Forward);
+        p.push(Expect::Close, Reply::Hide);
+        p.push(Expect::Sync, Reply::Forward);
+        assert_eq!(p.on_backend(b'E'), Ok(Action::Forward));
+        assert!(p.take_hidden_lost());
     }
 
     #[test]
     fn simple_query_refusal() {
         let mut p = Pipeline::default();
         p.push(Expect::Query, rej());
-        assert_eq!(p.on_backend(b'E'), Ok(rej()));
-        assert_eq!(p.on_backend(b'Z'), Ok(None));
+        assert_eq!(p.on_backend(b'E'), Ok(Action::Replace(rejection())));
+        assert_eq!(p.on_backend(b'Z'), Ok(Action::Forward));
     }
 
     #[test]
@@ -190,6 +262,6 @@ mod tests {
         assert!(p.on_backend(b'1').is_err());
         assert!(p.on_backend(b'G').is_err(), "COPY FROM is never expected");
         assert!(p.on_backend(b'R').is_err());
-        assert_eq!(p.on_backend(b'N'), Ok(None));
+        assert_eq!(p.on_backend(b'N'), Ok(Action::Forward));
     }
 }

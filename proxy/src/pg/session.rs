@@ -9,6 +9,8 @@
 //! Upstream → client: messages are forwarded as bytes, only their headers read (plus
 //! ParameterStatus and ReadyForQuery bodies); rows are never decoded.
 
+use std::collections::HashMap;
+
 use bytes::{Buf, BytesMut};
 use rewriter::Protocol;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,11 +20,12 @@ use tracing::{debug, info, warn};
 use super::cancel::CancelTarget;
 use super::client_stream::ClientStream;
 use super::gate_cache::GateResult;
-use super::messages::error::{error_response, Severity};
+use super::messages::error::{error_response, redact_upstream_error, Severity};
+use super::messages::extended;
 use super::messages::frame::{self, FrameError};
 use super::messages::query::{self, ParseDecodeError};
 use super::messages::status;
-use super::pipeline::{Expect, Pipeline, Rejection};
+use super::pipeline::{Action, Expect, Pipeline, Rejection, Reply};
 use crate::enforce::Principal;
 use crate::server::Shared;
 
@@ -31,6 +34,20 @@ const REFUSAL_SQL: &str = "PORTCULLIS_REFUSED";
 
 /// Largest ParameterStatus/ReadyForQuery the proxy buffers to inspect.
 const MAX_INSPECTED: usize = 64 * 1024;
+
+/// Largest upstream ErrorResponse the proxy buffers to redact; a larger one is replaced whole.
+const MAX_ERROR: usize = 1024 * 1024;
+
+/// A protocol-level prepared statement as the client prepared it (kept under enforcement), so
+/// that it can be rewritten again when the policy version changes.
+struct Prepared {
+    sql: Box<str>,
+    param_types: Box<[u8]>,
+    /// The policy generation its upstream rewrite was made under.
+    generation: u64,
+    /// Set when the current version refuses it: each use fails with this until re-prepared.
+    refused: Option<Rejection>,
+}
 
 pub struct Session<'a> {
     shared: &'a Shared,
@@ -43,6 +60,9 @@ pub struct Session<'a> {
     pipeline: Pipeline,
     /// After a refused Parse: drop client messages until Sync, as PostgreSQL does.
     skip_until_sync: bool,
+    /// Prepared statements by name ("" is the unnamed one), with enforcement on.
+    prepared: HashMap<String, Prepared>,
+
     from_client: BytesMut,
     from_upstream: BytesMut,
     to_upstream: BytesMut,
@@ -89,6 +109,7 @@ impl<'a> Session<'a> {
             cancel,
             pipeline: Pipeline::default(),
             skip_until_sync: false,
+            prepared: HashMap::new(),
             from_client: BytesMut::with_capacity(16 * 1024),
             from_upstream: BytesMut::with_capacity(64 * 1024),
             to_upstream: BytesMut::with_capacity(16 * 1024),
@@ -220,10 +241,28 @@ impl<'a> Session<'a> {
             match tag {
                 b'Q' => self.on_query(&msg),
                 b'P' => self.on_parse(&msg)?,
-                b'B' => self.forward(&msg, Some(Expect::Bind)),
-                b'D' => self.forward(&msg, Some(Expect::Describe)),
+                b'B' => {
+                    let name = extended::bind_statement(&msg).ok_or_else(|| {
+                        SessionError::ClientProtocol("malformed Bind message".into())
+                    })?;
+                    if self.refresh(name) {
+                        self.forward(&msg, Some(Expect::Bind));
+                    }
+                }
+                b'D' | b'C' => {
+                    let (kind, name) = extended::target(&msg).ok_or_else(|| {
+                        SessionError::ClientProtocol("malformed Describe or Close message".into())
+                    })?;
+                    if tag == b'C' {
+                        if kind == b'S' {
+                            self.prepared.remove(name);
+                        }
+                        self.forward(&msg, Some(Expect::Close));
+                    } else if kind != b'S' || self.refresh(name) {
+                        self.forward(&msg, Some(Expect::Describe));
+                    }
+                }
                 b'E' => self.forward(&msg, Some(Expect::Execute)),
-                b'C' => self.forward(&msg, Some(Expect::Close)),
                 b'H' => self.forward(&msg, None),
                 b'S' => {
                     self.skip_until_sync = false;
@@ -250,7 +289,47 @@ impl<'a> Session<'a> {
     fn forward(&mut self, msg: &[u8], expect: Option<Expect>) {
         self.to_upstream.extend_from_slice(msg);
         if let Some(e) = expect {
-            self.pipeline.push(e, None);
+            self.pipeline.push(e, Reply::Forward);
+        }
+    }
+
+    /// Before a Bind or Describe of prepared statement `name`: if the policy version changed
+    /// since it was rewritten, prepare it again upstream under the current version (hidden from
+    /// the client), so a revocation reaches long-lived prepared statements too. Returns false
+    /// when the statement is refused now; the refusal has been injected in the message's place.
+    fn refresh(&mut self, name: &str) -> bool {
+        let (Some(enforcer), Some(principal)) = (&self.shared.enforcer, &self.principal) else {
+            return true;
+        };
+        let Some(prepared) = self.prepared.get_mut(name) else {
+            return true;
+        };
+        let generation = enforcer.policies.generation();
+        if prepared.generation != generation {
+            prepared.generation = generation;
+            extended::encode_close_statement(&mut self.to_upstream, name);
+            self.pipeline.push(Expect::Close, Reply::Hide);
+            match enforcer
+                .rewrite(principal, &prepared.sql, Protocol::Extended)
+                .as_ref()
+            {
+                Ok(c) => {
+                    query::encode_parse(&mut self.to_upstream, name, &c.sql, &prepared.param_types);
+                    self.pipeline.push(Expect::Parse, Reply::Hide);
+                    prepared.refused = None;
+                }
+                Err(refusal) => {
+                    debug!(agent = %self.agent, statement = name, "prepared statement refused under the new policy version: {refusal}");
+                    prepared.refused = Some(refusal.into());
+                }
+            }
+        }
+        match prepared.refused.clone() {
+            None => true,
+            Some(rejection) => {
+                self.inject_parse(name, rejection);
+                false
+            }
         }
     }
 
@@ -261,11 +340,13 @@ impl<'a> Session<'a> {
         if sql.len() > self.shared.max_query_bytes {
             return self.inject_query(too_long(self.shared.max_query_bytes));
         }
+        // A simple Query drops the unnamed prepared statement, as in PostgreSQL.
+        self.prepared.remove("");
         let checked = self.gate(sql, Protocol::Simple);
         match checked.as_ref() {
             Ok(c) => {
                 query::encode_query(&mut self.to_upstream, &c.sql);
-                self.pipeline.push(Expect::Query, None);
+                self.pipeline.push(Expect::Query, Reply::Forward);
             }
             Err(refusal) => {
                 debug!(agent = %self.agent, "refused: {refusal}");
@@ -278,7 +359,7 @@ impl<'a> Session<'a> {
         let parse = match query::decode_parse(msg) {
             Ok(p) => p,
             Err(ParseDecodeError::Encoding) => {
-                self.inject_parse(invalid_text());
+                self.inject_parse("", invalid_text());
                 return Ok(());
             }
             Err(ParseDecodeError::Malformed) => {
@@ -288,18 +369,42 @@ impl<'a> Session<'a> {
             }
         };
         if parse.sql.len() > self.shared.max_query_bytes {
-            self.inject_parse(too_long(self.shared.max_query_bytes));
+            self.inject_parse(parse.name, too_long(self.shared.max_query_bytes));
             return Ok(());
         }
+        // Read before rewriting: the rewrite is never older than the generation recorded.
+        let generation = self.shared.policies.as_ref().map(|p| p.generation());
         let checked = self.gate(parse.sql, Protocol::Extended);
         match checked.as_ref() {
             Ok(c) => {
                 query::encode_parse(&mut self.to_upstream, parse.name, &c.sql, parse.param_types);
-                self.pipeline.push(Expect::Parse, None);
+                self.pipeline.push(Expect::Parse, Reply::Forward);
+                if let (Some(generation), Some(_)) = (generation, &self.shared.enforcer) {
+                    // A second Parse of an existing name fails upstream; the first one stays.
+                    let replaces = parse.name.is_empty()
+                        || self
+                            .prepared
+                            .get(parse.name)
+                            .is_none_or(|p| p.refused.is_some());
+                    if replaces {
+                        self.prepared.insert(
+                            parse.name.to_string(),
+                            Prepared {
+                                sql: parse.sql.into(),
+                                param_types: parse.param_types.into(),
+                                generation,
+                                refused: None,
+                            },
+                        );
+                    }
+                }
             }
             Err(refusal) => {
                 debug!(agent = %self.agent, "refused: {refusal}");
-                self.inject_parse(refusal.into());
+                if parse.name.is_empty() {
+                    self.prepared.remove("");
+                }
+                self.inject_parse(parse.name, refusal.into());
             }
         }
         Ok(())
@@ -316,14 +421,16 @@ impl<'a> Session<'a> {
 
     fn inject_query(&mut self, rejection: Rejection) {
         query::encode_query(&mut self.to_upstream, REFUSAL_SQL);
-        self.pipeline.push(Expect::Query, Some(rejection));
+        self.pipeline.push(Expect::Query, Reply::Refuse(rejection));
     }
 
-    fn inject_parse(&mut self, rejection: Rejection) {
-        query::encode_parse(&mut self.to_upstream, "", REFUSAL_SQL, &[0, 0]);
+    /// A Parse of `name` that fails upstream (so the name is left unprepared, as a failed Parse
+    /// leaves it in PostgreSQL) and whose error is replaced by `rejection`.
+    fn inject_parse(&mut self, name: &str, rejection: Rejection) {
+        query::encode_parse(&mut self.to_upstream, name, REFUSAL_SQL, &[0, 0]);
         // Make the error arrive even if the client waits on a Flush we are about to skip.
         query::encode_flush(&mut self.to_upstream);
-        self.pipeline.push(Expect::Parse, Some(rejection));
+        self.pipeline.push(Expect::Parse, Reply::Refuse(rejection));
         self.skip_until_sync = true;
     }
 
@@ -365,28 +472,60 @@ impl<'a> Session<'a> {
                     self.account(tag)?;
                     self.passthrough = size;
                 }
-                b'E' => match self.account(tag)? {
-                    Some(rejection) => {
-                        error_response(
-                            &mut self.to_client,
-                            Severity::Error,
-                            rejection.code,
-                            &rejection.message,
-                            None,
-                        );
-                        self.dropping = size;
+                b'E' => {
+                    let enforcing = self.shared.enforcer.is_some();
+                    // Under enforcement an error is read whole, to be redacted.
+                    if enforcing && size <= MAX_ERROR && self.from_upstream.len() < size {
+                        return Ok(());
                     }
-                    None => self.passthrough = size,
-                },
-                _ => {
-                    self.account(tag)?;
-                    self.passthrough = size;
+                    let action = self.account(tag)?;
+                    if self.pipeline.take_hidden_lost() {
+                        // A re-prepare did not happen: redo it at the statement's next use.
+                        for p in self.prepared.values_mut() {
+                            p.generation = u64::MAX;
+                        }
+                    }
+                    match action {
+                        Action::Replace(rejection) => {
+                            error_response(
+                                &mut self.to_client,
+                                Severity::Error,
+                                rejection.code,
+                                &rejection.message,
+                                None,
+                            );
+                            self.dropping = size;
+                        }
+                        _ if !enforcing => self.passthrough = size,
+                        _ if size > MAX_ERROR => {
+                            error_response(
+                                &mut self.to_client,
+                                Severity::Error,
+                                "XX000",
+                                "the database reported an error too large to check; Portcullis withheld it",
+                                None,
+                            );
+                            self.dropping = size;
+                        }
+                        _ => {
+                            redact_upstream_error(
+                                &mut self.to_client,
+                                &self.from_upstream[..size],
+                                rewriter::VIOLATION_MARKER,
+                            );
+                            self.from_upstream.advance(size);
+                        }
+                    }
                 }
+                _ => match self.account(tag)? {
+                    Action::Drop => self.dropping = size,
+                    _ => self.passthrough = size,
+                },
             }
         }
     }
 
-    fn account(&mut self, tag: u8) -> Result<Option<Rejection>, SessionError> {
+    fn account(&mut self, tag: u8) -> Result<Action, SessionError> {
         self.pipeline
             .on_backend(tag)
             .map_err(|e| SessionError::UpstreamProtocol(e.to_string()))

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod extended;
 pub mod frame;
 pub mod query;
 pub mod startup;

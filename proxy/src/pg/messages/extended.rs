@@ -1,0 +1,50 @@
+//! Bind, Describe and Close: the extended-protocol messages that name a prepared statement.
+//! Only the names are decoded (the proxy re-prepares a statement whose rewrite is out of date);
+//! the messages themselves are forwarded as they arrived.
+
+use bytes::BytesMut;
+
+use super::{put_cstr, read_cstr, write_message};
+
+/// The prepared statement a Bind frame (header included) binds; `None` if malformed.
+pub fn bind_statement(frame: &[u8]) -> Option<&str> {
+    let mut pos = 5;
+    read_cstr(frame, &mut pos)?; // portal
+    read_cstr(frame, &mut pos)
+}
+
+/// What a Describe or Close frame targets: a prepared statement (`b'S'`) or a portal (`b'P'`).
+pub fn target(frame: &[u8]) -> Option<(u8, &str)> {
+    let kind = *frame.get(5)?;
+    let mut pos = 6;
+    let name = read_cstr(frame, &mut pos)?;
+    Some((kind, name))
+}
+
+/// Appends a Close of the prepared statement `name`.
+pub fn encode_close_statement(out: &mut BytesMut, name: &str) {
+    write_message(out, b'C', |b| {
+        b.extend_from_slice(b"S");
+        put_cstr(b, name);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_read() {
+        let mut b = BytesMut::new();
+        write_message(&mut b, b'B', |b| {
+            put_cstr(b, "portal");
+            put_cstr(b, "stmt");
+            b.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        });
+        assert_eq!(bind_statement(&b), Some("stmt"));
+        let mut c = BytesMut::new();
+        encode_close_statement(&mut c, "s1");
+        assert_eq!(target(&c), Some((b'S', "s1")));
+        assert_eq!(target(&c[..6]), None);
+    }
+}
