@@ -120,7 +120,14 @@ impl Filter {
             match p {
                 Filter::True => {}
                 Filter::False => return Filter::False,
-                Filter::And(inner) => out.extend(inner),
+                Filter::And(inner) => {
+                    for p in inner {
+                        if !out.contains(&p) {
+                            out.push(p);
+                        }
+                    }
+                }
+                other if out.contains(&other) => {}
                 other => out.push(other),
             }
         }
@@ -162,6 +169,32 @@ impl Filter {
                 value,
             },
             other => Filter::Not(Box::new(other)),
+        }
+    }
+
+    /// The attributes (columns) the filter reads.
+    pub fn columns(&self) -> std::collections::BTreeSet<&str> {
+        let mut out = std::collections::BTreeSet::new();
+        self.collect_columns(&mut out);
+        out
+    }
+
+    fn collect_columns<'f>(&'f self, out: &mut std::collections::BTreeSet<&'f str>) {
+        match self {
+            Filter::True | Filter::False => {}
+            Filter::And(parts) | Filter::Or(parts) => {
+                parts.iter().for_each(|p| p.collect_columns(out));
+            }
+            Filter::Not(inner) => inner.collect_columns(out),
+            Filter::Present(attr)
+            | Filter::Compare { attr, .. }
+            | Filter::InSet { attr, .. }
+            | Filter::SetContains { attr, .. }
+            | Filter::SetContainsAny { attr, .. }
+            | Filter::SetContainsAll { attr, .. }
+            | Filter::Like { attr, .. } => {
+                out.insert(attr.as_str());
+            }
         }
     }
 

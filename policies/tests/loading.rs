@@ -44,9 +44,13 @@ fn the_finance_example_loads_with_its_policy_ids() {
             "delegation-intersects-tenants",
             "low-clearance-no-large-transfer-metadata",
             "low-clearance-no-large-transfers",
+            "no-agent-priority-one",
+            "support-deletes-closed-tickets",
             "support-iban-last4",
             "support-no-ssn",
             "support-reads-own-tenant",
+            "support-updates-own-customers",
+            "support-writes-own-tickets",
         ]
     );
     assert_eq!(b.origin["support-reads-own-tenant"], "rows.cedar");

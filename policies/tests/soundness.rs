@@ -369,7 +369,7 @@ fn finance_filters_agree_with_cedar_on_every_generated_row() {
         &["support-bot", "auditor"],
         &[None, Some("alice"), Some("bob")],
         &["public::customers", "public::tickets", "public::transfers"],
-        &["select", "update"],
+        &["select", "insert", "update", "delete"],
         150,
     );
     // The test means something only if every outcome occurs often.
@@ -419,11 +419,28 @@ fn derived_filters_have_the_expected_shape() {
         }
     );
     assert_eq!(d.determining, ["support-reads-own-tenant"]);
-    // No permit for writes: nothing passes.
+    // Deletes: the tenant's closed tickets only.
     let d = derive(&b, &bot, "delete", "public::tickets", Context::empty()).unwrap();
+    assert_eq!(
+        d.filter,
+        Filter::And(vec![
+            Filter::Compare {
+                attr: "tenant_id".into(),
+                op: policies::CmpOp::Eq,
+                value: Value::Long(1)
+            },
+            Filter::Compare {
+                attr: "status".into(),
+                op: policies::CmpOp::Eq,
+                value: Value::String("closed".into())
+            },
+        ])
+    );
+    // No permit for the auditor's writes: nothing passes.
+    let auditor = EntityUid::from_str("Agent::\"auditor\"").unwrap();
+    let d = derive(&b, &auditor, "delete", "public::tickets", Context::empty()).unwrap();
     assert_eq!(d.filter, Filter::False);
     // The auditor, unrestricted on tickets.
-    let auditor = EntityUid::from_str("Agent::\"auditor\"").unwrap();
     let d = derive(&b, &auditor, "select", "public::tickets", Context::empty()).unwrap();
     assert_eq!(d.filter, Filter::True);
 }

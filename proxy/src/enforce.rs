@@ -12,7 +12,7 @@ use connectors::postgres::catalog::{RelationInfo, Snapshot};
 use policies::{derive_columns, DerivationCache, PolicyBundle, Version};
 use rewriter::{
     Catalog, Checked, Column, Policies, Protocol, Refusal, RelKind, Relation, Rewritten,
-    TablePolicy,
+    TablePolicy, WriteAction, WritePolicy,
 };
 use tracing::warn;
 
@@ -188,7 +188,58 @@ struct SessionPolicies<'a> {
     principal: &'a Principal,
 }
 
+impl SessionPolicies<'_> {
+    /// Refuses relations the policy set's schema does not declare.
+    fn covered(&self, relation: &Relation, entity_type: &str) -> Result<(), Refusal> {
+        if self
+            .bundle
+            .schema
+            .entity_types()
+            .any(|t| t.to_string() == entity_type)
+        {
+            return Ok(());
+        }
+        Err(Refusal::Forbidden(format!(
+            "{} is not covered by the policy set (its schema has no entity type {entity_type})",
+            relation.qualified()
+        )))
+    }
+}
+
+fn derive_error(entity_type: &str) -> impl Fn(policies::DeriveError) -> Refusal + '_ {
+    move |e| {
+        warn!("cannot derive the policy for {entity_type}: {e}");
+        Refusal::Forbidden(format!(
+            "the policy for {entity_type} could not be evaluated"
+        ))
+    }
+}
+
 impl Policies for SessionPolicies<'_> {
+    fn write(&self, relation: &Relation, action: WriteAction) -> Result<Arc<WritePolicy>, Refusal> {
+        let entity_type = relation.entity_type();
+        self.covered(relation, &entity_type)?;
+        let derived = self
+            .enforcer
+            .filters
+            .get_or_derive(
+                self.bundle,
+                &self.principal.agent,
+                action.as_str(),
+                &entity_type,
+                &self.principal.context_key,
+                || self.principal.context(),
+            )
+            .map_err(derive_error(&entity_type))?;
+        for (id, why) in &derived.untranslated {
+            warn!(policy = %id, "policy for {entity_type} not translated: {why}");
+        }
+        Ok(Arc::new(WritePolicy {
+            filter: derived.filter.clone(),
+            determining: derived.determining.clone(),
+        }))
+    }
+
     fn read(&self, relation: &Relation) -> Result<Arc<TablePolicy>, Refusal> {
         let entity_type = relation.entity_type();
         let key: RuleKey = (
@@ -200,23 +251,8 @@ impl Policies for SessionPolicies<'_> {
         if let Some(hit) = self.enforcer.rules.lock().expect("rules cache").get(&key) {
             return Ok(hit.clone());
         }
-        let covered = self
-            .bundle
-            .schema
-            .entity_types()
-            .any(|t| t.to_string() == entity_type);
-        if !covered {
-            return Err(Refusal::Forbidden(format!(
-                "{} is not covered by the policy set (its schema has no entity type {entity_type})",
-                relation.qualified()
-            )));
-        }
-        let derive_error = |e: policies::DeriveError| {
-            warn!("cannot derive the policy for {entity_type}: {e}");
-            Refusal::Forbidden(format!(
-                "the policy for {entity_type} could not be evaluated"
-            ))
-        };
+        self.covered(relation, &entity_type)?;
+        let derive_error = derive_error(&entity_type);
         let derived = self
             .enforcer
             .filters
@@ -228,7 +264,7 @@ impl Policies for SessionPolicies<'_> {
                 &self.principal.context_key,
                 || self.principal.context(),
             )
-            .map_err(derive_error)?;
+            .map_err(&derive_error)?;
         let columns: Vec<&str> = relation.columns.iter().map(|c| c.name.as_str()).collect();
         let rules = derive_columns(
             self.bundle,

@@ -18,6 +18,42 @@ pub struct Fence {
 }
 
 pub fn build(relation: &Relation, policy: &TablePolicy) -> Result<Fence, Refusal> {
+    let (projection, clear_columns) = projection(relation, policy)?;
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {} OFFSET 0",
+        projection.join(", "),
+        relation.qualified(),
+        render(&policy.filter, relation)?
+    );
+    Ok(Fence { sql, clear_columns })
+}
+
+/// The fence of a write's target: the rows both `policy` (reading) and `write` (the write
+/// action) allow, masked, with the row's address as `portcullis_tableoid`/`portcullis_ctid`
+/// (the write joins back to the table on it).
+pub fn build_for_write(
+    relation: &Relation,
+    policy: &TablePolicy,
+    write: &Filter,
+) -> Result<Fence, Refusal> {
+    let (projection, clear_columns) = projection(relation, policy)?;
+    let filter = Filter::and(vec![policy.filter.clone(), write.clone()]);
+    let sql = format!(
+        "SELECT tableoid AS portcullis_tableoid, ctid AS portcullis_ctid, {} FROM {} WHERE {} OFFSET 0",
+        projection.join(", "),
+        relation.qualified(),
+        render(&filter, relation)?
+    );
+    Ok(Fence { sql, clear_columns })
+}
+
+/// The readable columns of `relation` as select-list items over its columns (unqualified):
+/// visible ones as they are, masked ones as their mask, denied ones left out. Also returns the
+/// columns that pass through unmasked.
+pub fn projection(
+    relation: &Relation,
+    policy: &TablePolicy,
+) -> Result<(Vec<String>, Vec<Column>), Refusal> {
     let mut projection = Vec::new();
     let mut clear_columns = Vec::new();
     for col in &relation.columns {
@@ -45,13 +81,7 @@ pub fn build(relation: &Relation, policy: &TablePolicy) -> Result<Fence, Refusal
             relation.entity_type()
         )));
     }
-    let sql = format!(
-        "SELECT {} FROM {} WHERE {} OFFSET 0",
-        projection.join(", "),
-        relation.qualified(),
-        render(&policy.filter, relation)?
-    );
-    Ok(Fence { sql, clear_columns })
+    Ok((projection, clear_columns))
 }
 
 /// The masked value of `col`, typed as the column.

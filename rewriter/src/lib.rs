@@ -19,10 +19,11 @@ mod protect;
 mod settings;
 mod sql_filter;
 mod statements;
+mod writes;
 
 pub use catalog::{Catalog, Column, RelKind, Relation};
 pub use error::Refusal;
-pub use policy::{Policies, TablePolicy};
+pub use policy::{Policies, TablePolicy, WriteAction, WritePolicy};
 pub use protect::Read;
 
 use sqlparser::ast::Statement;

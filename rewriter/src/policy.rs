@@ -31,8 +31,38 @@ impl TablePolicy {
     }
 }
 
+/// A row-changing action, named as in the Cedar schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WriteAction {
+    Insert,
+    Update,
+    Delete,
+}
+
+impl WriteAction {
+    /// The Cedar action id (`Action::"insert"`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteAction::Insert => "insert",
+            WriteAction::Update => "update",
+            WriteAction::Delete => "delete",
+        }
+    }
+}
+
+/// The rows one write action may touch (UPDATE, DELETE) or produce (INSERT, UPDATE).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WritePolicy {
+    pub filter: Filter,
+    /// The policies that decided it (ids), named in a violation's error.
+    pub determining: Vec<String>,
+}
+
 /// The session's policy, as the rewriter asks for it.
 pub trait Policies {
     /// The rules for reading `relation`, or why it may not be read at all.
     fn read(&self, relation: &Relation) -> Result<Arc<TablePolicy>, Refusal>;
+
+    /// The rows `action` may touch or produce in `relation`.
+    fn write(&self, relation: &Relation, action: WriteAction) -> Result<Arc<WritePolicy>, Refusal>;
 }

@@ -34,9 +34,10 @@ pub struct Read {
     pub policy: Arc<TablePolicy>,
 }
 
-struct FenceInfo {
-    alias: String,
-    clear: Vec<Column>,
+/// A fence in a SELECT's FROM: its alias, and the columns it passes through unmasked.
+pub(crate) struct FenceInfo {
+    pub alias: String,
+    pub clear: Vec<Column>,
 }
 
 struct Protector<'a> {
@@ -429,7 +430,7 @@ const LEAKPROOF_TYPES: &[&str] = &[
 
 /// Copies `WHERE` conjuncts of the form `<unmasked column of a fence> <op> <constant>` into
 /// that fence.
-fn pushdown(select: &mut Select, fences: &[FenceInfo]) {
+pub(crate) fn pushdown(select: &mut Select, fences: &[FenceInfo]) {
     let Some(selection) = &select.selection else {
         return;
     };

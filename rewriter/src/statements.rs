@@ -1,6 +1,7 @@
 //! Which statements an agent may run when policy is enforced, and how each is protected:
 //! queries (also under EXPLAIN and COPY … TO STDOUT) are rewritten, session and transaction
-//! control passes, and everything else is refused — DDL, writes (not yet policy-checked),
+//! control passes, writes are checked against policy (see [`crate::writes`]), and everything
+//! else is refused — DDL, MERGE,
 //! SQL-level PREPARE/EXECUTE and cursors (they would run later, outside the statement that was
 //! checked), LISTEN/NOTIFY, and the rest.
 
@@ -20,7 +21,7 @@ pub(crate) fn rewrite(statement: &mut Statement, ctx: &Context<'_>) -> Result<Ve
             analyze,
             options,
             ..
-        } => match &**inner {
+        } => match &mut **inner {
             // EXPLAIN ANALYZE runs the query and reports how many rows each filter removed:
             // the policy filter's count is the number of rows the agent may not see.
             _ if *analyze
@@ -34,8 +35,12 @@ pub(crate) fn rewrite(statement: &mut Statement, ctx: &Context<'_>) -> Result<Ve
                 ))
             }
             Statement::Query(_) => protect(statement, ctx),
+            // Plain EXPLAIN does not run the write: it shows the plan of the checked write.
+            Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) => {
+                crate::writes::rewrite(inner, ctx)
+            }
             _ => Err(Refusal::Unsupported(
-                "EXPLAIN of anything but a query".into(),
+                "EXPLAIN of anything but a query or a write".into(),
             )),
         },
         Statement::Copy { source, .. } => {
@@ -82,11 +87,11 @@ pub(crate) fn rewrite(statement: &mut Statement, ctx: &Context<'_>) -> Result<Ve
         | Statement::ReleaseSavepoint { .. }
         | Statement::Deallocate { .. }
         | Statement::Discard { .. } => Ok(Vec::new()),
-        Statement::Insert(_)
-        | Statement::Update(_)
-        | Statement::Delete(_)
-        | Statement::Merge(_) => Err(Refusal::Unsupported(
-            "writes (INSERT, UPDATE, DELETE, MERGE) are not yet policy-checked".into(),
+        Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) => {
+            crate::writes::rewrite(statement, ctx)
+        }
+        Statement::Merge(_) => Err(Refusal::Unsupported(
+            "MERGE (write it as INSERT, UPDATE and DELETE statements)".into(),
         )),
         Statement::Prepare { .. } | Statement::Execute { .. } => Err(Refusal::Forbidden(
             "SQL-level PREPARE/EXECUTE (use the protocol's prepared statements)".into(),

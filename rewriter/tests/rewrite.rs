@@ -7,6 +7,7 @@ use std::sync::Arc;
 use policies::{CmpOp, ColumnRule, Filter, Mask, Value};
 use rewriter::{
     rewrite, Catalog, Column, Context, Policies, Protocol, Refusal, RelKind, Relation, TablePolicy,
+    WriteAction, WritePolicy,
 };
 
 fn col(name: &str, ty: &str) -> Column {
@@ -136,6 +137,30 @@ impl Policies for Fixed {
             ))),
         }
     }
+
+    /// customers: insert and update in tenant 1 (policy "tenant-writes"), no delete; orders:
+    /// everything.
+    fn write(&self, relation: &Relation, action: WriteAction) -> Result<Arc<WritePolicy>, Refusal> {
+        let filter = match (relation.name.as_str(), action) {
+            ("customers", WriteAction::Delete) => Filter::False,
+            ("customers", _) => Filter::Compare {
+                attr: "tenant_id".into(),
+                op: CmpOp::Eq,
+                value: Value::Long(1),
+            },
+            ("orders", _) => Filter::True,
+            _ => {
+                return Err(Refusal::Forbidden(format!(
+                    "{} is not covered by policy",
+                    relation.entity_type()
+                )))
+            }
+        };
+        Ok(Arc::new(WritePolicy {
+            filter,
+            determining: vec!["tenant-writes".into()],
+        }))
+    }
 }
 
 fn run(sql: &str) -> Result<String, Refusal> {
@@ -259,15 +284,15 @@ fn functions_outside_the_allow_list_are_refused() {
 }
 
 #[test]
-fn statements_other_than_reads_are_refused() {
+fn statements_other_than_reads_and_checked_writes_are_refused() {
     for (sql, state) in [
         ("create table x (a int)", "42501"),
         ("drop table customers", "42501"),
         ("truncate customers", "42501"),
         ("grant select on customers to public", "42501"),
-        ("insert into customers values (1)", "0A000"),
-        ("update customers set name = 'x'", "0A000"),
-        ("delete from customers", "0A000"),
+        // Writes the policy cannot check or does not permit (the rest: `write_refusals`).
+        ("insert into customers values (1)", "42501"),
+        ("delete from customers", "42501"),
         ("prepare p as select * from customers", "42501"),
         ("listen x", "42501"),
         ("notify x", "42501"),
@@ -334,4 +359,95 @@ fn leakproof_point_lookups_are_copied_into_the_fence() {
         run("select * from customers c join orders o on o.customer_id = c.id where c.id = $1")
             .unwrap();
     assert!(out.contains(r#"AND "id" = $1 OFFSET 0"#), "{out}");
+}
+
+#[test]
+fn writes_touch_only_allowed_rows_and_check_new_ones() {
+    for sql in [
+        "update customers set name = 'x' where id = 1",
+        "delete from orders where id = 1",
+        "insert into customers (id, tenant_id, name) values (1, 1, 'a')",
+        "insert into customers (id, tenant_id, name) select id, tenant_id, name from customers",
+        "update customers c set name = o.id::text from orders o where o.customer_id = c.id returning *",
+        "delete from orders o using customers c where o.customer_id = c.id returning o.id",
+    ] {
+        let out = run(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        println!("{sql}\n  → {out}");
+        // Every read of customers goes through a fence (filtered); writes name the table once.
+        assert!(!out.contains("FROM customers") && !out.contains("USING customers"), "{out}");
+    }
+    let out = run("update customers set name = 'x' where id = 1").unwrap();
+    assert!(out.contains("portcullis-policy-violation"), "{out}");
+    // Readable and updatable rows only; the key comparison is copied into the target's fence
+    // (for its index), the agent's WHERE runs over the fence.
+    assert!(
+        out.contains(r#"FROM "public"."customers" WHERE (("tenant_id" = 1)) AND "id" = 1 OFFSET 0) AS "customers" WHERE (id = 1) OFFSET 0"#),
+        "{out}"
+    );
+}
+
+#[test]
+fn write_refusals() {
+    for (sql, code, text) in [
+        (
+            "delete from customers where id = 1",
+            "42501",
+            "no policy permits delete",
+        ),
+        (
+            "update customers set ssn = 'x'",
+            "42501",
+            "may not read in clear",
+        ),
+        (
+            "insert into customers (id, name) values (1, 'a')",
+            "42501",
+            "leaves to its default",
+        ),
+        (
+            "insert into customers values (1, 1, 'a', default)",
+            "0A000",
+            "DEFAULT",
+        ),
+        (
+            "insert into customers select * from customers",
+            "0A000",
+            "column list",
+        ),
+        (
+            "insert into customers (id, tenant_id) values (1, 1) on conflict do nothing",
+            "0A000",
+            "ON CONFLICT",
+        ),
+        (
+            "update customers set name = 'x' returning ssn",
+            "42501",
+            "RETURNING names column",
+        ),
+        (
+            "merge into customers c using orders o on o.id = c.id when matched then delete",
+            "0A000",
+            "MERGE",
+        ),
+        (
+            "update pg_class set relname = 'x'",
+            "42501",
+            "system catalog",
+        ),
+        ("update unprotected set id = 1", "42501", "not covered"),
+        (
+            "update customers set (name, ssn) = ('a', 'b')",
+            "0A000",
+            "multi-column",
+        ),
+        (
+            "with x as (delete from orders returning *) select * from x",
+            "0A000",
+            "data-modifying",
+        ),
+    ] {
+        let e = run(sql).unwrap_err();
+        assert_eq!(e.sqlstate(), code, "{sql}: {e}");
+        assert!(e.to_string().contains(text), "{sql}: {e}");
+    }
 }
