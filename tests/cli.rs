@@ -26,7 +26,15 @@ fn repo(path: &str) -> String {
 fn help_lists_every_subcommand() {
     let (ok, out, _) = portcullis(&["--help"]);
     assert!(ok);
-    for cmd in ["serve", "demo", "check-config", "hash-secret", "policy"] {
+    for cmd in [
+        "serve",
+        "demo",
+        "check-config",
+        "hash-secret",
+        "policy",
+        "schema",
+        "explain",
+    ] {
         assert!(out.contains(cmd), "{cmd} missing from:\n{out}");
     }
 }

@@ -573,3 +573,68 @@ async fn psql_introspection_works_under_enforcement() {
     );
     assert!(stdout.contains("***"), "{stdout}");
 }
+
+/// `portcullis explain` prints the decision, filters, masks, determining policies and rewritten
+/// SQL for an agent (and for an agent acting for a human), and runs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_shows_the_decision_without_running_it() {
+    let e = start();
+    let explain = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("explain")
+            .arg("--config")
+            .arg(e.env.dir().join("portcullis.toml"))
+            .args(args)
+            .env(
+                "PORTCULLIS_TEST_UPSTREAM_PASSWORD",
+                &e.env.upstream_password,
+            )
+            .output()
+            .expect("run portcullis explain");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = explain(&[
+        "--agent",
+        "support-bot",
+        "select * from customers where id = 3",
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    for expected in [
+        "decision: allowed",
+        "relation public::customers:",
+        r#"rows: ("tenant_id" = 1)"#,
+        "ssn masked:redact",
+        "determining policies: support-reads-own-tenant",
+        r#"FROM "public"."customers" WHERE"#,
+    ] {
+        assert!(out.contains(expected), "{expected:?} missing from:\n{out}");
+    }
+    // Acting for alice: no SSN at all.
+    let (code, out, _) = explain(&[
+        "--agent",
+        "support-bot",
+        "--on-behalf-of",
+        "alice",
+        "select * from customers",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(r#"acting for User::"alice""#) && out.contains("ssn denied"),
+        "{out}"
+    );
+    // A refusal, with its SQLSTATE, and a distinct exit code.
+    let (code, out, _) = explain(&["--agent", "support-bot", "drop table customers"]);
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.contains("decision: refused (42501)"), "{out}");
+    // A write is explained, not run.
+    let direct = e.env.direct().await;
+    let before = one(&direct, "select count(*) from tickets").await;
+    let (code, out, _) = explain(&["--agent", "support-bot", "delete from tickets"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("DELETE FROM \"public\".\"tickets\""), "{out}");
+    assert_eq!(one(&direct, "select count(*) from tickets").await, before);
+}

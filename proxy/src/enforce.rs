@@ -23,29 +23,56 @@ use crate::policy_state::PolicyState;
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub agent: EntityUid,
+    /// The human the agent acts for (`context.on_behalf_of`), if any.
+    pub on_behalf_of: Option<EntityUid>,
     /// Identifies the context exactly (empty: no delegation).
     pub context_key: String,
     /// Agent and context as one cache key, built once per session.
     scope: String,
+    /// The Cedar context of every request, built once.
+    context: Context,
+}
+
+fn entity(kind: &str, id: &str) -> Result<EntityUid, String> {
+    EntityUid::from_str(&format!(
+        "{kind}::{}",
+        serde_json::Value::String(id.to_string())
+    ))
+    .map_err(|e| e.to_string())
 }
 
 impl Principal {
     pub fn agent(id: &str) -> Result<Self, String> {
-        let uid = EntityUid::from_str(&format!(
-            "Agent::{}",
-            serde_json::Value::String(id.to_string())
-        ))
-        .map_err(|e| e.to_string())?;
-        let context_key = String::new();
+        Self::new(id, None)
+    }
+
+    /// `Agent::"id"`, acting for `User::"user"` when given.
+    pub fn new(id: &str, on_behalf_of: Option<&str>) -> Result<Self, String> {
+        let uid = entity("Agent", id)?;
+        let on_behalf_of = on_behalf_of.map(|u| entity("User", u)).transpose()?;
+        let context_key = on_behalf_of
+            .as_ref()
+            .map(|u| u.to_string())
+            .unwrap_or_default();
+        let context = match &on_behalf_of {
+            None => Context::empty(),
+            Some(user) => Context::from_pairs([(
+                "on_behalf_of".to_string(),
+                cedar_policy::RestrictedExpression::new_entity_uid(user.clone()),
+            )])
+            .map_err(|e| e.to_string())?,
+        };
         Ok(Principal {
             scope: format!("{uid}\0{context_key}"),
             agent: uid,
+            on_behalf_of,
             context_key,
+            context,
         })
     }
 
     fn context(&self) -> Context {
-        Context::empty()
+        self.context.clone()
     }
 }
 

@@ -4,6 +4,7 @@
 mod config;
 mod demo;
 mod enforce;
+mod explain;
 mod pg;
 mod policy_state;
 mod server;
@@ -47,6 +48,21 @@ enum Command {
     CheckConfig {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Show what Portcullis would do with a statement for an agent, without running it: the
+    /// decision, the determining policies, the filters and masks, and the rewritten SQL
+    Explain {
+        /// The configuration whose upstream (catalog) and [policies] to use
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The agent id
+        #[arg(long)]
+        agent: String,
+        /// The human the agent acts for (a User id)
+        #[arg(long)]
+        on_behalf_of: Option<String>,
+        /// The SQL, as the agent would send it (simple protocol)
+        sql: String,
     },
     /// Read a secret from standard input and print its SCRAM-SHA-256 verifier for the config
     HashSecret,
@@ -135,6 +151,25 @@ fn run() -> anyhow::Result<()> {
             schemas,
             out,
         }) => runtime()?.block_on(schema_import(&upstream, &schemas, out.as_deref())),
+        Command::Explain {
+            config,
+            agent,
+            on_behalf_of,
+            sql,
+        } => {
+            let resolved = config::Config::load(&config)?.resolve()?;
+            let refused = runtime()?.block_on(explain::run(
+                resolved,
+                &agent,
+                on_behalf_of.as_deref(),
+                &sql,
+            ))?;
+            // A refusal is an answer, but scripts should be able to tell.
+            if refused {
+                std::process::exit(3);
+            }
+            Ok(())
+        }
         Command::HashSecret => {
             let mut secret = String::new();
             std::io::stdin().read_line(&mut secret)?;

@@ -25,6 +25,7 @@ pub use catalog::{Catalog, Column, RelKind, Relation};
 pub use error::Refusal;
 pub use policy::{Policies, TablePolicy, WriteAction, WritePolicy};
 pub use protect::Read;
+pub use sql_filter::render as render_filter;
 
 use sqlparser::ast::Statement;
 
