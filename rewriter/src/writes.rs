@@ -81,7 +81,7 @@ fn target<'c>(name: &ObjectName, ctx: &Context<'c>) -> Result<&'c Relation, Refu
         ))),
         None => Err(Refusal::Forbidden(format!(
             "relation {name} is not known to Portcullis (it may not exist; if it was just \
-             created, the catalog is refreshed on reconnect)"
+             created, Portcullis learns of it when its catalog is refreshed)"
         ))),
     }
 }
@@ -260,21 +260,29 @@ fn returning(
         match expr {
             None => out.push(fence::projection(rel, policy)?.0.join(", ")),
             Some(e) => {
+                // A hidden column by name, or the whole row (`to_json(t)`, `(t.*)`), which
+                // would carry the hidden columns in clear.
+                let whole_row = |n: &str| !hidden.is_empty() && (n == alias || n == rel.name);
                 let named_hidden = sqlparser::ast::visit_expressions(e, |x| {
                     let name = match x {
                         Expr::Identifier(i) => Some(normalize(i)),
                         Expr::CompoundIdentifier(parts) => parts.last().map(normalize),
+                        Expr::Wildcard(_) | Expr::QualifiedWildcard(..) if !hidden.is_empty() => {
+                            Some(alias.to_string())
+                        }
                         _ => None,
                     };
                     match name {
-                        Some(n) if hidden.contains(n.as_str()) => std::ops::ControlFlow::Break(n),
+                        Some(n) if hidden.contains(n.as_str()) || whole_row(&n) => {
+                            std::ops::ControlFlow::Break(n)
+                        }
                         _ => std::ops::ControlFlow::Continue(()),
                     }
                 });
                 if let std::ops::ControlFlow::Break(n) = named_hidden {
                     return Err(Refusal::Forbidden(format!(
-                        "RETURNING names column {n:?}, which this agent may not read in clear \
-                         (RETURNING * returns it as policy shows it)"
+                        "RETURNING names {n:?}, which this agent may not read in clear \
+                         (RETURNING * returns the row as policy shows it)"
                     )));
                 }
                 out.push(item.to_string());

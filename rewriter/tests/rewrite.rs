@@ -90,6 +90,8 @@ fn catalog() -> Catalog {
             "pg_read_file",
             "query_to_xml",
             "now",
+            "row_to_json",
+            "to_jsonb",
         ]
         .map(String::from)
         .to_vec(),
@@ -422,7 +424,23 @@ fn write_refusals() {
         (
             "update customers set name = 'x' returning ssn",
             "42501",
-            "RETURNING names column",
+            "RETURNING names",
+        ),
+        // The whole row would carry ssn in clear.
+        (
+            "update customers set name = 'x' returning row_to_json(customers)",
+            "42501",
+            "RETURNING names",
+        ),
+        (
+            "update customers c set name = 'x' returning to_jsonb(c)",
+            "42501",
+            "RETURNING names",
+        ),
+        (
+            "update customers c set name = 'x' returning (c.*)::text",
+            "42501",
+            "RETURNING names",
         ),
         (
             "merge into customers c using orders o on o.id = c.id when matched then delete",
