@@ -228,3 +228,50 @@ async fn prepared_statements_follow_a_reload() {
         .get(0);
     assert_eq!(n, open);
 }
+
+/// SIGHUP also re-reads the upstream catalog: a column added since start becomes readable
+/// (under the policy), and a prepared statement made before is rewritten against the new
+/// catalog at its next use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_refreshes_the_catalog() {
+    let set = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    copy_finance(set.path());
+    let env = start(set.path(), store.path(), 600_000);
+    let session = env.agent().await;
+    let star = session.prepare("select * from customers").await.unwrap();
+    let direct = env.direct().await;
+    direct
+        .batch_execute("alter table customers add column nickname text; update customers set nickname = 'nick' || id")
+        .await
+        .unwrap();
+    // Not yet known: the fence has no such column.
+    let e = session
+        .simple_query("select nickname from customers")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42703", "{}", message(&e));
+    let status = std::process::Command::new("kill")
+        .arg("-HUP")
+        .arg(env.proxy_pid().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_until("the catalog refresh is logged", || {
+        env.proxy_log().contains("upstream catalog refreshed")
+    });
+    let rows = session
+        .query("select nickname from customers order by id", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 10, "still only tenant 1's rows");
+    assert_eq!(rows[0].get::<_, String>(0), "nick3");
+    // The statement prepared before the change would now return another column: it fails as
+    // PostgreSQL fails a cached plan whose result type changed, and preparing again works.
+    let e = session.query(&star, &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000", "{}", message(&e));
+    assert!(message(&e).contains("cached plan must not change result type"));
+    let star = session.prepare("select * from customers").await.unwrap();
+    assert_eq!(star.columns().len(), 8);
+    assert_eq!(session.query(&star, &[]).await.unwrap().len(), 10);
+}

@@ -1,18 +1,19 @@
-//! Policy enforcement for sessions: the upstream catalog (read at start), the rules per
-//! (policy version, agent, context, relation) derived from Cedar, and rewrites cached per
-//! (policy version, agent, context, protocol, statement text). Each statement uses the policy
-//! version active when it arrives.
+//! Policy enforcement for sessions: the upstream catalog (read at start, refreshed on SIGHUP),
+//! the rules per (policy version, catalog, agent, context, relation) derived from Cedar, and
+//! rewrites cached per (policy and catalog generation, agent, context, protocol, statement
+//! text). Each statement uses the policy version and catalog current when it arrives.
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use cedar_policy::{Context, EntityUid};
 use connectors::postgres::catalog::{RelationInfo, Snapshot};
 use policies::{derive_columns, DerivationCache, PolicyBundle, Version};
 use rewriter::{
-    Catalog, Checked, Column, Policies, Protocol, Refusal, RelKind, Relation, Rewritten,
-    TablePolicy, WriteAction, WritePolicy,
+    Catalog, Checked, Column, Policies, Protocol, Refusal, RelKind, Relation, RewriteCache,
+    Rewritten, TablePolicy, WriteAction, WritePolicy,
 };
 use tracing::warn;
 
@@ -76,87 +77,104 @@ impl Principal {
     }
 }
 
-type RuleKey = (Version, String, String, String);
+type RuleKey = (Version, u64, String, String, String);
 
-/// Rewrites under the active policy version only (sessions never use an older one), by scope
-/// then statement text per protocol: a hit allocates nothing.
-#[derive(Default)]
-struct RewriteCache {
-    version: Option<Version>,
-    scopes: HashMap<String, [HashMap<Box<str>, GateResult>; 2]>,
-    len: usize,
+/// The upstream catalog as last read (at start, then at each refresh).
+pub struct CatalogView {
+    pub catalog: Catalog,
+    pub search_path: Vec<String>,
+    /// Bumped by each refresh.
+    pub generation: u64,
 }
 
-fn slot(protocol: Protocol) -> usize {
-    match protocol {
-        Protocol::Simple => 0,
-        Protocol::Extended => 1,
+impl CatalogView {
+    fn new(snapshot: Snapshot, generation: u64) -> Self {
+        let relations = snapshot.relations.into_iter().map(relation).collect();
+        let system = snapshot.system.into_iter().map(relation).collect();
+        CatalogView {
+            catalog: Catalog::new(relations, system, snapshot.functions),
+            search_path: snapshot.search_path,
+            generation,
+        }
     }
 }
 
 pub struct Enforcer {
-    pub catalog: Catalog,
-    pub search_path: Vec<String>,
+    catalog: RwLock<Arc<CatalogView>>,
+    /// The catalog's generation, readable without the lock (set after each swap).
+    catalog_generation: AtomicU64,
     pub policies: Arc<PolicyState>,
     filters: DerivationCache,
     rules: Mutex<HashMap<RuleKey, Arc<TablePolicy>>>,
-    rewrites: Mutex<RewriteCache>,
+    /// Keyed by (policy generation, catalog generation): what a rewrite depends on.
+    rewrites: Mutex<RewriteCache<(u64, u64), GateResult>>,
     capacity: usize,
 }
 
 impl Enforcer {
     pub fn new(snapshot: Snapshot, policies: Arc<PolicyState>) -> Self {
-        let relations = snapshot.relations.into_iter().map(relation).collect();
-        let system = snapshot.system.into_iter().map(relation).collect();
         Enforcer {
-            catalog: Catalog::new(relations, system, snapshot.functions),
-            search_path: snapshot.search_path,
+            catalog: RwLock::new(Arc::new(CatalogView::new(snapshot, 0))),
+            catalog_generation: AtomicU64::new(0),
             policies,
             filters: DerivationCache::new(10_000),
             rules: Mutex::new(HashMap::new()),
-            rewrites: Mutex::new(RewriteCache::default()),
+            rewrites: Mutex::new(RewriteCache::new(10_000)),
             capacity: 10_000,
         }
     }
 
+    /// The catalog statements are resolved against now.
+    pub fn catalog(&self) -> Arc<CatalogView> {
+        self.catalog.read().expect("catalog lock").clone()
+    }
+
+    /// Replaces the catalog with a fresh snapshot (relations created or altered since become
+    /// known); rules and rewrites made against the old one are not used again.
+    pub fn refresh_catalog(&self, snapshot: Snapshot) {
+        let mut current = self.catalog.write().expect("catalog lock");
+        let view = CatalogView::new(snapshot, current.generation + 1);
+        self.rules.lock().expect("rules cache").clear();
+        self.catalog_generation
+            .store(view.generation, Ordering::Release);
+        *current = Arc::new(view);
+    }
+
+    /// Changes whenever the policy version or the catalog does: a prepared statement rewritten
+    /// under an older generation is rewritten again before its next use.
+    pub fn generation(&self) -> u64 {
+        self.policies.generation() + self.catalog_generation.load(Ordering::Acquire)
+    }
+
     /// The rewrite of `sql` for `principal` under the active policy version.
     pub fn rewrite(&self, principal: &Principal, sql: &str, protocol: Protocol) -> GateResult {
-        let bundle = self.policies.current();
-        {
-            let mut cache = self.rewrites.lock().expect("rewrite cache");
-            if cache.version.as_ref() != Some(&bundle.version) {
-                *cache = RewriteCache {
-                    version: Some(bundle.version.clone()),
-                    ..RewriteCache::default()
-                };
-            }
-            if let Some(hit) = cache
-                .scopes
-                .get(principal.scope.as_str())
-                .and_then(|maps| maps[slot(protocol)].get(sql))
-            {
-                return hit.clone();
-            }
+        // Generation before bundle: the bundle is never older than the key it is cached under.
+        let key = (self.policies.generation(), self.catalog().generation);
+        let hit =
+            self.rewrites
+                .lock()
+                .expect("rewrite cache")
+                .get(&key, &principal.scope, protocol, sql);
+        if let Some(hit) = hit {
+            return hit;
         }
+        let bundle = self.policies.current();
+        let view = self.catalog();
         let result = Arc::new(
-            self.rewrite_uncached(&bundle, principal, sql, protocol)
+            self.rewrite_with(&view, &bundle, principal, sql, protocol)
                 .map(|r| Checked {
+                    shape: shape(&view, &r.reads),
                     sql: r.sql,
                     statements: r.statements,
                 }),
         );
-        let mut cache = self.rewrites.lock().expect("rewrite cache");
-        if cache.version.as_ref() == Some(&bundle.version) {
-            if cache.len >= self.capacity {
-                cache.scopes.clear();
-                cache.len = 0;
-            }
-            let maps = cache.scopes.entry(principal.scope.clone()).or_default();
-            let fresh = maps[slot(protocol)]
-                .insert(Box::from(sql), result.clone())
-                .is_none();
-            cache.len += usize::from(fresh);
-        }
+        self.rewrites.lock().expect("rewrite cache").insert(
+            &key,
+            &principal.scope,
+            protocol,
+            sql,
+            result.clone(),
+        );
         result
     }
 
@@ -168,18 +186,52 @@ impl Enforcer {
         sql: &str,
         protocol: Protocol,
     ) -> Result<Rewritten, Refusal> {
+        self.rewrite_with(&self.catalog(), bundle, principal, sql, protocol)
+    }
+
+    fn rewrite_with(
+        &self,
+        view: &CatalogView,
+        bundle: &PolicyBundle,
+        principal: &Principal,
+        sql: &str,
+        protocol: Protocol,
+    ) -> Result<Rewritten, Refusal> {
         let session = SessionPolicies {
             enforcer: self,
             bundle,
             principal,
+            catalog_generation: view.generation,
         };
         let ctx = rewriter::Context {
-            catalog: &self.catalog,
-            search_path: &self.search_path,
+            catalog: &view.catalog,
+            search_path: &view.search_path,
             policies: &session,
         };
         rewriter::rewrite(sql, protocol, &ctx)
     }
+}
+
+/// What a rewrite exposes of each relation it reads: the columns its fences pass (masked or
+/// not: masks keep the type), with their types. Equal shapes mean equal result columns.
+fn shape(view: &CatalogView, reads: &[rewriter::Read]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for read in reads {
+        read.entity_type.hash(&mut h);
+        let Some((schema, name)) = read.entity_type.split_once("::") else {
+            continue;
+        };
+        if let Some(rel) = view.catalog.get(schema, name) {
+            for col in &rel.columns {
+                if read.policy.column(&col.name) != policies::ColumnRule::Denied {
+                    col.name.hash(&mut h);
+                    col.sql_type.hash(&mut h);
+                }
+            }
+        }
+    }
+    h.finish()
 }
 
 /// The rewriter's view of a catalog relation.
@@ -213,6 +265,8 @@ struct SessionPolicies<'a> {
     enforcer: &'a Enforcer,
     bundle: &'a PolicyBundle,
     principal: &'a Principal,
+    /// Rules depend on the relation's columns as the catalog has them.
+    catalog_generation: u64,
 }
 
 impl SessionPolicies<'_> {
@@ -271,6 +325,7 @@ impl Policies for SessionPolicies<'_> {
         let entity_type = relation.entity_type();
         let key: RuleKey = (
             self.bundle.version.clone(),
+            self.catalog_generation,
             self.principal.agent.to_string(),
             self.principal.context_key.clone(),
             entity_type.clone(),

@@ -78,6 +78,7 @@ fn report(
             .split_once("::")
             .unwrap_or(("", &read.entity_type));
         let filter = enforcer
+            .catalog()
             .catalog
             .get(schema, name)
             .and_then(|rel| rewriter::render_filter(&read.policy.filter, rel).ok())

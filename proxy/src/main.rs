@@ -294,7 +294,15 @@ async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
                 search_path = ?snapshot.search_path,
                 "policy enforcement on"
             );
-            Some(Arc::new(enforce::Enforcer::new(snapshot, state.clone())))
+            let enforcer = Arc::new(enforce::Enforcer::new(snapshot, state.clone()));
+            let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("listening for SIGHUP")?;
+            tokio::spawn(refresh_catalog_on_hup(
+                enforcer.clone(),
+                resolved.upstream.clone(),
+                hup,
+            ));
+            Some(enforcer)
         }
         None => {
             tracing::warn!(
@@ -316,6 +324,25 @@ async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
         _ = shutdown_signal() => {
             tracing::info!("shutting down");
             Ok(())
+        }
+    }
+}
+
+/// SIGHUP re-reads the upstream catalog (as it reloads the policy set): relations created or
+/// altered since start become known. A failed read keeps the previous catalog.
+async fn refresh_catalog_on_hup(
+    enforcer: Arc<enforce::Enforcer>,
+    upstream: connectors::postgres::UpstreamConfig,
+    mut hup: tokio::signal::unix::Signal,
+) {
+    while hup.recv().await.is_some() {
+        match connectors::postgres::catalog::snapshot(&upstream.tokio_config()).await {
+            Ok(snapshot) => {
+                let relations = snapshot.relations.len();
+                enforcer.refresh_catalog(snapshot);
+                tracing::info!(relations, "upstream catalog refreshed");
+            }
+            Err(e) => tracing::error!("catalog refresh failed, the previous catalog stays: {e}"),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! [`check`] (gate only, when no policy set is configured) for every simple-protocol Query and
 //! every extended-protocol Parse.
 
+mod cache;
 mod catalog;
 mod catalogs;
 mod copy;
@@ -21,6 +22,7 @@ mod sql_filter;
 mod statements;
 mod writes;
 
+pub use cache::RewriteCache;
 pub use catalog::{Catalog, Column, RelKind, Relation};
 pub use error::Refusal;
 pub use policy::{Policies, TablePolicy, WriteAction, WritePolicy};
@@ -50,6 +52,9 @@ pub struct Checked {
     pub sql: String,
     /// How many statements `sql` holds (0 for an empty query).
     pub statements: usize,
+    /// A fingerprint of what the rewrite exposes of each relation (its fenced columns): when
+    /// it changes, a prepared statement's result columns may have changed. 0 without policy.
+    pub shape: u64,
 }
 
 /// Parses, checks and re-serializes `sql`.
@@ -69,6 +74,7 @@ pub fn check(sql: &str, protocol: Protocol) -> Result<Checked, Refusal> {
     Ok(Checked {
         sql: serialize(&statements),
         statements: statements.len(),
+        shape: 0,
     })
 }
 

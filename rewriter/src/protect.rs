@@ -171,7 +171,7 @@ impl Protector<'_> {
         match resolved {
             None => forbidden(format!(
                 "relation {target} is not known to Portcullis (it may not exist; if it was just \
-                 created, the catalog is refreshed on reconnect)"
+                 created, Portcullis learns of it when its catalog is refreshed)"
             )),
             Some(Resolved::System(rel)) => {
                 if !catalogs::readable(&rel.schema, &rel.name) {

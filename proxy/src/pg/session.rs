@@ -45,6 +45,8 @@ struct Prepared {
     param_types: Box<[u8]>,
     /// The policy generation its upstream rewrite was made under.
     generation: u64,
+    /// The rewrite's shape (see `Checked::shape`): the result columns the client was told of.
+    shape: u64,
     /// Set when the current version refuses it: each use fails with this until re-prepared.
     refused: Option<Rejection>,
 }
@@ -304,7 +306,7 @@ impl<'a> Session<'a> {
         let Some(prepared) = self.prepared.get_mut(name) else {
             return true;
         };
-        let generation = enforcer.policies.generation();
+        let generation = enforcer.generation();
         if prepared.generation != generation {
             prepared.generation = generation;
             extended::encode_close_statement(&mut self.to_upstream, name);
@@ -313,6 +315,18 @@ impl<'a> Session<'a> {
                 .rewrite(principal, &prepared.sql, Protocol::Extended)
                 .as_ref()
             {
+                // The client decodes rows by the columns it was told of at Parse: a rewrite that
+                // exposes other columns fails as PostgreSQL fails a cached plan whose result
+                // type changed (drivers prepare again), rather than return rows it misreads.
+                Ok(c) if c.shape != prepared.shape => {
+                    prepared.refused = Some(Rejection {
+                        code: "0A000",
+                        message: "cached plan must not change result type: a policy or catalog \
+                                  change altered the columns this prepared statement returns; \
+                                  prepare it again"
+                            .into(),
+                    });
+                }
                 Ok(c) => {
                     query::encode_parse(&mut self.to_upstream, name, &c.sql, &prepared.param_types);
                     self.pipeline.push(Expect::Parse, Reply::Hide);
@@ -373,13 +387,13 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         // Read before rewriting: the rewrite is never older than the generation recorded.
-        let generation = self.shared.policies.as_ref().map(|p| p.generation());
+        let generation = self.shared.enforcer.as_ref().map(|e| e.generation());
         let checked = self.gate(parse.sql, Protocol::Extended);
         match checked.as_ref() {
             Ok(c) => {
                 query::encode_parse(&mut self.to_upstream, parse.name, &c.sql, parse.param_types);
                 self.pipeline.push(Expect::Parse, Reply::Forward);
-                if let (Some(generation), Some(_)) = (generation, &self.shared.enforcer) {
+                if let Some(generation) = generation {
                     // A second Parse of an existing name fails upstream; the first one stays.
                     let replaces = parse.name.is_empty()
                         || self
@@ -393,6 +407,7 @@ impl<'a> Session<'a> {
                                 sql: parse.sql.into(),
                                 param_types: parse.param_types.into(),
                                 generation,
+                                shape: c.shape,
                                 refused: None,
                             },
                         );
