@@ -1,0 +1,205 @@
+//! Rewriting cost: parse + protect + serialize of an agent's statement (cold: what a rewrite-
+//! cache miss pays once the rules are derived), and a hit in the rewrite cache the proxy keeps
+//! per (policy version, agent/context, protocol, text). Two statements: a one-table key lookup,
+//! and a five-table join. Results: BENCHMARKS.md.
+//!
+//!     cargo bench -p rewriter --bench rewrite
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use policies::{CmpOp, ColumnRule, Filter, Mask, Value};
+use rewriter::{
+    rewrite, Catalog, Column, Context, Policies, Protocol, Refusal, RelKind, Relation,
+    RewriteCache, TablePolicy, WriteAction, WritePolicy,
+};
+
+fn col(name: &str, ty: &str) -> Column {
+    let (sql_type, category) = match ty {
+        "int4" => ("integer", 'N'),
+        "text" => ("text", 'S'),
+        _ => ("numeric(12,2)", 'N'),
+    };
+    Column {
+        name: name.into(),
+        sql_type: sql_type.into(),
+        type_name: ty.into(),
+        category,
+    }
+}
+
+fn table(name: &str, columns: &[(&str, &str)]) -> Relation {
+    Relation {
+        schema: "public".into(),
+        name: name.into(),
+        kind: RelKind::Table,
+        columns: columns.iter().map(|(n, t)| col(n, t)).collect(),
+        has_children: false,
+    }
+}
+
+fn catalog() -> Catalog {
+    Catalog::new(
+        vec![
+            table(
+                "customers",
+                &[
+                    ("id", "int4"),
+                    ("tenant_id", "int4"),
+                    ("name", "text"),
+                    ("email", "text"),
+                    ("ssn", "text"),
+                ],
+            ),
+            table(
+                "orders",
+                &[
+                    ("id", "int4"),
+                    ("tenant_id", "int4"),
+                    ("customer_id", "int4"),
+                    ("status", "text"),
+                ],
+            ),
+            table(
+                "items",
+                &[
+                    ("id", "int4"),
+                    ("tenant_id", "int4"),
+                    ("order_id", "int4"),
+                    ("product_id", "int4"),
+                    ("qty", "int4"),
+                ],
+            ),
+            table(
+                "products",
+                &[
+                    ("id", "int4"),
+                    ("supplier_id", "int4"),
+                    ("title", "text"),
+                    ("price", "numeric"),
+                ],
+            ),
+            table("suppliers", &[("id", "int4"), ("name", "text")]),
+        ],
+        vec![],
+        ["count", "lower"].map(String::from).to_vec(),
+    )
+}
+
+/// Rules as the proxy's rule cache hands them out once derived: a tenant filter on the tenant
+/// tables, a redacted column on customers.
+struct Derived(BTreeMap<String, Arc<TablePolicy>>);
+
+impl Derived {
+    fn new(catalog: &Catalog) -> Self {
+        let mut rules = BTreeMap::new();
+        for rel in catalog.relations() {
+            let tenant = rel.columns.iter().any(|c| c.name == "tenant_id");
+            let filter = if tenant {
+                Filter::Compare {
+                    attr: "tenant_id".into(),
+                    op: CmpOp::Eq,
+                    value: Value::Long(1),
+                }
+            } else {
+                Filter::True
+            };
+            let columns = rel
+                .columns
+                .iter()
+                .map(|c| {
+                    let rule = if c.name == "ssn" {
+                        ColumnRule::Masked {
+                            mask: Mask::Redact,
+                            unless: Filter::False,
+                        }
+                    } else {
+                        ColumnRule::Visible
+                    };
+                    (c.name.clone(), rule)
+                })
+                .collect();
+            rules.insert(
+                rel.name.clone(),
+                Arc::new(TablePolicy {
+                    filter,
+                    columns: Some(columns),
+                    determining: vec!["tenant".into()],
+                }),
+            );
+        }
+        Derived(rules)
+    }
+}
+
+impl Policies for Derived {
+    fn read(&self, relation: &Relation) -> Result<Arc<TablePolicy>, Refusal> {
+        Ok(self.0[&relation.name].clone())
+    }
+
+    fn write(&self, _: &Relation, _: WriteAction) -> Result<Arc<WritePolicy>, Refusal> {
+        Err(Refusal::Forbidden("read-only benchmark".into()))
+    }
+}
+
+const LOOKUP: &str = "SELECT id, name, email, ssn FROM customers WHERE id = $1";
+const JOIN5: &str = "SELECT c.name, o.id, i.qty, p.title, s.name \
+    FROM customers c \
+    JOIN orders o ON o.customer_id = c.id \
+    JOIN items i ON i.order_id = o.id \
+    JOIN products p ON p.id = i.product_id \
+    JOIN suppliers s ON s.id = p.supplier_id \
+    WHERE c.id = $1 AND o.status = 'open' \
+    ORDER BY o.id LIMIT 50";
+
+fn bench(c: &mut Criterion) {
+    let catalog = catalog();
+    let policies = Derived::new(&catalog);
+    let path = vec!["public".to_string()];
+    let ctx = Context {
+        catalog: &catalog,
+        search_path: &path,
+        policies: &policies,
+    };
+    let mut group = c.benchmark_group("rewrite");
+    for (name, sql) in [("lookup", LOOKUP), ("join5", JOIN5)] {
+        assert!(rewrite(sql, Protocol::Extended, &ctx).is_ok());
+        group.bench_function(format!("{name}/cold"), |b| {
+            b.iter(|| rewrite(black_box(sql), Protocol::Extended, &ctx).unwrap())
+        });
+        // The proxy's cache, behind its mutex, holding a few thousand other statements.
+        let cache = std::sync::Mutex::new(RewriteCache::new(10_000));
+        let version = 7u64;
+        let scope = "Agent::\"support-bot\"\0";
+        {
+            let mut c = cache.lock().unwrap();
+            let _ = c.get(&version, scope, Protocol::Extended, sql);
+            for i in 0..5_000 {
+                c.insert(
+                    &version,
+                    scope,
+                    Protocol::Extended,
+                    &format!("{sql} -- {i}"),
+                    Arc::new(String::new()),
+                );
+            }
+            let result = Arc::new(rewrite(sql, Protocol::Extended, &ctx).unwrap().sql);
+            c.insert(&version, scope, Protocol::Extended, sql, result);
+        }
+        group.bench_function(format!("{name}/cache_hit"), |b| {
+            b.iter(|| {
+                cache
+                    .lock()
+                    .unwrap()
+                    .get(&version, scope, Protocol::Extended, black_box(sql))
+                    .unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
