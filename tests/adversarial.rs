@@ -1,0 +1,376 @@
+//! The adversarial suite, one test per attack family, through the real binary enforcing the
+//! finance policy set in front of a real PostgreSQL. The agent is support-bot (tenant 1, SSNs
+//! redacted, IBANs last four, transfers over 10,000 hidden). Each attack states its specific
+//! safe outcome: refused with a given SQLSTATE, or answered with exactly the allowed rows.
+//!
+//! Families: lexing and comments; multi-statement; name resolution and search_path; CTE,
+//! subquery and set-operation shapes; functions and code execution; leaky predicates and error
+//! oracles; catalogs and statistics; write paths; COPY; cursors and prepared statements across
+//! SQL and protocol; session and transaction state; protocol-level tricks.
+
+mod common;
+
+use common::*;
+use tokio_postgres::SimpleQueryMessage;
+
+/// What must happen to an attack.
+enum Safe {
+    /// Refused with this SQLSTATE.
+    Refused(&'static str),
+    /// Answered with exactly this first column, row by row (NULL as "NULL").
+    Rows(&'static [&'static str]),
+}
+use Safe::*;
+
+struct Suite {
+    env: Env,
+    _set: tempfile::TempDir,
+}
+
+fn start() -> Suite {
+    let set = tempfile::tempdir().unwrap();
+    copy_files("policies/examples/finance", set.path());
+    let env = Env::start_with(Options {
+        postgres_extra: format!("[policies]\ndir = {:?}\n", set.path().display().to_string()),
+    });
+    Suite { env, _set: set }
+}
+
+async fn first_column(
+    client: &tokio_postgres::Client,
+    sql: &str,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    Ok(client
+        .simple_query(sql)
+        .await?
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_string()),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Runs every attack and checks its outcome; then checks the session still works.
+async fn attack(client: &tokio_postgres::Client, family: &str, cases: &[(&str, Safe)]) {
+    for (sql, safe) in cases {
+        let got = first_column(client, sql).await;
+        match (safe, got) {
+            (Refused(code), Err(e)) => {
+                assert_eq!(sqlstate(&e), *code, "[{family}] {sql}: {}", message(&e))
+            }
+            (Refused(code), Ok(rows)) => {
+                panic!("[{family}] {sql}: expected refusal {code}, got rows {rows:?}")
+            }
+            (Rows(want), Ok(rows)) => assert_eq!(rows, *want, "[{family}] {sql}"),
+            (Rows(want), Err(e)) => {
+                panic!("[{family}] {sql}: expected {want:?}, got {}", message(&e))
+            }
+        }
+    }
+    assert_eq!(
+        first_column(client, "select 'still here'").await.unwrap(),
+        ["still here"],
+        "[{family}] the session survives"
+    );
+}
+
+/// Tenant 1's customers: 10 of 30.
+const TEN: &[&str] = &["10"];
+const ZERO: &[&str] = &["0"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_attack_family_gets_its_safe_outcome() {
+    let s = start();
+    let bot = s.env.agent().await;
+
+    attack(
+        &bot,
+        "lexing and comments",
+        &[
+            (
+                "select count(*) from customers -- where tenant_id = 2",
+                Rows(TEN),
+            ),
+            (
+                "select count(*) from customers /* ; select * from pg_authid */",
+                Rows(TEN),
+            ),
+            (
+                "select count(*) from customers /* nested /* ; drop table customers */ */",
+                Rows(TEN),
+            ),
+            (
+                "select $$; select ssn from public.customers; $$ is not null",
+                Rows(&["t"]),
+            ),
+            ("select count(*) from \"customers\"", Rows(TEN)),
+            ("select count(*) from \"public\".\"customers\"", Rows(TEN)),
+            ("select count(*) from PUBLIC.CUSTOMERS", Rows(TEN)),
+            // A differently-cased quoted name is another relation: unknown, refused.
+            ("select count(*) from \"Customers\"", Refused("42501")),
+            ("select count(*) from U&\"customers\"", Refused("42601")),
+            ("select e'\\x27; select 1' ", Rows(&["'; select 1"])),
+            ("select ssn from customers where id = 3", Rows(&["***"])),
+        ],
+    )
+    .await;
+
+    attack(
+        &bot,
+        "multi-statement",
+        &[
+            ("select 1; drop table customers", Refused("42501")),
+            ("select 1; select * from pg_stats", Refused("42501")),
+            (
+                "select count(*) from customers; select count(*) from tickets where tenant_id = 2",
+                Rows(&["10", "0"]),
+            ),
+        ],
+    )
+    .await;
+    // The extended protocol takes one statement.
+    let e = bot.prepare("select 1; select 2").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42601");
+
+    attack(
+        &bot,
+        "name resolution and search_path",
+        &[
+            ("set search_path = pg_temp, public", Refused("42501")),
+            ("set local search_path to evil", Refused("42501")),
+            (
+                "select set_config('search_path', 'evil', false)",
+                Refused("42501"),
+            ),
+            ("create temp table customers (id int)", Refused("42501")),
+            ("select count(*) from pg_temp.customers", Refused("42501")),
+            (
+                "select count(*) from pg_catalog.customers",
+                Refused("42501"),
+            ),
+            (
+                "select count(*) from oracle_schema.customers",
+                Refused("42501"),
+            ),
+            ("select count(*) from only customers", Rows(TEN)),
+            ("show search_path", Rows(&["\"$user\", public"])),
+        ],
+    )
+    .await;
+
+    attack(
+        &bot,
+        "CTE, subquery and set-operation shapes",
+        &[
+            ("with c as (select * from customers) select count(*) from c", Rows(TEN)),
+            ("with customers as (select * from public.customers) select count(*) from customers", Rows(TEN)),
+            ("with customers as (select * from customers) select count(*) from customers", Refused("42501")),
+            ("select count(*) from (select * from customers union all select * from customers) x", Rows(&["20"])),
+            ("select count(*) from customers where id in (select customer_id from tickets)", Rows(&["10"])),
+            ("select (select count(*) from customers c2 where c2.tenant_id <> c.tenant_id) from customers c limit 1", Rows(ZERO)),
+            ("select count(*) from customers c, lateral (select * from transfers t where t.customer_id = c.id) l where l.tenant_id <> 1", Rows(ZERO)),
+            ("with recursive r(n) as (select min(id) from customers union all select n + 1 from r where n < 40) select count(*) from r join customers c on c.id = r.n", Rows(TEN)),
+            ("select count(*) from customers c full join tickets t on t.customer_id = c.id", Rows(&["40"])),
+            ("select count(*) from (values (1)) v(x) left join customers on tenant_id = 2", Rows(&["1"])),
+            ("table customers", Refused("42601")),
+            ("select count(*) from customers tablesample system (100)", Refused("0A000")),
+        ],
+    )
+    .await;
+
+    attack(
+        &bot,
+        "functions and code execution",
+        &[
+            (
+                "select query_to_xml('select * from public.customers', true, true, '')",
+                Refused("42501"),
+            ),
+            (
+                "select * from table_to_xml('public.customers'::regclass, true, true, '')",
+                Refused("42501"),
+            ),
+            ("select pg_read_file('/etc/passwd')", Refused("42501")),
+            ("select lo_import('/etc/passwd')", Refused("42501")),
+            (
+                "select dblink('dbname=portcullis_demo', 'select ssn from customers')",
+                Refused("42501"),
+            ),
+            ("select pg_catalog.pg_ls_dir('.')", Refused("42501")),
+            ("select public.anything()", Refused("42501")),
+            ("select 1 operator(public.=) 1", Refused("42501")),
+            ("do $$ begin perform 1; end $$", Refused("42601")),
+            ("select pg_relation_size('customers')", Refused("42501")),
+            ("select nextval('tickets_id_seq')", Refused("42501")),
+            (
+                "select lower(name) from customers where id = 3",
+                Rows(&["customer 3"]),
+            ),
+        ],
+    )
+    .await;
+
+    attack(
+        &bot,
+        "leaky predicates and error oracles",
+        &[
+            // Each would divide by zero on a hidden row (tenant 2) if it ever saw one.
+            ("select count(*) from customers where 1 / (tenant_id - 2) = -1", Rows(TEN)),
+            ("select count(*) from customers where case when tenant_id = 2 then 1 / (tenant_id - 2) else 0 end = 0", Rows(TEN)),
+            ("select count(*) from customers c join tickets t on 1 / (t.tenant_id - 2) = -1 and t.customer_id = c.id", Rows(&["40"])),
+            ("select count(*) from transfers where 1 / (case when amount > 10000 then 0 else 1 end) = 1", Rows(&["42"])),
+            // A masked value in an error or a sort reveals only the mask.
+            ("select count(*) from customers where ssn::int > 0", Refused("22P02")),
+            ("select count(distinct ssn) from customers", Rows(&["1"])),
+            ("select min(ssn) from customers", Rows(&["***"])),
+            ("select count(*) from customers where ssn like '1%'", Rows(ZERO)),
+            ("select count(*) from transfers where iban like 'DE%'", Rows(ZERO)),
+        ],
+    )
+    .await;
+
+    // (42: tenant 1's transfers of at most 10,000, as PostgreSQL counts them directly.)
+    let direct = s.env.direct().await;
+    assert_eq!(
+        first_column(
+            &direct,
+            "select count(*) from transfers where tenant_id = 1 and amount <= 10000"
+        )
+        .await
+        .unwrap(),
+        ["42"]
+    );
+
+    attack(
+        &bot,
+        "catalogs and statistics",
+        &[
+            ("select * from pg_stats", Refused("42501")),
+            ("select * from pg_statistic", Refused("42501")),
+            ("select * from pg_stat_user_tables", Refused("42501")),
+            ("select * from pg_stat_activity", Refused("42501")),
+            ("select * from pg_authid", Refused("42501")),
+            ("select prosrc from pg_proc", Refused("42501")),
+            ("select definition from pg_views", Refused("42501")),
+            (
+                "select reltuples from pg_class where relname = 'customers'",
+                Rows(&["NULL"]),
+            ),
+            (
+                "select count(*) from pg_class where relname = 'customers'",
+                Rows(&["1"]),
+            ),
+        ],
+    )
+    .await;
+
+    attack(
+        &bot,
+        "write paths",
+        &[
+            ("update tickets set subject = 'x' where tenant_id = 2 returning id", Rows(&[])),
+            ("delete from tickets where tenant_id = 2 returning id", Rows(&[])),
+            ("insert into tickets (tenant_id, customer_id, subject, body, status, priority) values (2, 4, 's', 'b', 'open', 2)", Refused("42501")),
+            ("update tickets set tenant_id = 2 where id = (select min(id) from tickets)", Refused("42501")),
+            ("update customers set ssn = 'x'", Refused("42501")),
+            ("update customers set tier = tier where id = 3 returning ssn", Refused("42501")),
+            ("update customers set tier = tier where id = 3 returning ssn", Refused("42501")),
+            ("with d as (delete from tickets returning *) select count(*) from d", Refused("0A000")),
+            ("insert into tickets (tenant_id, customer_id, subject, body, status, priority) select tenant_id, id, ssn, ssn, 'open', 2 from customers where tenant_id = 2", Rows(&[])),
+            ("merge into tickets t using customers c on c.id = t.customer_id when matched then delete", Refused("0A000")),
+            ("insert into tickets (tenant_id, customer_id, subject, body, status, priority) values (1, 3, 'x', 'y', 'open', 2) on conflict do nothing", Refused("0A000")),
+            ("update pg_catalog.pg_class set relname = 'x'", Refused("42501")),
+            ("truncate tickets", Refused("42501")),
+            ("select count(*) from tickets where tenant_id <> 1", Rows(ZERO)),
+        ],
+    )
+    .await;
+
+    attack(
+        &bot,
+        "COPY",
+        &[
+            ("copy customers from stdin", Refused("0A000")),
+            ("copy customers to '/tmp/portcullis-leak'", Refused("42501")),
+            ("copy customers to program 'cat'", Refused("42501")),
+            (
+                "copy (select * from customers) to '/tmp/portcullis-leak'",
+                Refused("42501"),
+            ),
+        ],
+    )
+    .await;
+    // COPY … TO STDOUT is rewritten to the filtered, masked rows.
+    let copied = {
+        use futures_util::StreamExt;
+        let stream = bot
+            .copy_out("copy customers (id, tenant_id, ssn) to stdout")
+            .await
+            .unwrap();
+        let chunks: Vec<_> = stream.collect().await;
+        let text: String = chunks
+            .into_iter()
+            .map(|c| String::from_utf8(c.unwrap().to_vec()).unwrap())
+            .collect();
+        text
+    };
+    let lines: Vec<&str> = copied.lines().collect();
+    assert_eq!(lines.len(), 10, "{copied}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.split('\t').nth(1) == Some("1") && l.ends_with("\t***")),
+        "{copied}"
+    );
+
+    attack(
+        &bot,
+        "cursors and prepared statements across SQL and protocol",
+        &[
+            (
+                "declare c cursor for select * from customers",
+                Refused("0A000"),
+            ),
+            ("fetch all from c", Refused("0A000")),
+            (
+                "prepare p as select ssn from public.customers",
+                Refused("42501"),
+            ),
+            ("execute p", Refused("42501")),
+            ("deallocate all", Rows(&[])),
+        ],
+    )
+    .await;
+    // A protocol-level statement is rewritten at Parse: its Describe already shows the
+    // filtered view's columns, and it runs filtered, whatever its name.
+    let stmt = bot
+        .prepare("select count(*), max(tenant_id) from customers")
+        .await
+        .unwrap();
+    let row = bot.query_one(&stmt, &[]).await.unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i32>(1)), (10, 1));
+
+    attack(
+        &bot,
+        "session and transaction state",
+        &[
+            ("set role postgres", Refused("42501")),
+            ("set session authorization postgres", Refused("42501")),
+            ("reset session authorization", Refused("42501")),
+            ("set standard_conforming_strings = off", Refused("42501")),
+            ("set client_encoding = 'SQL_ASCII'", Refused("42501")),
+            ("set portcullis.agent = 'auditor'", Refused("42501")),
+            ("begin", Rows(&[])),
+            ("savepoint s", Rows(&[])),
+            ("select count(*) from customers", Rows(TEN)),
+            ("rollback to savepoint s", Rows(&[])),
+            ("set local enable_seqscan = off", Rows(&[])),
+            ("select count(*) from customers where id = 4", Rows(ZERO)),
+            ("commit", Rows(&[])),
+            ("discard all", Rows(&[])),
+            ("select count(*) from customers", Rows(TEN)),
+        ],
+    )
+    .await;
+}
