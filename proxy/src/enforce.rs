@@ -148,8 +148,12 @@ impl Enforcer {
 
     /// The rewrite of `sql` for `principal` under the active policy version.
     pub fn rewrite(&self, principal: &Principal, sql: &str, protocol: Protocol) -> GateResult {
-        // Generation before bundle: the bundle is never older than the key it is cached under.
-        let key = (self.policies.generation(), self.catalog().generation);
+        // Generations before bundle and catalog: what a result is computed from is never older
+        // than the key it is cached under.
+        let key = (
+            self.policies.generation(),
+            self.catalog_generation.load(Ordering::Acquire),
+        );
         let hit =
             self.rewrites
                 .lock()
@@ -270,6 +274,30 @@ struct SessionPolicies<'a> {
 }
 
 impl SessionPolicies<'_> {
+    /// The row filter for `action` on `entity_type` (cached per version, agent and context).
+    fn row_filter(
+        &self,
+        action: &str,
+        entity_type: &str,
+    ) -> Result<Arc<policies::Derived>, Refusal> {
+        let derived = self
+            .enforcer
+            .filters
+            .get_or_derive(
+                self.bundle,
+                &self.principal.agent,
+                action,
+                entity_type,
+                &self.principal.context_key,
+                || self.principal.context(),
+            )
+            .map_err(derive_error(entity_type))?;
+        for (id, why) in &derived.untranslated {
+            warn!(policy = %id, "policy for {entity_type} not translated: {why}");
+        }
+        Ok(derived)
+    }
+
     /// Refuses relations the policy set's schema does not declare.
     fn covered(&self, relation: &Relation, entity_type: &str) -> Result<(), Refusal> {
         if self
@@ -300,21 +328,7 @@ impl Policies for SessionPolicies<'_> {
     fn write(&self, relation: &Relation, action: WriteAction) -> Result<Arc<WritePolicy>, Refusal> {
         let entity_type = relation.entity_type();
         self.covered(relation, &entity_type)?;
-        let derived = self
-            .enforcer
-            .filters
-            .get_or_derive(
-                self.bundle,
-                &self.principal.agent,
-                action.as_str(),
-                &entity_type,
-                &self.principal.context_key,
-                || self.principal.context(),
-            )
-            .map_err(derive_error(&entity_type))?;
-        for (id, why) in &derived.untranslated {
-            warn!(policy = %id, "policy for {entity_type} not translated: {why}");
-        }
+        let derived = self.row_filter(action.as_str(), &entity_type)?;
         Ok(Arc::new(WritePolicy {
             filter: derived.filter.clone(),
             determining: derived.determining.clone(),
@@ -334,19 +348,7 @@ impl Policies for SessionPolicies<'_> {
             return Ok(hit.clone());
         }
         self.covered(relation, &entity_type)?;
-        let derive_error = derive_error(&entity_type);
-        let derived = self
-            .enforcer
-            .filters
-            .get_or_derive(
-                self.bundle,
-                &self.principal.agent,
-                "select",
-                &entity_type,
-                &self.principal.context_key,
-                || self.principal.context(),
-            )
-            .map_err(&derive_error)?;
+        let derived = self.row_filter("select", &entity_type)?;
         let columns: Vec<&str> = relation.columns.iter().map(|c| c.name.as_str()).collect();
         let rules = derive_columns(
             self.bundle,
@@ -355,12 +357,8 @@ impl Policies for SessionPolicies<'_> {
             &columns,
             &self.principal.context(),
         )
-        .map_err(derive_error)?;
-        for (id, why) in derived
-            .untranslated
-            .iter()
-            .chain(rules.iter().flat_map(|r| r.untranslated.iter()))
-        {
+        .map_err(derive_error(&entity_type))?;
+        for (id, why) in rules.iter().flat_map(|r| r.untranslated.iter()) {
             warn!(policy = %id, "policy for {entity_type} not translated: {why}");
         }
         let mut determining = derived.determining.clone();
