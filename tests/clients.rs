@@ -50,6 +50,21 @@ fn psycopg2() {
     run_python("psycopg2_client.py", "OK psycopg2");
 }
 
+/// psycopg2 against the enforced finance policy: named (server-side) cursors, parameterized
+/// reads and writes, a policy violation as InsufficientPrivilege.
+#[test]
+fn psycopg2_under_enforcement() {
+    let set = tempfile::tempdir().unwrap();
+    copy_files("policies/examples/finance", set.path());
+    let env = Env::start_with(Options {
+        postgres_extra: format!("[policies]\ndir = {:?}\n", set.path().display().to_string()),
+    });
+    let out = run(Command::new(python())
+        .arg(repo_root().join("tests/clients/python/psycopg2_enforced.py"))
+        .env("PORTCULLIS_URL", env.agent_url()));
+    assert_ok(&out, "OK psycopg2 enforced");
+}
+
 #[test]
 fn psycopg3() {
     run_python("psycopg3_client.py", "OK psycopg3");

@@ -1,9 +1,9 @@
 //! Which statements an agent may run when policy is enforced, and how each is protected:
 //! queries (also under EXPLAIN and COPY … TO STDOUT) are rewritten, session and transaction
-//! control passes, writes are checked against policy (see [`crate::writes`]), and everything
-//! else is refused — DDL, MERGE,
-//! SQL-level PREPARE/EXECUTE and cursors (they would run later, outside the statement that was
-//! checked), LISTEN/NOTIFY, and the rest.
+//! control passes, cursors' queries are rewritten at DECLARE, writes are checked against policy
+//! (see [`crate::writes`]), and everything else is refused — DDL, MERGE,
+//! SQL-level PREPARE/EXECUTE (the statement would outlive a policy reload unseen: protocol-level
+//! prepared statements, which the proxy re-prepares, serve instead), LISTEN/NOTIFY, and the rest.
 
 use sqlparser::ast::{CopySource, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
@@ -96,9 +96,21 @@ pub(crate) fn rewrite(statement: &mut Statement, ctx: &Context<'_>) -> Result<Ve
         Statement::Prepare { .. } | Statement::Execute { .. } => Err(Refusal::Forbidden(
             "SQL-level PREPARE/EXECUTE (use the protocol's prepared statements)".into(),
         )),
-        Statement::Declare { .. } | Statement::Fetch { .. } | Statement::Close { .. } => {
-            Err(Refusal::Unsupported("cursors (DECLARE/FETCH/CLOSE)".into()))
+        // A cursor's query is rewritten at DECLARE, like any query; FETCH and CLOSE only read
+        // what it yields. (It runs under the policy current at DECLARE, as a portal does.)
+        Statement::Declare { stmts }
+            if stmts.iter().all(|d| {
+                matches!(d.declare_type, Some(sqlparser::ast::DeclareType::Cursor))
+                    && d.for_query.is_some()
+                    && d.data_type.is_none()
+                    && d.assignment.is_none()
+            }) =>
+        {
+            protect(statement, ctx)
         }
+        Statement::Declare { .. } => Err(Refusal::Unsupported("this DECLARE form".into())),
+        Statement::Fetch { into: None, .. } | Statement::Close { .. } => Ok(Vec::new()),
+        Statement::Fetch { .. } => Err(Refusal::Unsupported("FETCH … INTO".into())),
         Statement::LISTEN { .. } | Statement::NOTIFY { .. } | Statement::UNLISTEN { .. } => {
             Err(Refusal::Forbidden("LISTEN/NOTIFY".into()))
         }

@@ -1,0 +1,47 @@
+"""psycopg2 through Portcullis enforcing the finance example as support-bot: a server-side
+(named) cursor streams only the tenant's rows with SSNs redacted, parameters work in reads and
+policy-checked writes, and a write the policy forbids raises InsufficientPrivilege atomically."""
+import os
+
+import psycopg2
+import psycopg2.errors
+
+URL = os.environ["PORTCULLIS_URL"]
+conn = psycopg2.connect(URL)
+
+# A named cursor is DECLARE … CURSOR + FETCH FORWARD n: rewritten at DECLARE.
+with conn.cursor(name="agent_scan") as cur:
+    cur.itersize = 3
+    cur.execute("select id, tenant_id, ssn from customers order by id")
+    rows = list(cur)
+assert len(rows) == 10, rows
+assert all(t == 1 and (s == "***") for (_, t, s) in rows), rows
+conn.commit()
+
+cur = conn.cursor()
+cur.execute("select count(*) from tickets where tenant_id = %s", (2,))
+assert cur.fetchone() == (0,), "another tenant's tickets are invisible"
+
+cur.execute(
+    "insert into tickets (tenant_id, customer_id, subject, body, status, priority) "
+    "values (%s, %s, %s, %s, %s, %s) returning tenant_id",
+    (1, 3, "from psycopg2", "b", "open", 2),
+)
+assert cur.fetchone() == (1,)
+conn.commit()
+
+cur.execute("select count(*) from tickets where subject = 'from psycopg2'")
+before = cur.fetchone()[0]
+try:
+    cur.execute(
+        "insert into tickets (tenant_id, customer_id, subject, body, status, priority) "
+        "values (%s, %s, %s, %s, %s, %s), (%s, %s, %s, %s, %s, %s)",
+        (1, 3, "from psycopg2", "b", "open", 2, 2, 4, "from psycopg2", "b", "open", 2),
+    )
+    raise SystemExit("a row of another tenant must be refused")
+except psycopg2.errors.InsufficientPrivilege as e:
+    assert "support-writes-own-tickets" in str(e), str(e)
+conn.rollback()
+cur.execute("select count(*) from tickets where subject = 'from psycopg2'")
+assert cur.fetchone()[0] == before, "nothing of the refused INSERT was written"
+print("OK psycopg2 enforced")
