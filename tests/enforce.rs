@@ -638,3 +638,92 @@ async fn explain_shows_the_decision_without_running_it() {
     assert!(out.contains("DELETE FROM \"public\".\"tickets\""), "{out}");
     assert_eq!(one(&direct, "select count(*) from tickets").await, before);
 }
+
+/// Delegation: an agent that logs in with a signed token naming a human (`on_behalf_of`) gets
+/// only what both may see (the finance set's delegation policies); bad tokens, and tokens
+/// naming a human the policy set does not know, fail like a wrong password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_agents_act_for_the_human_their_token_names() {
+    const KEY: &str = "a-test-signing-key-of-at-least-32-bytes";
+    let set = tempfile::tempdir().unwrap();
+    copy_files("policies/examples/finance", set.path());
+    let entities = set.path().join("entities.json");
+    let mut list: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&entities).unwrap()).unwrap();
+    list.push(serde_json::json!({
+        "uid": { "type": "Agent", "id": "delegate-bot" },
+        "attrs": { "tenant_id": 1, "clearance": 1 },
+        "parents": [{ "type": "Role", "id": "support" }]
+    }));
+    std::fs::write(&entities, serde_json::to_string(&list).unwrap()).unwrap();
+    let env = Env::start_with(Options {
+        postgres_extra: format!(
+            "[policies]\ndir = {:?}\n\n[jwt]\nalgorithm = \"HS256\"\nsecret = \"{KEY}\"\naudience = \"portcullis\"\n\n[[agents]]\nid = \"delegate-bot\"\ntoken = true\n",
+            set.path().display().to_string()
+        ),
+    });
+    let token = |claims: serde_json::Value, key: &str| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(key.as_bytes()),
+        )
+        .unwrap()
+    };
+    let exp = jsonwebtoken::get_current_timestamp() + 600;
+    let login = |token: String| {
+        let url = env.url("delegate-bot", &token);
+        async move { connect(&url).await }
+    };
+    let claims = |user: Option<&str>| {
+        let mut c = serde_json::json!({"sub": "delegate-bot", "aud": "portcullis", "exp": exp});
+        if let Some(u) = user {
+            c["on_behalf_of"] = u.into();
+        }
+        c
+    };
+
+    // On its own: the support role's view (tenant 1, SSN redacted).
+    let own = login(token(claims(None), KEY)).await.unwrap();
+    assert_eq!(one(&own, "select count(*) from customers").await, "10");
+    assert_eq!(
+        one(&own, "select ssn from customers where id = 3").await,
+        "***"
+    );
+    // For alice (tenant 1): same rows, and no SSN column at all.
+    let alice = login(token(claims(Some("alice")), KEY)).await.unwrap();
+    assert_eq!(one(&alice, "select count(*) from customers").await, "10");
+    let e = rows(&alice, "select ssn from customers").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42703", "{}", message(&e));
+    // For bob (tenant 2): the agent's tenant and bob's do not meet.
+    let bob = login(token(claims(Some("bob")), KEY)).await.unwrap();
+    assert_eq!(one(&bob, "select count(*) from customers").await, "0");
+    let log = env.proxy_log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("session uses policy version") && l.contains("bob")),
+        "the session's delegation is logged:\n{log}"
+    );
+
+    // Refused like a wrong password.
+    let mut expired = claims(Some("alice"));
+    expired["exp"] = (jsonwebtoken::get_current_timestamp() - 600).into();
+    let mut other_agent = claims(Some("alice"));
+    other_agent["sub"] = "support-bot".into();
+    for (why, t) in [
+        (
+            "wrong key",
+            token(claims(Some("alice")), "another-key-another-key-another-key"),
+        ),
+        ("expired", token(expired, KEY)),
+        ("another agent's token", token(other_agent, KEY)),
+        ("unknown human", token(claims(Some("mallory")), KEY)),
+        ("not a token", "support-secret".to_string()),
+    ] {
+        let e = login(t).await.unwrap_err();
+        assert_eq!(sqlstate(&e), "28P01", "{why}: {e}");
+    }
+    // SCRAM agents are unaffected.
+    let bot = env.agent().await;
+    assert_eq!(one(&bot, "select count(*) from customers").await, "10");
+}

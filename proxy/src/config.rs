@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use connectors::postgres::UpstreamConfig;
 use serde::Deserialize;
 
+use crate::identity::{Credential, TokenVerifier};
 use crate::pg::scram::Verifier;
 
 #[derive(Debug, Deserialize)]
@@ -17,8 +18,27 @@ pub struct Config {
     pub postgres: PostgresConfig,
     /// The Cedar policy set (optional until enforcement lands).
     pub policies: Option<PoliciesConfig>,
+    /// Agent tokens (JWT): how agents with `token = true` are checked.
+    pub jwt: Option<JwtConfig>,
     #[serde(default)]
     pub agents: Vec<AgentConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// `HS256`, `RS256` or `ES256`.
+    pub algorithm: String,
+    /// HS256: the shared key.
+    pub secret: Option<Secret>,
+    /// HS256: an environment variable holding the shared key.
+    pub secret_env: Option<String>,
+    /// RS256/ES256: the issuer's public key (PEM file).
+    pub public_key: Option<PathBuf>,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud`, when set.
+    pub audience: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,6 +95,9 @@ pub struct AgentConfig {
     pub secret: Option<Secret>,
     /// Name of an environment variable holding the secret (or verifier).
     pub secret_env: Option<String>,
+    /// The agent logs in with a JWT as its password (see `[jwt]`) instead of a secret.
+    #[serde(default)]
+    pub token: bool,
 }
 
 fn default_max_message_bytes() -> usize {
@@ -124,8 +147,9 @@ pub struct Resolved {
     pub require_tls: bool,
     pub max_message_bytes: usize,
     pub max_query_bytes: usize,
-    pub agents: Vec<(String, Verifier)>,
+    pub agents: Vec<(String, Credential)>,
     pub policies: Option<PoliciesConfig>,
+    pub tokens: Option<TokenVerifier>,
 }
 
 impl Config {
@@ -203,6 +227,19 @@ impl Config {
                     format!("duplicate agent id {:?}", a.id),
                 ));
             }
+            if a.token {
+                if a.secret.is_some() || a.secret_env.is_some() {
+                    return Err(invalid(
+                        key,
+                        "an agent with `token = true` has no `secret` or `secret_env`",
+                    ));
+                }
+                if self.jwt.is_none() {
+                    return Err(invalid(format!("{key}.token"), "needs a [jwt] section"));
+                }
+                agents.push((a.id, Credential::Token));
+                continue;
+            }
             let secret = match (a.secret, &a.secret_env) {
                 (Some(s), None) => s.0,
                 (None, Some(var)) => std::env::var(var).map_err(|_| {
@@ -224,8 +261,9 @@ impl Config {
             } else {
                 Verifier::from_secret(&secret)
             };
-            agents.push((a.id, verifier));
+            agents.push((a.id, Credential::Secret(verifier)));
         }
+        let tokens = self.jwt.map(resolve_jwt).transpose()?;
         Ok(Resolved {
             listen: pg.listen,
             upstream,
@@ -235,8 +273,50 @@ impl Config {
             max_query_bytes: pg.max_query_bytes,
             agents,
             policies: self.policies,
+            tokens,
         })
     }
+}
+
+fn resolve_jwt(j: JwtConfig) -> Result<TokenVerifier, ConfigError> {
+    let key = match (j.algorithm.as_str(), j.secret, &j.secret_env, &j.public_key) {
+        ("HS256", Some(s), None, None) => s.0.into_bytes(),
+        ("HS256", None, Some(var), None) => std::env::var(var)
+            .map_err(|_| {
+                invalid(
+                    "jwt.secret_env",
+                    format!("environment variable {var} is not set"),
+                )
+            })?
+            .into_bytes(),
+        ("HS256", ..) => {
+            return Err(invalid(
+                "jwt",
+                "HS256 takes exactly one of `secret` or `secret_env`",
+            ))
+        }
+        (_, None, None, Some(path)) => std::fs::read(path)
+            .map_err(|e| invalid("jwt.public_key", format!("{}: {e}", path.display())))?,
+        _ => {
+            return Err(invalid(
+                "jwt",
+                "RS256 and ES256 take `public_key` (a PEM file) and no secret",
+            ))
+        }
+    };
+    if key.len() < 32 && j.algorithm == "HS256" {
+        return Err(invalid(
+            "jwt.secret",
+            "an HS256 key must be at least 32 bytes",
+        ));
+    }
+    TokenVerifier::new(
+        &j.algorithm,
+        &key,
+        j.issuer.as_deref(),
+        j.audience.as_deref(),
+    )
+    .map_err(|e| invalid("jwt", e))
 }
 
 #[cfg(test)]
@@ -305,6 +385,50 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("agents[0]"), "{e}");
+    }
+
+    #[test]
+    fn token_agents_need_a_jwt_section_and_a_real_key() {
+        let token_agent = format!("{GOOD}\n[[agents]]\nid = \"t\"\ntoken = true\n");
+        let e = Config::parse(&token_agent)
+            .unwrap()
+            .resolve()
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("agents[1].token") && e.contains("[jwt]"), "{e}");
+        let weak = format!("{token_agent}\n[jwt]\nalgorithm = \"HS256\"\nsecret = \"short\"\n");
+        let e = Config::parse(&weak)
+            .unwrap()
+            .resolve()
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("jwt.secret") && e.contains("32 bytes"), "{e}");
+        let both = format!("{GOOD}\n[[agents]]\nid = \"t\"\ntoken = true\nsecret = \"x\"\n[jwt]\nalgorithm = \"HS256\"\nsecret = \"{}\"\n", "k".repeat(32));
+        let e = Config::parse(&both)
+            .unwrap()
+            .resolve()
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("agents[1]"), "{e}");
+        let ok = format!(
+            "{token_agent}\n[jwt]\nalgorithm = \"HS256\"\nsecret = \"{}\"\n",
+            "k".repeat(32)
+        );
+        let r = Config::parse(&ok).unwrap().resolve().unwrap();
+        assert!(r.tokens.is_some());
+        let rs = format!(
+            "{token_agent}\n[jwt]\nalgorithm = \"RS256\"\npublic_key = \"/nonexistent.pem\"\n"
+        );
+        let e = Config::parse(&rs)
+            .unwrap()
+            .resolve()
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("jwt.public_key"), "{e}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use connectors::postgres::fixtures::{self, DEMO_DB, UPSTREAM_USER};
 use connectors::postgres::{random_token, LocalCluster, UpstreamConfig};
 
 use crate::config::Resolved;
+use crate::identity::Credential;
 use crate::pg::scram::Verifier;
 
 /// Demo agents and their secrets (demo only: real deployments keep verifiers in the config).
@@ -46,9 +47,15 @@ pub async fn run(listen: SocketAddr, fixtures: PathBuf, policies: PathBuf) -> an
         max_query_bytes: 1 << 20,
         agents: AGENTS
             .iter()
-            .map(|(id, secret)| (id.to_string(), Verifier::from_secret(secret)))
+            .map(|(id, secret)| {
+                (
+                    id.to_string(),
+                    Credential::Secret(Verifier::from_secret(secret)),
+                )
+            })
             .collect(),
         policies: None,
+        tokens: None,
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -43,10 +43,6 @@ fn entity(kind: &str, id: &str) -> Result<EntityUid, String> {
 }
 
 impl Principal {
-    pub fn agent(id: &str) -> Result<Self, String> {
-        Self::new(id, None)
-    }
-
     /// `Agent::"id"`, acting for `User::"user"` when given.
     pub fn new(id: &str, on_behalf_of: Option<&str>) -> Result<Self, String> {
         let uid = entity("Agent", id)?;
@@ -298,8 +294,17 @@ impl SessionPolicies<'_> {
         Ok(derived)
     }
 
-    /// Refuses relations the policy set's schema does not declare.
+    /// Refuses relations the policy set's schema does not declare, and sessions acting for a
+    /// human the active policy set does not know (conditions on an unknown entity error, and
+    /// an erroring forbid does not apply: fail closed instead).
     fn covered(&self, relation: &Relation, entity_type: &str) -> Result<(), Refusal> {
+        if let Some(user) = &self.principal.on_behalf_of {
+            if self.bundle.entities.get(user).is_none() {
+                return Err(Refusal::Forbidden(format!(
+                    "this session acts for {user}, whom the active policy set does not know"
+                )));
+            }
+        }
         if self
             .bundle
             .schema

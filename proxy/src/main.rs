@@ -5,6 +5,7 @@ mod config;
 mod demo;
 mod enforce;
 mod explain;
+mod identity;
 mod pg;
 mod policy_state;
 mod server;
@@ -270,6 +271,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
     let listen = resolved.listen;
+    if resolved.tokens.is_some() && !resolved.require_tls {
+        tracing::warn!(
+            "agents with tokens send them as cleartext passwords: set postgres.require_tls"
+        );
+    }
     let mut policies = None;
     if let Some(p) = resolved.policies.take() {
         let interval = std::time::Duration::from_millis(p.reload_interval_ms);

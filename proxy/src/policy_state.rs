@@ -43,6 +43,16 @@ impl PolicyState {
         self.active.read().expect("policy lock").clone()
     }
 
+    /// Whether the active set's entities hold `User::"<id>"`.
+    pub fn knows_user(&self, id: &str) -> bool {
+        let Ok(uid) = format!("User::{}", serde_json::Value::String(id.to_string()))
+            .parse::<cedar_policy::EntityUid>()
+        else {
+            return false;
+        };
+        self.current().entities.get(&uid).is_some()
+    }
+
     /// Changes whenever another version becomes active. Read it before [`Self::current`]: a
     /// statement rewritten under the version then active is never older than the generation.
     pub fn generation(&self) -> u64 {

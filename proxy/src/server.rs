@@ -12,10 +12,10 @@ use tracing::{debug, info, warn};
 
 use crate::config::Resolved;
 use crate::enforce::{Enforcer, Principal};
+use crate::identity::{Credential, TokenVerifier};
 use crate::pg::cancel::{CancelRegistry, CancelTarget};
 use crate::pg::gate_cache::GateCache;
 use crate::pg::handshake::{self, HandshakeError};
-use crate::pg::scram::Verifier;
 use crate::pg::session::Session;
 use crate::policy_state::PolicyState;
 
@@ -25,7 +25,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// State shared by all sessions.
 pub struct Shared {
     pub upstream: UpstreamConfig,
-    pub agents: HashMap<String, Verifier>,
+    pub agents: HashMap<String, Credential>,
+    /// Checks the tokens of agents that log in with one.
+    pub tokens: Option<TokenVerifier>,
     /// Keys decoy SCRAM salts for unknown agents; random per process.
     pub decoy_key: [u8; 32],
     pub tls: Option<TlsAcceptor>,
@@ -46,6 +48,7 @@ impl Shared {
         Ok(Shared {
             upstream: config.upstream,
             agents: config.agents.into_iter().collect(),
+            tokens: config.tokens,
             decoy_key: rand::random(),
             tls,
             require_tls: config.require_tls,
@@ -97,7 +100,7 @@ async fn handle(tcp: TcpStream, shared: &Shared) {
         };
     let upstream = auth.upstream;
     if let Some(p) = &shared.policies {
-        info!(agent = %auth.agent, "session uses policy version {}", p.current().version.short());
+        info!(agent = %auth.agent, on_behalf_of = auth.on_behalf_of.as_deref(), "session uses policy version {}", p.current().version.short());
     }
     let cancel = CancelTarget {
         addr: upstream.addr,
@@ -106,7 +109,7 @@ async fn handle(tcp: TcpStream, shared: &Shared) {
     };
     let principal = match &shared.enforcer {
         None => None,
-        Some(_) => match Principal::agent(&auth.agent) {
+        Some(_) => match Principal::new(&auth.agent, auth.on_behalf_of.as_deref()) {
             Ok(p) => Some(p),
             Err(e) => {
                 warn!(agent = %auth.agent, "agent id is not a valid Cedar entity id: {e}");

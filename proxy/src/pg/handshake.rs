@@ -12,12 +12,15 @@ use super::messages::error::{error_response, Severity};
 use super::messages::startup::{self, StartupPacket, MAX_STARTUP_PACKET};
 use super::messages::{auth, frame, status};
 use super::scram::{Exchange, Verifier};
+use crate::identity::Credential;
 use crate::server::Shared;
 
 /// A client that passed the handshake, with its upstream session ready.
 pub struct Authenticated {
     pub client: ClientStream,
     pub agent: String,
+    /// The human the agent acts for (from its token), if any.
+    pub on_behalf_of: Option<String>,
     pub upstream: connectors::postgres::Upstream,
 }
 
@@ -123,7 +126,7 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Result<Authenticated,
         client.write_all(&out).await?;
     }
 
-    if !authenticate(&mut client, &vetted.agent, shared).await? {
+    let Some(on_behalf_of) = authenticate(&mut client, &vetted.agent, shared).await? else {
         info!(agent = %vetted.agent, "authentication failed");
         return fatal(
             &mut client,
@@ -134,7 +137,7 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Result<Authenticated,
             ),
         )
         .await;
-    }
+    };
 
     let mut upstream_params: Vec<(&str, &str)> = vec![
         ("client_encoding", "UTF8"),
@@ -152,6 +155,7 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Result<Authenticated,
     Ok(Authenticated {
         client,
         agent: vetted.agent,
+        on_behalf_of,
         upstream,
     })
 }
@@ -254,16 +258,21 @@ fn vet_params(
     }
 }
 
-/// SCRAM-SHA-256 with the agent's verifier, or with a decoy for an unknown agent so that both
-/// fail the same way. Returns whether the agent proved its secret.
+/// The agent's proof of identity: SCRAM-SHA-256 with its verifier (or with a decoy for an
+/// unknown agent, so that both fail the same way), or its token. Returns `None` when it failed,
+/// else the human the agent acts for, if its token names one.
 async fn authenticate(
     client: &mut ClientStream,
     agent: &str,
     shared: &Shared,
-) -> Result<bool, HandshakeError> {
-    let known = shared.agents.get(agent).cloned();
-    let is_known = known.is_some();
-    let verifier = known.unwrap_or_else(|| Verifier::decoy(agent, &shared.decoy_key));
+) -> Result<Option<Option<String>>, HandshakeError> {
+    let verifier = match shared.agents.get(agent) {
+        Some(Credential::Token) => return authenticate_token(client, agent, shared).await,
+        Some(Credential::Secret(v)) => Some(v.clone()),
+        None => None,
+    };
+    let is_known = verifier.is_some();
+    let verifier = verifier.unwrap_or_else(|| Verifier::decoy(agent, &shared.decoy_key));
 
     let mut out = BytesMut::new();
     auth::authentication_sasl(&mut out);
@@ -291,16 +300,54 @@ async fn authenticate(
 
     let final_msg = read_auth_message(client).await?;
     let Ok(server_final) = exchange.finish(auth::decode_sasl_response(&final_msg)) else {
-        return Ok(false);
+        return Ok(None);
     };
     if !is_known {
-        return Ok(false);
+        return Ok(None);
     }
     out.clear();
     auth::authentication_sasl_final(&mut out, server_final.as_bytes());
     auth::authentication_ok(&mut out);
     client.write_all(&out).await?;
-    Ok(true)
+    Ok(Some(None))
+}
+
+/// A token agent sends its JWT as a (cleartext) password: signature, expiry, issuer, audience
+/// and subject are checked, and its `on_behalf_of` is returned. Under enforcement, a named human
+/// must exist in the active policy set, or the login fails (an unknown entity would make
+/// Cedar's conditions on it error, and an erroring forbid does not apply).
+async fn authenticate_token(
+    client: &mut ClientStream,
+    agent: &str,
+    shared: &Shared,
+) -> Result<Option<Option<String>>, HandshakeError> {
+    let mut out = BytesMut::new();
+    auth::authentication_cleartext_password(&mut out);
+    client.write_all(&out).await?;
+    let msg = read_auth_message(client).await?;
+    let Some(token) = auth::decode_password(&msg) else {
+        return fatal(client, "08P01", "invalid PasswordMessage").await;
+    };
+    let Some(verifier) = &shared.tokens else {
+        return Ok(None);
+    };
+    let on_behalf_of = match verifier.verify(token, agent) {
+        Ok(o) => o,
+        Err(e) => {
+            info!(agent, "token refused: {e}");
+            return Ok(None);
+        }
+    };
+    if let (Some(user), Some(policies)) = (&on_behalf_of, &shared.policies) {
+        if !policies.knows_user(user) {
+            info!(agent, user = %user, "token refused: the policy set has no such User");
+            return Ok(None);
+        }
+    }
+    out.clear();
+    auth::authentication_ok(&mut out);
+    client.write_all(&out).await?;
+    Ok(Some(on_behalf_of))
 }
 
 /// Reads one 'p' message during authentication.
@@ -312,7 +359,7 @@ async fn read_auth_message(client: &mut ClientStream) -> Result<BytesMut, Handsh
         _ => return fatal(client, "08P01", "invalid message length").await,
     };
     if tag != b'p' || size > MAX_STARTUP_PACKET {
-        return fatal(client, "08P01", "expected a SASL response").await;
+        return fatal(client, "08P01", "expected a password or SASL response").await;
     }
     let mut buf = BytesMut::with_capacity(size);
     buf.extend_from_slice(&header);

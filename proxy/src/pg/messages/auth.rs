@@ -1,5 +1,5 @@
-//! Authentication messages: the server's AuthenticationSASL/Continue/Final/Ok and the client's
-//! SASLInitialResponse / SASLResponse (both tagged 'p').
+//! Authentication messages: the server's AuthenticationSASL/Continue/Final/CleartextPassword/Ok
+//! and the client's SASLInitialResponse / SASLResponse / PasswordMessage (all tagged 'p').
 
 use bytes::BytesMut;
 
@@ -27,6 +27,18 @@ pub fn authentication_sasl_final(out: &mut BytesMut, data: &[u8]) {
         b.extend_from_slice(&12i32.to_be_bytes());
         b.extend_from_slice(data);
     });
+}
+
+/// AuthenticationCleartextPassword: the client sends its password (an agent's token) as is.
+pub fn authentication_cleartext_password(out: &mut BytesMut) {
+    write_message(out, b'R', |b| b.extend_from_slice(&3i32.to_be_bytes()));
+}
+
+/// Decodes a PasswordMessage frame: one NUL-terminated string, nothing after it.
+pub fn decode_password(frame: &[u8]) -> Option<&str> {
+    let mut pos = 5;
+    let password = read_cstr(frame, &mut pos)?;
+    (pos == frame.len()).then_some(password)
 }
 
 pub fn authentication_ok(out: &mut BytesMut) {
