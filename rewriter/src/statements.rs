@@ -13,6 +13,16 @@ use crate::catalog::quote_ident;
 use crate::protect::{protect, Read};
 use crate::{Context, Refusal};
 
+/// EXPLAIN options that only describe the plan, without running the statement.
+const EXPLAIN_OPTIONS: &[&str] = &[
+    "verbose",
+    "costs",
+    "settings",
+    "generic_plan",
+    "summary",
+    "format",
+];
+
 pub(crate) fn rewrite(statement: &mut Statement, ctx: &Context<'_>) -> Result<Vec<Read>, Refusal> {
     match statement {
         Statement::Query(_) => protect(statement, ctx),
@@ -24,14 +34,18 @@ pub(crate) fn rewrite(statement: &mut Statement, ctx: &Context<'_>) -> Result<Ve
         } => match &mut **inner {
             // EXPLAIN ANALYZE runs the query and reports how many rows each filter removed:
             // the policy filter's count is the number of rows the agent may not see.
+            // Options are allow-listed (PostgreSQL also reads `ANALYSE`, and later releases add
+            // options): only those that do not run the statement pass.
             _ if *analyze
-                || options
-                    .iter()
-                    .flatten()
-                    .any(|o| crate::catalog::normalize(&o.name) == "analyze") =>
+                || options.iter().flatten().any(|o| {
+                    !EXPLAIN_OPTIONS.contains(&crate::catalog::normalize(&o.name).as_str())
+                }) =>
             {
                 Err(Refusal::Forbidden(
-                    "EXPLAIN ANALYZE (its row counts include rows the policy hides)".into(),
+                    "EXPLAIN ANALYZE, or an EXPLAIN option other than VERBOSE, COSTS, SETTINGS, \
+                     GENERIC_PLAN, SUMMARY or FORMAT (row counts of an executed plan include \
+                     rows the policy hides)"
+                        .into(),
                 ))
             }
             Statement::Query(_) => protect(statement, ctx),
