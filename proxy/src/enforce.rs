@@ -255,6 +255,7 @@ fn relation(r: RelationInfo) -> Relation {
                 sql_type: c.sql_type,
                 type_name: c.type_name,
                 category: c.category,
+                generated: c.generated,
             })
             .collect(),
     }

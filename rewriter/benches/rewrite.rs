@@ -27,6 +27,7 @@ fn col(name: &str, ty: &str) -> Column {
         sql_type: sql_type.into(),
         type_name: ty.into(),
         category,
+        generated: false,
     }
 }
 

@@ -24,6 +24,8 @@ pub struct Column {
     pub type_name: String,
     /// `pg_type.typcategory` (`S` string, `N` numeric, `D` date/time, `A` array, …).
     pub category: char,
+    /// Generated (`GENERATED ALWAYS AS (…) STORED`): its new value exists only after the write.
+    pub generated: bool,
 }
 
 impl Column {

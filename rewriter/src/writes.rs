@@ -166,8 +166,10 @@ fn violation(action: WriteAction, rel: &Relation, ids: &[String], returning: boo
 }
 
 /// A type to cast an agent's value to so it is typed as `col` (as INSERT/UPDATE would type
-/// it): the column's type without its modifier, so the assignment to the column still checks
-/// length and precision as PostgreSQL does (an explicit cast to `varchar(5)` would truncate).
+/// it, and as the check must see it). Numeric and datetime types keep their modifier (an
+/// explicit cast rounds as the assignment will, so the check sees the stored value);
+/// character and bit types lose it (an explicit cast to `varchar(5)` would truncate where the
+/// assignment raises an error), which the assignment to the column then enforces.
 fn cast_type(col: &Column) -> String {
     match col.type_name.as_str() {
         // Without a modifier these mean char(1) and bit(1).
@@ -175,25 +177,11 @@ fn cast_type(col: &Column) -> String {
         "_bpchar" => "pg_catalog.bpchar[]".into(),
         "bit" => "pg_catalog.varbit".into(),
         "_bit" => "pg_catalog.varbit[]".into(),
-        _ => {
-            let mut out = String::new();
-            let (mut depth, mut quoted) = (0usize, false);
-            for ch in col.sql_type.chars() {
-                match ch {
-                    '"' => quoted = !quoted,
-                    '(' if !quoted => depth += 1,
-                    ')' if !quoted && depth > 0 => {
-                        depth -= 1;
-                        continue;
-                    }
-                    _ => {}
-                }
-                if depth == 0 {
-                    out.push(ch);
-                }
-            }
-            out.split_whitespace().collect::<Vec<_>>().join(" ")
-        }
+        "varchar" => "pg_catalog.varchar".into(),
+        "_varchar" => "pg_catalog.varchar[]".into(),
+        "varbit" => "pg_catalog.varbit".into(),
+        "_varbit" => "pg_catalog.varbit[]".into(),
+        _ => col.sql_type.clone(),
     }
 }
 
@@ -224,10 +212,10 @@ fn returning(
         return Ok(String::new());
     };
     reads.extend(protect(items, ctx)?);
-    let hidden: BTreeSet<&str> = rel
+    let clear: BTreeSet<&str> = rel
         .columns
         .iter()
-        .filter(|c| policy.column(&c.name) != ColumnRule::Visible)
+        .filter(|c| policy.column(&c.name) == ColumnRule::Visible)
         .map(|c| c.name.as_str())
         .collect();
     let mut out = Vec::new();
@@ -260,29 +248,31 @@ fn returning(
         match expr {
             None => out.push(fence::projection(rel, policy)?.0.join(", ")),
             Some(e) => {
-                // A hidden column by name, or the whole row (`to_json(t)`, `(t.*)`), which
-                // would carry the hidden columns in clear.
-                let whole_row = |n: &str| !hidden.is_empty() && (n == alias || n == rel.name);
-                let named_hidden = sqlparser::ast::visit_expressions(e, |x| {
-                    let name = match x {
+                // Only the columns the agent reads in clear, by name (bare or qualified by the
+                // target's name): no whole-row reference, no column the catalog snapshot does
+                // not know (it may be newer than the snapshot), no other relation's columns.
+                let refused = sqlparser::ast::visit_expressions(e, |x| {
+                    let column = match x {
                         Expr::Identifier(i) => Some(normalize(i)),
-                        Expr::CompoundIdentifier(parts) => parts.last().map(normalize),
-                        Expr::Wildcard(_) | Expr::QualifiedWildcard(..) if !hidden.is_empty() => {
-                            Some(alias.to_string())
+                        Expr::CompoundIdentifier(parts) => match parts.as_slice() {
+                            [q, c] if normalize(q) == alias => Some(normalize(c)),
+                            _ => return std::ops::ControlFlow::Break(x.to_string()),
+                        },
+                        Expr::Wildcard(_) | Expr::QualifiedWildcard(..) => {
+                            return std::ops::ControlFlow::Break(x.to_string())
                         }
                         _ => None,
                     };
-                    match name {
-                        Some(n) if hidden.contains(n.as_str()) || whole_row(&n) => {
-                            std::ops::ControlFlow::Break(n)
-                        }
+                    match column {
+                        Some(c) if !clear.contains(c.as_str()) => std::ops::ControlFlow::Break(c),
                         _ => std::ops::ControlFlow::Continue(()),
                     }
                 });
-                if let std::ops::ControlFlow::Break(n) = named_hidden {
+                if let std::ops::ControlFlow::Break(n) = refused {
                     return Err(Refusal::Forbidden(format!(
-                        "RETURNING names {n:?}, which this agent may not read in clear \
-                         (RETURNING * returns the row as policy shows it)"
+                        "RETURNING names {n:?}: RETURNING may name only columns of {} this \
+                         agent reads in clear (RETURNING * returns the row as policy shows it)",
+                        rel.entity_type()
                     )));
                 }
                 out.push(item.to_string());
@@ -369,7 +359,14 @@ fn rewrite_insert(insert: &mut Insert, ctx: &Context<'_>) -> Result<Built, Refus
         columns.push(column(rel, &normalize(ident))?);
     }
     let values = match &mut *source.body {
-        SetExpr::Values(v) if source.with.is_none() && source.order_by.is_none() => Some(v),
+        SetExpr::Values(v)
+            if source.with.is_none()
+                && source.order_by.is_none()
+                && source.limit_clause.is_none()
+                && source.fetch.is_none() =>
+        {
+            Some(v)
+        }
         _ => None,
     };
     let source_sql = match values {
@@ -424,6 +421,18 @@ fn rewrite_insert(insert: &mut Insert, ctx: &Context<'_>) -> Result<Built, Refus
             source.to_string()
         }
     };
+    // A column the agent cannot read in clear cannot be written blind either (nor probed:
+    // a unique constraint on it would tell whether a value exists).
+    if let Some(c) = columns
+        .iter()
+        .find(|c| rules.read.column(&c.name) != ColumnRule::Visible)
+    {
+        return Err(Refusal::Forbidden(format!(
+            "INSERT into column {:?} of {}, which this agent may not read in clear",
+            c.name,
+            rel.entity_type()
+        )));
+    }
     let supplied: BTreeSet<&str> = columns.iter().map(|c| c.name.as_str()).collect();
     if let Some(missing) = filter.columns().into_iter().find(|c| !supplied.contains(c)) {
         return Err(Refusal::Forbidden(format!(
@@ -555,6 +564,17 @@ fn rewrite_update(update: &mut Update, ctx: &Context<'_>) -> Result<Built, Refus
     };
     let cond = where_clause(&mut update.selection, ctx, &mut reads)?;
     let (filter, ids) = new_row_filter(&rules, update.returning.is_some());
+    if let Some(g) = filter
+        .columns()
+        .into_iter()
+        .find(|name| rel.columns.iter().any(|c| c.name == *name && c.generated))
+    {
+        return Err(Refusal::Forbidden(format!(
+            "the policy for updating {} checks generated column {g:?}, whose new value exists \
+             only after the write",
+            rel.entity_type()
+        )));
+    }
     let returning_sql = returning(
         &mut update.returning,
         rel,

@@ -22,6 +22,7 @@ fn col(name: &str, ty: &str) -> Column {
         sql_type: sql_type.into(),
         type_name: ty.into(),
         category,
+        generated: false,
     }
 }
 
@@ -37,6 +38,7 @@ fn system(name: &str, columns: &[&str]) -> Relation {
                 sql_type: "real".into(),
                 type_name: "float4".into(),
                 category: 'N',
+                generated: false,
             })
             .collect(),
         has_children: false,
@@ -68,6 +70,20 @@ fn catalog() -> Catalog {
                     col("total", "numeric"),
                 ],
                 has_children: true,
+            },
+            Relation {
+                schema: "public".into(),
+                name: "invoices".into(),
+                kind: RelKind::Table,
+                columns: vec![
+                    col("id", "int4"),
+                    col("amount", "int4"),
+                    Column {
+                        generated: true,
+                        ..col("amount_with_tax", "int4")
+                    },
+                ],
+                has_children: false,
             },
             Relation {
                 schema: "public".into(),
@@ -133,6 +149,11 @@ impl Policies for Fixed {
                 columns: None,
                 determining: vec![],
             })),
+            "invoices" => Ok(Arc::new(TablePolicy {
+                filter: Filter::True,
+                columns: None,
+                determining: vec![],
+            })),
             _ => Err(Refusal::Forbidden(format!(
                 "{} is not covered by policy",
                 relation.entity_type()
@@ -151,6 +172,11 @@ impl Policies for Fixed {
                 value: Value::Long(1),
             },
             ("orders", _) => Filter::True,
+            ("invoices", _) => Filter::Compare {
+                attr: "amount_with_tax".into(),
+                op: CmpOp::Lt,
+                value: Value::Long(1000),
+            },
             _ => {
                 return Err(Refusal::Forbidden(format!(
                     "{} is not covered by policy",
@@ -319,6 +345,12 @@ fn statements_other_than_reads_and_checked_writes_are_refused() {
             "explain (costs off, ANALYZE) select * from customers",
             "42501",
         ),
+        ("explain (analyse) select * from customers", "42501"),
+        (
+            "explain (analyse true, costs off) select * from customers",
+            "42501",
+        ),
+        ("explain (timing) select * from customers", "42501"),
     ] {
         let e = run(sql).unwrap_err();
         assert_eq!(e.sqlstate(), state, "{sql}: {e}");
@@ -441,6 +473,23 @@ fn write_refusals() {
             "update customers c set name = 'x' returning (c.*)::text",
             "42501",
             "RETURNING names",
+        ),
+        // The check would see a generated column's old value.
+        (
+            "update invoices set amount = 5000 where id = 1",
+            "42501",
+            "generated column",
+        ),
+        // A column the catalog snapshot does not know (added since): not returned.
+        (
+            "update customers set name = 'x' returning new_secret_column",
+            "42501",
+            "RETURNING names",
+        ),
+        (
+            "insert into customers (id, tenant_id, name, ssn) values (1, 1, 'a', 'x')",
+            "42501",
+            "may not read in clear",
         ),
         (
             "merge into customers c using orders o on o.id = c.id when matched then delete",

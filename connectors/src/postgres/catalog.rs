@@ -88,6 +88,8 @@ pub struct ColumnInfo {
     pub type_name: String,
     /// `pg_type.typcategory`
     pub category: char,
+    /// A generated column (`GENERATED ALWAYS AS (…) STORED`): computed after any check.
+    pub generated: bool,
 }
 
 /// What the rewriter needs of the catalog, read in one go.
@@ -105,7 +107,7 @@ pub struct Snapshot {
 const RELATIONS: &str = "
     SELECT n.nspname::text, c.relname::text, c.relkind::text, c.relhassubclass,
            a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), t.typname::text,
-           t.typcategory::text
+           t.typcategory::text, a.attgenerated <> ''
     FROM pg_catalog.pg_class c
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     LEFT JOIN pg_catalog.pg_attribute a
@@ -156,6 +158,7 @@ pub async fn snapshot(config: &tokio_postgres::Config) -> Result<Snapshot, Catal
                 sql_type: row.get(5),
                 type_name: row.get(6),
                 category: first(row.get(7)),
+                generated: row.get(8),
             });
         }
     }
