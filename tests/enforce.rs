@@ -658,7 +658,7 @@ async fn token_agents_act_for_the_human_their_token_names() {
     std::fs::write(&entities, serde_json::to_string(&list).unwrap()).unwrap();
     let env = Env::start_with(Options {
         postgres_extra: format!(
-            "[policies]\ndir = {:?}\n\n[jwt]\nalgorithm = \"HS256\"\nsecret = \"{KEY}\"\naudience = \"portcullis\"\n\n[[agents]]\nid = \"delegate-bot\"\ntoken = true\n",
+            "[policies]\ndir = {:?}\n\n[jwt]\nalgorithm = \"HS256\"\nsecret = \"{KEY}\"\naudience = \"portcullis\"\nallow_plaintext = true\n\n[[agents]]\nid = \"delegate-bot\"\ntoken = true\n",
             set.path().display().to_string()
         ),
     });
@@ -726,4 +726,25 @@ async fn token_agents_act_for_the_human_their_token_names() {
     // SCRAM agents are unaffected.
     let bot = env.agent().await;
     assert_eq!(one(&bot, "select count(*) from customers").await, "10");
+}
+
+/// A token is a cleartext password: without TLS (and without `jwt.allow_plaintext`) the
+/// login is refused before the token is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_logins_need_tls() {
+    let key = "k".repeat(32);
+    let env = Env::start_with(Options {
+        postgres_extra: format!(
+            "\n[jwt]\nalgorithm = \"HS256\"\nsecret = \"{key}\"\n\n[[agents]]\nid = \"delegate-bot\"\ntoken = true\n"
+        ),
+    });
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": "delegate-bot", "exp": jsonwebtoken::get_current_timestamp() + 600}),
+        &jsonwebtoken::EncodingKey::from_secret(key.as_bytes()),
+    )
+    .unwrap();
+    let e = connect(&env.url("delegate-bot", &token)).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "28000", "{e}");
+    assert!(message(&e).contains("only over TLS"), "{}", message(&e));
 }

@@ -39,6 +39,10 @@ pub struct JwtConfig {
     pub issuer: Option<String>,
     /// Required `aud`, when set.
     pub audience: Option<String>,
+    /// Accept tokens from agents not using TLS (tokens are sent as cleartext passwords; for
+    /// tests and local development only).
+    #[serde(default)]
+    pub allow_plaintext: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,6 +154,8 @@ pub struct Resolved {
     pub agents: Vec<(String, Credential)>,
     pub policies: Option<PoliciesConfig>,
     pub tokens: Option<TokenVerifier>,
+    /// Token logins are accepted without TLS (`jwt.allow_plaintext`).
+    pub tokens_without_tls: bool,
 }
 
 impl Config {
@@ -263,6 +269,7 @@ impl Config {
             };
             agents.push((a.id, Credential::Secret(verifier)));
         }
+        let tokens_without_tls = self.jwt.as_ref().is_some_and(|j| j.allow_plaintext);
         let tokens = self.jwt.map(resolve_jwt).transpose()?;
         Ok(Resolved {
             listen: pg.listen,
@@ -274,6 +281,7 @@ impl Config {
             agents,
             policies: self.policies,
             tokens,
+            tokens_without_tls,
         })
     }
 }

@@ -56,6 +56,7 @@ pub async fn run(listen: SocketAddr, fixtures: PathBuf, policies: PathBuf) -> an
             .collect(),
         policies: None,
         tokens: None,
+        tokens_without_tls: false,
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await

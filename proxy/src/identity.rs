@@ -69,6 +69,7 @@ impl TokenVerifier {
         };
         let mut validation = Validation::new(algorithm);
         validation.leeway = 30;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         if let Some(iss) = issuer {
             validation.set_issuer(&[iss]);

@@ -271,9 +271,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
     let listen = resolved.listen;
-    if resolved.tokens.is_some() && !resolved.require_tls {
+    if resolved.tokens.is_some() && resolved.tokens_without_tls {
         tracing::warn!(
-            "agents with tokens send them as cleartext passwords: set postgres.require_tls"
+            "jwt.allow_plaintext: agents may send their tokens without TLS (development only)"
         );
     }
     let mut policies = None;

@@ -28,6 +28,8 @@ pub struct Shared {
     pub agents: HashMap<String, Credential>,
     /// Checks the tokens of agents that log in with one.
     pub tokens: Option<TokenVerifier>,
+    /// Token logins are accepted without TLS (`jwt.allow_plaintext`).
+    pub tokens_without_tls: bool,
     /// Keys decoy SCRAM salts for unknown agents; random per process.
     pub decoy_key: [u8; 32],
     pub tls: Option<TlsAcceptor>,
@@ -49,6 +51,7 @@ impl Shared {
             upstream: config.upstream,
             agents: config.agents.into_iter().collect(),
             tokens: config.tokens,
+            tokens_without_tls: config.tokens_without_tls,
             decoy_key: rand::random(),
             tls,
             require_tls: config.require_tls,

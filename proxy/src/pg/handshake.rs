@@ -321,6 +321,14 @@ async fn authenticate_token(
     agent: &str,
     shared: &Shared,
 ) -> Result<Option<Option<String>>, HandshakeError> {
+    if !client.is_tls() && !shared.tokens_without_tls {
+        return fatal(
+            client,
+            "28000",
+            "this agent logs in with a token, which Portcullis accepts only over TLS",
+        )
+        .await;
+    }
     let mut out = BytesMut::new();
     auth::authentication_cleartext_password(&mut out);
     client.write_all(&out).await?;

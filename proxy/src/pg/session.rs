@@ -20,7 +20,9 @@ use tracing::{debug, info, warn};
 use super::cancel::CancelTarget;
 use super::client_stream::ClientStream;
 use super::gate_cache::GateResult;
-use super::messages::error::{error_response, redact_upstream_error, Severity};
+use super::messages::error::{
+    error_response, redact_upstream_error, redact_upstream_notice, Severity,
+};
 use super::messages::extended;
 use super::messages::frame::{self, FrameError};
 use super::messages::query::{self, ParseDecodeError};
@@ -531,6 +533,15 @@ impl<'a> Session<'a> {
                             self.from_upstream.advance(size);
                         }
                     }
+                }
+                // Under enforcement a notice is read whole and redacted like an error.
+                b'N' if self.shared.enforcer.is_some() && size <= MAX_ERROR => {
+                    if self.from_upstream.len() < size {
+                        return Ok(());
+                    }
+                    self.account(tag)?;
+                    redact_upstream_notice(&mut self.to_client, &self.from_upstream[..size]);
+                    self.from_upstream.advance(size);
                 }
                 _ => match self.account(tag)? {
                     Action::Drop => self.dropping = size,

@@ -54,6 +54,16 @@ const WITHHELD: &[u8] = b"DWPpq";
 /// error (an input-syntax error whose text starts with `violation_marker`) into the 42501 error
 /// it stands for.
 pub fn redact_upstream_error(out: &mut BytesMut, frame: &[u8], violation_marker: &str) {
+    redact(out, b'E', frame, Some(violation_marker));
+}
+
+/// Re-encodes an upstream NoticeResponse for the agent, withholding the same fields as
+/// [`redact_upstream_error`] (a trigger's notice can carry row values in its detail).
+pub fn redact_upstream_notice(out: &mut BytesMut, frame: &[u8]) {
+    redact(out, b'N', frame, None);
+}
+
+fn redact(out: &mut BytesMut, tag: u8, frame: &[u8], violation_marker: Option<&str>) {
     let mut fields: Vec<(u8, String)> = Vec::new();
     let mut pos = 5;
     while let Some(&code) = frame.get(pos) {
@@ -71,7 +81,7 @@ pub fn redact_upstream_error(out: &mut BytesMut, frame: &[u8], violation_marker:
             .find(|(k, _)| *k == c)
             .map(|(_, v)| v.as_str())
     };
-    if field(b'C') == Some("22P02") {
+    if let (Some("22P02"), Some(violation_marker)) = (field(b'C'), violation_marker) {
         if let Some(at) = field(b'M').and_then(|m| m.find(violation_marker)) {
             let message = field(b'M').unwrap_or_default()[at + violation_marker.len()..]
                 .trim_end_matches('"')
@@ -80,7 +90,7 @@ pub fn redact_upstream_error(out: &mut BytesMut, frame: &[u8], violation_marker:
         }
     }
     let withheld = fields.iter().any(|(k, _)| matches!(k, b'D' | b'W'));
-    write_message(out, b'E', |b| {
+    write_message(out, tag, |b| {
         for (code, value) in &fields {
             if !WITHHELD.contains(code) {
                 b.extend_from_slice(&[*code]);
