@@ -275,3 +275,118 @@ async fn sighup_refreshes_the_catalog() {
     assert_eq!(star.columns().len(), 8);
     assert_eq!(session.query(&star, &[]).await.unwrap().len(), 10);
 }
+
+/// The review's attack on re-preparing: after a revocation, a batch whose first message fails
+/// makes the backend skip the proxy's hidden re-prepare of statement "s", and a second batch,
+/// pipelined behind it before any reply, binds "s" again. The old rewrite must never run: every
+/// upstream Parse has a fresh name, so the skipped one leaves "s" pointing at nothing (an
+/// error), and the next use prepares it again under the new version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skipped_re_prepare_never_runs_the_old_rewrite() {
+    use bytes::BytesMut;
+    use postgres_protocol::message::{backend, frontend};
+    use postgres_protocol::IsNull;
+
+    let set = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    copy_finance(set.path());
+    let env = start(set.path(), store.path(), 200);
+    let mut raw = common::raw::Raw::login(&env).await;
+    let no_params = |b: &mut BytesMut| {
+        frontend::bind(
+            "",
+            "s",
+            std::iter::empty::<i16>(),
+            std::iter::empty::<i32>(),
+            |_: i32, _: &mut BytesMut| {
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(IsNull::No)
+            },
+            std::iter::empty::<i16>(),
+            b,
+        )
+        .map_err(|_| ())
+        .unwrap();
+        frontend::execute("", 0, b).unwrap();
+    };
+    // Counts the DataRows' first values and the errors until ReadyForQuery.
+    async fn results(raw: &mut common::raw::Raw) -> (Vec<String>, Vec<String>) {
+        let (mut values, mut codes) = (Vec::new(), Vec::new());
+        while let Some(m) = raw.next().await {
+            match m {
+                backend::Message::DataRow(row) => {
+                    use fallible_iterator::FallibleIterator;
+                    let range = row.ranges().next().unwrap().unwrap().unwrap();
+                    values.push(String::from_utf8_lossy(&row.buffer()[range]).into_owned());
+                }
+                backend::Message::ErrorResponse(body) => codes.push(common::raw::code_of(body)),
+                backend::Message::ReadyForQuery(_) => break,
+                _ => {}
+            }
+        }
+        (values, codes)
+    }
+
+    let mut b = BytesMut::new();
+    frontend::parse(
+        "s",
+        "select count(*) from tickets",
+        std::iter::empty(),
+        &mut b,
+    )
+    .unwrap();
+    no_params(&mut b);
+    frontend::sync(&mut b);
+    raw.send(&b).await;
+    let (before, codes) = results(&mut raw).await;
+    assert!(codes.is_empty(), "{codes:?}");
+    assert_eq!(before, ["40"], "tenant 1's tickets");
+
+    // Revoke: tenant 1's tickets are all closed, and closed tickets become hidden.
+    append(
+        set.path().join("rows.cedar"),
+        "\n@id(\"no-closed-tickets\")\nforbid (principal, action == Action::\"select\", resource is public::tickets)\nwhen { resource.status == \"closed\" };\n",
+    );
+    wait_until("activation is logged", || {
+        env.proxy_log().contains("activated (was")
+    });
+
+    // Batch 1 fails first (division by zero), so its hidden re-prepare of "s" is skipped;
+    // batch 2 binds "s" again, sent before any reply.
+    let mut b = BytesMut::new();
+    frontend::parse("e", "select 1/0", std::iter::empty(), &mut b).unwrap();
+    frontend::bind(
+        "",
+        "e",
+        std::iter::empty::<i16>(),
+        std::iter::empty::<i32>(),
+        |_: i32, _: &mut BytesMut| Ok::<_, Box<dyn std::error::Error + Send + Sync>>(IsNull::No),
+        std::iter::empty::<i16>(),
+        &mut b,
+    )
+    .map_err(|_| ())
+    .unwrap();
+    frontend::execute("", 0, &mut b).unwrap();
+    no_params(&mut b);
+    frontend::sync(&mut b);
+    no_params(&mut b);
+    frontend::sync(&mut b);
+    raw.send(&b).await;
+    let (first, codes) = results(&mut raw).await;
+    assert!(
+        first.is_empty() && codes == ["22012"],
+        "{first:?} {codes:?}"
+    );
+    let (second, _) = results(&mut raw).await;
+    assert!(
+        !second.contains(&"40".to_string()),
+        "the old rewrite ran after the revocation: {second:?}"
+    );
+    // Its next use prepares it again under the new version.
+    let mut b = BytesMut::new();
+    no_params(&mut b);
+    frontend::sync(&mut b);
+    raw.send(&b).await;
+    let (after, codes) = results(&mut raw).await;
+    assert!(codes.is_empty(), "{codes:?}");
+    assert_eq!(after, ["0"]);
+}

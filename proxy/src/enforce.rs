@@ -166,6 +166,7 @@ impl Enforcer {
                     shape: shape(&view, &r.reads),
                     sql: r.sql,
                     statements: r.statements,
+                    prepared: r.prepared,
                 }),
         );
         self.rewrites.lock().expect("rewrite cache").insert(

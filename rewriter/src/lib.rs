@@ -23,7 +23,7 @@ mod statements;
 mod writes;
 
 pub use cache::RewriteCache;
-pub use catalog::{Catalog, Column, RelKind, Relation};
+pub use catalog::{quote_ident, Catalog, Column, RelKind, Relation};
 pub use error::Refusal;
 pub use policy::{Policies, TablePolicy, WriteAction, WritePolicy};
 pub use protect::Read;
@@ -55,6 +55,49 @@ pub struct Checked {
     /// A fingerprint of what the rewrite exposes of each relation (its fenced columns): when
     /// it changes, a prepared statement's result columns may have changed. 0 without policy.
     pub shape: u64,
+    /// What the statements do to protocol-level prepared statements (which the proxy names
+    /// upstream on the client's behalf).
+    pub prepared: PreparedEffect,
+}
+
+/// The effect of SQL-level `DEALLOCATE` / `DISCARD ALL` on prepared statements.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum PreparedEffect {
+    #[default]
+    None,
+    /// `DEALLOCATE ALL` or `DISCARD ALL`: every prepared statement is gone.
+    DropAll,
+    /// `DEALLOCATE name`, the message's only statement: that statement is gone.
+    Drop(String),
+}
+
+/// What `statements` do to prepared statements; `DEALLOCATE name` must come alone (the proxy
+/// replaces the statement with one naming the upstream statement).
+fn prepared_effect(statements: &[Statement]) -> Result<PreparedEffect, Refusal> {
+    let mut effect = PreparedEffect::None;
+    for statement in statements {
+        match statement {
+            Statement::Deallocate { name, .. }
+                if name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all") =>
+            {
+                effect = PreparedEffect::DropAll;
+            }
+            Statement::Discard {
+                object_type: sqlparser::ast::DiscardObject::ALL,
+            } => effect = PreparedEffect::DropAll,
+            Statement::Deallocate { .. } if statements.len() > 1 => {
+                return Err(Refusal::Unsupported(
+                    "DEALLOCATE of one statement together with other statements (send it alone)"
+                        .into(),
+                ))
+            }
+            Statement::Deallocate { name, .. } => {
+                effect = PreparedEffect::Drop(catalog::normalize(name));
+            }
+            _ => {}
+        }
+    }
+    Ok(effect)
 }
 
 /// Parses, checks and re-serializes `sql`.
@@ -75,6 +118,7 @@ pub fn check(sql: &str, protocol: Protocol) -> Result<Checked, Refusal> {
         sql: serialize(&statements),
         statements: statements.len(),
         shape: 0,
+        prepared: PreparedEffect::None,
     })
 }
 
@@ -95,6 +139,8 @@ pub struct Rewritten {
     pub statements: usize,
     /// The protected relations read, with the rules applied (for audit and explain).
     pub reads: Vec<Read>,
+    /// What the statements do to protocol-level prepared statements.
+    pub prepared: PreparedEffect,
 }
 
 /// Parses, checks and rewrites `sql` so that it can only read what `ctx`'s policy allows.
@@ -105,6 +151,7 @@ pub fn rewrite(sql: &str, protocol: Protocol, ctx: &Context<'_>) -> Result<Rewri
             "cannot insert multiple commands into a prepared statement".into(),
         ));
     }
+    let prepared = prepared_effect(&statements)?;
     let mut reads = Vec::new();
     for statement in &mut statements {
         settings::check(statement)?;
@@ -115,6 +162,7 @@ pub fn rewrite(sql: &str, protocol: Protocol, ctx: &Context<'_>) -> Result<Rewri
         sql: serialize(&statements),
         statements: statements.len(),
         reads,
+        prepared,
     })
 }
 

@@ -9,3 +9,4 @@ pub mod messages;
 pub mod pipeline;
 pub mod scram;
 pub mod session;
+pub mod statements;

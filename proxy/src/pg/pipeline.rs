@@ -60,6 +60,18 @@ pub enum Action {
 struct Pending {
     expect: Expect,
     reply: Reply,
+    /// The upstream prepared statement a Parse creates or a Close drops.
+    statement: Option<Box<str>>,
+}
+
+/// A Parse or Close the backend failed or skipped (an error earlier in its batch): the
+/// statement it was to create does not exist, or the one it was to drop still does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lost {
+    pub expect: Expect,
+    /// Sent by the proxy on its own ([`Reply::Hide`]), not for the client.
+    pub hidden: bool,
+    pub statement: Box<str>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -72,19 +84,31 @@ pub struct Mismatch {
 #[derive(Debug, Default)]
 pub struct Pipeline {
     queue: VecDeque<Pending>,
-    /// An error made the backend skip (or fail) a message the proxy added on its own.
-    hidden_lost: bool,
+    /// Parses and Closes an error made the backend fail or skip, not yet taken.
+    lost: Vec<Lost>,
 }
 
 impl Pipeline {
     pub fn push(&mut self, expect: Expect, reply: Reply) {
-        self.queue.push_back(Pending { expect, reply });
+        self.queue.push_back(Pending {
+            expect,
+            reply,
+            statement: None,
+        });
     }
 
-    /// Whether a message the proxy added on its own was skipped or failed since the last call:
-    /// the state it was to establish upstream cannot be assumed.
-    pub fn take_hidden_lost(&mut self) -> bool {
-        std::mem::take(&mut self.hidden_lost)
+    /// A Parse or Close of upstream statement `statement`, whose loss must be reported.
+    pub fn push_statement(&mut self, expect: Expect, reply: Reply, statement: Box<str>) {
+        self.queue.push_back(Pending {
+            expect,
+            reply,
+            statement: Some(statement),
+        });
+    }
+
+    /// The Parses and Closes failed or skipped since the last call.
+    pub fn take_lost(&mut self) -> Vec<Lost> {
+        std::mem::take(&mut self.lost)
     }
 
     /// True when no reply is outstanding (the upstream is not busy for this client).
@@ -136,22 +160,29 @@ impl Pipeline {
         let Some(front) = self.queue.front_mut() else {
             return Action::Forward;
         };
+        let front_hidden = front.reply == Reply::Hide;
         let action = match std::mem::replace(&mut front.reply, Reply::Forward) {
             Reply::Refuse(r) => Action::Replace(r),
-            Reply::Hide => {
-                self.hidden_lost = true;
-                Action::Forward
-            }
-            Reply::Forward => Action::Forward,
+            Reply::Forward | Reply::Hide => Action::Forward,
         };
         match front.expect {
             // A simple query, or the implicit commit at Sync, is followed by ReadyForQuery.
             Expect::Query | Expect::Sync => {}
-            // In the extended protocol the backend now skips everything up to Sync.
+            // In the extended protocol the backend now skips everything up to Sync: the
+            // failed message and those skipped are lost.
             _ => {
+                let mut hidden = front_hidden;
                 while self.queue.front().is_some_and(|p| p.expect != Expect::Sync) {
-                    let skipped = self.queue.pop_front().expect("front checked");
-                    self.hidden_lost |= skipped.reply == Reply::Hide;
+                    let gone = self.queue.pop_front().expect("front checked");
+                    hidden |= gone.reply == Reply::Hide;
+                    if let Some(statement) = gone.statement {
+                        self.lost.push(Lost {
+                            expect: gone.expect,
+                            hidden,
+                            statement,
+                        });
+                    }
+                    hidden = false;
                 }
             }
         }
@@ -218,33 +249,48 @@ mod tests {
         assert_eq!(p.on_backend(b'E'), Ok(Action::Forward));
         assert_eq!(p.on_backend(b'Z'), Ok(Action::Forward));
         assert!(p.is_idle());
-        assert!(!p.take_hidden_lost());
+        assert!(p.take_lost().is_empty());
     }
 
     #[test]
-    fn hidden_replies_are_dropped_and_hidden_errors_forwarded() {
+    fn hidden_replies_are_dropped_and_lost_statements_reported() {
         let mut p = Pipeline::default();
-        p.push(Expect::Close, Reply::Hide);
-        p.push(Expect::Parse, Reply::Hide);
+        p.push_statement(Expect::Close, Reply::Hide, "old".into());
+        p.push_statement(Expect::Parse, Reply::Hide, "new".into());
         p.push(Expect::Bind, Reply::Forward);
         p.push(Expect::Sync, Reply::Forward);
         assert_eq!(p.on_backend(b'3'), Ok(Action::Drop));
         assert_eq!(p.on_backend(b'1'), Ok(Action::Drop));
         assert_eq!(p.on_backend(b'2'), Ok(Action::Forward));
         assert_eq!(p.on_backend(b'Z'), Ok(Action::Forward));
-        p.push(Expect::Parse, Reply::Hide);
+        assert!(p.take_lost().is_empty());
+        // A failed hidden Parse is forwarded (the client's next message fails with it) and
+        // reported lost.
+        p.push_statement(Expect::Parse, Reply::Hide, "a".into());
         p.push(Expect::Bind, Reply::Forward);
         p.push(Expect::Sync, Reply::Forward);
         assert_eq!(p.on_backend(b'E'), Ok(Action::Forward));
         assert_eq!(p.on_backend(b'Z'), Ok(Action::Forward));
         assert!(p.is_idle());
-        assert!(p.take_hidden_lost());
-        // An earlier error skips the hidden messages queued behind it.
+        let lost = |statement: &str, expect, hidden| Lost {
+            expect,
+            hidden,
+            statement: statement.into(),
+        };
+        assert_eq!(p.take_lost(), [lost("a", Expect::Parse, true)]);
+        // An earlier error skips the statements queued behind it, the client's too.
         p.push(Expect::Execute, Reply::Forward);
-        p.push(Expect::Close, Reply::Hide);
+        p.push_statement(Expect::Close, Reply::Hide, "b".into());
+        p.push_statement(Expect::Parse, Reply::Forward, "c".into());
         p.push(Expect::Sync, Reply::Forward);
         assert_eq!(p.on_backend(b'E'), Ok(Action::Forward));
-        assert!(p.take_hidden_lost());
+        assert_eq!(
+            p.take_lost(),
+            [
+                lost("b", Expect::Close, true),
+                lost("c", Expect::Parse, false)
+            ]
+        );
     }
 
     #[test]

@@ -9,10 +9,8 @@
 //! Upstream → client: messages are forwarded as bytes, only their headers read (plus
 //! ParameterStatus and ReadyForQuery bodies); rows are never decoded.
 
-use std::collections::HashMap;
-
 use bytes::{Buf, BytesMut};
-use rewriter::Protocol;
+use rewriter::{quote_ident, PreparedEffect, Protocol};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
@@ -28,6 +26,7 @@ use super::messages::frame::{self, FrameError};
 use super::messages::query::{self, ParseDecodeError};
 use super::messages::status;
 use super::pipeline::{Action, Expect, Pipeline, Rejection, Reply};
+use super::statements::{Prepared, Statements};
 use crate::enforce::Principal;
 use crate::server::Shared;
 
@@ -40,19 +39,6 @@ const MAX_INSPECTED: usize = 64 * 1024;
 /// Largest upstream ErrorResponse the proxy buffers to redact; a larger one is replaced whole.
 const MAX_ERROR: usize = 1024 * 1024;
 
-/// A protocol-level prepared statement as the client prepared it (kept under enforcement), so
-/// that it can be rewritten again when the policy version changes.
-struct Prepared {
-    sql: Box<str>,
-    param_types: Box<[u8]>,
-    /// The policy generation its upstream rewrite was made under.
-    generation: u64,
-    /// The rewrite's shape (see `Checked::shape`): the result columns the client was told of.
-    shape: u64,
-    /// Set when the current version refuses it: each use fails with this until re-prepared.
-    refused: Option<Rejection>,
-}
-
 pub struct Session<'a> {
     shared: &'a Shared,
     agent: String,
@@ -64,8 +50,8 @@ pub struct Session<'a> {
     pipeline: Pipeline,
     /// After a refused Parse: drop client messages until Sync, as PostgreSQL does.
     skip_until_sync: bool,
-    /// Prepared statements by name ("" is the unnamed one), with enforcement on.
-    prepared: HashMap<String, Prepared>,
+    /// Prepared statements by the client's names ("" is the unnamed one), under enforcement.
+    statements: Statements,
 
     from_client: BytesMut,
     from_upstream: BytesMut,
@@ -113,7 +99,7 @@ impl<'a> Session<'a> {
             cancel,
             pipeline: Pipeline::default(),
             skip_until_sync: false,
-            prepared: HashMap::new(),
+            statements: Statements::default(),
             from_client: BytesMut::with_capacity(16 * 1024),
             from_upstream: BytesMut::with_capacity(64 * 1024),
             to_upstream: BytesMut::with_capacity(16 * 1024),
@@ -249,27 +235,43 @@ impl<'a> Session<'a> {
                     let name = extended::bind_statement(&msg).ok_or_else(|| {
                         SessionError::ClientProtocol("malformed Bind message".into())
                     })?;
-                    if self.refresh(name) {
-                        self.forward(&msg, Some(Expect::Bind));
+                    match self.upstream_statement(name) {
+                        Target::Passthrough => self.forward(&msg, Some(Expect::Bind)),
+                        Target::Upstream(upstream) => {
+                            extended::encode_bind_renamed(&mut self.to_upstream, &msg, &upstream);
+                            self.pipeline.push(Expect::Bind, Reply::Forward);
+                        }
+                        Target::Refused => {}
                     }
                 }
                 b'D' | b'C' => {
                     let (kind, name) = extended::target(&msg).ok_or_else(|| {
                         SessionError::ClientProtocol("malformed Describe or Close message".into())
                     })?;
-                    if tag == b'C' {
-                        if kind == b'S' {
-                            self.prepared.remove(name);
-                        }
-                        self.forward(&msg, Some(Expect::Close));
-                    } else if kind != b'S' || self.refresh(name) {
-                        self.forward(&msg, Some(Expect::Describe));
+                    if kind != b'S' || self.shared.enforcer.is_none() {
+                        let expect = if tag == b'C' {
+                            Expect::Close
+                        } else {
+                            Expect::Describe
+                        };
+                        self.forward(&msg, Some(expect));
+                    } else if tag == b'C' {
+                        // Closing a name that stands for nothing is no error in PostgreSQL:
+                        // close the upstream unnamed statement, which enforcement never uses.
+                        let upstream = self.statements.remove(name).unwrap_or_default();
+                        extended::encode_close_statement(&mut self.to_upstream, &upstream);
+                        self.pipeline
+                            .push_statement(Expect::Close, Reply::Forward, upstream);
+                    } else if let Target::Upstream(upstream) = self.upstream_statement(name) {
+                        extended::encode_describe_statement(&mut self.to_upstream, &upstream);
+                        self.pipeline.push(Expect::Describe, Reply::Forward);
                     }
                 }
                 b'E' => self.forward(&msg, Some(Expect::Execute)),
                 b'H' => self.forward(&msg, None),
                 b'S' => {
                     self.skip_until_sync = false;
+                    self.close_orphans();
                     self.forward(&msg, Some(Expect::Sync));
                 }
                 b'X' => return Ok(Flow::Terminate),
@@ -297,55 +299,82 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Before a Bind or Describe of prepared statement `name`: if the policy version changed
-    /// since it was rewritten, prepare it again upstream under the current version (hidden from
-    /// the client), so a revocation reaches long-lived prepared statements too. Returns false
-    /// when the statement is refused now; the refusal has been injected in the message's place.
-    fn refresh(&mut self, name: &str) -> bool {
+    /// The upstream statement a Bind or Describe of the client's statement `name` goes to.
+    ///
+    /// Under enforcement: a name the client has not prepared fails as in PostgreSQL (26000);
+    /// a statement whose rewrite is older than the current policy version or catalog is first
+    /// prepared again under a fresh upstream name (hidden from the client), so a revocation
+    /// reaches long-lived prepared statements; one the current version refuses fails with its
+    /// refusal. A refusal has been injected in the message's place.
+    fn upstream_statement(&mut self, name: &str) -> Target {
         let (Some(enforcer), Some(principal)) = (&self.shared.enforcer, &self.principal) else {
-            return true;
-        };
-        let Some(prepared) = self.prepared.get_mut(name) else {
-            return true;
+            return Target::Passthrough;
         };
         let generation = enforcer.generation();
+        let Some(prepared) = self.statements.get_mut(name) else {
+            let fresh = self.statements.fresh();
+            self.inject_parse(
+                &fresh,
+                Rejection {
+                    code: "26000",
+                    message: format!("prepared statement \"{name}\" does not exist"),
+                },
+            );
+            return Target::Refused;
+        };
         if prepared.generation != generation {
             prepared.generation = generation;
-            extended::encode_close_statement(&mut self.to_upstream, name);
-            self.pipeline.push(Expect::Close, Reply::Hide);
-            match enforcer
-                .rewrite(principal, &prepared.sql, Protocol::Extended)
-                .as_ref()
-            {
-                // The client decodes rows by the columns it was told of at Parse: a rewrite that
-                // exposes other columns fails as PostgreSQL fails a cached plan whose result
-                // type changed (drivers prepare again), rather than return rows it misreads.
-                Ok(c) if c.shape != prepared.shape => {
-                    prepared.refused = Some(Rejection {
-                        code: "0A000",
-                        message: "cached plan must not change result type: a policy or catalog \
-                                  change altered the columns this prepared statement returns; \
-                                  prepare it again"
-                            .into(),
-                    });
-                }
+            let result = enforcer.rewrite(principal, &prepared.sql, Protocol::Extended);
+            let param_types = prepared.param_types.clone();
+            let shape = prepared.shape;
+            let fresh = self.statements.fresh();
+            let refused = match result.as_ref() {
+                // The client decodes rows by the columns it was told of at Parse: a rewrite
+                // that exposes other columns fails as PostgreSQL fails a cached plan whose
+                // result type changed (drivers prepare again), rather than return rows the
+                // client would misread.
+                Ok(c) if c.shape != shape => Some(Rejection {
+                    code: "0A000",
+                    message: "cached plan must not change result type: a policy or catalog \
+                              change altered the columns this prepared statement returns; \
+                              prepare it again"
+                        .into(),
+                }),
                 Ok(c) => {
-                    query::encode_parse(&mut self.to_upstream, name, &c.sql, &prepared.param_types);
-                    self.pipeline.push(Expect::Parse, Reply::Hide);
-                    prepared.refused = None;
+                    query::encode_parse(&mut self.to_upstream, &fresh, &c.sql, &param_types);
+                    self.pipeline
+                        .push_statement(Expect::Parse, Reply::Hide, fresh.clone());
+                    None
                 }
                 Err(refusal) => {
                     debug!(agent = %self.agent, statement = name, "prepared statement refused under the new policy version: {refusal}");
-                    prepared.refused = Some(refusal.into());
+                    Some(refusal.into())
                 }
+            };
+            self.statements.repoint(name, fresh);
+            if let Some(p) = self.statements.get_mut(name) {
+                p.refused = refused;
             }
         }
+        let Some(prepared) = self.statements.get_mut(name) else {
+            return Target::Refused;
+        };
         match prepared.refused.clone() {
-            None => true,
+            None => Target::Upstream(prepared.upstream.clone()),
             Some(rejection) => {
-                self.inject_parse(name, rejection);
-                false
+                let fresh = self.statements.fresh();
+                self.inject_parse(&fresh, rejection);
+                Target::Refused
             }
+        }
+    }
+
+    /// Hidden Closes of the upstream statements no client name stands for any more.
+    fn close_orphans(&mut self) {
+        for upstream in self.statements.take_orphans() {
+            extended::encode_close_statement(&mut self.to_upstream, &upstream);
+            self.pipeline
+                .push_statement(Expect::Close, Reply::Hide, upstream);
         }
     }
 
@@ -357,9 +386,31 @@ impl<'a> Session<'a> {
             return self.inject_query(too_long(self.shared.max_query_bytes));
         }
         // A simple Query drops the unnamed prepared statement, as in PostgreSQL.
-        self.prepared.remove("");
+        if let Some(upstream) = self.statements.remove("") {
+            self.statements.insert_orphan(upstream);
+        }
         let checked = self.gate(sql, Protocol::Simple);
         match checked.as_ref() {
+            Ok(c) if self.shared.enforcer.is_some() && c.prepared != PreparedEffect::None => {
+                match &c.prepared {
+                    PreparedEffect::Drop(name) => match self.statements.remove(name) {
+                        Some(upstream) => {
+                            let sql = format!("DEALLOCATE {}", quote_ident(&upstream));
+                            query::encode_query(&mut self.to_upstream, &sql);
+                            self.pipeline.push(Expect::Query, Reply::Forward);
+                        }
+                        None => self.inject_query(Rejection {
+                            code: "26000",
+                            message: format!("prepared statement \"{name}\" does not exist"),
+                        }),
+                    },
+                    _ => {
+                        self.statements.clear();
+                        query::encode_query(&mut self.to_upstream, &c.sql);
+                        self.pipeline.push(Expect::Query, Reply::Forward);
+                    }
+                }
+            }
             Ok(c) => {
                 query::encode_query(&mut self.to_upstream, &c.sql);
                 self.pipeline.push(Expect::Query, Reply::Forward);
@@ -388,40 +439,67 @@ impl<'a> Session<'a> {
             self.inject_parse(parse.name, too_long(self.shared.max_query_bytes));
             return Ok(());
         }
+        let Some(enforcer) = &self.shared.enforcer else {
+            // Gate only: names pass through unchanged.
+            match self.gate(parse.sql, Protocol::Extended).as_ref() {
+                Ok(c) => {
+                    query::encode_parse(
+                        &mut self.to_upstream,
+                        parse.name,
+                        &c.sql,
+                        parse.param_types,
+                    );
+                    self.pipeline.push(Expect::Parse, Reply::Forward);
+                }
+                Err(refusal) => {
+                    debug!(agent = %self.agent, "refused: {refusal}");
+                    self.inject_parse(parse.name, refusal.into());
+                }
+            }
+            return Ok(());
+        };
+        // Every Parse gets a fresh upstream name (see `statements`).
+        let upstream = self.statements.fresh();
+        if !parse.name.is_empty() && self.statements.contains(parse.name) {
+            let message = format!("prepared statement \"{}\" already exists", parse.name);
+            self.inject_parse(
+                &upstream,
+                Rejection {
+                    code: "42P05",
+                    message,
+                },
+            );
+            return Ok(());
+        }
         // Read before rewriting: the rewrite is never older than the generation recorded.
-        let generation = self.shared.enforcer.as_ref().map(|e| e.generation());
+        let generation = enforcer.generation();
         let checked = self.gate(parse.sql, Protocol::Extended);
         match checked.as_ref() {
             Ok(c) => {
-                query::encode_parse(&mut self.to_upstream, parse.name, &c.sql, parse.param_types);
-                self.pipeline.push(Expect::Parse, Reply::Forward);
-                if let Some(generation) = generation {
-                    // A second Parse of an existing name fails upstream; the first one stays.
-                    let replaces = parse.name.is_empty()
-                        || self
-                            .prepared
-                            .get(parse.name)
-                            .is_none_or(|p| p.refused.is_some());
-                    if replaces {
-                        self.prepared.insert(
-                            parse.name.to_string(),
-                            Prepared {
-                                sql: parse.sql.into(),
-                                param_types: parse.param_types.into(),
-                                generation,
-                                shape: c.shape,
-                                refused: None,
-                            },
-                        );
-                    }
-                }
+                query::encode_parse(&mut self.to_upstream, &upstream, &c.sql, parse.param_types);
+                self.pipeline
+                    .push_statement(Expect::Parse, Reply::Forward, upstream.clone());
+                self.statements.insert(
+                    parse.name,
+                    Prepared {
+                        upstream,
+                        sql: parse.sql.into(),
+                        param_types: parse.param_types.into(),
+                        generation,
+                        shape: c.shape,
+                        refused: None,
+                    },
+                );
             }
             Err(refusal) => {
                 debug!(agent = %self.agent, "refused: {refusal}");
+                // A failed Parse of the unnamed statement drops the old one, as in PostgreSQL.
                 if parse.name.is_empty() {
-                    self.prepared.remove("");
+                    if let Some(old) = self.statements.remove("") {
+                        self.statements.insert_orphan(old);
+                    }
                 }
-                self.inject_parse(parse.name, refusal.into());
+                self.inject_parse(&upstream, refusal.into());
             }
         }
         Ok(())
@@ -496,11 +574,8 @@ impl<'a> Session<'a> {
                         return Ok(());
                     }
                     let action = self.account(tag)?;
-                    if self.pipeline.take_hidden_lost() {
-                        // A re-prepare did not happen: redo it at the statement's next use.
-                        for p in self.prepared.values_mut() {
-                            p.generation = u64::MAX;
-                        }
+                    for lost in self.pipeline.take_lost() {
+                        self.statements.on_lost(lost);
                     }
                     match action {
                         Action::Replace(rejection) => {
@@ -591,4 +666,14 @@ fn too_long(max: usize) -> Rejection {
         code: "54000",
         message: format!("statement is longer than Portcullis's limit of {max} bytes"),
     }
+}
+
+/// Where a Bind or Describe of a client's statement goes.
+enum Target {
+    /// Unchanged (no enforcement).
+    Passthrough,
+    /// To this upstream statement.
+    Upstream(Box<str>),
+    /// Nowhere: a refusal was injected.
+    Refused,
 }

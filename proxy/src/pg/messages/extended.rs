@@ -21,6 +21,28 @@ pub fn target(frame: &[u8]) -> Option<(u8, &str)> {
     Some((kind, name))
 }
 
+/// Appends the Bind `frame` (header included) with its statement name replaced by `statement`.
+/// The frame must have passed [`bind_statement`].
+pub fn encode_bind_renamed(out: &mut BytesMut, frame: &[u8], statement: &str) {
+    let mut pos = 5;
+    let portal = read_cstr(frame, &mut pos).unwrap_or_default();
+    let _ = read_cstr(frame, &mut pos);
+    let rest = &frame[pos..];
+    write_message(out, b'B', |b| {
+        put_cstr(b, portal);
+        put_cstr(b, statement);
+        b.extend_from_slice(rest);
+    });
+}
+
+/// Appends a Describe of the prepared statement `name`.
+pub fn encode_describe_statement(out: &mut BytesMut, name: &str) {
+    write_message(out, b'D', |b| {
+        b.extend_from_slice(b"S");
+        put_cstr(b, name);
+    });
+}
+
 /// Appends a Close of the prepared statement `name`.
 pub fn encode_close_statement(out: &mut BytesMut, name: &str) {
     write_message(out, b'C', |b| {
@@ -42,6 +64,11 @@ mod tests {
             b.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
         });
         assert_eq!(bind_statement(&b), Some("stmt"));
+        let mut renamed = BytesMut::new();
+        encode_bind_renamed(&mut renamed, &b, "portcullis_s1");
+        assert_eq!(bind_statement(&renamed), Some("portcullis_s1"));
+        assert_eq!(&renamed[renamed.len() - 6..], &[0, 0, 0, 0, 0, 0]);
+        assert_eq!(&renamed[5..12], b"portal\0");
         let mut c = BytesMut::new();
         encode_close_statement(&mut c, "s1");
         assert_eq!(target(&c), Some((b'S', "s1")));
