@@ -1,13 +1,15 @@
 //! One agent session: relays between the client and its upstream backend.
 //!
 //! Client → upstream: every Query and Parse goes through the statement gate and is re-encoded
-//! with the gate's SQL; other extended-protocol messages are forwarded as they arrived.
+//! with the gate's SQL; under enforcement, statement names are translated to upstream names
+//! (see `statements`); other extended-protocol messages are forwarded as they arrived.
 //! A refused statement is replaced by [`REFUSAL_SQL`], which fails upstream at parse time with no
 //! side effect; its ErrorResponse is swapped for Portcullis's own (see `pipeline`). That keeps
 //! PostgreSQL's own ordering, transaction-abort and skip-to-Sync behaviour for refusals.
 //!
 //! Upstream → client: messages are forwarded as bytes, only their headers read (plus
-//! ParameterStatus and ReadyForQuery bodies); rows are never decoded.
+//! ParameterStatus and ReadyForQuery bodies, and, under enforcement, errors and notices, which
+//! are redacted); rows are never decoded.
 
 use bytes::{Buf, BytesMut};
 use rewriter::{quote_ident, PreparedEffect, Protocol};
