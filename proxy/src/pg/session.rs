@@ -54,7 +54,6 @@ pub struct Session<'a> {
     skip_until_sync: bool,
     /// Prepared statements by the client's names ("" is the unnamed one), under enforcement.
     statements: Statements,
-
     from_client: BytesMut,
     from_upstream: BytesMut,
     to_upstream: BytesMut,
@@ -239,8 +238,9 @@ impl<'a> Session<'a> {
                     })?;
                     match self.upstream_statement(name) {
                         Target::Passthrough => self.forward(&msg, Some(Expect::Bind)),
-                        Target::Upstream(upstream) => {
-                            extended::encode_bind_renamed(&mut self.to_upstream, &msg, &upstream);
+                        Target::Ready => {
+                            let upstream = self.statements.upstream(name).unwrap_or_default();
+                            extended::encode_bind_renamed(&mut self.to_upstream, &msg, upstream);
                             self.pipeline.push(Expect::Bind, Reply::Forward);
                         }
                         Target::Refused => {}
@@ -264,8 +264,9 @@ impl<'a> Session<'a> {
                         extended::encode_close_statement(&mut self.to_upstream, &upstream);
                         self.pipeline
                             .push_statement(Expect::Close, Reply::Forward, upstream);
-                    } else if let Target::Upstream(upstream) = self.upstream_statement(name) {
-                        extended::encode_describe_statement(&mut self.to_upstream, &upstream);
+                    } else if let Target::Ready = self.upstream_statement(name) {
+                        let upstream = self.statements.upstream(name).unwrap_or_default();
+                        extended::encode_describe_statement(&mut self.to_upstream, upstream);
                         self.pipeline.push(Expect::Describe, Reply::Forward);
                     }
                 }
@@ -362,7 +363,7 @@ impl<'a> Session<'a> {
             return Target::Refused;
         };
         match prepared.refused.clone() {
-            None => Target::Upstream(prepared.upstream.clone()),
+            None => Target::Ready,
             Some(rejection) => {
                 let fresh = self.statements.fresh();
                 self.inject_parse(&fresh, rejection);
@@ -674,8 +675,8 @@ fn too_long(max: usize) -> Rejection {
 enum Target {
     /// Unchanged (no enforcement).
     Passthrough,
-    /// To this upstream statement.
-    Upstream(Box<str>),
+    /// To the upstream statement the name stands for now (`Statements::upstream`).
+    Ready,
     /// Nowhere: a refusal was injected.
     Refused,
 }

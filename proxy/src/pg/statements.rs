@@ -46,6 +46,11 @@ impl Statements {
         self.by_name.contains_key(name)
     }
 
+    /// The upstream statement `name` stands for.
+    pub fn upstream(&self, name: &str) -> Option<&str> {
+        self.by_name.get(name).map(|p| &*p.upstream)
+    }
+
     pub fn get_mut(&mut self, name: &str) -> Option<&mut Prepared> {
         self.by_name.get_mut(name)
     }
