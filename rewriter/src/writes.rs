@@ -93,6 +93,26 @@ struct Rules {
     determining: Vec<String>,
 }
 
+impl Rules {
+    /// The target, as a read (the write's fence reads it under the read policy).
+    fn target_read(&self, rel: &Relation) -> Read {
+        Read {
+            entity_type: rel.entity_type(),
+            policy: self.read.clone(),
+        }
+    }
+
+    /// The SQL of the target's write fence, and the fence as pushdown sees it.
+    fn write_fence(&self, rel: &Relation, alias: &str) -> Result<(String, FenceInfo), Refusal> {
+        let fence = fence::build_for_write(rel, &self.read, &self.write)?;
+        let info = FenceInfo {
+            alias: alias.to_string(),
+            clear: fence.clear_columns,
+        };
+        Ok((fence.sql, info))
+    }
+}
+
 fn rules(rel: &Relation, action: WriteAction, ctx: &Context<'_>) -> Result<Rules, Refusal> {
     let read = ctx.policies.read(rel)?;
     let write = ctx.policies.write(rel, action)?;
@@ -314,10 +334,7 @@ fn rewrite_insert(insert: &mut Insert, ctx: &Context<'_>) -> Result<Built, Refus
         .as_ref()
         .map(|a| normalize(&a.alias))
         .unwrap_or_else(|| rel.name.clone());
-    let mut reads = vec![Read {
-        entity_type: rel.entity_type(),
-        policy: rules.read.clone(),
-    }];
+    let mut reads = vec![rules.target_read(rel)];
     let (filter, ids) = new_row_filter(&rules, insert.returning.is_some());
     let returning_sql = returning(
         &mut insert.returning,
@@ -524,10 +541,7 @@ fn rewrite_update(update: &mut Update, ctx: &Context<'_>) -> Result<Built, Refus
     let (rel, alias) = named_target(&update.table.relation, ctx)?;
     let rules = rules(rel, WriteAction::Update, ctx)?;
     let a = quote_ident(&alias);
-    let mut reads = vec![Read {
-        entity_type: rel.entity_type(),
-        policy: rules.read.clone(),
-    }];
+    let mut reads = vec![rules.target_read(rel)];
 
     // SET: each target a column the agent may read in clear (a blind overwrite of a masked or
     // denied column is refused), each value computed over the fence.
@@ -584,12 +598,7 @@ fn rewrite_update(update: &mut Update, ctx: &Context<'_>) -> Result<Built, Refus
         &mut reads,
     )?;
 
-    let fence = fence::build_for_write(rel, &rules.read, &rules.write)?;
-    let target_fence = FenceInfo {
-        alias: alias.clone(),
-        clear: fence.clear_columns,
-    };
-    let fence = fence.sql;
+    let (fence, target_fence) = rules.write_fence(rel, &alias)?;
     let new_values: Vec<String> = sets
         .iter()
         .enumerate()
@@ -686,10 +695,7 @@ fn rewrite_delete(delete: &mut Delete, ctx: &Context<'_>) -> Result<Built, Refus
     let (rel, alias) = named_target(&target_item.relation, ctx)?;
     let rules = rules(rel, WriteAction::Delete, ctx)?;
     let a = quote_ident(&alias);
-    let mut reads = vec![Read {
-        entity_type: rel.entity_type(),
-        policy: rules.read.clone(),
-    }];
+    let mut reads = vec![rules.target_read(rel)];
     let using = match delete.using.as_mut() {
         None => String::new(),
         Some(items) => from_items(items, ctx, &mut reads)?,
@@ -703,12 +709,8 @@ fn rewrite_delete(delete: &mut Delete, ctx: &Context<'_>) -> Result<Built, Refus
         ctx,
         &mut reads,
     )?;
-    let fence = fence::build_for_write(rel, &rules.read, &rules.write)?;
-    let target_fence = Some(FenceInfo {
-        alias: alias.clone(),
-        clear: fence.clear_columns,
-    });
-    let fence = fence.sql;
+    let (fence, target_fence) = rules.write_fence(rel, &alias)?;
+    let target_fence = Some(target_fence);
     Ok(Built {
         sql: format!(
             "DELETE FROM {} AS {a} USING (SELECT {a}.\"portcullis_tableoid\", {a}.\"portcullis_ctid\" FROM ({fence}) AS {a}{using} WHERE {cond} OFFSET 0) AS \"portcullis_match\" WHERE {a}.tableoid = \"portcullis_match\".\"portcullis_tableoid\" AND {a}.ctid = \"portcullis_match\".\"portcullis_ctid\"{returning_sql}",
