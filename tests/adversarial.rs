@@ -22,20 +22,6 @@ enum Safe {
 }
 use Safe::*;
 
-struct Suite {
-    env: Env,
-    _set: tempfile::TempDir,
-}
-
-fn start() -> Suite {
-    let set = tempfile::tempdir().unwrap();
-    copy_files("policies/examples/finance", set.path());
-    let env = Env::start_with(Options {
-        postgres_extra: format!("[policies]\ndir = {:?}\n", set.path().display().to_string()),
-    });
-    Suite { env, _set: set }
-}
-
 async fn first_column(
     client: &tokio_postgres::Client,
     sql: &str,
@@ -81,7 +67,7 @@ const ZERO: &[&str] = &["0"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_attack_family_gets_its_safe_outcome() {
-    let s = start();
+    let s = Env::start_enforcing();
     let bot = s.env.agent().await;
 
     attack(

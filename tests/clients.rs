@@ -54,14 +54,10 @@ fn psycopg2() {
 /// reads and writes, a policy violation as InsufficientPrivilege.
 #[test]
 fn psycopg2_under_enforcement() {
-    let set = tempfile::tempdir().unwrap();
-    copy_files("policies/examples/finance", set.path());
-    let env = Env::start_with(Options {
-        postgres_extra: format!("[policies]\ndir = {:?}\n", set.path().display().to_string()),
-    });
+    let e = Env::start_enforcing();
     let out = run(Command::new(python())
         .arg(repo_root().join("tests/clients/python/psycopg2_enforced.py"))
-        .env("PORTCULLIS_URL", env.agent_url()));
+        .env("PORTCULLIS_URL", e.env.agent_url()));
     assert_ok(&out, "OK psycopg2 enforced");
 }
 

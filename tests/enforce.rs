@@ -9,20 +9,6 @@ mod common;
 use common::*;
 use tokio_postgres::SimpleQueryMessage;
 
-struct Enforced {
-    env: Env,
-    _set: tempfile::TempDir,
-}
-
-fn start() -> Enforced {
-    let set = tempfile::tempdir().unwrap();
-    copy_files("policies/examples/finance", set.path());
-    let env = Env::start_with(Options {
-        postgres_extra: format!("[policies]\ndir = {:?}\n", set.path().display().to_string()),
-    });
-    Enforced { env, _set: set }
-}
-
 /// Rows as text (NULL as None), via the simple protocol.
 async fn rows(
     client: &tokio_postgres::Client,
@@ -45,7 +31,7 @@ async fn one(client: &tokio_postgres::Client, sql: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_see_exactly_their_rows_and_columns() {
-    let e = start();
+    let e = Env::start_enforcing();
     let bot = e.env.agent().await;
     let direct = e.env.direct().await;
 
@@ -171,7 +157,7 @@ async fn agents_see_exactly_their_rows_and_columns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaky_predicates_never_see_filtered_rows_and_lookups_keep_their_index() {
-    let e = start();
+    let e = Env::start_enforcing();
     let bot = e.env.agent().await;
     // Directly, this divides by zero on tenant 2's rows; through Portcullis those rows are
     // never seen by the predicate.
@@ -219,7 +205,7 @@ async fn leaky_predicates_never_see_filtered_rows_and_lookups_keep_their_index()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_cannot_be_made_safe_is_refused_and_the_session_goes_on() {
-    let e = start();
+    let e = Env::start_enforcing();
     let bot = e.env.agent().await;
     for (sql, state) in [
         ("create table x (a int)", "42501"),
@@ -474,7 +460,7 @@ fn corpus() -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oracle_through_portcullis_equals_views_implementing_the_same_policy() {
-    let e = start();
+    let e = Env::start_enforcing();
     let direct = e.env.direct().await;
     direct.batch_execute(ORACLE_VIEWS).await.unwrap();
     // Some metadata to tell masked from visible.
@@ -545,7 +531,7 @@ async fn oracle_through_portcullis_equals_views_implementing_the_same_policy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_introspection_works_under_enforcement() {
-    let e = start();
+    let e = Env::start_enforcing();
     let out = std::process::Command::new(require("psql"))
         .arg(e.env.agent_url())
         .args([
@@ -578,7 +564,7 @@ async fn psql_introspection_works_under_enforcement() {
 /// SQL for an agent (and for an agent acting for a human), and runs nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_shows_the_decision_without_running_it() {
-    let e = start();
+    let e = Env::start_enforcing();
     let explain = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .arg("explain")

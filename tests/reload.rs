@@ -46,6 +46,15 @@ fn start(set: &Path, store: &Path, interval_ms: u64) -> Env {
     })
 }
 
+fn sighup(env: &Env) {
+    let status = std::process::Command::new("kill")
+        .arg("-HUP")
+        .arg(env.proxy_pid().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 fn append(path: PathBuf, text: &str) {
     let old = std::fs::read_to_string(&path).unwrap();
     std::fs::write(path, old + text).unwrap();
@@ -147,12 +156,7 @@ async fn sighup_reloads_at_once() {
     let env = start(set.path(), store.path(), 600_000);
     tokio::time::sleep(Duration::from_millis(300)).await;
     append(set.path().join("delegation.cedar"), "\n// edited\n");
-    let status = std::process::Command::new("kill")
-        .arg("-HUP")
-        .arg(env.proxy_pid().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sighup(&env);
     wait_until("SIGHUP stores the new version", || {
         stored_versions(store.path()).len() == 2
     });
@@ -251,12 +255,7 @@ async fn sighup_refreshes_the_catalog() {
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&e), "42703", "{}", message(&e));
-    let status = std::process::Command::new("kill")
-        .arg("-HUP")
-        .arg(env.proxy_pid().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sighup(&env);
     wait_until("the catalog refresh is logged", || {
         env.proxy_log().contains("upstream catalog refreshed")
     });

@@ -7,15 +7,6 @@ mod common;
 
 use common::*;
 
-fn start() -> (Env, tempfile::TempDir) {
-    let set = tempfile::tempdir().unwrap();
-    copy_files("policies/examples/finance", set.path());
-    let env = Env::start_with(Options {
-        postgres_extra: format!("[policies]\ndir = {:?}\n", set.path().display().to_string()),
-    });
-    (env, set)
-}
-
 async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).await.unwrap().get(0)
 }
@@ -29,7 +20,8 @@ async fn digest(client: &tokio_postgres::Client, sql: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inserts_produce_only_allowed_rows_atomically() {
-    let (env, _set) = start();
+    let e = Env::start_enforcing();
+    let env = &e.env;
     let bot = env.agent().await;
     let direct = env.direct().await;
     let total = || count(&direct, "select count(*) from tickets");
@@ -147,7 +139,8 @@ async fn inserts_produce_only_allowed_rows_atomically() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn updates_and_deletes_touch_only_allowed_rows() {
-    let (env, _set) = start();
+    let e = Env::start_enforcing();
+    let env = &e.env;
     let bot = env.agent().await;
     let direct = env.direct().await;
     let untouchable = digest(&direct, UNTOUCHABLE_TICKETS).await;
@@ -311,7 +304,8 @@ async fn updates_and_deletes_touch_only_allowed_rows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn constraint_errors_do_not_echo_rows() {
-    let (env, _set) = start();
+    let e = Env::start_enforcing();
+    let env = &e.env;
     let bot = env.agent().await;
     let direct = env.direct().await;
     // A hidden ticket's key: the unique violation must not print the row or the key.

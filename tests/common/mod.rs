@@ -28,6 +28,12 @@ pub struct Env {
     dir: tempfile::TempDir,
 }
 
+/// An [`Env`] enforcing (a copy of) the finance example policy set, kept as long as the env.
+pub struct Enforced {
+    pub env: Env,
+    _set: tempfile::TempDir,
+}
+
 /// Extra config text appended to `[postgres]`.
 #[derive(Default)]
 pub struct Options {
@@ -54,6 +60,16 @@ pub fn copy_files(from: &str, to: &Path) {
 impl Env {
     pub fn start() -> Env {
         Self::start_with(Options::default())
+    }
+
+    /// The proxy enforcing the finance example (`policies/examples/finance`).
+    pub fn start_enforcing() -> Enforced {
+        let set = tempfile::tempdir().unwrap();
+        copy_files("policies/examples/finance", set.path());
+        let env = Self::start_with(Options {
+            postgres_extra: format!("[policies]\ndir = {:?}\n", set.path().display().to_string()),
+        });
+        Enforced { env, _set: set }
     }
 
     pub fn start_with(options: Options) -> Env {
