@@ -612,8 +612,14 @@ impl<'a> Session<'a> {
                         }
                     }
                 }
-                // Under enforcement a notice is read whole and redacted like an error.
-                b'N' if self.shared.enforcer.is_some() && size <= MAX_ERROR => {
+                // Under enforcement a notice is read whole and redacted like an error; one too
+                // large to check is dropped (it is only informational), never passed unread.
+                b'N' if self.shared.enforcer.is_some() => {
+                    if size > MAX_ERROR {
+                        self.account(tag)?;
+                        self.dropping = size;
+                        continue;
+                    }
                     if self.from_upstream.len() < size {
                         return Ok(());
                     }
