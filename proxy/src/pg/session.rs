@@ -274,8 +274,11 @@ impl<'a> Session<'a> {
                 b'H' => self.forward(&msg, None),
                 b'S' => {
                     self.skip_until_sync = false;
-                    self.close_orphans();
                     self.forward(&msg, Some(Expect::Sync));
+                    // After the Sync, not before it: an error earlier in this batch (a refused
+                    // Parse) makes the backend skip everything up to Sync, and a hidden Close
+                    // it skipped would be a reply that never comes.
+                    self.close_orphans();
                 }
                 b'X' => return Ok(Flow::Terminate),
                 // Copy-in messages outside COPY FROM STDIN (which the gate refuses): PostgreSQL
@@ -374,11 +377,17 @@ impl<'a> Session<'a> {
 
     /// Hidden Closes of the upstream statements no client name stands for any more.
     fn close_orphans(&mut self) {
-        for upstream in self.statements.take_orphans() {
+        let orphans = self.statements.take_orphans();
+        if orphans.is_empty() {
+            return;
+        }
+        for upstream in orphans {
             extended::encode_close_statement(&mut self.to_upstream, &upstream);
             self.pipeline
                 .push_statement(Expect::Close, Reply::Hide, upstream);
         }
+        // Their replies come now, not with the client's next Sync.
+        query::encode_flush(&mut self.to_upstream);
     }
 
     fn on_query(&mut self, msg: &[u8]) {
