@@ -328,6 +328,20 @@ async fn startup_parameters_outside_the_allow_list_are_refused() {
     }
     let other_db = base.replace("/portcullis_demo", "/postgres");
     assert_eq!(sqlstate(&connect(&other_db).await.unwrap_err()), "3D000");
+    // Before authentication, a wrong database name and the right one fail alike: an
+    // unauthenticated client cannot confirm the upstream database's name.
+    for db in ["/portcullis_demo", "/postgres"] {
+        let url = env
+            .url(AGENT, "wrong-secret")
+            .replace("/portcullis_demo", db);
+        let e = connect(&url).await.unwrap_err();
+        assert_eq!(sqlstate(&e), "28P01", "{db}: {e}");
+        assert_eq!(
+            message(&e),
+            format!("password authentication failed for user \"{AGENT}\""),
+            "{db}"
+        );
+    }
     // Allowed parameters reach the upstream session.
     let c = connect(&format!("{base}?application_name=agent-x"))
         .await

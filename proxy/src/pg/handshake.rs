@@ -116,27 +116,43 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Result<Authenticated,
         )
         .await;
     }
-    let vetted = match vet_params(&params, &shared.upstream.dbname, shared.enforcer.is_some()) {
-        Ok(v) => v,
-        Err((code, message)) => return fatal(&mut client, code, &message).await,
+    // Authenticate first, then report what is wrong with the other parameters: before
+    // authentication every failure looks the same, so an unauthenticated client cannot probe
+    // for the upstream database's name (or anything else the parameters would reveal).
+    let agent = match params.iter().find(|(k, _)| k.eq_ignore_ascii_case("user")) {
+        Some((_, a)) if !a.is_empty() => a.clone(),
+        _ => {
+            return fatal(
+                &mut client,
+                "28000",
+                "no PostgreSQL user name specified in startup packet",
+            )
+            .await
+        }
     };
-    if minor > 0 || !vetted.unsupported.is_empty() {
+    let vetted = vet_params(&params, &shared.upstream.dbname, shared.enforcer.is_some());
+    let unsupported = vetted
+        .as_ref()
+        .map(|v| v.unsupported.as_slice())
+        .unwrap_or_default();
+    if minor > 0 || !unsupported.is_empty() {
         let mut out = BytesMut::new();
-        status::negotiate_protocol_version(&mut out, 0, &vetted.unsupported);
+        status::negotiate_protocol_version(&mut out, 0, unsupported);
         client.write_all(&out).await?;
     }
 
-    let Some(on_behalf_of) = authenticate(&mut client, &vetted.agent, shared).await? else {
-        info!(agent = %vetted.agent, "authentication failed");
+    let Some(on_behalf_of) = authenticate(&mut client, &agent, shared).await? else {
+        info!(agent = %agent, "authentication failed");
         return fatal(
             &mut client,
             "28P01",
-            &format!(
-                "password authentication failed for user \"{}\"",
-                vetted.agent
-            ),
+            &format!("password authentication failed for user \"{agent}\""),
         )
         .await;
+    };
+    let vetted = match vetted {
+        Ok(v) => v,
+        Err((code, message)) => return fatal(&mut client, code, &message).await,
     };
 
     let mut upstream_params: Vec<(&str, &str)> = vec![
