@@ -267,6 +267,14 @@ async fn every_attack_family_gets_its_safe_outcome() {
             ("merge into tickets t using customers c on c.id = t.customer_id when matched then delete", Refused("0A000")),
             ("insert into tickets (tenant_id, customer_id, subject, body, status, priority) values (1, 3, 'x', 'y', 'open', 2) on conflict do nothing", Refused("0A000")),
             ("update pg_catalog.pg_class set relname = 'x'", Refused("42501")),
+            // The target as a whole row carried the fence's row address (tableoid, ctid).
+            ("update customers c set name = c::text where id = 3 returning name", Refused("42501")),
+            ("update customers set name = customers::text where id = 3", Refused("42501")),
+            ("update customers set name = row_to_json(customers.*)::text where id = 3", Refused("42501")),
+            ("update customers c set name = (select to_jsonb(c))::text where id = 3", Refused("42501")),
+            ("update customers set name = public.customers::text where id = 3", Refused("42501")),
+            ("delete from tickets t where t::text like '%portcullis%'", Refused("42501")),
+            ("update customers c set name = c.name where id = 3 returning name", Rows(&["Customer 3"])),
             ("truncate tickets", Refused("42501")),
             ("select count(*) from tickets where tenant_id <> 1", Rows(ZERO)),
         ],
@@ -352,6 +360,17 @@ async fn every_attack_family_gets_its_safe_outcome() {
             ("set standard_conforming_strings = off", Refused("42501")),
             ("set client_encoding = 'SQL_ASCII'", Refused("42501")),
             ("set portcullis.agent = 'auditor'", Refused("42501")),
+            // SQL's names for the session's role report the agent, not the upstream login.
+            ("select current_user", Rows(&["support-bot"])),
+            ("select session_user", Rows(&["support-bot"])),
+            ("select user", Rows(&["support-bot"])),
+            ("select current_role", Rows(&["support-bot"])),
+            ("select pg_catalog.getpgusername()", Rows(&["support-bot"])),
+            ("select \"current_user\"()", Rows(&["support-bot"])),
+            (
+                "select count(*) from customers where current_user = 'support-bot'",
+                Rows(TEN),
+            ),
             ("begin", Rows(&[])),
             ("savepoint s", Rows(&[])),
             ("select count(*) from customers", Rows(TEN)),
@@ -364,4 +383,73 @@ async fn every_attack_family_gets_its_safe_outcome() {
         ],
     )
     .await;
+}
+
+/// A refusal never ends a session: a refused Parse of the unnamed statement, after an unnamed
+/// statement was prepared and synced, with the client waiting on a Flush before its Sync (as
+/// drivers that describe before they bind do). The proxy's hidden Close of the old unnamed
+/// statement used to go out inside the failed batch, and the session ended with 08P01.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_unnamed_parse_never_ends_the_session() {
+    use bytes::BytesMut;
+    use postgres_protocol::message::{backend, frontend};
+
+    let s = Env::start_enforcing();
+    let mut raw = common::raw::Raw::login(&s.env).await;
+    for round in 0..3 {
+        let mut b = BytesMut::new();
+        frontend::parse("", "select 1", std::iter::empty(), &mut b).unwrap();
+        frontend::sync(&mut b);
+        raw.send(&b).await;
+        assert_eq!(raw.until_ready().await, (vec![], true), "round {round}");
+
+        let mut b = BytesMut::new();
+        frontend::parse("", "select * from pg_authid", std::iter::empty(), &mut b).unwrap();
+        frontend::describe(b'S', "", &mut b).unwrap();
+        frontend::flush(&mut b);
+        raw.send(&b).await;
+        match raw.next().await {
+            Some(backend::Message::ErrorResponse(body)) => {
+                assert_eq!(common::raw::code_of(body), "42501", "round {round}")
+            }
+            other => panic!(
+                "round {round}: expected the refusal, got {:?}",
+                other.is_some()
+            ),
+        }
+        let mut b = BytesMut::new();
+        frontend::sync(&mut b);
+        raw.send(&b).await;
+        assert_eq!(raw.until_ready().await, (vec![], true), "round {round}");
+    }
+    raw.send(&common::raw::query("select 'alive'")).await;
+    assert_eq!(raw.until_ready().await, (vec![], true));
+}
+
+/// Planner costs are a row-count oracle: with `cpu_tuple_cost = 1` and the other costs 0, a
+/// sequential scan's cost is its table's row count, hidden rows included. Under enforcement
+/// EXPLAIN runs with COSTS OFF (whatever the agent asks), and shows the plan's shape only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_shows_no_costs_under_enforcement() {
+    let s = Env::start_enforcing();
+    let bot = s.env.agent().await;
+    bot.batch_execute(
+        "set cpu_tuple_cost = 1; set cpu_operator_cost = 0; set seq_page_cost = 0; \
+         set random_page_cost = 0; set enable_indexscan = off; set enable_bitmapscan = off",
+    )
+    .await
+    .unwrap();
+    for sql in [
+        "explain select * from customers",
+        "explain (costs on) select * from customers",
+        "explain (costs true, verbose) select id from customers",
+        "explain verbose select id from customers",
+        "explain (format json) select * from customers",
+    ] {
+        let plan: String = first_column(&bot, sql).await.unwrap().join("\n");
+        assert!(plan.contains("Seq Scan"), "{sql}: {plan}");
+        for leak in ["cost=", "rows=", "Total Cost", "Plan Rows"] {
+            assert!(!plan.contains(leak), "{sql} shows {leak}: {plan}");
+        }
+    }
 }

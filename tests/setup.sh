@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# Installs what the end-to-end tests need besides Rust: PostgreSQL 15 server binaries and psql,
+# Installs what building and the end-to-end tests need besides Rust: libclang and protoc (to build
+# libpg_query), PostgreSQL 15 server binaries and psql,
 # pgbench, PgBouncer (benchmarks), the JDBC driver, a Python venv with psycopg2, psycopg 3,
 # asyncpg and SQLAlchemy, and node's `pg`. Idempotent; safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-command -v psql >/dev/null || need_apt+=(postgresql-client)
+# Building: libpg_query (the `pg_query` crate) needs libclang for bindgen and protoc.
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || need_apt+=(libclang-dev)
+command -v make >/dev/null || need_apt+=(make)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+if [ "${1:-}" != build ]; then
+command -v psql >/dev/null || need_apt+=(postgresql-client)
 command -v pgbench >/dev/null || need_apt+=(postgresql-contrib)
 command -v pgbouncer >/dev/null || need_apt+=(pgbouncer)
 [ -f /usr/share/java/postgresql.jar ] || need_apt+=(libpostgresql-jdbc-java)
@@ -16,6 +22,7 @@ command -v node >/dev/null || need_apt+=(nodejs npm)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v bc >/dev/null || need_apt+=(bc)
 python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -26,6 +33,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     pg_lsclusters -h 2>/dev/null | while read -r ver name _; do pg_ctlcluster "$ver" "$name" stop 2>/dev/null || true; done
   fi
 fi
+
+# `setup.sh build`: only what building and the demo need.
+[ "${1:-}" = build ] && { echo "setup: done (build)"; exit 0; }
 
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv

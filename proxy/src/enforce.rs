@@ -208,6 +208,7 @@ impl Enforcer {
             catalog: &view.catalog,
             search_path: &view.search_path,
             policies: &session,
+            agent: principal.agent.id().unescaped(),
         };
         rewriter::rewrite(sql, protocol, &ctx)
     }

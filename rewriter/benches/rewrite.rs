@@ -163,6 +163,7 @@ fn bench(c: &mut Criterion) {
         catalog: &catalog,
         search_path: &path,
         policies: &policies,
+        agent: "support-bot",
     };
     let mut group = c.benchmark_group("rewrite");
     for (name, sql) in [("lookup", LOOKUP), ("join5", JOIN5)] {

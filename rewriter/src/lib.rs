@@ -14,12 +14,15 @@ mod copy;
 mod error;
 mod fence;
 mod functions;
+mod identity;
+mod lexical;
 mod parse;
 mod policy;
 mod protect;
 mod settings;
 mod sql_filter;
 mod statements;
+mod verify;
 mod writes;
 
 pub use cache::RewriteCache;
@@ -28,6 +31,7 @@ pub use error::Refusal;
 pub use policy::{Policies, TablePolicy, WriteAction, WritePolicy};
 pub use protect::Read;
 pub use sql_filter::render as render_filter;
+pub use verify::{postgres_reading, Reading};
 
 use sqlparser::ast::Statement;
 
@@ -114,9 +118,10 @@ pub fn check(sql: &str, protocol: Protocol) -> Result<Checked, Refusal> {
     for statement in &statements {
         check_statement(statement)?;
     }
+    let count = statements.len();
     Ok(Checked {
-        sql: serialize(&statements),
-        statements: statements.len(),
+        sql: forward(statements)?,
+        statements: count,
         shape: 0,
         prepared: PreparedEffect::None,
     })
@@ -128,6 +133,8 @@ pub struct Context<'a> {
     pub catalog: &'a Catalog,
     pub search_path: &'a [String],
     pub policies: &'a dyn Policies,
+    /// The agent's id: what `current_user` and `session_user` report.
+    pub agent: &'a str,
 }
 
 /// A statement (or several) rewritten under policy, ready to forward.
@@ -156,11 +163,13 @@ pub fn rewrite(sql: &str, protocol: Protocol, ctx: &Context<'_>) -> Result<Rewri
     for statement in &mut statements {
         settings::check(statement)?;
         copy::check(statement)?;
+        identity::report_agent(statement, ctx.agent);
         reads.extend(statements::rewrite(statement, ctx)?);
     }
+    let count = statements.len();
     Ok(Rewritten {
-        sql: serialize(&statements),
-        statements: statements.len(),
+        sql: forward(statements)?,
+        statements: count,
         reads,
         prepared,
     })
@@ -171,6 +180,27 @@ fn check_statement(statement: &Statement) -> Result<(), Refusal> {
     copy::check(statement)?;
     functions::check(statement)?;
     Ok(())
+}
+
+/// The text to forward for the checked `statements`: every token spelled by Portcullis (see
+/// [`lexical`]), then read back by PostgreSQL's own parser and compared with what was checked
+/// (see [`verify`]). A disagreement refuses the statement; nothing unproven is forwarded.
+fn forward(mut statements: Vec<Statement>) -> Result<String, Refusal> {
+    let (relations, functions) = verify::references(&statements);
+    let mut expected = verify::Expected {
+        statements: statements.len(),
+        relations,
+        functions,
+        ..Default::default()
+    };
+    for statement in &mut statements {
+        let spelled = lexical::spell(statement)?;
+        expected.spelled.literals.extend(spelled.literals);
+        expected.spelled.quoted_idents.extend(spelled.quoted_idents);
+    }
+    let sql = serialize(&statements);
+    verify::verify(&sql, &expected)?;
+    Ok(sql)
 }
 
 fn serialize(statements: &[Statement]) -> String {

@@ -5,7 +5,7 @@
 //! SQL-level PREPARE/EXECUTE (the statement would outlive a policy reload unseen: protocol-level
 //! prepared statements, which the proxy re-prepares, serve instead), LISTEN/NOTIFY, and the rest.
 
-use sqlparser::ast::{CopySource, Statement};
+use sqlparser::ast::{CopySource, Expr, Ident, Statement, UtilityOption};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
@@ -23,15 +23,40 @@ const EXPLAIN_OPTIONS: &[&str] = &[
     "format",
 ];
 
+/// Plain EXPLAIN runs with `COSTS OFF` under enforcement. A plan's costs and row estimates
+/// come from whole-table statistics, and the agent may change the cost settings
+/// (`SET cpu_tuple_cost = 1` and the rest to 0 make a scan's cost its table's row count): with
+/// costs shown, EXPLAIN would count the rows the policy hides. The plan's shape (which index,
+/// which join) is still shown.
+fn costs_off(verbose: &mut bool, options: &mut Option<Vec<UtilityOption>>) {
+    let options = options.get_or_insert_with(Vec::new);
+    options.retain(|o| crate::catalog::normalize(&o.name) != "costs");
+    if std::mem::take(verbose) {
+        options.push(UtilityOption {
+            name: Ident::new("VERBOSE"),
+            arg: None,
+        });
+    }
+    options.push(UtilityOption {
+        name: Ident::new("COSTS"),
+        arg: Some(Expr::Identifier(Ident::new("OFF"))),
+    });
+}
+
 pub(crate) fn rewrite(statement: &mut Statement, ctx: &Context<'_>) -> Result<Vec<Read>, Refusal> {
     match statement {
         Statement::Query(_) => protect(statement, ctx),
         Statement::Explain {
             statement: inner,
             analyze,
+            verbose,
             options,
             ..
-        } => match &mut **inner {
+        } => {
+            if !*analyze {
+                costs_off(verbose, options);
+            }
+            match &mut **inner {
             // EXPLAIN ANALYZE runs the query and reports how many rows each filter removed:
             // the policy filter's count is the number of rows the agent may not see.
             // Options are allow-listed (PostgreSQL also reads `ANALYSE`, and later releases add
@@ -56,7 +81,8 @@ pub(crate) fn rewrite(statement: &mut Statement, ctx: &Context<'_>) -> Result<Ve
             _ => Err(Refusal::Unsupported(
                 "EXPLAIN of anything but a query or a write".into(),
             )),
-        },
+            }
+        }
         Statement::Copy { source, .. } => {
             if let CopySource::Table {
                 table_name,
@@ -74,7 +100,10 @@ pub(crate) fn rewrite(statement: &mut Statement, ctx: &Context<'_>) -> Result<Ve
                         .join(", ")
                 };
                 let query = Parser::new(&PostgreSqlDialect {})
-                    .try_with_sql(&format!("SELECT {cols} FROM {table_name}"))
+                    .try_with_sql(&format!(
+                        "SELECT {cols} FROM {}",
+                        crate::lexical::to_sql(table_name)?
+                    ))
                     .and_then(|mut p| p.parse_query())
                     .map_err(|e| Refusal::Unsupported(format!("COPY of this table: {e}")))?;
                 *source = CopySource::Query(query);

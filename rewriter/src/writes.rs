@@ -29,6 +29,7 @@ use sqlparser::parser::Parser;
 
 use crate::catalog::{normalize, quote_ident, Column, RelKind, Relation, Resolved};
 use crate::fence;
+use crate::lexical::to_sql;
 use crate::policy::{TablePolicy, WriteAction};
 use crate::protect::{protect, pushdown, FenceInfo, Read};
 use crate::sql_filter::{quote_string, render};
@@ -295,7 +296,7 @@ fn returning(
                         rel.entity_type()
                     )));
                 }
-                out.push(item.to_string());
+                out.push(to_sql(item)?);
             }
         }
     }
@@ -421,11 +422,11 @@ fn rewrite_insert(insert: &mut Insert, ctx: &Context<'_>) -> Result<Built, Refus
                     let items: Vec<String> = row
                         .iter()
                         .zip(&columns)
-                        .map(|(e, c)| format!("CAST(({e}) AS {})", cast_type(c)))
-                        .collect();
-                    format!("({})", items.join(", "))
+                        .map(|(e, c)| Ok(format!("CAST(({}) AS {})", to_sql(e)?, cast_type(c))))
+                        .collect::<Result<_, Refusal>>()?;
+                    Ok(format!("({})", items.join(", ")))
                 })
-                .collect();
+                .collect::<Result<_, Refusal>>()?;
             format!("VALUES {}", rows.join(", "))
         }
         None => {
@@ -435,7 +436,7 @@ fn rewrite_insert(insert: &mut Insert, ctx: &Context<'_>) -> Result<Built, Refus
                 ));
             }
             reads.extend(protect(&mut **source, ctx)?);
-            source.to_string()
+            to_sql(&**source)?
         }
     };
     // A column the agent cannot read in clear cannot be written blind either (nor probed:
@@ -515,6 +516,33 @@ fn named_target<'c>(
     Ok((rel, alias))
 }
 
+/// The write's target as a whole row (`t`, `t.*`, `t::text`, `to_jsonb(t)`) would carry the
+/// write fence's row address (`portcullis_tableoid`, `portcullis_ctid`) into values the agent
+/// reads back: refused. Read by PostgreSQL's grammar, so every place a column reference can
+/// stand is covered.
+fn refuse_whole_row<T>(write: &T, alias: &str, rel: &Relation) -> Result<(), Refusal>
+where
+    T: sqlparser::ast::VisitMut + Clone + std::fmt::Display,
+{
+    let is_column = rel.columns.iter().any(|c| c.name == alias);
+    for parts in crate::verify::column_refs(&to_sql(write)?)? {
+        let schema = &rel.schema;
+        let whole_row = match parts.as_slice() {
+            [Some(name)] => name == alias && !is_column,
+            [Some(name), None] => name == alias,
+            [Some(s), Some(name)] | [Some(s), Some(name), None] => s == schema && name == alias,
+            _ => false,
+        };
+        if whole_row {
+            return Err(Refusal::Forbidden(format!(
+                "a whole-row reference to the write's target {} (name its columns)",
+                rel.entity_type()
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn from_items(
     items: &mut [TableWithJoins],
     ctx: &Context<'_>,
@@ -524,7 +552,7 @@ fn from_items(
     for item in items.iter_mut() {
         reads.extend(protect(item, ctx)?);
         out.push_str(", ");
-        out.push_str(&item.to_string());
+        out.push_str(&to_sql(item)?);
     }
     Ok(out)
 }
@@ -539,6 +567,7 @@ fn rewrite_update(update: &mut Update, ctx: &Context<'_>) -> Result<Built, Refus
         return Err(Refusal::Unsupported("this UPDATE form".into()));
     }
     let (rel, alias) = named_target(&update.table.relation, ctx)?;
+    refuse_whole_row(&*update, &alias, rel)?;
     let rules = rules(rel, WriteAction::Update, ctx)?;
     let a = quote_ident(&alias);
     let mut reads = vec![rules.target_read(rel)];
@@ -567,7 +596,7 @@ fn rewrite_update(update: &mut Update, ctx: &Context<'_>) -> Result<Built, Refus
             return Err(Refusal::Unsupported("SET … = DEFAULT".into()));
         }
         reads.extend(protect(&mut assignment.value, ctx)?);
-        sets.push((col, assignment.value.to_string()));
+        sets.push((col, to_sql(&assignment.value)?));
     }
     let from = match update.from.as_mut() {
         None => String::new(),
@@ -672,7 +701,7 @@ fn where_clause(
         None => Ok("true".into()),
         Some(e) => {
             reads.extend(protect(e, ctx)?);
-            Ok(format!("({e})"))
+            Ok(format!("({})", to_sql(e)?))
         }
     }
 }
@@ -693,6 +722,7 @@ fn rewrite_delete(delete: &mut Delete, ctx: &Context<'_>) -> Result<Built, Refus
         return Err(Refusal::Unsupported("this DELETE form".into()));
     }
     let (rel, alias) = named_target(&target_item.relation, ctx)?;
+    refuse_whole_row(&*delete, &alias, rel)?;
     let rules = rules(rel, WriteAction::Delete, ctx)?;
     let a = quote_ident(&alias);
     let mut reads = vec![rules.target_read(rel)];

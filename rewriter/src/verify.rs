@@ -1,0 +1,460 @@
+//! The forwarded text, read back by PostgreSQL's own parser (libpg_query, PostgreSQL 15's
+//! `scan.l` and `gram.y`, through the `pg_query` crate) before it is cached and forwarded.
+//!
+//! Portcullis checked an AST; PostgreSQL will run text. This module proves the two are the
+//! same where it matters for enforcement, and refuses otherwise:
+//!
+//! - lexically (PostgreSQL's scanner): no comments; the string, bit-string and quoted-identifier
+//!   tokens are exactly the ones [`crate::lexical`] spelled, so no text the agent wrote as data
+//!   became SQL and no SQL became data;
+//! - syntactically (PostgreSQL's grammar): the same number of statements; every relation
+//!   PostgreSQL reads is one the rewriter saw (and fenced); every function PostgreSQL calls is
+//!   one the gate checked, or one PostgreSQL's grammar makes of SQL syntax (`EXTRACT`,
+//!   `AT TIME ZONE`, …).
+//!
+//! The parse tree is read as libpg_query's JSON and walked generically, so no node type can
+//! hide a relation or a call from the comparison. This runs on a rewrite-cache miss only.
+
+use std::collections::HashMap;
+use std::ffi::{c_char, CStr, CString};
+use std::ops::ControlFlow;
+
+use pg_query::protobuf::Token;
+use serde_json::Value as Json;
+use sqlparser::ast::{Expr, ObjectName, ObjectNamePart, Statement, TableFactor, Visit, Visitor};
+
+use crate::catalog::normalize;
+use crate::lexical::Spelled;
+use crate::Refusal;
+
+/// What the forwarded text must hold, from the AST the gate checked.
+#[derive(Debug, Default)]
+pub(crate) struct Expected {
+    pub statements: usize,
+    pub spelled: Spelled,
+    /// Relations, as `catalog.schema.name` parts that are present, normalized.
+    pub relations: Vec<String>,
+    /// The last part of every function name called, normalized.
+    pub functions: Vec<String>,
+}
+
+/// Relations and function calls of `statements`, before they are spelled.
+pub(crate) fn references(statements: &[Statement]) -> (Vec<String>, Vec<String>) {
+    let mut refs = References::default();
+    for statement in statements {
+        let _ = statement.visit(&mut refs);
+    }
+    (refs.relations, refs.functions)
+}
+
+#[derive(Default)]
+struct References {
+    relations: Vec<String>,
+    functions: Vec<String>,
+}
+
+impl Visitor for References {
+    type Break = ();
+
+    fn pre_visit_relation(&mut self, relation: &ObjectName) -> ControlFlow<()> {
+        self.relations.push(dotted(relation));
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        // A set-returning function in FROM: a relation to sqlparser, a call to PostgreSQL.
+        if let TableFactor::Table {
+            name,
+            args: Some(_),
+            ..
+        } = factor
+        {
+            self.functions.push(last(name));
+        }
+        if let TableFactor::Function { name, .. } = factor {
+            self.functions.push(last(name));
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        if let Expr::Function(f) = expr {
+            self.functions.push(last(&f.name));
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+fn parts(name: &ObjectName) -> Vec<String> {
+    name.0
+        .iter()
+        .map(|p| match p {
+            ObjectNamePart::Identifier(i) => normalize(i),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+fn dotted(name: &ObjectName) -> String {
+    parts(name).join(".")
+}
+
+fn last(name: &ObjectName) -> String {
+    parts(name).pop().unwrap_or_default()
+}
+
+/// Functions PostgreSQL's grammar calls for SQL syntax (`SystemFuncName`), which sqlparser
+/// models as expressions of their own.
+const GRAMMAR_FUNCTIONS: &[&str] = &[
+    "extract",
+    "date_part",
+    "substring",
+    "btrim",
+    "ltrim",
+    "rtrim",
+    "position",
+    "overlay",
+    "timezone",
+    "overlaps",
+    "normalize",
+    "is_normalized",
+    "similar_to_escape",
+    "similar_escape",
+    "pg_collation_for",
+    "xmlexists",
+    "like_escape",
+];
+
+/// Checks `sql` (the text about to be forwarded) against what the gate checked.
+pub(crate) fn verify(sql: &str, expected: &Expected) -> Result<(), Refusal> {
+    if sql.is_empty() {
+        return if expected.statements == 0 {
+            Ok(())
+        } else {
+            Err(disagree("the statement is empty"))
+        };
+    }
+    check_tokens(sql, &expected.spelled)?;
+    let tree = parse_json(sql)?;
+    let stmts = tree
+        .get("stmts")
+        .and_then(Json::as_array)
+        .map_or(0, Vec::len);
+    if stmts != expected.statements {
+        return Err(disagree(&format!(
+            "PostgreSQL reads {stmts} statements where Portcullis checked {}",
+            expected.statements
+        )));
+    }
+    let mut found = Found::default();
+    walk(&tree, &mut found);
+    let mut relations = counts(&expected.relations);
+    for relation in &found.relations {
+        if !take(&mut relations, relation) {
+            return Err(disagree(&format!(
+                "PostgreSQL reads a relation {relation:?} Portcullis did not check"
+            )));
+        }
+    }
+    let mut functions = counts(&expected.functions);
+    for (schema, name) in &found.functions {
+        if take(&mut functions, name)
+            || (schema.as_deref() == Some("pg_catalog") && GRAMMAR_FUNCTIONS.contains(&&**name))
+        {
+            continue;
+        }
+        return Err(disagree(&format!(
+            "PostgreSQL calls a function {name:?} Portcullis did not check"
+        )));
+    }
+    Ok(())
+}
+
+fn disagree(what: &str) -> Refusal {
+    Refusal::Forbidden(format!(
+        "the statement Portcullis would forward does not read the same in PostgreSQL ({what})"
+    ))
+}
+
+fn counts(items: &[String]) -> HashMap<&str, usize> {
+    let mut map = HashMap::new();
+    for item in items {
+        *map.entry(item.as_str()).or_insert(0) += 1;
+    }
+    map
+}
+
+fn take(counts: &mut HashMap<&str, usize>, item: &str) -> bool {
+    match counts.get_mut(item) {
+        Some(n) if *n > 0 => {
+            *n -= 1;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// PostgreSQL's scanner over `sql`: no comments, and exactly the spelled literals and quoted
+/// identifiers.
+fn check_tokens(sql: &str, spelled: &Spelled) -> Result<(), Refusal> {
+    let scan = pg_query::scan(sql).map_err(|e| Refusal::Syntax(format!("PostgreSQL: {e}")))?;
+    let mut literals = Vec::new();
+    let mut quoted = Vec::new();
+    for token in &scan.tokens {
+        let text = sql
+            .get(token.start as usize..token.end as usize)
+            .ok_or_else(|| disagree("a token outside the text"))?;
+        match Token::from_i32(token.token) {
+            Some(Token::SqlComment | Token::CComment) => {
+                return Err(disagree("PostgreSQL reads a comment"))
+            }
+            Some(Token::Sconst | Token::Bconst | Token::Xconst) => literals.push(text),
+            Some(Token::Ident) if text.starts_with('"') => quoted.push(text),
+            Some(Token::Usconst | Token::Uident) => {
+                return Err(disagree("PostgreSQL reads a U& token"))
+            }
+            _ => {}
+        }
+    }
+    if !same_multiset(&literals, &spelled.literals) {
+        return Err(disagree("PostgreSQL reads other string constants"));
+    }
+    if !same_multiset(&quoted, &spelled.quoted_idents) {
+        return Err(disagree("PostgreSQL reads other quoted identifiers"));
+    }
+    Ok(())
+}
+
+fn same_multiset(found: &[&str], spelled: &[String]) -> bool {
+    if found.len() != spelled.len() {
+        return false;
+    }
+    let mut counts = counts(spelled);
+    found.iter().all(|f| take(&mut counts, f))
+}
+
+#[derive(Default)]
+struct Found {
+    relations: Vec<String>,
+    functions: Vec<(Option<String>, String)>,
+    constants: Vec<String>,
+}
+
+/// What PostgreSQL's parser reads in `sql`: for differential tests of the gate (what
+/// PostgreSQL reads in the client's text against what it reads in the forwarded text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reading {
+    pub statements: usize,
+    /// `schema.name` of every relation read, sorted.
+    pub relations: Vec<String>,
+    /// `schema.name` (or `name`) of every function called, sorted.
+    pub functions: Vec<String>,
+    /// Every constant (`A_Const`, as libpg_query's JSON without its position), sorted.
+    pub constants: Vec<String>,
+}
+
+/// PostgreSQL 15's reading of `sql`, or its syntax error.
+pub fn postgres_reading(sql: &str) -> Result<Reading, String> {
+    let tree = parse_json(sql).map_err(|e| e.to_string())?;
+    let mut found = Found::default();
+    walk(&tree, &mut found);
+    let mut functions: Vec<String> = found
+        .functions
+        .into_iter()
+        .map(|(schema, name)| match schema {
+            Some(s) => format!("{s}.{name}"),
+            None => name,
+        })
+        .collect();
+    functions.sort();
+    found.relations.sort();
+    found.constants.sort();
+    Ok(Reading {
+        statements: tree
+            .get("stmts")
+            .and_then(Json::as_array)
+            .map_or(0, Vec::len),
+        relations: found.relations,
+        functions,
+        constants: found.constants,
+    })
+}
+
+/// Every `RangeVar` and `FuncCall` at any depth of libpg_query's JSON tree.
+fn walk(node: &Json, found: &mut Found) {
+    match node {
+        Json::Object(map) => {
+            for (key, value) in map {
+                match key.as_str() {
+                    "RangeVar" => {
+                        let name: Vec<&str> = ["catalogname", "schemaname", "relname"]
+                            .iter()
+                            .filter_map(|k| value.get(k).and_then(Json::as_str))
+                            .filter(|s| !s.is_empty())
+                            .collect();
+                        found.relations.push(name.join("."));
+                    }
+                    "FuncCall" => {
+                        let name: Vec<String> = value
+                            .get("funcname")
+                            .and_then(Json::as_array)
+                            .map(|parts| parts.iter().filter_map(string_node).collect())
+                            .unwrap_or_default();
+                        let schema = (name.len() > 1).then(|| name[name.len() - 2].clone());
+                        found
+                            .functions
+                            .push((schema, name.last().cloned().unwrap_or_default()));
+                    }
+                    "A_Const" => {
+                        let mut constant = value.clone();
+                        if let Some(map) = constant.as_object_mut() {
+                            map.remove("location");
+                        }
+                        found.constants.push(constant.to_string());
+                    }
+                    _ => {}
+                }
+                walk(value, found);
+            }
+        }
+        Json::Array(items) => items.iter().for_each(|i| walk(i, found)),
+        _ => {}
+    }
+}
+
+/// Every column reference (`ColumnRef`) in `sql` as PostgreSQL's grammar reads it: its
+/// name parts, `None` for `*`.
+pub(crate) fn column_refs(sql: &str) -> Result<Vec<Vec<Option<String>>>, Refusal> {
+    fn collect(node: &Json, out: &mut Vec<Vec<Option<String>>>) {
+        match node {
+            Json::Object(map) => {
+                for (key, value) in map {
+                    if key == "ColumnRef" {
+                        let fields = value.get("fields").and_then(Json::as_array);
+                        out.push(fields.into_iter().flatten().map(string_node).collect());
+                    }
+                    collect(value, out);
+                }
+            }
+            Json::Array(items) => items.iter().for_each(|i| collect(i, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    collect(&parse_json(sql)?, &mut out);
+    Ok(out)
+}
+
+/// The text of a `String` node (`{"String": {"sval": "…"}}`).
+fn string_node(node: &Json) -> Option<String> {
+    let s = node.get("String")?;
+    s.get("sval")
+        .or_else(|| s.get("str"))
+        .and_then(Json::as_str)
+        .map(str::to_string)
+}
+
+/// libpg_query's parse tree of `sql` as JSON (the crate exposes only the protobuf form, whose
+/// walker skips node types).
+fn parse_json(sql: &str) -> Result<Json, Refusal> {
+    #[repr(C)]
+    struct PgQueryError {
+        message: *mut c_char,
+        funcname: *mut c_char,
+        filename: *mut c_char,
+        lineno: i32,
+        cursorpos: i32,
+        context: *mut c_char,
+    }
+    #[repr(C)]
+    struct PgQueryParseResult {
+        parse_tree: *mut c_char,
+        stderr_buffer: *mut c_char,
+        error: *mut PgQueryError,
+    }
+    extern "C" {
+        fn pg_query_parse(input: *const c_char) -> PgQueryParseResult;
+        fn pg_query_free_parse_result(result: PgQueryParseResult);
+    }
+    let input = CString::new(sql).map_err(|_| Refusal::Syntax("a NUL byte".into()))?;
+    // SAFETY: `input` is a valid C string for the call; the result's pointers are read while
+    // it is alive and freed exactly once by libpg_query's own free function.
+    unsafe {
+        let result = pg_query_parse(input.as_ptr());
+        let out = if !result.error.is_null() {
+            let message = CStr::from_ptr((*result.error).message).to_string_lossy();
+            Err(Refusal::Syntax(format!("PostgreSQL: {message}")))
+        } else {
+            let text = CStr::from_ptr(result.parse_tree).to_string_lossy();
+            serde_json::from_str(&text)
+                .map_err(|e| disagree(&format!("unreadable parse tree: {e}")))
+        };
+        pg_query_free_parse_result(result);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expected(statements: usize, literals: &[&str], relations: &[&str]) -> Expected {
+        Expected {
+            statements,
+            spelled: Spelled {
+                literals: literals.iter().map(|s| s.to_string()).collect(),
+                quoted_idents: vec![],
+            },
+            relations: relations.iter().map(|s| s.to_string()).collect(),
+            functions: vec![],
+        }
+    }
+
+    #[test]
+    fn sqlparsers_old_spelling_is_caught() {
+        // What sqlparser 0.63 printed for `SELECT 'x\''; SELECT ssn FROM customers; -- '`.
+        let e = verify(
+            r"SELECT 'x\'; SELECT ssn FROM customers; -- '",
+            &expected(1, &[r"'x\''; SELECT ssn FROM customers; -- '"], &[]),
+        )
+        .unwrap_err();
+        assert_eq!(e.sqlstate(), "42501", "{e}");
+    }
+
+    #[test]
+    fn the_canonical_spelling_passes() {
+        verify(
+            r"SELECT 'x\''; SELECT ssn FROM customers; -- ' FROM public.t",
+            &expected(
+                1,
+                &[r"'x\''; SELECT ssn FROM customers; -- '"],
+                &["public.t"],
+            ),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn an_unchecked_relation_or_call_is_caught() {
+        let e = verify("SELECT * FROM customers", &expected(1, &[], &[])).unwrap_err();
+        assert!(e.to_string().contains("relation"), "{e}");
+        let e = verify("SELECT pg_read_file('x')", &expected(1, &["'x'"], &[])).unwrap_err();
+        assert!(e.to_string().contains("function"), "{e}");
+        verify(
+            "SELECT extract(year from now())",
+            &Expected {
+                statements: 1,
+                functions: vec!["now".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn comments_and_statement_counts_are_caught() {
+        assert!(verify("SELECT 1 -- x", &expected(1, &[], &[])).is_err());
+        assert!(verify("SELECT 1 /* x */", &expected(1, &[], &[])).is_err());
+        assert!(verify("SELECT 1; SELECT 2", &expected(1, &[], &[])).is_err());
+    }
+}
