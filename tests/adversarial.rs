@@ -178,6 +178,16 @@ async fn every_attack_family_gets_its_safe_outcome() {
                 Refused("42501"),
             ),
             ("select pg_read_file('/etc/passwd')", Refused("42501")),
+            // Built-ins are allow-listed by what they are: volatile ones that read server
+            // state are outside it, and stable ones that show where the upstream is are denied.
+            ("select currtid2('customers', '(0,1)'::tid)", Refused("42501")),
+            ("select txid_current()", Refused("42501")),
+            ("select pg_current_wal_lsn()", Refused("42501")),
+            ("select pg_current_snapshot()", Refused("42501")),
+            ("select inet_server_addr()", Refused("42501")),
+            ("select current_setting('port')", Refused("42501")),
+            ("select setting from pg_settings where name = 'port'", Refused("42501")),
+            ("select (random() >= 0 and now() <= clock_timestamp() and gen_random_uuid() is not null)::text", Rows(&["true"])),
             ("select lo_import('/etc/passwd')", Refused("42501")),
             (
                 "select dblink('dbname=portcullis_demo', 'select ssn from customers')",

@@ -88,7 +88,11 @@ impl CatalogView {
         let relations = snapshot.relations.into_iter().map(relation).collect();
         let system = snapshot.system.into_iter().map(relation).collect();
         CatalogView {
-            catalog: Catalog::new(relations, system, snapshot.functions),
+            catalog: Catalog::new(
+                relations,
+                system,
+                rewriter::allowed_functions(snapshot.functions),
+            ),
             search_path: snapshot.search_path,
             generation,
         }

@@ -46,7 +46,6 @@ const READABLE: &[(&str, &str)] = &[
     ("pg_catalog", "pg_roles"),
     ("pg_catalog", "pg_sequence"),
     ("pg_catalog", "pg_sequences"),
-    ("pg_catalog", "pg_settings"),
     ("pg_catalog", "pg_shdescription"),
     // Extended-statistics *definitions* (the values are in pg_statistic_ext_data: refused).
     ("pg_catalog", "pg_statistic_ext"),
@@ -195,6 +194,31 @@ const DENIED_FUNCTIONS: &[&str] = &[
     "pg_get_replication_slots",
     "pg_sleep_for",
     "pg_sleep_until",
+    // where the upstream is and how it runs (stable, but not the agent's business)
+    "inet_server_addr",
+    "inet_server_port",
+    "inet_client_addr",
+    "inet_client_port",
+    "pg_postmaster_start_time",
+    "pg_conf_load_time",
+    "pg_backend_pid",
+    "pg_tablespace_location",
+    "pg_relation_filenode",
+    "pg_relation_filepath",
+    "pg_filenode_relation",
+    "current_setting",
+    "pg_listening_channels",
+    // server settings (pg_settings is not readable either)
+    "pg_show_all_settings",
+    "pg_settings_get_flags",
+    "pg_tablespace_databases",
+    // cluster-wide transaction activity
+    "txid_current",
+    "pg_current_xact_id",
+    "pg_current_snapshot",
+    "txid_current_snapshot",
+    "txid_current_if_assigned",
+    "pg_current_xact_id_if_assigned",
 ];
 
 /// Prefixes of denied built-in function names (families).
@@ -223,6 +247,32 @@ const DENIED_PREFIXES: &[&str] = &[
     "pg_control_",
 ];
 
+/// Volatile built-ins an agent may call: they read nothing but the clock and the random
+/// generator (or wait), or the catalog. Every other volatile built-in is outside the allow-list.
+const VOLATILE_ALLOWED: &[&str] = &[
+    "random",
+    "setseed",
+    "gen_random_uuid",
+    "clock_timestamp",
+    "timeofday",
+    "pg_sleep",
+    // catalog lookups psql's \d makes (marked volatile, read only the partition tree)
+    "pg_partition_ancestors",
+    "pg_partition_tree",
+];
+
+/// The built-ins an agent may call, from `pg_catalog`'s names, each with whether all its
+/// functions are volatile (and not aggregates or window functions): immutable and stable
+/// functions, aggregates and window functions, and [`VOLATILE_ALLOWED`]. The deny rules
+/// ([`function_refusal`]) still apply on top.
+pub fn allowed_functions(names: Vec<(String, bool)>) -> Vec<String> {
+    names
+        .into_iter()
+        .filter(|(name, volatile)| !volatile || VOLATILE_ALLOWED.contains(&name.as_str()))
+        .map(|(name, _)| name)
+        .collect()
+}
+
 /// Why an agent may not call the built-in `name`, if it may not. `builtin` says whether
 /// `pg_catalog` has a function of that name.
 pub(crate) fn function_refusal(name: &str, builtin: bool) -> Option<String> {
@@ -231,8 +281,9 @@ pub(crate) fn function_refusal(name: &str, builtin: bool) -> Option<String> {
     }
     if !builtin {
         return Some(format!(
-            "function {name}() is not a PostgreSQL built-in; user-defined functions run with \
-             Portcullis's database rights and are not allowed"
+            "function {name}() is not on Portcullis's allow-list of built-ins (user-defined \
+             functions run with Portcullis's database rights, and volatile built-ins read \
+             server state beyond the rows policy allows)"
         ));
     }
     if crate::functions::EXECUTES_SQL.contains(&name)

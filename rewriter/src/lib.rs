@@ -27,6 +27,7 @@ mod writes;
 
 pub use cache::RewriteCache;
 pub use catalog::{quote_ident, Catalog, Column, RelKind, Relation};
+pub use catalogs::allowed_functions;
 pub use error::Refusal;
 pub use policy::{Policies, TablePolicy, WriteAction, WritePolicy};
 pub use protect::Read;

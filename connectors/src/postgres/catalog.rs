@@ -98,8 +98,9 @@ pub struct Snapshot {
     pub relations: Vec<RelationInfo>,
     /// Every relation in `pg_catalog` and `information_schema`.
     pub system: Vec<RelationInfo>,
-    /// Names of the functions in `pg_catalog`.
-    pub functions: Vec<String>,
+    /// Names of the functions in `pg_catalog`, each with whether all of its functions are
+    /// volatile (not aggregates or window functions).
+    pub functions: Vec<(String, bool)>,
     /// The login's effective search_path (`current_schemas(false)`).
     pub search_path: Vec<String>,
 }
@@ -120,9 +121,14 @@ const RELATIONS: &str = "
 /// Schemas whose relations are PostgreSQL's own catalogs.
 const SYSTEM_SCHEMAS: [&str; 2] = ["pg_catalog", "information_schema"];
 
+/// Each `pg_catalog` function name, and whether every function of that name is volatile and
+/// neither an aggregate nor a window function (such functions may read or change state beyond
+/// their arguments: the transaction id, WAL position, a table's pages).
 const FUNCTIONS: &str = "
-    SELECT DISTINCT proname::text FROM pg_catalog.pg_proc
-    WHERE pronamespace = 'pg_catalog'::regnamespace";
+    SELECT proname::text, bool_and(prokind NOT IN ('a', 'w') AND provolatile = 'v')
+    FROM pg_catalog.pg_proc
+    WHERE pronamespace = 'pg_catalog'::regnamespace
+    GROUP BY proname";
 
 /// Reads a [`Snapshot`] with `config`'s credentials.
 pub async fn snapshot(config: &tokio_postgres::Config) -> Result<Snapshot, CatalogError> {
@@ -172,7 +178,7 @@ pub async fn snapshot(config: &tokio_postgres::Config) -> Result<Snapshot, Catal
         .await
         .map_err(q)?
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| (r.get(0), r.get(1)))
         .collect();
     snap.search_path = client
         .query_one("SELECT pg_catalog.current_schemas(false)::text[]", &[])
