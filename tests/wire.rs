@@ -416,3 +416,54 @@ async fn sql_executing_functions_are_refused() {
     }
     assert_eq!(one(&agent, "show standard_conforming_strings").await, "on");
 }
+
+/// Time limits Portcullis enforces itself: a statement past `statement_timeout_ms` is
+/// cancelled upstream even when the agent set `statement_timeout = 0`; an agent may lower the
+/// limit; a session idle in a transaction past `idle_in_transaction_timeout_ms` is ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_limits_can_be_lowered_but_not_raised() {
+    let env = Env::start_with(Options {
+        postgres_extra: "statement_timeout_ms = 1000\nidle_in_transaction_timeout_ms = 1500\n"
+            .into(),
+    });
+    let agent = env.agent().await;
+    assert_eq!(one(&agent, "show statement_timeout").await, "1s");
+    assert_eq!(
+        one(&agent, "show idle_in_transaction_session_timeout").await,
+        "1500ms"
+    );
+
+    // Raised (even disabled) by SET: Portcullis cancels at its own limit all the same.
+    agent
+        .batch_execute("set statement_timeout = 0; set idle_in_transaction_session_timeout = 0")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let e = agent.simple_query("select pg_sleep(30)").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "57014", "{e}");
+    assert_eq!(message(&e), "canceling statement due to user request");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(one(&agent, "select 'still here'").await, "still here");
+
+    // Lowered: PostgreSQL applies the lower limit itself.
+    agent
+        .batch_execute("set statement_timeout = 100")
+        .await
+        .unwrap();
+    let e = agent.simple_query("select pg_sleep(5)").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "57014", "{e}");
+    assert_eq!(message(&e), "canceling statement due to statement timeout");
+
+    // Idle in a transaction past the limit (which SET turned off upstream): the session ends.
+    agent.batch_execute("begin; select 1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert!(agent.simple_query("select 1").await.is_err());
+    assert!(agent.is_closed());
+    // Other sessions are unaffected, and the idle one's transaction was rolled back.
+    let other = env.agent().await;
+    assert_eq!(one(&other, "select 'fine'").await, "fine");
+}

@@ -1,7 +1,7 @@
 //! Configuration file (TOML): where to listen, the upstream database, TLS, limits and agents.
 //! Unknown keys and bad values are start-up errors that name the key. Secrets never reach logs.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,6 +10,7 @@ use connectors::postgres::UpstreamConfig;
 use serde::Deserialize;
 
 use crate::identity::{Credential, TokenVerifier};
+use crate::limits::Limits;
 use crate::pg::scram::Verifier;
 
 #[derive(Debug, Deserialize)]
@@ -81,6 +82,18 @@ pub struct PostgresConfig {
     /// Largest SQL text (Query or Parse) accepted, in bytes; longer statements are refused.
     #[serde(default = "default_max_query_bytes")]
     pub max_query_bytes: usize,
+    /// Longest a statement may run before Portcullis cancels it, in ms (0: no cap). Agents
+    /// may lower it with `SET statement_timeout`, not raise it.
+    #[serde(default = "default_timeout_ms")]
+    pub statement_timeout_ms: u64,
+    /// Longest a session may sit idle inside a transaction before Portcullis ends it, in ms
+    /// (0: no cap).
+    #[serde(default = "default_timeout_ms")]
+    pub idle_in_transaction_timeout_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    300_000
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +115,10 @@ pub struct AgentConfig {
     /// The agent logs in with a JWT as its password (see `[jwt]`) instead of a secret.
     #[serde(default)]
     pub token: bool,
+    /// This agent's `postgres.statement_timeout_ms`, if it differs.
+    pub statement_timeout_ms: Option<u64>,
+    /// This agent's `postgres.idle_in_transaction_timeout_ms`, if it differs.
+    pub idle_in_transaction_timeout_ms: Option<u64>,
 }
 
 fn default_max_message_bytes() -> usize {
@@ -152,6 +169,8 @@ pub struct Resolved {
     pub max_message_bytes: usize,
     pub max_query_bytes: usize,
     pub agents: Vec<(String, Credential)>,
+    /// Each agent's time limits.
+    pub limits: HashMap<String, Limits>,
     pub policies: Option<PoliciesConfig>,
     pub tokens: Option<TokenVerifier>,
     /// Token logins are accepted without TLS (`jwt.allow_plaintext`).
@@ -219,6 +238,7 @@ impl Config {
         }
         let mut seen = HashSet::new();
         let mut agents = Vec::new();
+        let mut limits = HashMap::new();
         for (i, a) in self.agents.into_iter().enumerate() {
             let key = format!("agents[{i}]");
             if a.id.is_empty() || a.id.len() > 63 || a.id.contains('\0') {
@@ -233,6 +253,14 @@ impl Config {
                     format!("duplicate agent id {:?}", a.id),
                 ));
             }
+            limits.insert(
+                a.id.clone(),
+                Limits::from_ms(
+                    a.statement_timeout_ms.unwrap_or(pg.statement_timeout_ms),
+                    a.idle_in_transaction_timeout_ms
+                        .unwrap_or(pg.idle_in_transaction_timeout_ms),
+                ),
+            );
             if a.token {
                 if a.secret.is_some() || a.secret_env.is_some() {
                     return Err(invalid(
@@ -279,6 +307,7 @@ impl Config {
             max_message_bytes: pg.max_message_bytes,
             max_query_bytes: pg.max_query_bytes,
             agents,
+            limits,
             policies: self.policies,
             tokens,
             tokens_without_tls,

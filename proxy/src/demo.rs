@@ -12,6 +12,7 @@ use connectors::postgres::{random_token, LocalCluster, UpstreamConfig};
 
 use crate::config::Resolved;
 use crate::identity::Credential;
+use crate::limits::Limits;
 use crate::pg::scram::Verifier;
 
 /// Demo agents and their secrets (demo only: real deployments keep verifiers in the config).
@@ -53,6 +54,10 @@ pub async fn run(listen: SocketAddr, fixtures: PathBuf, policies: PathBuf) -> an
                     Credential::Secret(Verifier::from_secret(secret)),
                 )
             })
+            .collect(),
+        limits: AGENTS
+            .iter()
+            .map(|(id, _)| (id.to_string(), Limits::from_ms(300_000, 300_000)))
             .collect(),
         policies: None,
         tokens: None,

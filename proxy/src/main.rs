@@ -6,6 +6,7 @@ mod demo;
 mod enforce;
 mod explain;
 mod identity;
+mod limits;
 mod pg;
 mod policy_state;
 mod server;

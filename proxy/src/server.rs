@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 use crate::config::Resolved;
 use crate::enforce::{Enforcer, Principal};
 use crate::identity::{Credential, TokenVerifier};
+use crate::limits::Limits;
 use crate::pg::cancel::{CancelRegistry, CancelTarget};
 use crate::pg::gate_cache::GateCache;
 use crate::pg::handshake::{self, HandshakeError};
@@ -36,6 +37,8 @@ pub struct Shared {
     pub require_tls: bool,
     pub max_message_bytes: usize,
     pub max_query_bytes: usize,
+    /// Each agent's time limits (see `limits`).
+    pub limits: HashMap<String, Limits>,
     pub cancels: Arc<CancelRegistry>,
     pub gate: GateCache,
     /// The active Cedar policy set, hot-reloaded (none when the config has no `[policies]`).
@@ -57,6 +60,7 @@ impl Shared {
             require_tls: config.require_tls,
             max_message_bytes: config.max_message_bytes,
             max_query_bytes: config.max_query_bytes,
+            limits: config.limits,
             cancels: Arc::new(CancelRegistry::default()),
             gate: GateCache::new(10_000),
             policies: None,

@@ -150,10 +150,13 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Result<Authenticated,
         )
         .await;
     };
-    let vetted = match vetted {
+    let mut vetted = match vetted {
         Ok(v) => v,
         Err((code, message)) => return fatal(&mut client, code, &message).await,
     };
+    if let Some(limits) = shared.limits.get(&agent) {
+        limits.cap_startup_params(&mut vetted.forward);
+    }
 
     let mut upstream_params: Vec<(&str, &str)> = vec![
         ("client_encoding", "UTF8"),

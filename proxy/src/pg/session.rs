@@ -30,6 +30,7 @@ use super::messages::status;
 use super::pipeline::{Action, Expect, Pipeline, Rejection, Reply};
 use super::statements::{Prepared, Statements};
 use crate::enforce::Principal;
+use crate::limits::{Expiry, Limits, Timers};
 use crate::server::Shared;
 
 /// Sent upstream in place of a refused statement: a raw-parser syntax error, nothing runs.
@@ -62,6 +63,10 @@ pub struct Session<'a> {
     passthrough: usize,
     /// Bytes still to drop of an upstream message that was replaced.
     dropping: usize,
+    /// The statement and idle-in-transaction clocks (see `limits`).
+    timers: Timers,
+    /// The transaction status of the last ReadyForQuery not yet given to `timers`.
+    ready: Option<u8>,
 }
 
 /// How a session ended abnormally; the client has been told (FATAL) where it still listens.
@@ -93,7 +98,6 @@ impl<'a> Session<'a> {
     ) -> Self {
         Session {
             shared,
-            agent,
             principal,
             client,
             upstream,
@@ -107,6 +111,15 @@ impl<'a> Session<'a> {
             to_client: BytesMut::with_capacity(64 * 1024),
             passthrough: 0,
             dropping: 0,
+            timers: Timers::new(
+                shared
+                    .limits
+                    .get(&agent)
+                    .copied()
+                    .unwrap_or(Limits::from_ms(0, 0)),
+            ),
+            ready: None,
+            agent,
         }
     }
 
@@ -142,15 +155,7 @@ impl<'a> Session<'a> {
         }
         if !self.pipeline.is_idle() {
             // The client is gone or misbehaved mid-query: stop the work it started.
-            if let Err(e) = connectors::postgres::cancel(
-                self.cancel.addr,
-                self.cancel.process_id,
-                self.cancel.secret_key,
-            )
-            .await
-            {
-                warn!("cancelling the upstream query failed: {e}");
-            }
+            self.cancel_upstream().await;
         }
         let mut bye = BytesMut::new();
         query::encode_terminate(&mut bye);
@@ -158,16 +163,46 @@ impl<'a> Session<'a> {
         result
     }
 
+    /// Cancels whatever the upstream backend is running for this session.
+    async fn cancel_upstream(&self) {
+        if let Err(e) = connectors::postgres::cancel(
+            self.cancel.addr,
+            self.cancel.process_id,
+            self.cancel.secret_key,
+        )
+        .await
+        {
+            warn!("cancelling the upstream query failed: {e}");
+        }
+    }
+
     async fn relay(&mut self) -> Result<(), SessionError> {
         loop {
+            let deadline = self.timers.deadline();
             tokio::select! {
+                _ = tokio::time::sleep_until(deadline.map_or_else(tokio::time::Instant::now, |d| d.0)), if deadline.is_some() => {
+                    match deadline.map(|d| d.1) {
+                        Some(Expiry::Statement) => {
+                            info!(agent = %self.agent, "statement timeout: cancelling the upstream query");
+                            self.timers.cancelled();
+                            self.cancel_upstream().await;
+                        }
+                        _ => {
+                            info!(agent = %self.agent, "idle-in-transaction timeout: ending the session");
+                            self.fatal_to_client("25P03", "Portcullis ended the session: idle in transaction for longer than this agent may be").await;
+                            return Ok(());
+                        }
+                    }
+                }
                 read = self.client.read_buf(&mut self.from_client) => {
                     match read {
                         Ok(0) => return Ok(()),
                         Ok(_) => {}
                         Err(e) => return Err(SessionError::Client(e)),
                     }
+                    self.timers.client_active();
                     let flow = self.on_client_data();
+                    self.timers.set_busy(!self.pipeline.is_idle(), tokio::time::Instant::now());
                     if !self.to_upstream.is_empty() {
                         self.upstream.write_all(&self.to_upstream).await.map_err(SessionError::Upstream)?;
                         self.to_upstream.clear();
@@ -195,6 +230,13 @@ impl<'a> Session<'a> {
                         }
                     }
                     let result = self.on_upstream_data();
+                    let now = tokio::time::Instant::now();
+                    if let Some(status) = self.ready.take() {
+                        self.timers.ready(status, now);
+                        // The next batch in a pipeline starts its own clock.
+                        self.timers.set_busy(false, now);
+                    }
+                    self.timers.set_busy(!self.pipeline.is_idle(), now);
                     if !self.to_client.is_empty() {
                         self.client.write_all(&self.to_client).await.map_err(SessionError::Client)?;
                         self.to_client.clear();
@@ -575,6 +617,8 @@ impl<'a> Session<'a> {
                     }
                     if tag == b'S' {
                         check_parameter_status(&self.from_upstream[..size])?;
+                    } else {
+                        self.ready = self.from_upstream.get(5).copied();
                     }
                     self.account(tag)?;
                     self.passthrough = size;
