@@ -21,7 +21,9 @@ use std::ops::ControlFlow;
 
 use pg_query::protobuf::Token;
 use serde_json::Value as Json;
-use sqlparser::ast::{Expr, ObjectName, ObjectNamePart, Statement, TableFactor, Visit, Visitor};
+use sqlparser::ast::{
+    CopySource, Expr, ObjectName, ObjectNamePart, Statement, TableFactor, Visit, Visitor,
+};
 
 use crate::catalog::normalize;
 use crate::lexical::Spelled;
@@ -55,6 +57,19 @@ struct References {
 
 impl Visitor for References {
     type Break = ();
+
+    fn pre_visit_statement(&mut self, statement: &Statement) -> ControlFlow<()> {
+        // `COPY t TO STDOUT` (gate-only mode; enforcement rewrites it to `COPY (SELECT …)`):
+        // sqlparser does not visit this name as a relation.
+        if let Statement::Copy {
+            source: CopySource::Table { table_name, .. },
+            ..
+        } = statement
+        {
+            self.relations.push(dotted(table_name));
+        }
+        ControlFlow::Continue(())
+    }
 
     fn pre_visit_relation(&mut self, relation: &ObjectName) -> ControlFlow<()> {
         self.relations.push(dotted(relation));
@@ -238,6 +253,7 @@ struct Found {
     relations: Vec<String>,
     functions: Vec<(Option<String>, String)>,
     constants: Vec<String>,
+    column_refs: Vec<Vec<Option<String>>>,
 }
 
 /// What PostgreSQL's parser reads in `sql`: for differential tests of the gate (what
@@ -280,20 +296,23 @@ pub fn postgres_reading(sql: &str) -> Result<Reading, String> {
     })
 }
 
-/// Every `RangeVar` and `FuncCall` at any depth of libpg_query's JSON tree.
+/// Every RangeVar, `FuncCall`, `A_Const` and `ColumnRef` at any depth of libpg_query's JSON
+/// tree.
 fn walk(node: &Json, found: &mut Found) {
     match node {
         Json::Object(map) => {
+            // A RangeVar: in a node list it stands as `{"RangeVar": {…}}`, in a field typed
+            // RangeVar (INSERT's target, COPY's table…) bare; only a RangeVar has `relname`.
+            if map.get("relname").is_some_and(Json::is_string) {
+                let name: Vec<&str> = ["catalogname", "schemaname", "relname"]
+                    .iter()
+                    .filter_map(|k| map.get(*k).and_then(Json::as_str))
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                found.relations.push(name.join("."));
+            }
             for (key, value) in map {
                 match key.as_str() {
-                    "RangeVar" => {
-                        let name: Vec<&str> = ["catalogname", "schemaname", "relname"]
-                            .iter()
-                            .filter_map(|k| value.get(k).and_then(Json::as_str))
-                            .filter(|s| !s.is_empty())
-                            .collect();
-                        found.relations.push(name.join("."));
-                    }
                     "FuncCall" => {
                         let name: Vec<String> = value
                             .get("funcname")
@@ -304,6 +323,12 @@ fn walk(node: &Json, found: &mut Found) {
                         found
                             .functions
                             .push((schema, name.last().cloned().unwrap_or_default()));
+                    }
+                    "ColumnRef" => {
+                        let fields = value.get("fields").and_then(Json::as_array);
+                        found
+                            .column_refs
+                            .push(fields.into_iter().flatten().map(string_node).collect());
                     }
                     "A_Const" => {
                         let mut constant = value.clone();
@@ -325,24 +350,9 @@ fn walk(node: &Json, found: &mut Found) {
 /// Every column reference (`ColumnRef`) in `sql` as PostgreSQL's grammar reads it: its
 /// name parts, `None` for `*`.
 pub(crate) fn column_refs(sql: &str) -> Result<Vec<Vec<Option<String>>>, Refusal> {
-    fn collect(node: &Json, out: &mut Vec<Vec<Option<String>>>) {
-        match node {
-            Json::Object(map) => {
-                for (key, value) in map {
-                    if key == "ColumnRef" {
-                        let fields = value.get("fields").and_then(Json::as_array);
-                        out.push(fields.into_iter().flatten().map(string_node).collect());
-                    }
-                    collect(value, out);
-                }
-            }
-            Json::Array(items) => items.iter().for_each(|i| collect(i, out)),
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    collect(&parse_json(sql)?, &mut out);
-    Ok(out)
+    let mut found = Found::default();
+    walk(&parse_json(sql)?, &mut found);
+    Ok(found.column_refs)
 }
 
 /// The text of a `String` node (`{"String": {"sval": "…"}}`).
@@ -449,6 +459,20 @@ mod tests {
             },
         )
         .unwrap();
+    }
+
+    #[test]
+    fn a_write_target_is_a_relation_too() {
+        for sql in [
+            "INSERT INTO customers VALUES (1)",
+            "UPDATE customers SET id = 1",
+            "DELETE FROM customers",
+            "COPY customers TO STDOUT",
+        ] {
+            let e = verify(sql, &expected(1, &[], &[])).unwrap_err();
+            assert!(e.to_string().contains("relation"), "{sql}: {e}");
+            verify(sql, &expected(1, &[], &["customers"])).unwrap();
+        }
     }
 
     #[test]
