@@ -150,7 +150,8 @@ async fn refused_protocol_features_get_clean_errors() {
     r.send(&b).await;
     assert_eq!(r.until_ready().await, (vec!["42501".to_string()], true));
 
-    // Replication connections, non-UTF8 encodings, and unknown startup parameters are refused.
+    // Replication connections, non-UTF8 encodings, and unknown startup parameters are refused
+    // (once the agent has authenticated: before that, every failure looks alike).
     for params in [
         &[("user", AGENT), ("replication", "database")][..],
         &[("user", AGENT), ("replication", "true")][..],
@@ -159,8 +160,7 @@ async fn refused_protocol_features_get_clean_errors() {
         &[("user", AGENT), ("role", "postgres")][..],
     ] {
         let mut r = Raw::open(&env).await;
-        r.startup(params).await;
-        let (codes, ready) = r.until_ready().await;
+        let (codes, ready) = r.authenticate(params).await;
         assert_eq!(codes.len(), 1, "{params:?}");
         assert!(!ready, "{params:?}");
     }

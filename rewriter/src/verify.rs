@@ -20,6 +20,7 @@ use std::ffi::{c_char, CStr, CString};
 use std::ops::ControlFlow;
 
 use pg_query::protobuf::Token;
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor as JsonVisitor};
 use serde_json::Value as Json;
 use sqlparser::ast::{
     CopySource, Expr, ObjectName, ObjectNamePart, Statement, TableFactor, Visit, Visitor,
@@ -150,19 +151,14 @@ pub(crate) fn verify(sql: &str, expected: &Expected) -> Result<(), Refusal> {
         };
     }
     check_tokens(sql, &expected.spelled)?;
-    let tree = parse_json(sql)?;
-    let stmts = tree
-        .get("stmts")
-        .and_then(Json::as_array)
-        .map_or(0, Vec::len);
+    let found = read(sql)?;
+    let stmts = found.statements;
     if stmts != expected.statements {
         return Err(disagree(&format!(
             "PostgreSQL reads {stmts} statements where Portcullis checked {}",
             expected.statements
         )));
     }
-    let mut found = Found::default();
-    walk(&tree, &mut found);
     let mut relations = counts(&expected.relations);
     for relation in &found.relations {
         if !take(&mut relations, relation) {
@@ -250,6 +246,7 @@ fn same_multiset(found: &[&str], spelled: &[String]) -> bool {
 
 #[derive(Default)]
 struct Found {
+    statements: usize,
     relations: Vec<String>,
     functions: Vec<(Option<String>, String)>,
     constants: Vec<String>,
@@ -271,9 +268,7 @@ pub struct Reading {
 
 /// PostgreSQL 15's reading of `sql`, or its syntax error.
 pub fn postgres_reading(sql: &str) -> Result<Reading, String> {
-    let tree = parse_json(sql).map_err(|e| e.to_string())?;
-    let mut found = Found::default();
-    walk(&tree, &mut found);
+    let mut found = read(sql).map_err(|e| e.to_string())?;
     let mut functions: Vec<String> = found
         .functions
         .into_iter()
@@ -286,73 +281,175 @@ pub fn postgres_reading(sql: &str) -> Result<Reading, String> {
     found.relations.sort();
     found.constants.sort();
     Ok(Reading {
-        statements: tree
-            .get("stmts")
-            .and_then(Json::as_array)
-            .map_or(0, Vec::len),
+        statements: found.statements,
         relations: found.relations,
         functions,
         constants: found.constants,
     })
 }
 
-/// Every RangeVar, `FuncCall`, `A_Const` and `ColumnRef` at any depth of libpg_query's JSON
-/// tree.
-fn walk(node: &Json, found: &mut Found) {
-    match node {
-        Json::Object(map) => {
-            // A RangeVar: in a node list it stands as `{"RangeVar": {…}}`, in a field typed
-            // RangeVar (INSERT's target, COPY's table…) bare; only a RangeVar has `relname`.
-            if map.get("relname").is_some_and(Json::is_string) {
-                let name: Vec<&str> = ["catalogname", "schemaname", "relname"]
-                    .iter()
-                    .filter_map(|k| map.get(*k).and_then(Json::as_str))
-                    .filter(|s| !s.is_empty())
-                    .collect();
-                found.relations.push(name.join("."));
-            }
-            for (key, value) in map {
-                match key.as_str() {
-                    "FuncCall" => {
-                        let name: Vec<String> = value
-                            .get("funcname")
-                            .and_then(Json::as_array)
-                            .map(|parts| parts.iter().filter_map(string_node).collect())
-                            .unwrap_or_default();
-                        let schema = (name.len() > 1).then(|| name[name.len() - 2].clone());
-                        found
-                            .functions
-                            .push((schema, name.last().cloned().unwrap_or_default()));
-                    }
-                    "ColumnRef" => {
-                        let fields = value.get("fields").and_then(Json::as_array);
-                        found
-                            .column_refs
-                            .push(fields.into_iter().flatten().map(string_node).collect());
-                    }
-                    "A_Const" => {
-                        let mut constant = value.clone();
-                        if let Some(map) = constant.as_object_mut() {
-                            map.remove("location");
-                        }
-                        found.constants.push(constant.to_string());
-                    }
-                    _ => {}
+/// Reads libpg_query's JSON parse tree of `sql` in one pass, collecting every RangeVar,
+/// function call, constant and column reference at any depth, without building the tree.
+///
+/// A RangeVar stands as `{"RangeVar": {…}}` in a node list and bare in a field typed RangeVar
+/// (INSERT's target, COPY's table…): it is recognized by its `relname`, which only a RangeVar
+/// has; likewise a call by its `funcname`.
+fn read(sql: &str) -> Result<Found, Refusal> {
+    with_parse_tree(sql, |json| {
+        let mut found = Found::default();
+        let mut de = serde_json::Deserializer::from_str(json);
+        Walk {
+            found: &mut found,
+            top: true,
+        }
+        .deserialize(&mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| disagree(&format!("unreadable parse tree: {e}")))?;
+        Ok(found)
+    })
+}
+
+/// One JSON value of the tree, walked.
+struct Walk<'f> {
+    found: &'f mut Found,
+    /// The root, whose `stmts` are counted.
+    top: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for Walk<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> JsonVisitor<'de> for Walk<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("libpg_query's JSON parse tree")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut name: [Option<String>; 3] = Default::default();
+        while let Some(key) = map.next_key::<&str>()? {
+            match key {
+                "catalogname" => name[0] = Some(map.next_value()?),
+                "schemaname" => name[1] = Some(map.next_value()?),
+                "relname" => name[2] = Some(map.next_value()?),
+                "funcname" => {
+                    let parts: Vec<Json> = map.next_value()?;
+                    let mut name: Vec<String> = parts.iter().filter_map(string_node).collect();
+                    let last = name.pop().unwrap_or_default();
+                    self.found.functions.push((name.pop(), last));
                 }
-                walk(value, found);
+                "ColumnRef" => {
+                    let value: Json = map.next_value()?;
+                    let fields = value.get("fields").and_then(Json::as_array);
+                    self.found
+                        .column_refs
+                        .push(fields.into_iter().flatten().map(string_node).collect());
+                }
+                "A_Const" => {
+                    let mut constant: Json = map.next_value()?;
+                    if let Some(map) = constant.as_object_mut() {
+                        map.remove("location");
+                    }
+                    self.found.constants.push(constant.to_string());
+                }
+                "stmts" if self.top => {
+                    self.found.statements = map.next_value_seed(Count {
+                        found: &mut *self.found,
+                    })?
+                }
+                _ => map.next_value_seed(Walk {
+                    found: &mut *self.found,
+                    top: false,
+                })?,
             }
         }
-        Json::Array(items) => items.iter().for_each(|i| walk(i, found)),
-        _ => {}
+        if let [catalog, schema, Some(relname)] = name {
+            let parts: Vec<String> = [catalog, schema, Some(relname)]
+                .into_iter()
+                .flatten()
+                .filter(|s| !s.is_empty())
+                .collect();
+            self.found.relations.push(parts.join("."));
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq
+            .next_element_seed(Walk {
+                found: &mut *self.found,
+                top: false,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+/// The statements of the root's `stmts`, walked and counted.
+struct Count<'f> {
+    found: &'f mut Found,
+}
+
+impl<'de> DeserializeSeed<'de> for Count<'_> {
+    type Value = usize;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<usize, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> JsonVisitor<'de> for Count<'_> {
+    type Value = usize;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of statements")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+        let mut n = 0;
+        while seq
+            .next_element_seed(Walk {
+                found: &mut *self.found,
+                top: false,
+            })?
+            .is_some()
+        {
+            n += 1;
+        }
+        Ok(n)
     }
 }
 
 /// Every column reference (`ColumnRef`) in `sql` as PostgreSQL's grammar reads it: its
 /// name parts, `None` for `*`.
 pub(crate) fn column_refs(sql: &str) -> Result<Vec<Vec<Option<String>>>, Refusal> {
-    let mut found = Found::default();
-    walk(&parse_json(sql)?, &mut found);
-    Ok(found.column_refs)
+    Ok(read(sql)?.column_refs)
 }
 
 /// The text of a `String` node (`{"String": {"sval": "…"}}`).
@@ -364,9 +461,9 @@ fn string_node(node: &Json) -> Option<String> {
         .map(str::to_string)
 }
 
-/// libpg_query's parse tree of `sql` as JSON (the crate exposes only the protobuf form, whose
-/// walker skips node types).
-fn parse_json(sql: &str) -> Result<Json, Refusal> {
+/// Calls `f` with libpg_query's parse tree of `sql` as JSON (the crate exposes only the
+/// protobuf form, whose walker skips node types), read in place.
+fn with_parse_tree<T>(sql: &str, f: impl FnOnce(&str) -> Result<T, Refusal>) -> Result<T, Refusal> {
     #[repr(C)]
     struct PgQueryError {
         message: *mut c_char,
@@ -395,9 +492,10 @@ fn parse_json(sql: &str) -> Result<Json, Refusal> {
             let message = CStr::from_ptr((*result.error).message).to_string_lossy();
             Err(Refusal::Syntax(format!("PostgreSQL: {message}")))
         } else {
-            let text = CStr::from_ptr(result.parse_tree).to_string_lossy();
-            serde_json::from_str(&text)
-                .map_err(|e| disagree(&format!("unreadable parse tree: {e}")))
+            match CStr::from_ptr(result.parse_tree).to_str() {
+                Ok(json) => f(json),
+                Err(_) => Err(disagree("a parse tree that is not UTF-8")),
+            }
         };
         pg_query_free_parse_result(result);
         out

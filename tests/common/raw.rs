@@ -38,18 +38,28 @@ impl Raw {
     }
 
     pub async fn login_on_this_connection(mut self) -> Raw {
-        let r = &mut self;
-        r.startup(&[("user", AGENT), ("database", "portcullis_demo")])
+        let (codes, ready) = self
+            .authenticate(&[("user", AGENT), ("database", "portcullis_demo")])
             .await;
+        assert!(codes.is_empty() && ready, "login refused: {codes:?}");
+        self
+    }
+
+    /// Sends a startup packet with `params`, answers the SCRAM exchange as the test agent, and
+    /// reads until ReadyForQuery or close: the SQLSTATEs of errors seen and whether
+    /// ReadyForQuery arrived. (Portcullis authenticates before it reports bad parameters.)
+    pub async fn authenticate(&mut self, params: &[(&str, &str)]) -> (Vec<String>, bool) {
+        self.startup(params).await;
         let mut scram = None;
-        loop {
-            match r.next().await.expect("login message") {
+        let mut codes = Vec::new();
+        while let Some(m) = self.next().await {
+            match m {
                 backend::Message::AuthenticationSasl(_) => {
                     let s =
                         ScramSha256::new(AGENT_SECRET.as_bytes(), ChannelBinding::unsupported());
                     let mut b = BytesMut::new();
                     frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut b).unwrap();
-                    r.s.write_all(&b).await.unwrap();
+                    self.s.write_all(&b).await.unwrap();
                     scram = Some(s);
                 }
                 backend::Message::AuthenticationSaslContinue(body) => {
@@ -57,13 +67,14 @@ impl Raw {
                     s.update(body.data()).unwrap();
                     let mut b = BytesMut::new();
                     frontend::sasl_response(s.message(), &mut b).unwrap();
-                    r.s.write_all(&b).await.unwrap();
+                    self.s.write_all(&b).await.unwrap();
                 }
-                backend::Message::ReadyForQuery(_) => return self,
-                backend::Message::ErrorResponse(_) => panic!("login refused"),
+                backend::Message::ReadyForQuery(_) => return (codes, true),
+                backend::Message::ErrorResponse(body) => codes.push(code_of(body)),
                 _ => {}
             }
         }
+        (codes, false)
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {
