@@ -16,7 +16,9 @@
 //! - an operand of a prefix operator is parenthesized unless it is atomic (no `--`, no `-@`);
 //! - type modifiers must be numbers or identifiers.
 //!
-//! Anything else is refused: a form Portcullis cannot spell safely never reaches PostgreSQL.
+//! Identifiers longer than PostgreSQL's 63 bytes are truncated as PostgreSQL truncates them,
+//! right after parsing. Anything else is refused: a form Portcullis cannot spell safely never
+//! reaches PostgreSQL.
 //! The spelled tokens are recorded so that [`crate::verify`] can check PostgreSQL's own lexer
 //! reads them back as exactly those tokens.
 
@@ -29,9 +31,34 @@ use sqlparser::ast::{
 
 use crate::Refusal;
 
-/// PostgreSQL truncates longer identifiers (NAMEDATALEN − 1 bytes); Portcullis refuses them so
-/// that two names it tells apart are never one name upstream.
+/// PostgreSQL truncates longer identifiers (NAMEDATALEN − 1 bytes). Portcullis truncates them
+/// the same way right after parsing ([`truncate_identifiers`]), so that it resolves the names
+/// PostgreSQL will; a longer one at printing time is refused (it would be a rewriter bug).
 const MAX_IDENT_BYTES: usize = 63;
+
+/// Truncates every identifier in `statements` as PostgreSQL's scanner does: to 63 bytes, at a
+/// character boundary (`truncate_identifier`, `pg_mbcliplen`). PostgreSQL folds unquoted names
+/// to lower case first, which changes no byte count.
+pub(crate) fn truncate_identifiers(statements: &mut [sqlparser::ast::Statement]) {
+    struct Truncate;
+    impl VisitorMut for Truncate {
+        type Break = ();
+        fn post_visit_ident(&mut self, ident: &mut Ident) -> ControlFlow<()> {
+            if matches!(ident.quote_style, None | Some('"')) && ident.value.len() > MAX_IDENT_BYTES
+            {
+                let mut end = MAX_IDENT_BYTES;
+                while !ident.value.is_char_boundary(end) {
+                    end -= 1;
+                }
+                ident.value.truncate(end);
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    for statement in statements {
+        let _ = statement.visit(&mut Truncate);
+    }
+}
 
 /// The tokens [`spell`] wrote whose text came from the client (or the catalog): what
 /// PostgreSQL's lexer must read back, token for token.
@@ -342,13 +369,25 @@ mod tests {
             "SELECT 1_000",
             "SELECT N'x'",
             "SELECT CAST(y AS mytype('a) ; select 1 --'))",
-            &format!("SELECT 1 AS {}", "a".repeat(64)),
             "SELECT E'\\0'",
             "SELECT 0x1F",
             "SELECT X'1F'",
         ] {
             assert!(check(sql, Protocol::Simple).is_err(), "{sql}");
         }
+    }
+
+    #[test]
+    fn long_identifiers_are_truncated_as_postgresql_truncates_them() {
+        assert_eq!(
+            forwarded(&format!("SELECT 1 AS {}", "a".repeat(70))),
+            format!("SELECT 1 AS {}", "a".repeat(63))
+        );
+        // At a character boundary: 31 two-byte characters (62 bytes), not half of the 32nd.
+        assert_eq!(
+            forwarded(&format!("SELECT 1 AS \"{}\"", "é".repeat(40))),
+            format!("SELECT 1 AS \"{}\"", "é".repeat(31))
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Parsing with sqlparser's PostgreSQL dialect, bounded in nesting depth.
+//! Parsing with sqlparser's PostgreSQL dialect, bounded in nesting depth; identifiers come out
+//! truncated as PostgreSQL's scanner truncates them.
 
 use sqlparser::ast::Statement;
 use sqlparser::dialect::PostgreSqlDialect;
@@ -20,11 +21,13 @@ pub(crate) fn parse(sql: &str) -> Result<Vec<Statement>, Refusal> {
     if sql.contains('\0') {
         return Err(Refusal::Syntax("statement contains a NUL byte".into()));
     }
-    Parser::new(&PostgreSqlDialect {})
+    let mut statements = Parser::new(&PostgreSqlDialect {})
         .with_recursion_limit(RECURSION_LIMIT)
         .try_with_sql(sql)
         .and_then(|mut p| p.parse_statements())
-        .map_err(|e| Refusal::Syntax(e.to_string()))
+        .map_err(|e| Refusal::Syntax(e.to_string()))?;
+    crate::lexical::truncate_identifiers(&mut statements);
+    Ok(statements)
 }
 
 #[cfg(test)]
