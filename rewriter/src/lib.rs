@@ -19,6 +19,7 @@ mod lexical;
 mod parse;
 mod policy;
 mod protect;
+mod qualified;
 mod settings;
 mod sql_filter;
 mod statements;
@@ -165,6 +166,7 @@ pub fn rewrite(sql: &str, protocol: Protocol, ctx: &Context<'_>) -> Result<Rewri
         settings::check(statement)?;
         copy::check(statement)?;
         identity::report_agent(statement, ctx.agent);
+        qualified::shorten(statement, ctx)?;
         reads.extend(statements::rewrite(statement, ctx)?);
     }
     let count = statements.len();

@@ -217,6 +217,33 @@ fn a_table_becomes_its_fenced_filtered_masked_view() {
     );
 }
 
+/// Reflection tools qualify columns by schema and table; the fence takes the table's name.
+#[test]
+fn schema_qualified_column_references_reach_the_fence() {
+    let sql = run(r#"select "public"."customers"."id", public.customers.* from "public"."customers" where public.customers.id > 1 order by public.customers.name"#).unwrap();
+    assert!(sql.starts_with(r#"SELECT "customers"."id", customers.* FROM (SELECT "id", "tenant_id", "name", '***'::TEXT AS "ssn" FROM "public"."customers" WHERE"#), "{sql}");
+    assert!(
+        sql.ends_with(r#"AS "customers" WHERE customers.id > 1 ORDER BY customers.name"#),
+        "{sql}"
+    );
+    // The key comparison still reaches the fence (and its index).
+    assert!(sql.contains(r#"AND "id" > 1 OFFSET 0"#), "{sql}");
+    // The catalogs whose statistics are nulled are subqueries too.
+    assert!(run(
+        "select pg_catalog.pg_class.relname from pg_catalog.pg_class \
+         where pg_catalog.pg_class.relname = 'customers'"
+    )
+    .unwrap()
+    .contains(r#"SELECT pg_class.relname FROM (SELECT"#));
+    // In a correlated subquery and a write.
+    run("select id from public.customers where exists (select 1 from orders o where o.customer_id = public.customers.id)").unwrap();
+    run("update public.customers set name = 'x' where public.customers.id = 1").unwrap();
+    // When the table's name could mean something else in the statement: refused, not guessed.
+    let e = run("select public.customers.id from public.customers, orders customers").unwrap_err();
+    assert_eq!(e.sqlstate(), "0A000", "{e}");
+    assert!(e.to_string().contains("aliases"), "{e}");
+}
+
 #[test]
 fn every_position_is_protected() {
     for sql in [

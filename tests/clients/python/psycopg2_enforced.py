@@ -44,4 +44,33 @@ except psycopg2.errors.InsufficientPrivilege as e:
 conn.rollback()
 cur.execute("select count(*) from tickets where subject = 'from psycopg2'")
 assert cur.fetchone()[0] == before, "nothing of the refused INSERT was written"
+
+# Client-side interpolation (psycopg2 quotes parameters into the text): text with a backslash
+# before a quote is data, as PostgreSQL reads it, not SQL (issue 9).
+payload = "x\\'; SELECT ssn FROM customers; --"
+cur.execute("select %s", (payload,))
+assert cur.fetchall() == [(payload,)], "the parameter comes back as it was sent"
+cur.execute("select %s, count(*) from customers", ("\\'' or 1=1 --",))
+assert cur.fetchall() == [("\\'' or 1=1 --", 10)]
+conn.rollback()
+
+# SQLAlchemy 2 reflection and queries under enforcement (psycopg2 and psycopg 3 drivers): its
+# reflection queries qualify columns by schema and table (pg_catalog.pg_class.relname).
+import sqlalchemy as sa
+
+for driver in ("psycopg2", "psycopg"):
+    engine = sa.create_engine(URL.replace("postgres://", f"postgresql+{driver}://", 1))
+    with engine.connect() as sconn:
+        insp = sa.inspect(sconn)
+        assert {"customers", "tickets", "transfers"} <= set(insp.get_table_names()), driver
+        cols = [c["name"] for c in insp.get_columns("customers")]
+        assert cols[:3] == ["id", "tenant_id", "name"], cols
+        assert insp.get_pk_constraint("customers")["constrained_columns"] == ["id"]
+        meta = sa.MetaData()
+        customers = sa.Table("customers", meta, autoload_with=sconn, schema="public")
+        rows = sconn.execute(
+            sa.select(customers.c.tenant_id, customers.c.ssn).order_by(customers.c.id)
+        ).all()
+        assert len(rows) == 10 and all(t == 1 and s == "***" for t, s in rows), rows
+    engine.dispose()
 print("OK psycopg2 enforced")
