@@ -370,6 +370,28 @@ async fn every_attack_family_gets_its_safe_outcome() {
             ("set standard_conforming_strings = off", Refused("42501")),
             ("set client_encoding = 'SQL_ASCII'", Refused("42501")),
             ("set portcullis.agent = 'auditor'", Refused("42501")),
+            // set_config is checked as SET is: Django and asyncpg call it at connect.
+            (
+                "select set_config('TimeZone', 'UTC', false)",
+                Rows(&["UTC"]),
+            ),
+            ("select set_config('jit', 'off', false)", Rows(&["off"])),
+            (
+                "select set_config('role', 'postgres', false)",
+                Refused("42501"),
+            ),
+            (
+                "select set_config('search_path', 'public', false)",
+                Refused("42501"),
+            ),
+            (
+                "select set_config('standard_conforming_strings', 'off', false)",
+                Refused("42501"),
+            ),
+            (
+                "select set_config(name, 'x', false) from (select 'role' as name) s",
+                Refused("42501"),
+            ),
             // SQL's names for the session's role report the agent, not the upstream login.
             ("select current_user", Rows(&["support-bot"])),
             ("select session_user", Rows(&["support-bot"])),

@@ -148,8 +148,7 @@ const SYNTAX_FUNCTIONS: &[&str] = &[
 /// Built-in functions an agent may not call, by exact name (besides
 /// [`crate::functions::EXECUTES_SQL`], which run SQL text the rewriter never sees).
 const DENIED_FUNCTIONS: &[&str] = &[
-    // settings (identity and lexing are pinned), notifications
-    "set_config",
+    // notifications (set_config is checked as SET is, in `settings`)
     "pg_notify",
     // source of views, rules and functions
     "pg_get_viewdef",
@@ -256,6 +255,8 @@ const VOLATILE_ALLOWED: &[&str] = &[
     "clock_timestamp",
     "timeofday",
     "pg_sleep",
+    // changes a session setting; checked as SET is (`settings`)
+    "set_config",
     // catalog lookups psql's \d makes (marked volatile, read only the partition tree)
     "pg_partition_ancestors",
     "pg_partition_tree",

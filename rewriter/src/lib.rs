@@ -165,6 +165,16 @@ pub fn rewrite(sql: &str, protocol: Protocol, ctx: &Context<'_>) -> Result<Rewri
     for statement in &mut statements {
         settings::check(statement)?;
         copy::check(statement)?;
+        // set_config is checked as SET is (above); search_path is fixed under enforcement,
+        // whichever way it would be set (`SET` is refused in `statements`).
+        if settings::set_config_names(statement)
+            .iter()
+            .any(|n| n == "search_path")
+        {
+            return Err(Refusal::Forbidden(
+                "search_path is fixed by Portcullis; schema-qualify names instead".into(),
+            ));
+        }
         identity::report_agent(statement, ctx.agent);
         qualified::shorten(statement, ctx)?;
         reads.extend(statements::rewrite(statement, ctx)?);

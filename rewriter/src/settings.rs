@@ -109,18 +109,21 @@ fn check_set_config_calls(statement: &Statement) -> Result<(), Refusal> {
                 ))
             }
         };
+        // A string constant: an identifier here is a column, whose value the gate cannot see
+        // (`set_config(name, …) FROM (SELECT 'role' AS name) s` would set the role).
         let name = match args.first() {
-            Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) => literal_text(e),
+            Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) => string_constant(e),
             _ => None,
         };
         let Some(name) = name else {
             return ControlFlow::Break(Refusal::Forbidden(
-                "set_config needs a literal setting name".into(),
+                "set_config needs a string constant as the setting name".into(),
             ));
         };
         let name = name.to_ascii_lowercase();
+        // Likewise the value: only a string constant is read as one (for client_encoding).
         let value = match args.get(1) {
-            Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) => Some(e),
+            Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e @ Expr::Value(_)))) => Some(e),
             _ => None,
         };
         match check_assignment(&name, value) {
@@ -148,6 +151,31 @@ fn check_set_config_calls(statement: &Statement) -> Result<(), Refusal> {
         ControlFlow::Break(e) => Err(e),
         ControlFlow::Continue(()) => Ok(()),
     }
+}
+
+/// The settings `statement` changes through `set_config('name', …)` (literal names; the gate
+/// refuses others), lower case.
+pub(crate) fn set_config_names(statement: &Statement) -> Vec<String> {
+    let mut names = Vec::new();
+    let _ = visit_expressions(statement, |expr| {
+        if let Expr::Function(f) = expr {
+            let is_set_config = f
+                .name
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .is_some_and(|i| i.value.eq_ignore_ascii_case("set_config"));
+            if let (true, FunctionArguments::List(list)) = (is_set_config, &f.args) {
+                if let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) = list.args.first() {
+                    if let Some(name) = string_constant(e) {
+                        names.push(name.to_ascii_lowercase());
+                    }
+                }
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    names
 }
 
 /// A setting's name as PostgreSQL compares it: dotted, case-insensitive (even when quoted).
@@ -178,6 +206,21 @@ fn setting_name(name: &ObjectName) -> String {
 }
 
 /// The text of a string literal or bare identifier (`SET client_encoding TO utf8`).
+/// The text of a string constant.
+fn string_constant(expr: &Expr) -> Option<String> {
+    match expr {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s)
+            | Value::EscapedStringLiteral(s)
+            | Value::UnicodeStringLiteral(s) => Some(s.clone()),
+            Value::DollarQuotedString(d) => Some(d.value.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A `SET` value as text: a string constant, or a bare word (`SET client_encoding = utf8`).
 fn literal_text(expr: &Expr) -> Option<String> {
     match expr {
         Expr::Value(v) => match &v.value {
@@ -253,6 +296,10 @@ mod tests {
             "SELECT set_config('client_encoding', 'BIG5', false)",
             "SELECT set_config(current_user, 'off', false)",
             "SELECT set_config($1, 'off', false)",
+            // A column is not a constant, whatever its name.
+            "SELECT set_config(name, 'x', false) FROM (SELECT 'role' AS name) s",
+            "SELECT set_config(client_encoding, 'x', false) FROM (SELECT 'role' AS client_encoding) s",
+            "SELECT set_config('client_encoding', enc, false) FROM (SELECT 'BIG5' AS enc) s",
             "SET portcullis.agent = 'admin'",
             "RESET portcullis.agent",
         ] {
