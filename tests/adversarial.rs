@@ -69,6 +69,14 @@ const ZERO: &[&str] = &["0"];
 async fn every_attack_family_gets_its_safe_outcome() {
     let s = Env::start_enforcing();
     let bot = s.env.agent().await;
+    // A row-level security policy whose expression names a secret (RLS is not enabled: it
+    // only has to be listed in pg_policies).
+    s.env
+        .direct()
+        .await
+        .batch_execute("create policy secret_rule on customers using (ssn <> '123456789')")
+        .await
+        .unwrap();
 
     attack(
         &bot,
@@ -245,6 +253,10 @@ async fn every_attack_family_gets_its_safe_outcome() {
             ("select * from pg_stats", Refused("42501")),
             ("select * from pg_statistic", Refused("42501")),
             ("select * from pg_stat_user_tables", Refused("42501")),
+            // Readable for names, with policy expressions and usage counters nulled.
+            ("select coalesce(idx_scan::text, 'hidden') || coalesce(idx_tup_read::text, 'hidden') from pg_stat_user_indexes where indexrelname = 'customers_pkey'", Rows(&["hiddenhidden"])),
+            ("select policyname from pg_policies", Rows(&["secret_rule"])),
+            ("select count(*) from pg_policies where qual is not null or with_check is not null", Rows(ZERO)),
             ("select * from pg_stat_activity", Refused("42501")),
             ("select * from pg_authid", Refused("42501")),
             ("select prosrc from pg_proc", Refused("42501")),

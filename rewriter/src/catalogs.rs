@@ -1,13 +1,17 @@
 //! Which of PostgreSQL's own catalogs an agent may read, and which built-in functions it may
 //! call. Catalogs: an allow-list of what clients use to introspect (psql `\d`, JDBC metadata,
-//! ORMs' reflection) — never statistics (`pg_stats`, `pg_stat_*`: row counts and values), other
-//! sessions (`pg_stat_activity`, `pg_locks`), or the source of views, rules, policies and
-//! functions. Functions: PostgreSQL's built-ins (loaded from `pg_catalog`) minus those that run
+//! ORMs' reflection) — never statistics (`pg_stats`, `pg_stat_*`: row counts and values; the
+//! names in `pg_stat_user_indexes` are readable with its counters NULL), other sessions
+//! (`pg_stat_activity`, `pg_locks`), or the source of views, rules, policies and functions
+//! (`pg_policies` lists names with its expressions NULL). Functions: PostgreSQL's built-ins (loaded from `pg_catalog`) minus those that run
 //! SQL text, touch files, large objects or the server, reveal source or statistics, or change
 //! state outside the statement.
 
 /// System relations an agent may read.
 const READABLE: &[(&str, &str)] = &[
+    // Names only (see HIDDEN_COLUMNS).
+    ("pg_catalog", "pg_policies"),
+    ("pg_catalog", "pg_stat_user_indexes"),
     ("pg_catalog", "pg_aggregate"),
     ("pg_catalog", "pg_am"),
     ("pg_catalog", "pg_amop"),
@@ -93,6 +97,14 @@ const HIDDEN_COLUMNS: &[(&str, &str, &str)] = &[
     ("pg_catalog", "pg_class", "relpages"),
     ("pg_catalog", "pg_class", "relallvisible"),
     ("pg_catalog", "pg_sequences", "last_value"),
+    // Tools read these for names (drizzle-kit): the policies' expressions and the indexes'
+    // usage counters are not names.
+    ("pg_catalog", "pg_policies", "qual"),
+    ("pg_catalog", "pg_policies", "with_check"),
+    ("pg_catalog", "pg_stat_user_indexes", "idx_scan"),
+    ("pg_catalog", "pg_stat_user_indexes", "idx_tup_read"),
+    ("pg_catalog", "pg_stat_user_indexes", "idx_tup_fetch"),
+    ("pg_catalog", "pg_stat_user_indexes", "last_idx_scan"),
 ];
 
 /// The system relation as an agent sees it: `None` to read it as is, else the SQL of a
