@@ -392,10 +392,21 @@ async fn every_attack_family_gets_its_safe_outcome() {
                 "select set_config('role', 'postgres', false)",
                 Refused("42501"),
             ),
+            // search_path may be set to what it is (LangChain sets it to its schema), and to
+            // nothing else.
             (
-                "select set_config('search_path', 'public', false)",
+                "select set_config('search_path', 'public, evil', false)",
                 Refused("42501"),
             ),
+            (
+                "select set_config('search_path', 'public', false)",
+                Rows(&["public"]),
+            ),
+            ("set search_path to 'public'", Rows(&[])),
+            ("set search_path = pg_catalog, public", Rows(&[])),
+            ("set search_path to public, pg_temp", Refused("42501")),
+            ("set search_path to '$user', public", Refused("42501")),
+            ("select count(*) from customers", Rows(TEN)),
             (
                 "select set_config('standard_conforming_strings', 'off', false)",
                 Refused("42501"),

@@ -153,10 +153,10 @@ fn check_set_config_calls(statement: &Statement) -> Result<(), Refusal> {
     }
 }
 
-/// The settings `statement` changes through `set_config('name', …)` (literal names; the gate
-/// refuses others), lower case.
-pub(crate) fn set_config_names(statement: &Statement) -> Vec<String> {
-    let mut names = Vec::new();
+/// The `set_config('name', value, …)` calls of `statement`: each setting's name (literal: the
+/// gate refuses others), lower case, and its value when that is a string constant.
+pub(crate) fn set_config_calls(statement: &Statement) -> Vec<(String, Option<String>)> {
+    let mut calls = Vec::new();
     let _ = visit_expressions(statement, |expr| {
         if let Expr::Function(f) = expr {
             let is_set_config = f
@@ -166,16 +166,66 @@ pub(crate) fn set_config_names(statement: &Statement) -> Vec<String> {
                 .and_then(|p| p.as_ident())
                 .is_some_and(|i| i.value.eq_ignore_ascii_case("set_config"));
             if let (true, FunctionArguments::List(list)) = (is_set_config, &f.args) {
-                if let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) = list.args.first() {
-                    if let Some(name) = string_constant(e) {
-                        names.push(name.to_ascii_lowercase());
-                    }
+                let arg = |i: usize| match list.args.get(i) {
+                    Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) => string_constant(e),
+                    _ => None,
+                };
+                if let Some(name) = arg(0) {
+                    calls.push((name.to_ascii_lowercase(), arg(1)));
                 }
             }
         }
         ControlFlow::<()>::Continue(())
     });
-    names
+    calls
+}
+
+/// The schemas `SET search_path` assigns, as PostgreSQL reads them: each value one schema (a
+/// string constant as written, a bare word folded to lower case). `None` for other forms.
+pub(crate) fn search_path_of_set(set: &Set) -> Option<Vec<String>> {
+    let Set::SingleAssignment {
+        variable, values, ..
+    } = set
+    else {
+        return None;
+    };
+    if setting_name(variable) != "search_path" {
+        return None;
+    }
+    values
+        .iter()
+        .map(|v| match v {
+            Expr::Identifier(i) => Some(crate::catalog::normalize(i)),
+            e => string_constant(e),
+        })
+        .collect()
+}
+
+/// The schemas `set_config('search_path', text, …)` assigns: a comma-separated list of plain
+/// names (folded to lower case, as PostgreSQL splits it); `None` for anything else.
+pub(crate) fn search_path_of_text(text: &str) -> Option<Vec<String>> {
+    text.split(',')
+        .map(|part| {
+            let part = part.trim();
+            crate::lexical::is_unquoted_identifier(part).then(|| part.to_ascii_lowercase())
+        })
+        .collect()
+}
+
+/// Whether `path` leaves name resolution as it is with `current` (the session's effective
+/// search_path): the same schemas, `pg_catalog` possibly named first (it is searched first
+/// anyway).
+pub(crate) fn keeps_search_path(path: &[String], current: &[String]) -> bool {
+    let path = match path.split_first() {
+        Some((first, rest))
+            if first == "pg_catalog"
+                && current.first().map(String::as_str) != Some("pg_catalog") =>
+        {
+            rest
+        }
+        _ => path,
+    };
+    path == current
 }
 
 /// A setting's name as PostgreSQL compares it: dotted, case-insensitive (even when quoted).

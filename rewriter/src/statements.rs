@@ -111,13 +111,16 @@ pub(crate) fn rewrite(statement: &mut Statement, ctx: &Context<'_>) -> Result<Ve
             protect(statement, ctx)
         }
         Statement::Set(set) => {
-            if crate::settings::assigned(set)
-                .iter()
-                .any(|n| n == "search_path")
+            // Names are resolved with the session's search_path: setting it to what it is
+            // (LangChain's `SET search_path TO 'public'`) passes, any other path is refused.
+            let keeps = crate::settings::search_path_of_set(set)
+                .is_some_and(|p| crate::settings::keeps_search_path(&p, ctx.search_path));
+            if !keeps
+                && crate::settings::assigned(set)
+                    .iter()
+                    .any(|n| n == "search_path")
             {
-                return Err(Refusal::Forbidden(
-                    "search_path is fixed by Portcullis; schema-qualify names instead".into(),
-                ));
+                return Err(crate::search_path_refusal(ctx));
             }
             Ok(Vec::new())
         }
