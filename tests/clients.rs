@@ -61,6 +61,17 @@ fn psycopg2_under_enforcement() {
     assert_ok(&out, "OK psycopg2 enforced");
 }
 
+/// LangChain's SQLDatabase and SQL toolkit tools under enforcement, as two agents.
+#[test]
+fn langchain_under_enforcement() {
+    let e = Env::start_enforcing();
+    let out = run(Command::new(python())
+        .arg(repo_root().join("tests/clients/python/langchain_enforced.py"))
+        .env("PORTCULLIS_URL", e.env.agent_url())
+        .env("PORTCULLIS_AUDITOR_URL", e.env.url(AUDITOR, AUDITOR_SECRET)));
+    assert_ok(&out, "OK langchain enforced");
+}
+
 #[test]
 fn psycopg3() {
     run_python("psycopg3_client.py", "OK psycopg3");
