@@ -217,7 +217,6 @@ const DENIED_FUNCTIONS: &[&str] = &[
     "pg_relation_filenode",
     "pg_relation_filepath",
     "pg_filenode_relation",
-    "current_setting",
     "pg_listening_channels",
     // server settings (pg_settings is not readable either)
     "pg_show_all_settings",

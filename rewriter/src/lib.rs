@@ -176,6 +176,7 @@ pub fn rewrite(sql: &str, protocol: Protocol, ctx: &Context<'_>) -> Result<Rewri
                 return Err(search_path_refusal(ctx));
             }
         }
+        settings::check_reads(statement)?;
         identity::report_agent(statement, ctx.agent);
         qualified::shorten(statement, ctx)?;
         reads.extend(statements::rewrite(statement, ctx)?);

@@ -153,6 +153,92 @@ fn check_set_config_calls(statement: &Statement) -> Result<(), Refusal> {
     }
 }
 
+/// Settings that tell where and how the upstream server runs (its address, files, commands):
+/// not the agent's business. Under enforcement `SHOW` and `current_setting` refuse them (and
+/// `SHOW ALL`); `pg_settings` is not readable.
+const SERVER_SETTINGS: &[&str] = &[
+    "listen_addresses",
+    "port",
+    "unix_socket_directories",
+    "unix_socket_group",
+    "unix_socket_permissions",
+    "data_directory",
+    "config_file",
+    "hba_file",
+    "ident_file",
+    "external_pid_file",
+    "cluster_name",
+    "log_directory",
+    "log_filename",
+    "ssl_cert_file",
+    "ssl_key_file",
+    "ssl_ca_file",
+    "ssl_crl_file",
+    "ssl_crl_dir",
+    "krb_server_keyfile",
+    "archive_command",
+    "archive_library",
+    "restore_command",
+    "primary_conninfo",
+    "primary_slot_name",
+    "shared_preload_libraries",
+    "dynamic_library_path",
+    "data_directory_mode",
+];
+
+/// Under enforcement: settings are read (`SHOW`, `current_setting('name')`) by constant name,
+/// and not those of [`SERVER_SETTINGS`].
+pub(crate) fn check_reads(statement: &Statement) -> Result<(), Refusal> {
+    let refuse = |name: &str| {
+        Refusal::Forbidden(format!(
+            "the setting {name} tells where the database server runs; it is not readable \
+             through Portcullis"
+        ))
+    };
+    if let Statement::ShowVariable { variable } = statement {
+        let name = variable
+            .iter()
+            .map(|i| i.value.to_ascii_lowercase())
+            .collect::<Vec<_>>()
+            .join(" ");
+        if name == "all" || SERVER_SETTINGS.contains(&name.as_str()) {
+            return Err(refuse(&name));
+        }
+    }
+    let flow = visit_expressions(statement, |expr| {
+        let Expr::Function(f) = expr else {
+            return ControlFlow::Continue(());
+        };
+        let is_current_setting = f
+            .name
+            .0
+            .last()
+            .and_then(|p| p.as_ident())
+            .is_some_and(|i| i.value.eq_ignore_ascii_case("current_setting"));
+        if !is_current_setting {
+            return ControlFlow::Continue(());
+        }
+        let name = match &f.args {
+            FunctionArguments::List(list) => match list.args.first() {
+                Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) => string_constant(e),
+                _ => None,
+            },
+            _ => None,
+        };
+        match name.map(|n| n.to_ascii_lowercase()) {
+            Some(n) if !SERVER_SETTINGS.contains(&n.as_str()) => ControlFlow::Continue(()),
+            Some(n) => ControlFlow::Break(refuse(&n)),
+            None => ControlFlow::Break(Refusal::Forbidden(
+                "current_setting needs a string constant as the setting name".into(),
+            )),
+        }
+    });
+    match flow {
+        ControlFlow::Break(e) => Err(e),
+        ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
 /// The `set_config('name', value, …)` calls of `statement`: each setting's name (literal: the
 /// gate refuses others), lower case, and its value when that is a string constant.
 pub(crate) fn set_config_calls(statement: &Statement) -> Vec<(String, Option<String>)> {

@@ -73,4 +73,30 @@ for driver in ("psycopg2", "psycopg"):
         ).all()
         assert len(rows) == 10 and all(t == 1 and s == "***" for t, s in rows), rows
     engine.dispose()
+
+# The same, async (asyncpg).
+import asyncio
+
+from sqlalchemy.ext.asyncio import create_async_engine
+
+
+async def reflect_async():
+    engine = create_async_engine(URL.replace("postgres://", "postgresql+asyncpg://", 1))
+    async with engine.connect() as aconn:
+        names = await aconn.run_sync(lambda c: sa.inspect(c).get_table_names())
+        assert {"customers", "tickets", "transfers"} <= set(names), names
+        meta = sa.MetaData()
+        await aconn.run_sync(lambda c: meta.reflect(c, only=["transfers"]))
+        transfers = meta.tables["transfers"]
+        rows = (await aconn.execute(sa.select(transfers.c.tenant_id, transfers.c.iban))).all()
+        assert rows and all(t == 1 and i.startswith("*") for t, i in rows), rows[:3]
+        # SQLAlchemy's asyncpg dialect registers json/jsonb codecs at connect, which makes
+        # asyncpg introspect those types (with set_config('jit', 'off', false)): reading a
+        # jsonb column under policy exercises it.
+        meta_rows = (await aconn.execute(sa.select(transfers.c.metadata).limit(2))).scalars().all()
+        assert all(isinstance(m, dict) for m in meta_rows), meta_rows
+    await engine.dispose()
+
+
+asyncio.run(reflect_async())
 print("OK psycopg2 enforced")
