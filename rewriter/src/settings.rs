@@ -85,37 +85,43 @@ fn check_encoding(value: Option<&str>) -> Result<(), Refusal> {
     }
 }
 
+/// The arguments of `expr` when it calls a function named `function` (in any schema):
+/// `Some(&[])` for a call without an argument list.
+fn call_args<'e>(expr: &'e Expr, function: &str) -> Option<&'e [FunctionArg]> {
+    let Expr::Function(f) = expr else {
+        return None;
+    };
+    let named = f
+        .name
+        .0
+        .last()
+        .and_then(|p| p.as_ident())
+        .is_some_and(|i| i.value.eq_ignore_ascii_case(function));
+    match (&f.args, named) {
+        (FunctionArguments::List(list), true) => Some(&list.args),
+        (_, true) => Some(&[]),
+        _ => None,
+    }
+}
+
+/// The `i`th argument, when it is a string constant.
+fn constant_arg(args: &[FunctionArg], i: usize) -> Option<String> {
+    match args.get(i) {
+        Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) => string_constant(e),
+        _ => None,
+    }
+}
+
 /// `set_config('name', value, is_local)` changes a setting like `SET` does; the name must be a
 /// literal, so that the gate can see which setting it is.
 fn check_set_config_calls(statement: &Statement) -> Result<(), Refusal> {
     let flow = visit_expressions(statement, |expr| {
-        let Expr::Function(f) = expr else {
+        let Some(args) = call_args(expr, "set_config") else {
             return ControlFlow::Continue(());
-        };
-        let is_set_config = f
-            .name
-            .0
-            .last()
-            .and_then(|p| p.as_ident())
-            .is_some_and(|i| i.value.eq_ignore_ascii_case("set_config"));
-        if !is_set_config {
-            return ControlFlow::Continue(());
-        }
-        let args = match &f.args {
-            FunctionArguments::List(list) => &list.args,
-            _ => {
-                return ControlFlow::Break(Refusal::Forbidden(
-                    "set_config without arguments".into(),
-                ))
-            }
         };
         // A string constant: an identifier here is a column, whose value the gate cannot see
         // (`set_config(name, …) FROM (SELECT 'role' AS name) s` would set the role).
-        let name = match args.first() {
-            Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) => string_constant(e),
-            _ => None,
-        };
-        let Some(name) = name else {
+        let Some(name) = constant_arg(args, 0) else {
             return ControlFlow::Break(Refusal::Forbidden(
                 "set_config needs a string constant as the setting name".into(),
             ));
@@ -206,26 +212,10 @@ pub(crate) fn check_reads(statement: &Statement) -> Result<(), Refusal> {
         }
     }
     let flow = visit_expressions(statement, |expr| {
-        let Expr::Function(f) = expr else {
+        let Some(args) = call_args(expr, "current_setting") else {
             return ControlFlow::Continue(());
         };
-        let is_current_setting = f
-            .name
-            .0
-            .last()
-            .and_then(|p| p.as_ident())
-            .is_some_and(|i| i.value.eq_ignore_ascii_case("current_setting"));
-        if !is_current_setting {
-            return ControlFlow::Continue(());
-        }
-        let name = match &f.args {
-            FunctionArguments::List(list) => match list.args.first() {
-                Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) => string_constant(e),
-                _ => None,
-            },
-            _ => None,
-        };
-        match name.map(|n| n.to_ascii_lowercase()) {
+        match constant_arg(args, 0).map(|n| n.to_ascii_lowercase()) {
             Some(n) if !SERVER_SETTINGS.contains(&n.as_str()) => ControlFlow::Continue(()),
             Some(n) => ControlFlow::Break(refuse(&n)),
             None => ControlFlow::Break(Refusal::Forbidden(
@@ -244,22 +234,10 @@ pub(crate) fn check_reads(statement: &Statement) -> Result<(), Refusal> {
 pub(crate) fn set_config_calls(statement: &Statement) -> Vec<(String, Option<String>)> {
     let mut calls = Vec::new();
     let _ = visit_expressions(statement, |expr| {
-        if let Expr::Function(f) = expr {
-            let is_set_config = f
-                .name
-                .0
-                .last()
-                .and_then(|p| p.as_ident())
-                .is_some_and(|i| i.value.eq_ignore_ascii_case("set_config"));
-            if let (true, FunctionArguments::List(list)) = (is_set_config, &f.args) {
-                let arg = |i: usize| match list.args.get(i) {
-                    Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) => string_constant(e),
-                    _ => None,
-                };
-                if let Some(name) = arg(0) {
-                    calls.push((name.to_ascii_lowercase(), arg(1)));
-                }
-            }
+        if let Some(name) = call_args(expr, "set_config").and_then(|args| {
+            constant_arg(args, 0).map(|name| (name.to_ascii_lowercase(), constant_arg(args, 1)))
+        }) {
+            calls.push(name);
         }
         ControlFlow::<()>::Continue(())
     });

@@ -380,15 +380,8 @@ impl<'de> JsonVisitor<'de> for Walk<'_> {
         Ok(())
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq
-            .next_element_seed(Walk {
-                found: &mut *self.found,
-                top: false,
-            })?
-            .is_some()
-        {}
-        Ok(())
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        walk_seq(seq, self.found).map(|_| ())
     }
 
     fn visit_bool<E>(self, _: bool) -> Result<(), E> {
@@ -431,19 +424,24 @@ impl<'de> JsonVisitor<'de> for Count<'_> {
         f.write_str("a list of statements")
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
-        let mut n = 0;
-        while seq
-            .next_element_seed(Walk {
-                found: &mut *self.found,
-                top: false,
-            })?
-            .is_some()
-        {
-            n += 1;
-        }
-        Ok(n)
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<usize, A::Error> {
+        walk_seq(seq, self.found)
     }
+}
+
+/// Walks every element of a list; returns how many there were.
+fn walk_seq<'de, A: SeqAccess<'de>>(mut seq: A, found: &mut Found) -> Result<usize, A::Error> {
+    let mut n = 0;
+    while seq
+        .next_element_seed(Walk {
+            found: &mut *found,
+            top: false,
+        })?
+        .is_some()
+    {
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// Every column reference (`ColumnRef`) in `sql` as PostgreSQL's grammar reads it: its
