@@ -122,7 +122,7 @@ pub fn check(sql: &str, protocol: Protocol) -> Result<Checked, Refusal> {
     }
     let count = statements.len();
     Ok(Checked {
-        sql: forward(statements)?,
+        sql: forward(statements, false)?,
         statements: count,
         shape: 0,
         prepared: PreparedEffect::None,
@@ -183,7 +183,7 @@ pub fn rewrite(sql: &str, protocol: Protocol, ctx: &Context<'_>) -> Result<Rewri
     }
     let count = statements.len();
     Ok(Rewritten {
-        sql: forward(statements)?,
+        sql: forward(statements, true)?,
         statements: count,
         reads,
         prepared,
@@ -208,11 +208,12 @@ fn check_statement(statement: &Statement) -> Result<(), Refusal> {
 /// The text to forward for the checked `statements`: every token spelled by Portcullis (see
 /// [`lexical`]), then read back by PostgreSQL's own parser and compared with what was checked
 /// (see [`verify`]). A disagreement refuses the statement; nothing unproven is forwarded.
-fn forward(mut statements: Vec<Statement>) -> Result<String, Refusal> {
+/// `fenced`: relations were fenced (enforcement), so PostgreSQL must read no other.
+fn forward(mut statements: Vec<Statement>, fenced: bool) -> Result<String, Refusal> {
     let (relations, functions) = verify::references(&statements);
     let mut expected = verify::Expected {
         statements: statements.len(),
-        relations,
+        relations: fenced.then_some(relations),
         functions,
         ..Default::default()
     };
@@ -289,6 +290,27 @@ mod tests {
     fn string_literals_are_reserialized_with_standard_quoting() {
         let c = check(r"select 'it''s', 'a\b'", Protocol::Simple).unwrap();
         assert_eq!(c.sql, r"SELECT 'it''s', 'a\b'");
+    }
+
+    #[test]
+    fn gate_only_mode_passes_utility_statements_but_not_raw_printed_text() {
+        // sqlparser does not visit these names as relations; without fences there is nothing
+        // to compare them with.
+        for sql in [
+            "GRANT SELECT ON foo TO bar",
+            "VACUUM foo",
+            "CREATE TEMP TABLE t2 (LIKE foo)",
+        ] {
+            check(sql, Protocol::Simple).unwrap();
+        }
+        // sqlparser prints a COMMENT's text raw: PostgreSQL's scanner would read other
+        // constants, so it is refused rather than forwarded.
+        let e = check(
+            r"COMMENT ON TABLE foo IS 'x'; DROP TABLE foo; --'",
+            Protocol::Simple,
+        )
+        .unwrap_err();
+        assert_eq!(e.sqlstate(), "42501", "{e}");
     }
 
     #[test]

@@ -35,8 +35,10 @@ use crate::Refusal;
 pub(crate) struct Expected {
     pub statements: usize,
     pub spelled: Spelled,
-    /// Relations, as `catalog.schema.name` parts that are present, normalized.
-    pub relations: Vec<String>,
+    /// Relations, as `catalog.schema.name` parts that are present, normalized; `None`: not
+    /// compared (gate-only mode, where no relation is fenced and utility statements name
+    /// relations in places sqlparser does not visit as such).
+    pub relations: Option<Vec<String>>,
     /// The last part of every function name called, normalized.
     pub functions: Vec<String>,
 }
@@ -159,12 +161,14 @@ pub(crate) fn verify(sql: &str, expected: &Expected) -> Result<(), Refusal> {
             expected.statements
         )));
     }
-    let mut relations = counts(&expected.relations);
-    for relation in &found.relations {
-        if !take(&mut relations, relation) {
-            return Err(disagree(&format!(
-                "PostgreSQL reads a relation {relation:?} Portcullis did not check"
-            )));
+    if let Some(expected) = &expected.relations {
+        let mut relations = counts(expected);
+        for relation in &found.relations {
+            if !take(&mut relations, relation) {
+                return Err(disagree(&format!(
+                    "PostgreSQL reads a relation {relation:?} Portcullis did not check"
+                )));
+            }
         }
     }
     let mut functions = counts(&expected.functions);
@@ -511,7 +515,7 @@ mod tests {
                 literals: literals.iter().map(|s| s.to_string()).collect(),
                 quoted_idents: vec![],
             },
-            relations: relations.iter().map(|s| s.to_string()).collect(),
+            relations: Some(relations.iter().map(|s| s.to_string()).collect()),
             functions: vec![],
         }
     }
