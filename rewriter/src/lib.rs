@@ -165,17 +165,7 @@ pub fn rewrite(sql: &str, protocol: Protocol, ctx: &Context<'_>) -> Result<Rewri
     for statement in &mut statements {
         settings::check(statement)?;
         copy::check(statement)?;
-        // set_config is checked as SET is (above); search_path may only be set to what it is
-        // (`SET` is checked in `statements`), since names are resolved with it.
-        for (name, value) in settings::set_config_calls(statement) {
-            let keeps = value
-                .as_deref()
-                .and_then(settings::search_path_of_text)
-                .is_some_and(|p| settings::keeps_search_path(&p, ctx.search_path));
-            if name == "search_path" && !keeps {
-                return Err(search_path_refusal(ctx));
-            }
-        }
+        settings::check_search_path(statement, ctx.search_path)?;
         settings::check_reads(statement)?;
         identity::report_agent(statement, ctx.agent);
         qualified::shorten(statement, ctx)?;
@@ -188,14 +178,6 @@ pub fn rewrite(sql: &str, protocol: Protocol, ctx: &Context<'_>) -> Result<Rewri
         reads,
         prepared,
     })
-}
-
-/// Refusal of a search_path other than the session's.
-pub(crate) fn search_path_refusal(ctx: &Context<'_>) -> Refusal {
-    Refusal::Forbidden(format!(
-        "search_path is fixed by Portcullis to {}; schema-qualify names instead",
-        ctx.search_path.join(", ")
-    ))
 }
 
 fn check_statement(statement: &Statement) -> Result<(), Refusal> {

@@ -231,7 +231,7 @@ pub(crate) fn check_reads(statement: &Statement) -> Result<(), Refusal> {
 
 /// The `set_config('name', value, …)` calls of `statement`: each setting's name (literal: the
 /// gate refuses others), lower case, and its value when that is a string constant.
-pub(crate) fn set_config_calls(statement: &Statement) -> Vec<(String, Option<String>)> {
+fn set_config_calls(statement: &Statement) -> Vec<(String, Option<String>)> {
     let mut calls = Vec::new();
     let _ = visit_expressions(statement, |expr| {
         if let Some(name) = call_args(expr, "set_config").and_then(|args| {
@@ -246,7 +246,7 @@ pub(crate) fn set_config_calls(statement: &Statement) -> Vec<(String, Option<Str
 
 /// The schemas `SET search_path` assigns, as PostgreSQL reads them: each value one schema (a
 /// string constant as written, a bare word folded to lower case). `None` for other forms.
-pub(crate) fn search_path_of_set(set: &Set) -> Option<Vec<String>> {
+fn search_path_of_set(set: &Set) -> Option<Vec<String>> {
     let Set::SingleAssignment {
         variable, values, ..
     } = set
@@ -267,7 +267,7 @@ pub(crate) fn search_path_of_set(set: &Set) -> Option<Vec<String>> {
 
 /// The schemas `set_config('search_path', text, …)` assigns: a comma-separated list of plain
 /// names (folded to lower case, as PostgreSQL splits it); `None` for anything else.
-pub(crate) fn search_path_of_text(text: &str) -> Option<Vec<String>> {
+fn search_path_of_text(text: &str) -> Option<Vec<String>> {
     text.split(',')
         .map(|part| {
             let part = part.trim();
@@ -276,10 +276,37 @@ pub(crate) fn search_path_of_text(text: &str) -> Option<Vec<String>> {
         .collect()
 }
 
+/// Under enforcement names are resolved with the session's search_path `current`: `SET` and
+/// `set_config` may set it only to what it is (LangChain's `SET search_path TO 'public'`).
+pub(crate) fn check_search_path(statement: &Statement, current: &[String]) -> Result<(), Refusal> {
+    let refusal = || {
+        Refusal::Forbidden(format!(
+            "search_path is fixed by Portcullis to {}; schema-qualify names instead",
+            current.join(", ")
+        ))
+    };
+    if let Statement::Set(set) = statement {
+        let keeps = search_path_of_set(set).is_some_and(|p| keeps_search_path(&p, current));
+        if !keeps && assigned(set).iter().any(|n| n == "search_path") {
+            return Err(refusal());
+        }
+    }
+    for (name, value) in set_config_calls(statement) {
+        let keeps = value
+            .as_deref()
+            .and_then(search_path_of_text)
+            .is_some_and(|p| keeps_search_path(&p, current));
+        if name == "search_path" && !keeps {
+            return Err(refusal());
+        }
+    }
+    Ok(())
+}
+
 /// Whether `path` leaves name resolution as it is with `current` (the session's effective
 /// search_path): the same schemas, `pg_catalog` possibly named first (it is searched first
 /// anyway).
-pub(crate) fn keeps_search_path(path: &[String], current: &[String]) -> bool {
+fn keeps_search_path(path: &[String], current: &[String]) -> bool {
     let path = match path.split_first() {
         Some((first, rest))
             if first == "pg_catalog"
@@ -294,7 +321,7 @@ pub(crate) fn keeps_search_path(path: &[String], current: &[String]) -> bool {
 
 /// A setting's name as PostgreSQL compares it: dotted, case-insensitive (even when quoted).
 /// The names a `SET` assigns, as PostgreSQL reads them (lower case, quotes dropped).
-pub(crate) fn assigned(set: &Set) -> Vec<String> {
+fn assigned(set: &Set) -> Vec<String> {
     match set {
         Set::SingleAssignment { variable, .. } => vec![setting_name(variable)],
         Set::MultipleAssignments { assignments } => {

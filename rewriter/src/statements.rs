@@ -110,21 +110,9 @@ pub(crate) fn rewrite(statement: &mut Statement, ctx: &Context<'_>) -> Result<Ve
             }
             protect(statement, ctx)
         }
-        Statement::Set(set) => {
-            // Names are resolved with the session's search_path: setting it to what it is
-            // (LangChain's `SET search_path TO 'public'`) passes, any other path is refused.
-            let keeps = crate::settings::search_path_of_set(set)
-                .is_some_and(|p| crate::settings::keeps_search_path(&p, ctx.search_path));
-            if !keeps
-                && crate::settings::assigned(set)
-                    .iter()
-                    .any(|n| n == "search_path")
-            {
-                return Err(crate::search_path_refusal(ctx));
-            }
-            Ok(Vec::new())
-        }
-        Statement::Reset(_)
+        // search_path is checked with `set_config` (`settings::check_search_path`).
+        Statement::Set(_)
+        | Statement::Reset(_)
         | Statement::ShowVariable { .. }
         | Statement::StartTransaction { .. }
         | Statement::Commit { .. }
