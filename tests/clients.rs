@@ -55,9 +55,18 @@ fn psycopg2() {
 #[test]
 fn psycopg2_under_enforcement() {
     let e = Env::start_enforcing();
+    let hidden: i32 = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let direct = e.env.direct().await;
+        direct
+            .query_one("select min(id) from tickets where tenant_id = 2", &[])
+            .await
+            .unwrap()
+            .get(0)
+    });
     let out = run(Command::new(python())
         .arg(repo_root().join("tests/clients/python/psycopg2_enforced.py"))
-        .env("PORTCULLIS_URL", e.env.agent_url()));
+        .env("PORTCULLIS_URL", e.env.agent_url())
+        .env("HIDDEN_TICKET", hidden.to_string()));
     assert_ok(&out, "OK psycopg2 enforced");
 }
 

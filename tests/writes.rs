@@ -277,9 +277,19 @@ async fn updates_and_deletes_touch_only_allowed_rows() {
     let ssn: Option<String> = row.get("ssn");
     assert_eq!(ssn.as_deref(), Some("***"));
     assert_eq!(row.get::<_, String>("tier"), "gold");
+    // A masked column named in RETURNING comes back masked.
+    let row = bot
+        .query_one(
+            "update customers c set tier = 'gold' where id = 3 returning c.ssn, ssn as s",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<String>>(0).as_deref(), Some("***"));
+    assert_eq!(row.get::<_, Option<String>>("s").as_deref(), Some("***"));
     for sql in [
         "update customers set ssn = '000' where id = 3",
-        "update customers set tier = 'gold' where id = 3 returning ssn",
+        "update customers set tier = 'gold' where id = 3 returning ssn || ''",
         "delete from customers where id = 3",
     ] {
         let e = bot.batch_execute(sql).await.unwrap_err();
@@ -355,6 +365,163 @@ async fn constraint_errors_do_not_echo_rows() {
     }
     assert_eq!(
         count(&bot, "select count(*) from tickets where tenant_id = 2").await,
+        0
+    );
+}
+
+/// `INSERT … ON CONFLICT` under PostgreSQL's RLS rules for upserts: the conflicting row must be
+/// readable and updatable (else 42501, revealing nothing of it), the updated row must pass the
+/// update policy, and DO NOTHING never touches a hidden row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upserts_update_only_rows_the_agent_may_update() {
+    let e = Env::start_enforcing();
+    let env = &e.env;
+    let bot = env.agent().await;
+    let direct = env.direct().await;
+    let others = || {
+        digest(
+            &direct,
+            "select md5(string_agg(t::text, ',' order by id)) from tickets t where not (tenant_id = 1 and priority <> 1)",
+        )
+    };
+    let before_others = others().await;
+    let own: i32 = direct
+        .query_one(
+            "select min(id) from tickets where tenant_id = 1 and priority <> 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let hidden: i32 = direct
+        .query_one("select min(id) from tickets where tenant_id = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let upsert = |id: i32, tenant: i32, tail: &str| {
+        format!(
+            "insert into tickets as t (id, tenant_id, customer_id, subject, body, status, priority) \
+             values ({id}, {tenant}, 3, 'upserted-subject', 'b', 'open', 2) on conflict (id) {tail}"
+        )
+    };
+
+    // A conflict with the agent's own ticket updates it; RETURNING shows the updated row.
+    let rows = bot
+        .query(
+            &upsert(
+                own,
+                1,
+                "do update set subject = excluded.subject || '/' || t.status returning id, subject",
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    let status: String = direct
+        .query_one("select status from tickets where id = $1", &[&own])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        rows[0].get::<_, String>(1),
+        format!("upserted-subject/{status}")
+    );
+    // No conflict: the row is inserted (extended protocol, parameters).
+    let fresh: i32 = direct
+        .query_one("select max(id) + 1000 from tickets", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let n = bot
+        .execute(
+            "insert into tickets (id, tenant_id, customer_id, subject, body, status, priority) \
+             values ($1, 1, 3, $2, 'b', 'open', 2) \
+             on conflict (id) do update set subject = excluded.subject",
+            &[&fresh, &"new"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(
+        count(
+            &direct,
+            &format!("select count(*) from tickets where id = {fresh} and subject = 'new'")
+        )
+        .await,
+        1
+    );
+
+    // A conflict with another tenant's ticket: refused, naming the policies, and the message
+    // says nothing of the hidden row; the hidden row is unchanged.
+    let e = bot
+        .batch_execute(&upsert(
+            hidden,
+            1,
+            "do update set subject = excluded.subject",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{e}");
+    let m = message(&e);
+    assert!(
+        m.contains("conflicts with is not one this agent may update")
+            && m.contains("support-writes-own-tickets"),
+        "{m}"
+    );
+    let all = format!("{:?}", e.as_db_error().unwrap());
+    assert!(
+        !all.contains("tenant_id = 2") && !all.contains("Detail: Some(\"Key"),
+        "{all}"
+    );
+    // Its WHERE is not run on the hidden row either (it would leak through a failing cast).
+    let e = bot
+        .batch_execute(&upsert(
+            hidden,
+            1,
+            "do update set subject = 'x' where t.subject::int > 0",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{e}");
+    assert!(!message(&e).contains("invalid input syntax"), "{e}");
+    // The updated row must pass the update policy: moving the ticket to tenant 2, or making it
+    // priority 1, aborts the statement.
+    for tail in [
+        "do update set tenant_id = 2",
+        "do update set (priority, subject) = (1, 'p1')",
+    ] {
+        let e = bot.batch_execute(&upsert(own, 1, tail)).await.unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{tail}: {e}");
+        assert!(
+            message(&e).contains("update policy on public::tickets"),
+            "{}",
+            message(&e)
+        );
+    }
+    // DO NOTHING on a hidden row: nothing happens, nothing is shown.
+    let rows = bot
+        .query(&upsert(hidden, 1, "do nothing returning *"), &[])
+        .await
+        .unwrap();
+    assert!(rows.is_empty());
+    // The proposed row is checked as any INSERT: another tenant's row is refused.
+    let e = bot
+        .batch_execute(&upsert(fresh + 1, 2, "do nothing"))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{e}");
+    assert_eq!(
+        others().await,
+        before_others,
+        "no other tenant's ticket moved"
+    );
+    assert_eq!(
+        count(
+            &direct,
+            &format!("select count(*) from tickets where id = {}", fresh + 1)
+        )
+        .await,
         0
     );
 }

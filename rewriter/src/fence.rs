@@ -58,21 +58,13 @@ pub fn projection(
     let mut clear_columns = Vec::new();
     for col in &relation.columns {
         let name = quote_ident(&col.name);
-        match policy.column(&col.name) {
-            ColumnRule::Visible => {
+        match column_value(relation, policy, col)? {
+            Some(value) if value == name => {
                 projection.push(name);
                 clear_columns.push(col.clone());
             }
-            ColumnRule::Denied => {}
-            ColumnRule::Masked {
-                mask,
-                unless: Filter::False,
-            } => projection.push(format!("{} AS {name}", masked(col, mask))),
-            ColumnRule::Masked { mask, unless } => projection.push(format!(
-                "CASE WHEN {} THEN {name} ELSE {} END AS {name}",
-                render(&unless, relation)?,
-                masked(col, mask)
-            )),
+            Some(value) => projection.push(format!("{value} AS {name}")),
+            None => {}
         }
     }
     if projection.is_empty() {
@@ -82,6 +74,29 @@ pub fn projection(
         )));
     }
     Ok((projection, clear_columns))
+}
+
+/// What the agent reads of `col` (unqualified): the column itself when visible, its mask when
+/// masked, nothing when denied.
+pub fn column_value(
+    relation: &Relation,
+    policy: &TablePolicy,
+    col: &Column,
+) -> Result<Option<String>, Refusal> {
+    let name = quote_ident(&col.name);
+    Ok(match policy.column(&col.name) {
+        ColumnRule::Visible => Some(name),
+        ColumnRule::Denied => None,
+        ColumnRule::Masked {
+            mask,
+            unless: Filter::False,
+        } => Some(masked(col, mask)),
+        ColumnRule::Masked { mask, unless } => Some(format!(
+            "CASE WHEN {} THEN {name} ELSE {} END",
+            render(&unless, relation)?,
+            masked(col, mask)
+        )),
+    })
 }
 
 /// The masked value of `col`, typed as the column.

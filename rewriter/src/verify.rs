@@ -348,6 +348,21 @@ impl<'de> JsonVisitor<'de> for Walk<'_> {
                     let last = name.pop().unwrap_or_default();
                     self.found.functions.push((name.pop(), last));
                 }
+                "MultiAssignRef" => {
+                    // `SET (a, b) = (SELECT …)`: PostgreSQL's grammar gives every column the
+                    // same source node, which libpg_query prints once per column. Read once.
+                    let value: Json = map.next_value()?;
+                    if value.get("colno").and_then(Json::as_i64).unwrap_or(1) == 1 {
+                        if let Some(source) = value.get("source") {
+                            Walk {
+                                found: &mut *self.found,
+                                top: false,
+                            }
+                            .deserialize(source)
+                            .map_err(serde::de::Error::custom)?;
+                        }
+                    }
+                }
                 "ColumnRef" => {
                     let value: Json = map.next_value()?;
                     let fields = value.get("fields").and_then(Json::as_array);

@@ -467,24 +467,9 @@ fn write_refusals() {
             "leaves to its default",
         ),
         (
-            "insert into customers values (1, 1, 'a', default)",
-            "0A000",
-            "DEFAULT",
-        ),
-        (
             "insert into customers select * from customers",
             "0A000",
             "column list",
-        ),
-        (
-            "insert into customers (id, tenant_id) values (1, 1) on conflict do nothing",
-            "0A000",
-            "ON CONFLICT",
-        ),
-        (
-            "update customers set name = 'x' returning ssn",
-            "42501",
-            "RETURNING names",
         ),
         // The whole row would carry ssn in clear.
         (
@@ -532,13 +517,129 @@ fn write_refusals() {
         ("update unprotected set id = 1", "42501", "not covered"),
         (
             "update customers set (name, ssn) = ('a', 'b')",
+            "42501",
+            "may not read in clear",
+        ),
+        (
+            "update customers set (name, id) = (select 'a', 1)",
             "0A000",
-            "multi-column",
+            "sub-SELECT",
+        ),
+        (
+            "insert into customers values (1, 1, 'a'), (2, 1, default)",
+            "0A000",
+            "DEFAULT for column \"name\"",
+        ),
+        (
+            "insert into customers (id, tenant_id, name) values (1, default, 'a')",
+            "42501",
+            "leaves to its default",
+        ),
+        (
+            "update customers set tenant_id = default",
+            "42501",
+            "leaves to its",
         ),
         (
             "with x as (delete from orders returning *) select * from x",
             "0A000",
             "data-modifying",
+        ),
+    ] {
+        let e = run(sql).unwrap_err();
+        assert_eq!(e.sqlstate(), code, "{sql}: {e}");
+        assert!(e.to_string().contains(text), "{sql}: {e}");
+    }
+}
+
+#[test]
+fn defaults_multi_column_set_and_returning_masks() {
+    // DEFAULT in every row of a column: the column is left to its default.
+    let out =
+        run("insert into customers values (1, 1, 'a', default), (2, 1, 'b', default)").unwrap();
+    assert!(
+        out.contains(r#"INSERT INTO "public"."customers" ("id", "tenant_id", "name") SELECT"#),
+        "{out}"
+    );
+    let out =
+        run("update customers set (name, id) = ('a', 2), name = default where id = 1").unwrap();
+    assert!(
+        out.contains(r#""name" = DEFAULT"#)
+            && out.contains(r#""id" = "portcullis_new"."portcullis_set_1""#),
+        "{out}"
+    );
+    // INSERT … SELECT without a column list: the first columns, as many as the SELECT yields.
+    let out = run("insert into customers select id, tenant_id from customers").unwrap();
+    assert!(
+        out.contains(r#"INSERT INTO "public"."customers" ("id", "tenant_id") SELECT"#),
+        "{out}"
+    );
+    // A masked column named in RETURNING comes back masked.
+    let out = run("update customers c set name = 'x' returning c.ssn, ssn as s, id").unwrap();
+    assert!(
+        out.contains(r#"RETURNING '***'::TEXT AS "ssn", '***'::TEXT AS "s", id"#),
+        "{out}"
+    );
+}
+
+#[test]
+fn upserts_follow_row_security_rules() {
+    let out = run(
+        "insert into customers as c (id, tenant_id, name) values (1, 1, 'a') \
+         on conflict (id) do update set name = excluded.name || c.name where c.id > 0 returning *",
+    )
+    .unwrap();
+    println!("{out}");
+    // The conflicting row must be readable and updatable before the agent's WHERE runs on it.
+    assert!(
+        out.contains(r#"ON CONFLICT("id") DO UPDATE SET ("name") = (SELECT"#),
+        "{out}"
+    );
+    assert!(out.contains("WHERE CASE WHEN (SELECT (\"tenant_id\" = 1) FROM (SELECT \"c\".\"tenant_id\" AS \"tenant_id\") AS \"portcullis_row\") THEN (c.id > 0) ELSE"), "{out}");
+    assert!(
+        out.contains("conflicts with is not one this agent may update"),
+        "{out}"
+    );
+    let out = run(
+        "insert into customers (id, tenant_id, name) values (1, 1, 'a') on conflict do nothing",
+    )
+    .unwrap();
+    assert!(out.ends_with("ON CONFLICT DO NOTHING"), "{out}");
+    for (sql, code, text) in [
+        (
+            "insert into customers (id, tenant_id, name) values (1, 1, 'a') on conflict (id) do update set name = excluded.ssn",
+            "42501",
+            "ON CONFLICT DO UPDATE names \"ssn\"",
+        ),
+        (
+            "insert into customers (id, tenant_id, name) values (1, 1, 'a') on conflict (id) do update set name = (select customers.ssn)",
+            "42501",
+            "ON CONFLICT DO UPDATE names \"ssn\"",
+        ),
+        (
+            "insert into customers (id, tenant_id, name) values (1, 1, 'a') on conflict (id) do update set name = 'x' where ssn = '1'",
+            "42501",
+            "names \"ssn\"",
+        ),
+        (
+            "insert into customers (id, tenant_id, name) values (1, 1, 'a') on conflict (id) do update set name = to_jsonb(excluded)::text",
+            "42501",
+            "whole-row",
+        ),
+        (
+            "insert into customers (id, tenant_id, name) values (1, 1, 'a') on conflict (id) do update set ssn = 'x'",
+            "42501",
+            "may not read in clear",
+        ),
+        (
+            "insert into customers (id, tenant_id, name) values (1, 1, 'a') on conflict (nope) do nothing",
+            "42501",
+            "not known",
+        ),
+        (
+            "insert into customers (id, tenant_id, name) values (1, 1, 'a') on conflict do update set name = 'x'",
+            "42601",
+            "requires",
         ),
     ] {
         let e = run(sql).unwrap_err();

@@ -7,6 +7,8 @@ import psycopg2
 import psycopg2.errors
 
 URL = os.environ["PORTCULLIS_URL"]
+# A ticket of another tenant (its id, read directly by the test harness).
+HIDDEN_TICKET = int(os.environ["HIDDEN_TICKET"])
 conn = psycopg2.connect(URL)
 
 # A named cursor is DECLARE … CURSOR + FETCH FORWARD n: rewritten at DECLARE.
@@ -72,6 +74,31 @@ for driver in ("psycopg2", "psycopg"):
             sa.select(customers.c.tenant_id, customers.c.ssn).order_by(customers.c.id)
         ).all()
         assert len(rows) == 10 and all(t == 1 and s == "***" for t, s in rows), rows
+        # Upserts (SQLAlchemy's on_conflict_do_update / do_nothing): the agent's own ticket is
+        # updated; a conflict with another tenant's ticket is refused and leaves it unchanged.
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        tickets = sa.Table("tickets", meta, autoload_with=sconn, schema="public")
+        own = sconn.execute(sa.select(sa.func.min(tickets.c.id)).where(tickets.c.priority != 1)).scalar()
+        row = dict(id=own, tenant_id=1, customer_id=3, subject=f"upsert {driver}", body="b", status="open", priority=2)
+        stmt = pg_insert(tickets).values(**row)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[tickets.c.id], set_={"subject": stmt.excluded.subject}
+        ).returning(tickets.c.subject)
+        assert sconn.execute(stmt).scalar() == f"upsert {driver}"
+        sconn.execute(pg_insert(tickets).values(**dict(row, subject="ignored")).on_conflict_do_nothing())
+        subject = sconn.execute(sa.select(tickets.c.subject).where(tickets.c.id == own)).scalar()
+        assert subject == f"upsert {driver}", subject
+        sconn.commit()
+        hidden = dict(row, id=HIDDEN_TICKET, subject="stolen")
+        stmt = pg_insert(tickets).values(**hidden)
+        try:
+            sconn.execute(stmt.on_conflict_do_update(index_elements=["id"], set_={"subject": stmt.excluded.subject}))
+            raise AssertionError("upsert over a hidden row was not refused")
+        except sa.exc.DBAPIError as e:
+            assert (getattr(e.orig, "pgcode", None) or getattr(e.orig, "sqlstate", None)) == "42501", e
+            assert "conflicts with" in str(e.orig), e
+        sconn.rollback()
     engine.dispose()
 
 # The same, async (asyncpg).

@@ -9,20 +9,21 @@
 //!   rows the agent could read when RETURNING is asked for: each new row is checked by an
 //!   expression that aborts the whole statement with the policy-violation error (see
 //!   [`crate::VIOLATION_MARKER`]), so a violation changes nothing.
-//! - RETURNING `*` returns the readable columns, masked; a RETURNING expression naming a masked
-//!   or denied column is refused.
+//! - RETURNING `*` returns the readable columns, masked, and so does a masked column named
+//!   alone; other RETURNING expressions may name only columns read in clear.
+//! - `INSERT … ON CONFLICT` follows PostgreSQL's RLS rules for upserts (see [`upsert`]).
 //!
-//! Refused: ON CONFLICT, MERGE, writes to views and system catalogs, `DEFAULT` in VALUES or
-//! SET, multi-column SET, an INSERT … SELECT without a column list, and an INSERT that leaves
-//! to its defaults a column the policy checks.
+//! Refused: MERGE, writes to views and system catalogs, a `DEFAULT` the check would have to
+//! read, a multi-column SET from a sub-SELECT, an INSERT … SELECT * without a column list, and
+//! an INSERT that leaves to its defaults a column the policy checks.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use policies::{ColumnRule, Filter};
 use sqlparser::ast::{
-    AssignmentTarget, Delete, Expr, FromTable, Insert, ObjectName, Query, SelectItem, SetExpr,
-    Statement, TableFactor, TableObject, TableWithJoins, Update, UpdateTableFromKind,
+    Assignment, AssignmentTarget, Delete, Expr, FromTable, Insert, ObjectName, Query, SelectItem,
+    SetExpr, Statement, TableFactor, TableObject, TableWithJoins, Update, UpdateTableFromKind,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -34,6 +35,9 @@ use crate::policy::{TablePolicy, WriteAction};
 use crate::protect::{protect, pushdown, FenceInfo, Read};
 use crate::sql_filter::{quote_string, render};
 use crate::{Context, Refusal, VIOLATION_MARKER};
+
+mod refs;
+mod upsert;
 
 /// A write rewritten as text, with the reads it makes and its target's fence (for pushdown).
 struct Built {
@@ -159,13 +163,41 @@ fn new_row_filter(rules: &Rules, returning: bool) -> (Filter, Vec<String>) {
 }
 
 /// `CASE WHEN <ok> THEN true ELSE <abort> END`: aborts the statement with the violation error
-/// for a row where `ok` is not TRUE. The abort casts text to int4, with a volatile operand so
-/// PostgreSQL cannot fold it (and raise) at plan time.
+/// for a row where `ok` is not TRUE.
 fn check(ok: &str, message: &str) -> String {
+    format!("CASE WHEN {ok} THEN true ELSE {} END", abort(message))
+}
+
+/// An expression that aborts the statement with the violation error carrying `message`. It
+/// casts text to int4, with a volatile operand so PostgreSQL cannot fold it (and raise) at
+/// plan time.
+fn abort(message: &str) -> String {
     format!(
-        "CASE WHEN {ok} THEN true ELSE CAST({} || pg_catalog.\"left\"(pg_catalog.random()::text, 0) AS pg_catalog.int4) = 0 END",
+        "CAST({} || pg_catalog.\"left\"(pg_catalog.random()::text, 0) AS pg_catalog.int4) = 0",
         quote_string(&format!("{VIOLATION_MARKER}{message}"))
     )
+}
+
+/// `filter` over a row whose columns are given as SQL by `value` (a column's new value, or a
+/// qualified reference to its old one).
+fn row_check(
+    filter: &Filter,
+    rel: &Relation,
+    value: impl Fn(&str) -> String,
+) -> Result<String, Refusal> {
+    let row: Vec<String> = filter
+        .columns()
+        .into_iter()
+        .map(|name| format!("{} AS {}", value(name), quote_ident(name)))
+        .collect();
+    if row.is_empty() {
+        return render(filter, rel);
+    }
+    Ok(format!(
+        "(SELECT {} FROM (SELECT {}) AS \"portcullis_row\")",
+        render(filter, rel)?,
+        row.join(", ")
+    ))
 }
 
 fn violation(action: WriteAction, rel: &Relation, ids: &[String], returning: bool) -> String {
@@ -219,8 +251,9 @@ fn is_default(e: &Expr) -> bool {
     matches!(e, Expr::Identifier(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default"))
 }
 
-/// The RETURNING clause: `*` (or `alias.*`) becomes the readable columns, masked; expressions
-/// may not name a masked or denied column.
+/// The RETURNING clause: `*` (or `alias.*`) becomes the readable columns, masked; a masked
+/// column named alone is returned masked; other expressions may name only columns the agent
+/// reads in clear (see [`refs`]).
 fn returning(
     items: &mut Option<Vec<SelectItem>>,
     rel: &Relation,
@@ -233,16 +266,12 @@ fn returning(
         return Ok(String::new());
     };
     reads.extend(protect(items, ctx)?);
-    let clear: BTreeSet<&str> = rel
-        .columns
-        .iter()
-        .filter(|c| policy.column(&c.name) == ColumnRule::Visible)
-        .map(|c| c.name.as_str())
-        .collect();
+    let target = refs::Target::new(rel, policy, vec![alias.to_string()]);
     let mut out = Vec::new();
+    let mut checked = Vec::new();
     for item in items.iter() {
-        let expr = match item {
-            SelectItem::Wildcard(_) => None,
+        let (expr, name) = match item {
+            SelectItem::Wildcard(_) => (None, None),
             SelectItem::QualifiedWildcard(
                 sqlparser::ast::SelectItemQualifiedWildcardKind::ObjectName(n),
                 _,
@@ -254,61 +283,62 @@ fn returning(
                 .as_deref()
                 == Some(alias) =>
             {
-                None
+                (None, None)
             }
             SelectItem::QualifiedWildcard(..) => {
                 return Err(Refusal::Unsupported(
                     "RETURNING of another relation's columns".into(),
                 ))
             }
-            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => Some(e),
+            SelectItem::UnnamedExpr(e) => (Some(e), None),
+            SelectItem::ExprWithAlias { expr: e, alias } => (Some(e), Some(normalize(alias))),
             SelectItem::ExprWithAliases { .. } => {
                 return Err(Refusal::Unsupported("this RETURNING item".into()))
             }
         };
-        match expr {
-            None => out.push(fence::projection(rel, policy)?.0.join(", ")),
-            Some(e) => {
-                // Only the columns the agent reads in clear, by name (bare or qualified by the
-                // target's name): no whole-row reference, no column the catalog snapshot does
-                // not know (it may be newer than the snapshot), no other relation's columns.
-                let refused = sqlparser::ast::visit_expressions(e, |x| {
-                    let column = match x {
-                        Expr::Identifier(i) => Some(normalize(i)),
-                        Expr::CompoundIdentifier(parts) => match parts.as_slice() {
-                            [q, c] if normalize(q) == alias => Some(normalize(c)),
-                            _ => return std::ops::ControlFlow::Break(x.to_string()),
-                        },
-                        Expr::Wildcard(_) | Expr::QualifiedWildcard(..) => {
-                            return std::ops::ControlFlow::Break(x.to_string())
-                        }
-                        _ => None,
-                    };
-                    match column {
-                        Some(c) if !clear.contains(c.as_str()) => std::ops::ControlFlow::Break(c),
-                        _ => std::ops::ControlFlow::Continue(()),
-                    }
-                });
-                if let std::ops::ControlFlow::Break(n) = refused {
-                    return Err(Refusal::Forbidden(format!(
-                        "RETURNING names {n:?}: RETURNING may name only columns of {} this \
-                         agent reads in clear (RETURNING * returns the row as policy shows it)",
+        let Some(e) = expr else {
+            out.push(fence::projection(rel, policy)?.0.join(", "));
+            continue;
+        };
+        // A masked column named alone: its mask, under the column's name (or the alias).
+        if let Some(col) = target_column(e, rel, alias) {
+            if !target.clear.contains(col.name.as_str()) {
+                let value = fence::column_value(rel, policy, col)?.ok_or_else(|| {
+                    Refusal::Forbidden(format!(
+                        "RETURNING names {:?}, a column of {} this agent may not read",
+                        col.name,
                         rel.entity_type()
-                    )));
-                }
-                out.push(to_sql(item)?);
+                    ))
+                })?;
+                let name = name.unwrap_or_else(|| col.name.clone());
+                out.push(format!("{value} AS {}", quote_ident(&name)));
+                continue;
             }
         }
+        let sql = to_sql(item)?;
+        checked.push(sql.clone());
+        out.push(sql);
+    }
+    if !checked.is_empty() {
+        target.check(&format!("SELECT {}", checked.join(", ")), "RETURNING")?;
     }
     Ok(format!(" RETURNING {}", out.join(", ")))
 }
 
+/// The target's column that `e` names alone (`c`, `alias.c`), if it does.
+fn target_column<'r>(e: &Expr, rel: &'r Relation, alias: &str) -> Option<&'r Column> {
+    let name = match e {
+        Expr::Identifier(c) => normalize(c),
+        Expr::CompoundIdentifier(parts) => match parts.as_slice() {
+            [q, c] if normalize(q) == alias => normalize(c),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    rel.columns.iter().find(|c| c.name == name)
+}
+
 fn rewrite_insert(insert: &mut Insert, ctx: &Context<'_>) -> Result<Built, Refusal> {
-    if insert.on.is_some() {
-        return Err(Refusal::Unsupported(
-            "INSERT … ON CONFLICT (write the INSERT without it)".into(),
-        ));
-    }
     if insert.or.is_some()
         || insert.ignore
         || insert.overwrite
@@ -345,6 +375,14 @@ fn rewrite_insert(insert: &mut Insert, ctx: &Context<'_>) -> Result<Built, Refus
         ctx,
         &mut reads,
     )?;
+    let conflict = upsert::on_conflict(
+        insert.on.as_mut(),
+        rel,
+        &alias,
+        ctx,
+        &mut reads,
+        insert.returning.is_some(),
+    )?;
     let table = match &insert.table_alias {
         Some(_) => format!("{} AS {}", rel.qualified(), quote_ident(&alias)),
         None => rel.qualified(),
@@ -360,7 +398,7 @@ fn rewrite_insert(insert: &mut Insert, ctx: &Context<'_>) -> Result<Built, Refus
             )));
         }
         return Ok(Built {
-            sql: format!("INSERT INTO {table} DEFAULT VALUES{returning_sql}"),
+            sql: format!("INSERT INTO {table} DEFAULT VALUES{conflict}{returning_sql}"),
             reads,
             target_fence: None,
         });
@@ -403,14 +441,25 @@ fn rewrite_insert(insert: &mut Insert, ctx: &Context<'_>) -> Result<Built, Refus
                     "each VALUES row must have one value per target column".into(),
                 ));
             }
-            if values
-                .rows
-                .iter()
-                .flat_map(|r| r.content.iter())
-                .any(is_default)
-            {
+            // A column every row sets to DEFAULT is left to its default (as if not listed).
+            for i in (0..columns.len()).rev() {
+                let defaults = values.rows.iter().filter(|r| is_default(&r[i])).count();
+                if defaults == values.rows.len() {
+                    columns.remove(i);
+                    for row in values.rows.iter_mut() {
+                        row.content.remove(i);
+                    }
+                } else if defaults > 0 {
+                    return Err(Refusal::Unsupported(format!(
+                        "DEFAULT for column {:?} in some VALUES rows but not in others (the \
+                         check cannot see a default's value; insert those rows separately)",
+                        columns[i].name
+                    )));
+                }
+            }
+            if columns.is_empty() {
                 return Err(Refusal::Unsupported(
-                    "DEFAULT in VALUES (leave the column out of the column list instead)".into(),
+                    "VALUES rows of DEFAULT only (write INSERT … DEFAULT VALUES)".into(),
                 ));
             }
             reads.extend(protect(&mut values.rows, ctx)?);
@@ -431,9 +480,18 @@ fn rewrite_insert(insert: &mut Insert, ctx: &Context<'_>) -> Result<Built, Refus
         }
         None => {
             if columns.is_empty() {
-                return Err(Refusal::Unsupported(
-                    "INSERT … SELECT without a column list (name the target columns)".into(),
-                ));
+                // As PostgreSQL reads it: the table's first columns, as many as the SELECT has.
+                let width = output_width(source).ok_or_else(|| {
+                    Refusal::Unsupported(
+                        "INSERT … SELECT * without a column list (name the target columns)".into(),
+                    )
+                })?;
+                if width > rel.columns.len() {
+                    return Err(Refusal::Syntax(
+                        "INSERT has more expressions than target columns".into(),
+                    ));
+                }
+                columns = rel.columns.iter().take(width).collect();
             }
             reads.extend(protect(&mut **source, ctx)?);
             to_sql(&**source)?
@@ -471,13 +529,36 @@ fn rewrite_insert(insert: &mut Insert, ctx: &Context<'_>) -> Result<Built, Refus
     let ok = render(&filter, rel)?;
     Ok(Built {
         sql: format!(
-            "INSERT INTO {table} ({names}) SELECT {names} FROM (SELECT {} FROM (SELECT * FROM ({source_sql}) AS \"portcullis_source\" OFFSET 0) AS \"portcullis_source\"({names})) AS \"portcullis_new\" WHERE {}{returning_sql}",
+            "INSERT INTO {table} ({names}) SELECT {names} FROM (SELECT {} FROM (SELECT * FROM ({source_sql}) AS \"portcullis_source\" OFFSET 0) AS \"portcullis_source\"({names})) AS \"portcullis_new\" WHERE {}{conflict}{returning_sql}",
             casts.join(", "),
             check(&ok, &violation(WriteAction::Insert, rel, &ids, !returning_sql.is_empty()))
         ),
         reads,
         target_fence: None,
     })
+}
+
+/// How many columns `query` yields, where its text says so (no `*`).
+fn output_width(query: &Query) -> Option<usize> {
+    fn body(b: &SetExpr) -> Option<usize> {
+        match b {
+            SetExpr::Select(s) => s
+                .projection
+                .iter()
+                .all(|i| {
+                    matches!(
+                        i,
+                        SelectItem::UnnamedExpr(_) | SelectItem::ExprWithAlias { .. }
+                    )
+                })
+                .then_some(s.projection.len()),
+            SetExpr::SetOperation { left, .. } => body(left),
+            SetExpr::Query(q) => output_width(q),
+            SetExpr::Values(v) => v.rows.first().map(|r| r.len()),
+            _ => None,
+        }
+    }
+    body(&query.body)
 }
 
 /// The target of an UPDATE or DELETE: the relation, and the name the statement knows it by.
@@ -557,6 +638,93 @@ fn from_items(
     Ok(out)
 }
 
+/// One SET item: the column, and its new value as SQL (`None`: `DEFAULT`).
+struct Set<'r> {
+    col: &'r Column,
+    value: Option<String>,
+}
+
+/// The SET items of an UPDATE (or of `ON CONFLICT DO UPDATE`): each target a column the agent
+/// may read in clear (a blind overwrite of a masked or denied column is refused), each value
+/// protected. `(a, b) = (x, y)` is read as `a = x, b = y`.
+fn assignments<'r>(
+    items: &mut [Assignment],
+    rel: &'r Relation,
+    rules: &Rules,
+    ctx: &Context<'_>,
+    reads: &mut Vec<Read>,
+) -> Result<Vec<Set<'r>>, Refusal> {
+    let mut sets = Vec::new();
+    for assignment in items.iter_mut() {
+        let pairs: Vec<(&ObjectName, &mut Expr)> =
+            match (&assignment.target, &mut assignment.value) {
+                (AssignmentTarget::ColumnName(target), value) => vec![(target, value)],
+                (AssignmentTarget::Tuple(targets), Expr::Tuple(values))
+                    if targets.len() == values.len() =>
+                {
+                    targets.iter().zip(values.iter_mut()).collect()
+                }
+                (AssignmentTarget::Tuple(_), Expr::Tuple(_)) => {
+                    return Err(Refusal::Syntax(
+                        "number of columns does not match number of values".into(),
+                    ))
+                }
+                (AssignmentTarget::Tuple(_), _) => return Err(Refusal::Unsupported(
+                    "multi-column SET (a, b) = (SELECT …) from a sub-SELECT; assign each column"
+                        .into(),
+                )),
+            };
+        for (target, value) in pairs {
+            let [part] = target.0.as_slice() else {
+                return Err(Refusal::Unsupported("qualified SET targets".into()));
+            };
+            let Some(ident) = part.as_ident() else {
+                return Err(Refusal::Unsupported("this SET target".into()));
+            };
+            let col = column(rel, &normalize(ident))?;
+            if rules.read.column(&col.name) != ColumnRule::Visible {
+                return Err(Refusal::Forbidden(format!(
+                    "UPDATE of column {:?} of {}, which this agent may not read in clear",
+                    col.name,
+                    rel.entity_type()
+                )));
+            }
+            if is_default(value) {
+                sets.push(Set { col, value: None });
+                continue;
+            }
+            reads.extend(protect(value, ctx)?);
+            sets.push(Set {
+                col,
+                value: Some(to_sql(value)?),
+            });
+        }
+    }
+    Ok(sets)
+}
+
+/// A column set to `DEFAULT` gets its value only in the write, where the check cannot see it:
+/// refused when the new-row check reads it.
+fn refuse_checked_defaults(
+    sets: &[Set<'_>],
+    filter: &Filter,
+    rel: &Relation,
+) -> Result<(), Refusal> {
+    let checked = filter.columns();
+    match sets
+        .iter()
+        .find(|s| s.value.is_none() && checked.contains(&s.col.name.as_str()))
+    {
+        Some(s) => Err(Refusal::Forbidden(format!(
+            "the policy for updating {} checks column {:?}, which this SET leaves to its \
+             default; set it explicitly",
+            rel.entity_type(),
+            s.col.name
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn rewrite_update(update: &mut Update, ctx: &Context<'_>) -> Result<Built, Refusal> {
     if update.or.is_some()
         || update.output.is_some()
@@ -572,32 +740,7 @@ fn rewrite_update(update: &mut Update, ctx: &Context<'_>) -> Result<Built, Refus
     let a = quote_ident(&alias);
     let mut reads = vec![rules.target_read(rel)];
 
-    // SET: each target a column the agent may read in clear (a blind overwrite of a masked or
-    // denied column is refused), each value computed over the fence.
-    let mut sets: Vec<(&Column, String)> = Vec::new();
-    for assignment in update.assignments.iter_mut() {
-        let AssignmentTarget::ColumnName(target) = &assignment.target else {
-            return Err(Refusal::Unsupported(
-                "multi-column SET (a, b) = (…); assign each column".into(),
-            ));
-        };
-        let Some(ident) = target.0.last().and_then(|p| p.as_ident()) else {
-            return Err(Refusal::Unsupported("this SET target".into()));
-        };
-        let col = column(rel, &normalize(ident))?;
-        if rules.read.column(&col.name) != ColumnRule::Visible {
-            return Err(Refusal::Forbidden(format!(
-                "UPDATE of column {:?} of {}, which this agent may not read in clear",
-                col.name,
-                rel.entity_type()
-            )));
-        }
-        if is_default(&assignment.value) {
-            return Err(Refusal::Unsupported("SET … = DEFAULT".into()));
-        }
-        reads.extend(protect(&mut assignment.value, ctx)?);
-        sets.push((col, to_sql(&assignment.value)?));
-    }
+    let sets = assignments(&mut update.assignments, rel, &rules, ctx, &mut reads)?;
     let from = match update.from.as_mut() {
         None => String::new(),
         Some(UpdateTableFromKind::AfterSet(items)) => from_items(items, ctx, &mut reads)?,
@@ -618,6 +761,7 @@ fn rewrite_update(update: &mut Update, ctx: &Context<'_>) -> Result<Built, Refus
             rel.entity_type()
         )));
     }
+    refuse_checked_defaults(&sets, &filter, rel)?;
     let returning_sql = returning(
         &mut update.returning,
         rel,
@@ -631,39 +775,32 @@ fn rewrite_update(update: &mut Update, ctx: &Context<'_>) -> Result<Built, Refus
     let new_values: Vec<String> = sets
         .iter()
         .enumerate()
-        .map(|(i, (c, e))| format!("CAST(({e}) AS {}) AS \"portcullis_set_{i}\"", cast_type(c)))
+        .filter_map(|(i, set)| {
+            let e = set.value.as_ref()?;
+            Some(format!(
+                "CAST(({e}) AS {}) AS \"portcullis_set_{i}\"",
+                cast_type(set.col)
+            ))
+        })
         .collect();
     let assignments: Vec<String> = sets
         .iter()
         .enumerate()
-        .map(|(i, (c, _))| {
-            format!(
+        .map(|(i, set)| match set.value {
+            Some(_) => format!(
                 "{} = \"portcullis_new\".\"portcullis_set_{i}\"",
-                quote_ident(&c.name)
-            )
+                quote_ident(&set.col.name)
+            ),
+            None => format!("{} = DEFAULT", quote_ident(&set.col.name)),
         })
         .collect();
     // The new row's values of the columns the check reads: the SET value, or the old value.
-    let row: Vec<String> = filter
-        .columns()
-        .into_iter()
-        .map(|name| {
-            let n = quote_ident(name);
-            match sets.iter().position(|(c, _)| c.name == name) {
-                Some(i) => format!("\"portcullis_new\".\"portcullis_set_{i}\" AS {n}"),
-                None => format!("{a}.{n} AS {n}"),
-            }
-        })
-        .collect();
-    let ok = if row.is_empty() {
-        render(&filter, rel)?
-    } else {
-        format!(
-            "(SELECT {} FROM (SELECT {}) AS \"portcullis_row\")",
-            render(&filter, rel)?,
-            row.join(", ")
-        )
-    };
+    let ok = row_check(&filter, rel, |name| {
+        match sets.iter().position(|set| set.col.name == name) {
+            Some(i) => format!("\"portcullis_new\".\"portcullis_set_{i}\""),
+            None => format!("{a}.{}", quote_ident(name)),
+        }
+    })?;
     let same_row = format!(
         "{a}.tableoid = \"portcullis_new\".\"portcullis_tableoid\" AND {a}.ctid = \"portcullis_new\".\"portcullis_ctid\""
     );
