@@ -60,6 +60,41 @@ pub(crate) fn truncate_identifiers(statements: &mut [sqlparser::ast::Statement])
     }
 }
 
+/// The prefix of the names Portcullis gives the relations and columns it adds to a statement
+/// (`portcullis_lock_1`, `portcullis_ctid`, …).
+pub(crate) const RESERVED_PREFIX: &str = "portcullis_";
+
+/// Refuses a statement that names anything with the reserved prefix, as PostgreSQL would fold
+/// it: such a name could reach a relation Portcullis added (a row-lock's unfenced table).
+pub(crate) fn refuse_reserved_names(
+    statements: &mut [sqlparser::ast::Statement],
+) -> Result<(), Refusal> {
+    struct Reserved;
+    impl VisitorMut for Reserved {
+        type Break = String;
+        fn post_visit_ident(&mut self, ident: &mut Ident) -> ControlFlow<String> {
+            let folded = match ident.quote_style {
+                None => ident.value.to_lowercase(),
+                Some('"') => ident.value.clone(),
+                Some(_) => return ControlFlow::Continue(()),
+            };
+            if folded.starts_with(RESERVED_PREFIX) {
+                return ControlFlow::Break(folded);
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    for statement in statements {
+        if let ControlFlow::Break(name) = statement.visit(&mut Reserved) {
+            return Err(Refusal::Forbidden(format!(
+                "the name {name:?}: names beginning with {RESERVED_PREFIX} are reserved for the \
+                 relations and columns Portcullis adds to statements"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The tokens [`spell`] wrote whose text came from the client (or the catalog): what
 /// PostgreSQL's lexer must read back, token for token.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

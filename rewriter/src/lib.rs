@@ -16,6 +16,7 @@ mod fence;
 mod functions;
 mod identity;
 mod lexical;
+mod locking;
 mod parse;
 mod policy;
 mod protect;
@@ -160,6 +161,7 @@ pub fn rewrite(sql: &str, protocol: Protocol, ctx: &Context<'_>) -> Result<Rewri
             "cannot insert multiple commands into a prepared statement".into(),
         ));
     }
+    lexical::refuse_reserved_names(&mut statements)?;
     let prepared = prepared_effect(&statements)?;
     let mut reads = Vec::new();
     for statement in &mut statements {

@@ -23,6 +23,7 @@ use sqlparser::parser::Parser;
 use crate::catalog::{normalize, Column, Relation, Resolved};
 use crate::catalogs;
 use crate::fence;
+use crate::locking;
 use crate::policy::TablePolicy;
 use crate::{Context, Refusal};
 
@@ -44,6 +45,10 @@ struct Protector<'a> {
     ctx: &'a Context<'a>,
     ctes: Vec<Vec<String>>,
     selects: Vec<Vec<FenceInfo>>,
+    /// Per SELECT, its fences with their relations (for row locks).
+    fenced: Vec<Vec<locking::Fenced<'a>>>,
+    /// Per query level, its row locks, if it has any.
+    locking: Vec<Option<locking::Frame<'a>>>,
     expect_relation: bool,
     reads: Vec<Read>,
 }
@@ -54,6 +59,8 @@ pub(crate) fn protect<V: VisitMut>(node: &mut V, ctx: &Context<'_>) -> Result<Ve
         ctx,
         ctes: Vec::new(),
         selects: Vec::new(),
+        fenced: Vec::new(),
+        locking: Vec::new(),
         expect_relation: false,
         reads: Vec::new(),
     };
@@ -82,7 +89,7 @@ fn single_name(name: &ObjectName) -> Option<&Ident> {
     }
 }
 
-impl Protector<'_> {
+impl<'a> Protector<'a> {
     fn in_cte_scope(&self, name: &str) -> bool {
         self.ctes
             .iter()
@@ -254,6 +261,13 @@ impl Protector<'_> {
                         },
                     });
                 }
+                if let Some(frame) = self.fenced.last_mut() {
+                    frame.push(locking::Fenced {
+                        alias: normalize(&alias.name),
+                        rel,
+                        policy: policy.clone(),
+                    });
+                }
                 self.reads.push(Read {
                     entity_type: rel.entity_type(),
                     policy,
@@ -272,25 +286,42 @@ impl Protector<'_> {
 
 /// Parses SQL the rewriter built for `rel`.
 fn parse_query(sql: &str, rel: &Relation) -> ControlFlow<Refusal, Box<Query>> {
-    match Parser::new(&PostgreSqlDialect {})
-        .try_with_sql(sql)
-        .and_then(|mut p| p.parse_query())
-    {
+    match parse_fence(sql, rel) {
         Ok(q) => ControlFlow::Continue(q),
-        Err(e) => ControlFlow::Break(Refusal::Unsupported(format!(
-            "cannot build the protected view of {}: {e}",
-            rel.entity_type()
-        ))),
+        Err(e) => ControlFlow::Break(e),
     }
 }
 
-impl VisitorMut for Protector<'_> {
+/// Parses an expression the rewriter built for `rel`.
+pub(crate) fn parse_expr(sql: &str, rel: &Relation) -> Result<Expr, Refusal> {
+    Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_expr())
+        .map_err(|e| {
+            Refusal::Unsupported(format!(
+                "cannot build the protected view of {}: {e}",
+                rel.entity_type()
+            ))
+        })
+}
+
+/// Parses a fence's SQL, built for `rel`.
+pub(crate) fn parse_fence(sql: &str, rel: &Relation) -> Result<Box<Query>, Refusal> {
+    Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_query())
+        .map_err(|e| {
+            Refusal::Unsupported(format!(
+                "cannot build the protected view of {}: {e}",
+                rel.entity_type()
+            ))
+        })
+}
+
+impl<'a> VisitorMut for Protector<'a> {
     type Break = Refusal;
 
     fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<Refusal> {
-        if !query.locks.is_empty() {
-            return unsupported("SELECT … FOR UPDATE/SHARE");
-        }
         if query.for_clause.is_some() || query.settings.is_some() || query.format_clause.is_some() {
             return unsupported("this query clause");
         }
@@ -334,12 +365,21 @@ impl VisitorMut for Protector<'_> {
             }
             _ => {}
         }
+        match locking::Frame::new(query) {
+            Ok(locks) => self.locking.push(locks),
+            Err(e) => return ControlFlow::Break(e),
+        }
         self.ctes.push(frame);
         ControlFlow::Continue(())
     }
 
-    fn post_visit_query(&mut self, _query: &mut Query) -> ControlFlow<Refusal> {
+    fn post_visit_query(&mut self, query: &mut Query) -> ControlFlow<Refusal> {
         self.ctes.pop();
+        if let Some(Some(frame)) = self.locking.pop() {
+            if let Err(e) = locking::finish(frame, query) {
+                return ControlFlow::Break(e);
+            }
+        }
         ControlFlow::Continue(())
     }
 
@@ -348,10 +388,17 @@ impl VisitorMut for Protector<'_> {
             return forbidden("SELECT … INTO creates a table".into());
         }
         self.selects.push(Vec::new());
+        self.fenced.push(Vec::new());
         ControlFlow::Continue(())
     }
 
     fn post_visit_select(&mut self, select: &mut Select) -> ControlFlow<Refusal> {
+        let fenced = self.fenced.pop().unwrap_or_default();
+        if let Some(Some(frame)) = self.locking.last_mut() {
+            if let Err(e) = locking::lock_fences(frame, select, fenced, self.ctx) {
+                return ControlFlow::Break(e);
+            }
+        }
         let fences = self.selects.pop().unwrap_or_default();
         if !fences.is_empty() {
             pushdown(select, &fences);

@@ -23,7 +23,7 @@ use pg_query::protobuf::Token;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor as JsonVisitor};
 use serde_json::Value as Json;
 use sqlparser::ast::{
-    CopySource, Expr, ObjectName, ObjectNamePart, Statement, TableFactor, Visit, Visitor,
+    CopySource, Expr, ObjectName, ObjectNamePart, Query, Statement, TableFactor, Visit, Visitor,
 };
 
 use crate::catalog::normalize;
@@ -70,6 +70,16 @@ impl Visitor for References {
         } = statement
         {
             self.relations.push(dotted(table_name));
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        // `FOR UPDATE OF t`: PostgreSQL's grammar reads `t` as a relation name.
+        for lock in &query.locks {
+            if let Some(of) = &lock.of {
+                self.relations.push(dotted(of));
+            }
         }
         ControlFlow::Continue(())
     }

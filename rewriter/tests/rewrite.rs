@@ -356,7 +356,6 @@ fn statements_other_than_reads_and_checked_writes_are_refused() {
         ("set \"search_path\" = evil, public", "42501"),
         ("set local SEARCH_PATH to evil", "42501"),
         ("select * into newtable from customers", "42501"),
-        ("select * from customers for update", "0A000"),
         ("vacuum customers", "42501"),
         ("create temp table customers (id int)", "42501"),
         (
@@ -640,6 +639,67 @@ fn upserts_follow_row_security_rules() {
             "insert into customers (id, tenant_id, name) values (1, 1, 'a') on conflict do update set name = 'x'",
             "42601",
             "requires",
+        ),
+    ] {
+        let e = run(sql).unwrap_err();
+        assert_eq!(e.sqlstate(), code, "{sql}: {e}");
+        assert!(e.to_string().contains(text), "{sql}: {e}");
+    }
+}
+
+#[test]
+fn row_locks_lock_only_returned_rows_readable_and_updatable() {
+    let out = run(
+        "select * from customers c where c.name = 'x' order by id limit 1 for update skip locked",
+    )
+    .unwrap();
+    println!("{out}");
+    // The fence: both policies, with each row's address; the table joined back on it and only
+    // that join locked; `*` expanded to the fence's columns.
+    assert!(out.starts_with(r#"SELECT "c"."id", "c"."tenant_id", "c"."name", "c"."ssn" FROM (SELECT tableoid AS portcullis_tableoid, ctid AS portcullis_ctid"#), "{out}");
+    assert!(out.contains(r#", "public"."customers" AS "portcullis_lock_1" ("portcullis_c1", "portcullis_c2", "portcullis_c3", "portcullis_c4") WHERE (c.name = 'x') AND "portcullis_lock_1"."tableoid" = "c"."portcullis_tableoid" AND "portcullis_lock_1"."ctid" = "c"."portcullis_ctid" AND (SELECT pg_catalog.count(*) FROM pg_catalog.pg_attribute WHERE attrelid = CAST('"public"."customers"' AS pg_catalog.regclass) AND attnum > 0 AND NOT attisdropped) = 4"#), "{out}");
+    assert!(
+        out.ends_with(r#"FOR UPDATE OF "portcullis_lock_1" SKIP LOCKED"#),
+        "{out}"
+    );
+    let out = run(
+        "select o.id from customers c join orders o on o.customer_id = c.id for share of c nowait",
+    )
+    .unwrap();
+    assert!(
+        out.ends_with(r#"FOR SHARE OF "portcullis_lock_1" NOWAIT"#),
+        "{out}"
+    );
+    for (sql, code, text) in [
+        (
+            "select * from orders o left join customers c on c.id = o.customer_id for update",
+            "0A000",
+            "outer",
+        ),
+        (
+            "select * from (select * from customers) s for update",
+            "0A000",
+            "without OF",
+        ),
+        (
+            "select 1 from customers union select 1 from customers for update",
+            "0A000",
+            "set operation",
+        ),
+        (
+            "select portcullis_lock_1.ssn from customers for update",
+            "42501",
+            "reserved",
+        ),
+        (
+            "select 1 from customers c(a, b) for update",
+            "0A000",
+            "column aliases",
+        ),
+        (
+            "select xmax from customers for update",
+            "42501",
+            "system column",
         ),
     ] {
         let e = run(sql).unwrap_err();
