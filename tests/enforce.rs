@@ -734,3 +734,39 @@ async fn token_logins_need_tls() {
     assert_eq!(sqlstate(&e), "28000", "{e}");
     assert!(message(&e).contains("only over TLS"), "{}", message(&e));
 }
+
+/// TABLESAMPLE is drawn from the table inside the fence, then filtered: the same rows as
+/// PostgreSQL's RLS would give (the sample of the whole table, restricted to visible rows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tablesample_draws_from_the_table_then_filters() {
+    let e = Env::start_enforcing();
+    let bot = e.env.agent().await;
+    let direct = e.env.direct().await;
+    assert_eq!(
+        one(
+            &bot,
+            "select count(*) from customers tablesample system (100)"
+        )
+        .await,
+        "10"
+    );
+    let sampled = rows(
+        &bot,
+        "select id, tenant_id, ssn from customers c tablesample bernoulli (50) repeatable (42) order by id",
+    )
+    .await
+    .unwrap();
+    assert!(!sampled.is_empty());
+    assert!(sampled
+        .iter()
+        .all(|r| r[1].as_deref() == Some("1") && r[2].as_deref() == Some("***")));
+    let expected = rows(
+        &direct,
+        "select id from customers tablesample bernoulli (50) repeatable (42) where tenant_id = 1 order by id",
+    )
+    .await
+    .unwrap();
+    let ids: Vec<_> = sampled.iter().map(|r| r[0].clone()).collect();
+    let want: Vec<_> = expected.iter().map(|r| r[0].clone()).collect();
+    assert_eq!(ids, want);
+}

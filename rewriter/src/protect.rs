@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use sqlparser::ast::{
     BinaryOperator, Expr, Ident, ObjectName, ObjectNamePart, Query, Select, SetExpr, TableAlias,
-    TableFactor, UnaryOperator, Value, VisitMut, VisitorMut,
+    TableFactor, TableSampleKind, TableSampleMethod, UnaryOperator, Value, VisitMut, VisitorMut,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -143,12 +143,29 @@ impl<'a> Protector<'a> {
             || version.is_some()
             || !partitions.is_empty()
             || json_path.is_some()
-            || sample.is_some()
             || !index_hints.is_empty()
             || *with_ordinality
         {
-            return unsupported("table modifiers (TABLESAMPLE, hints) on a protected relation");
+            return unsupported("table modifiers (hints, versions) on a protected relation");
         }
+        // TABLESAMPLE SYSTEM | BERNOULLI: moved into the fence, so the sample is drawn from the
+        // table and the filter applies to the sampled rows (as with PostgreSQL's RLS).
+        let sample = match sample.take() {
+            None => None,
+            Some(kind) => {
+                let (TableSampleKind::BeforeTableAlias(s) | TableSampleKind::AfterTableAlias(s)) =
+                    &kind;
+                if !matches!(
+                    s.name,
+                    Some(TableSampleMethod::System | TableSampleMethod::Bernoulli)
+                ) || s.bucket.is_some()
+                    || s.offset.is_some()
+                {
+                    return unsupported("TABLESAMPLE other than SYSTEM or BERNOULLI");
+                }
+                Some(TableSampleKind::BeforeTableAlias(s.clone()))
+            }
+        };
         // sqlparser reads `FROM ONLY t` as table `only` aliased `t`; PostgreSQL reads ONLY.
         let mut only = false;
         let mut target = name.clone();
@@ -166,6 +183,9 @@ impl<'a> Protector<'a> {
         }
         if let Some(i) = single_name(&target) {
             let n = normalize(i);
+            if self.in_cte_scope(&n) && sample.is_some() {
+                return unsupported("TABLESAMPLE on a WITH query");
+            }
             if self.in_cte_scope(&n) {
                 if only {
                     return unsupported("ONLY on a WITH query");
@@ -180,6 +200,9 @@ impl<'a> Protector<'a> {
                 "relation {target} is not known to Portcullis (it may not exist; if it was just \
                  created, Portcullis learns of it when its catalog is refreshed)"
             )),
+            Some(Resolved::System(_)) if sample.is_some() => {
+                unsupported("TABLESAMPLE on a system catalog")
+            }
             Some(Resolved::System(rel)) => {
                 if !catalogs::readable(&rel.schema, &rel.name) {
                     return forbidden(format!(
@@ -234,7 +257,14 @@ impl<'a> Protector<'a> {
                     Ok(f) => f,
                     Err(e) => return ControlFlow::Break(e),
                 };
-                let subquery = parse_query(&fence.sql, rel)?;
+                let mut subquery = parse_query(&fence.sql, rel)?;
+                if let (Some(sample), SetExpr::Select(inner)) = (sample, &mut *subquery.body) {
+                    if let Some(TableFactor::Table { sample: s, .. }) =
+                        inner.from.first_mut().map(|t| &mut t.relation)
+                    {
+                        *s = Some(sample);
+                    }
+                }
                 // The alias as PostgreSQL would fold it, quoted, so no keyword or case can be
                 // read differently upstream.
                 let alias = match alias {

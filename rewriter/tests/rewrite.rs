@@ -707,3 +707,15 @@ fn row_locks_lock_only_returned_rows_readable_and_updatable() {
         assert!(e.to_string().contains(text), "{sql}: {e}");
     }
 }
+
+#[test]
+fn tablesample_is_drawn_inside_the_fence() {
+    let out =
+        run("select name from customers c tablesample bernoulli (50) repeatable (7)").unwrap();
+    assert!(
+        out.contains(r#"FROM "public"."customers" TABLESAMPLE BERNOULLI (50) REPEATABLE (7) WHERE ("tenant_id" = 1) OFFSET 0) AS "c""#),
+        "{out}"
+    );
+    let e = run("with w as (select 1) select * from w tablesample system (1)").unwrap_err();
+    assert_eq!(e.sqlstate(), "0A000", "{e}");
+}
