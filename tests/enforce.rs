@@ -128,19 +128,67 @@ async fn agents_see_exactly_their_rows_and_columns() {
         "0"
     );
 
-    // The auditor: every tenant, emails hashed (equal emails stay equal).
+    // The auditor: every tenant, emails hashed (equal emails stay equal), keyed by a secret
+    // the agent cannot read: not the plain SHA-256 a dictionary would reverse.
     let auditor = connect(&e.env.url(AUDITOR, AUDITOR_SECRET)).await.unwrap();
     assert_eq!(
         one(&auditor, "select count(*) from customers").await,
         one(&direct, "select count(*) from customers").await
     );
-    assert_eq!(
-        one(&auditor, "select email from customers where id = 1").await,
+    let email = one(&direct, "select email from customers where id = 1").await;
+    let hashed = one(&auditor, "select email from customers where id = 1").await;
+    assert_eq!(hashed, keyed_hash(&email));
+    assert_ne!(
+        hashed,
         one(
             &direct,
             "select encode(sha256(convert_to(email, 'UTF8')), 'hex') from customers where id = 1"
         )
         .await
+    );
+    // Equal values hash alike (joins on the hashed column still work).
+    assert_eq!(
+        one(
+            &auditor,
+            "select count(*) from customers a join customers b on a.email = b.email"
+        )
+        .await,
+        one(&direct, "select count(*) from customers").await
+    );
+    // The key is nowhere the agent can look: not readable as a setting, not in plans.
+    let hex_key: String = HASH_KEY
+        .bytes()
+        .map(|b| format!("{:02x}", b ^ 0x36))
+        .collect();
+    for sql in [
+        "show portcullis.mask_key",
+        "select current_setting('portcullis.mask_key')",
+        "select current_setting('PORTCULLIS.MASK_KEY', true)",
+        "select * from pg_settings",
+        "select * from pg_show_all_settings()",
+        "reset portcullis.mask_key",
+        "set portcullis.mask_key = '00'",
+    ] {
+        let e = auditor.batch_execute(sql).await.unwrap_err();
+        // (sqlparser does not read `SHOW a.b`: refused as a syntax error)
+        assert!(["42501", "42601"].contains(&&*sqlstate(&e)), "{sql}: {e}");
+        assert!(!message(&e).contains(&hex_key[..16]), "{sql}: {e}");
+    }
+    let plan = rows(&auditor, "explain verbose select email from customers")
+        .await
+        .unwrap();
+    let plan: String = plan
+        .iter()
+        .map(|r| r[0].clone().unwrap_or_default())
+        .collect();
+    assert!(plan.contains("portcullis.mask_key"), "{plan}");
+    assert!(!plan.contains(&hex_key[..16]), "{plan}");
+    // RESET ALL and DISCARD ALL keep the key (it is the session's startup value).
+    auditor.batch_execute("reset all").await.unwrap();
+    auditor.batch_execute("discard all").await.unwrap();
+    assert_eq!(
+        one(&auditor, "select email from customers where id = 1").await,
+        hashed
     );
 
     // The extended protocol is rewritten the same way.

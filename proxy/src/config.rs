@@ -56,6 +56,10 @@ pub struct PoliciesConfig {
     /// How often the directory is checked for changes (SIGHUP checks at once).
     #[serde(default = "default_reload_interval_ms")]
     pub reload_interval_ms: u64,
+    /// A file holding the secret that keys `@mask("hash")` (HMAC-SHA256), so equal values hash
+    /// alike across sessions and restarts but cannot be reversed by guessing. Without it a
+    /// random key is made at start (hashes then change at each restart).
+    pub hash_key_file: Option<PathBuf>,
 }
 
 fn default_reload_interval_ms() -> u64 {

@@ -7,6 +7,7 @@ mod enforce;
 mod explain;
 mod identity;
 mod limits;
+mod mask_key;
 mod pg;
 mod policy_state;
 mod server;
@@ -278,7 +279,18 @@ async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
         );
     }
     let mut policies = None;
+    let mut hash_key = None;
     if let Some(p) = resolved.policies.take() {
+        hash_key = Some(match &p.hash_key_file {
+            Some(path) => mask_key::read(path)?,
+            None => {
+                tracing::warn!(
+                    "no policies.hash_key_file: @mask(\"hash\") is keyed by a random key made now, \
+                     so hashed values change at each restart"
+                );
+                rand::random::<[u8; 32]>().to_vec()
+            }
+        });
         let interval = std::time::Duration::from_millis(p.reload_interval_ms);
         let state =
             tokio::task::spawn_blocking(move || policy_state::PolicyState::load(p.dir, p.store))
@@ -321,6 +333,10 @@ async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
     };
     let mut shared = server::Shared::new(resolved)?;
     shared.policies = policies;
+    shared.mask_key = enforcer
+        .as_ref()
+        .and(hash_key.as_deref())
+        .map(mask_key::setting_value);
     shared.enforcer = enforcer;
     let shared = Arc::new(shared);
     let listener = tokio::net::TcpListener::bind(listen)

@@ -45,6 +45,9 @@ pub struct Shared {
     pub policies: Option<Arc<PolicyState>>,
     /// Policy enforcement (with `[policies]`); without it, sessions only pass the gate.
     pub enforcer: Option<Arc<Enforcer>>,
+    /// The value of the `portcullis.mask_key` setting upstream sessions get under enforcement
+    /// (see `mask_key`).
+    pub mask_key: Option<String>,
 }
 
 impl Shared {
@@ -65,6 +68,7 @@ impl Shared {
             gate: GateCache::new(10_000),
             policies: None,
             enforcer: None,
+            mask_key: None,
         })
     }
 }

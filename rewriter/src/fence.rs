@@ -114,8 +114,15 @@ fn masked(col: &Column, mask: Mask) -> String {
              THEN pg_catalog.repeat('*', pg_catalog.char_length({name}) - 4) || pg_catalog.\"right\"({name}, 4) \
              ELSE pg_catalog.repeat('*', pg_catalog.char_length({name})) END)::{ty}"
         ),
-        Mask::Hash => format!(
-            "pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to({name}::text, 'UTF8')), 'hex')::{ty}"
-        ),
+        // HMAC-SHA256 keyed by the session's `portcullis.mask_key` setting (`key ⊕ ipad` then
+        // `key ⊕ opad`, hex), which only Portcullis sets and agents cannot read.
+        Mask::Hash => {
+            let key = "pg_catalog.decode(pg_catalog.current_setting('portcullis.mask_key'), 'hex')";
+            format!(
+                "pg_catalog.encode(pg_catalog.sha256(pg_catalog.\"substr\"({key}, 65, 64) || \
+                 pg_catalog.sha256(pg_catalog.\"substr\"({key}, 1, 64) || \
+                 pg_catalog.convert_to({name}::text, 'UTF8'))), 'hex')::{ty}"
+            )
+        }
     }
 }

@@ -30,6 +30,28 @@ pub(crate) fn parse(sql: &str) -> Result<Vec<Statement>, Refusal> {
     Ok(statements)
 }
 
+/// Parses SQL the rewriter built (a fence, a checked write) with `read`, which must consume all
+/// of it: a parser that stopped early would silently drop the rest (a fence's WHERE, say).
+/// `what` names the construct in the refusal.
+pub(crate) fn built<T>(
+    sql: &str,
+    what: &str,
+    read: impl FnOnce(&mut Parser<'_>) -> Result<T, sqlparser::parser::ParserError>,
+) -> Result<T, Refusal> {
+    let fail = |e: String| Refusal::Unsupported(format!("cannot build {what}: {e}"));
+    let dialect = PostgreSqlDialect {};
+    let mut parser = Parser::new(&dialect)
+        .with_recursion_limit(RECURSION_LIMIT * 4)
+        .try_with_sql(sql)
+        .map_err(|e| fail(e.to_string()))?;
+    let value = read(&mut parser).map_err(|e| fail(e.to_string()))?;
+    let rest = parser.peek_token();
+    if rest.token != sqlparser::tokenizer::Token::EOF {
+        return Err(fail(format!("the parser stopped at {rest}")));
+    }
+    Ok(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,6 +60,12 @@ mod tests {
     fn deep_nesting_is_refused_without_overflowing_the_stack() {
         let sql = format!("SELECT {}1{}", "(".repeat(5000), ")".repeat(5000));
         assert!(matches!(parse(&sql), Err(Refusal::Syntax(_))));
+    }
+
+    #[test]
+    fn built_sql_must_be_read_to_its_end() {
+        assert!(built("SELECT 1 FROM t WHERE x", "a test", |p| p.parse_query()).is_ok());
+        assert!(built("SELECT 1 ) WHERE x", "a test", |p| p.parse_query()).is_err());
     }
 
     #[test]

@@ -17,8 +17,6 @@ use sqlparser::ast::{
     BinaryOperator, Expr, Ident, ObjectName, ObjectNamePart, Query, Select, SetExpr, TableAlias,
     TableFactor, TableSampleKind, TableSampleMethod, UnaryOperator, Value, VisitMut, VisitorMut,
 };
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 
 use crate::catalog::{normalize, Column, Relation, Resolved};
 use crate::catalogs;
@@ -324,28 +322,14 @@ fn parse_query(sql: &str, rel: &Relation) -> ControlFlow<Refusal, Box<Query>> {
 
 /// Parses an expression the rewriter built for `rel`.
 pub(crate) fn parse_expr(sql: &str, rel: &Relation) -> Result<Expr, Refusal> {
-    Parser::new(&PostgreSqlDialect {})
-        .try_with_sql(sql)
-        .and_then(|mut p| p.parse_expr())
-        .map_err(|e| {
-            Refusal::Unsupported(format!(
-                "cannot build the protected view of {}: {e}",
-                rel.entity_type()
-            ))
-        })
+    let what = format!("the protected view of {}", rel.entity_type());
+    crate::parse::built(sql, &what, |p| p.parse_expr())
 }
 
 /// Parses a fence's SQL, built for `rel`.
 pub(crate) fn parse_fence(sql: &str, rel: &Relation) -> Result<Box<Query>, Refusal> {
-    Parser::new(&PostgreSqlDialect {})
-        .try_with_sql(sql)
-        .and_then(|mut p| p.parse_query())
-        .map_err(|e| {
-            Refusal::Unsupported(format!(
-                "cannot build the protected view of {}: {e}",
-                rel.entity_type()
-            ))
-        })
+    let what = format!("the protected view of {}", rel.entity_type());
+    crate::parse::built(sql, &what, |p| p.parse_query())
 }
 
 impl<'a> VisitorMut for Protector<'a> {

@@ -194,6 +194,13 @@ const SERVER_SETTINGS: &[&str] = &[
 
 /// Under enforcement: settings are read (`SHOW`, `current_setting('name')`) by constant name,
 /// and not those of [`SERVER_SETTINGS`].
+/// The `portcullis.` settings are Portcullis's own (the key of hash masks among them).
+fn own(name: &str) -> Refusal {
+    Refusal::Forbidden(format!(
+        "the setting {name} belongs to Portcullis; it is not readable by agents"
+    ))
+}
+
 pub(crate) fn check_reads(statement: &Statement) -> Result<(), Refusal> {
     let refuse = |name: &str| {
         Refusal::Forbidden(format!(
@@ -210,12 +217,16 @@ pub(crate) fn check_reads(statement: &Statement) -> Result<(), Refusal> {
         if name == "all" || SERVER_SETTINGS.contains(&name.as_str()) {
             return Err(refuse(&name));
         }
+        if name.starts_with("portcullis.") {
+            return Err(own(&name));
+        }
     }
     let flow = visit_expressions(statement, |expr| {
         let Some(args) = call_args(expr, "current_setting") else {
             return ControlFlow::Continue(());
         };
         match constant_arg(args, 0).map(|n| n.to_ascii_lowercase()) {
+            Some(n) if n.starts_with("portcullis.") => ControlFlow::Break(own(&n)),
             Some(n) if !SERVER_SETTINGS.contains(&n.as_str()) => ControlFlow::Continue(()),
             Some(n) => ControlFlow::Break(refuse(&n)),
             None => ControlFlow::Break(Refusal::Forbidden(

@@ -6,8 +6,6 @@
 //! prepared statements, which the proxy re-prepares, serve instead), LISTEN/NOTIFY, and the rest.
 
 use sqlparser::ast::{CopySource, Expr, Ident, Statement, UtilityOption};
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 
 use crate::catalog::quote_ident;
 use crate::protect::{protect, Read};
@@ -99,13 +97,11 @@ pub(crate) fn rewrite(statement: &mut Statement, ctx: &Context<'_>) -> Result<Ve
                         .collect::<Vec<_>>()
                         .join(", ")
                 };
-                let query = Parser::new(&PostgreSqlDialect {})
-                    .try_with_sql(&format!(
-                        "SELECT {cols} FROM {}",
-                        crate::lexical::to_sql(table_name)?
-                    ))
-                    .and_then(|mut p| p.parse_query())
-                    .map_err(|e| Refusal::Unsupported(format!("COPY of this table: {e}")))?;
+                let query = crate::parse::built(
+                    &format!("SELECT {cols} FROM {}", crate::lexical::to_sql(table_name)?),
+                    "COPY of this table",
+                    |p| p.parse_query(),
+                )?;
                 *source = CopySource::Query(query);
             }
             protect(statement, ctx)

@@ -19,6 +19,22 @@ pub const AGENT_SECRET: &str = "support-secret";
 /// The second agent is configured with a SCRAM verifier instead of a plaintext secret.
 pub const AUDITOR: &str = "auditor";
 pub const AUDITOR_SECRET: &str = "auditor-secret";
+/// The key of `@mask("hash")` in enforcing test environments.
+pub const HASH_KEY: &str = "portcullis-test-hash-key-0123456789";
+
+/// `@mask("hash")` of `value` as Portcullis computes it: HMAC-SHA256 keyed by [`HASH_KEY`], hex.
+#[allow(dead_code)]
+pub fn keyed_hash(value: &str) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(HASH_KEY.as_bytes())
+        .expect("any key length");
+    mac.update(value.as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 pub struct Env {
     pub cluster: LocalCluster,
@@ -66,8 +82,14 @@ impl Env {
     pub fn start_enforcing() -> Enforced {
         let set = tempfile::tempdir().unwrap();
         copy_files("policies/examples/finance", set.path());
+        let key = set.path().join("hash.key");
+        std::fs::write(&key, format!("{HASH_KEY}\n")).unwrap();
         let env = Self::start_with(Options {
-            postgres_extra: format!("[policies]\ndir = {:?}\n", set.path().display().to_string()),
+            postgres_extra: format!(
+                "[policies]\ndir = {:?}\nhash_key_file = {:?}\n",
+                set.path().display().to_string(),
+                key.display().to_string()
+            ),
         });
         Enforced { env, _set: set }
     }

@@ -163,6 +163,9 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Result<Authenticated,
         ("standard_conforming_strings", "on"),
     ];
     upstream_params.extend(vetted.forward.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    if let Some(key) = &shared.mask_key {
+        upstream_params.push((crate::mask_key::SETTING, key));
+    }
     let upstream = match connectors::postgres::connect(&shared.upstream, &upstream_params).await {
         Ok(u) => u,
         Err(e) => {

@@ -25,8 +25,6 @@ use sqlparser::ast::{
     Assignment, AssignmentTarget, Delete, Expr, FromTable, Insert, ObjectName, Query, SelectItem,
     SetExpr, Statement, TableFactor, TableObject, TableWithJoins, Update, UpdateTableFromKind,
 };
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 
 use crate::catalog::{normalize, quote_ident, Column, RelKind, Relation, Resolved};
 use crate::fence;
@@ -57,10 +55,7 @@ pub(crate) fn rewrite(statement: &mut Statement, ctx: &Context<'_>) -> Result<Ve
         Statement::Delete(delete) => rewrite_delete(delete, ctx)?,
         _ => return Err(Refusal::Unsupported("this write".into())),
     };
-    let mut rewritten = Parser::new(&PostgreSqlDialect {})
-        .try_with_sql(&sql)
-        .and_then(|mut p| p.parse_statement())
-        .map_err(|e| Refusal::Unsupported(format!("cannot build the checked write: {e}")))?;
+    let mut rewritten = crate::parse::built(&sql, "the checked write", |p| p.parse_statement())?;
     if let Some(fence) = target_fence {
         push_into_target_fence(&mut rewritten, fence);
     }
