@@ -168,7 +168,11 @@ async fn every_attack_family_gets_its_safe_outcome() {
             ("select count(*) from customers c full join tickets t on t.customer_id = c.id", Rows(&["40"])),
             ("select count(*) from (values (1)) v(x) left join customers on tenant_id = 2", Rows(&["1"])),
             ("table customers", Refused("42601")),
-            ("select count(*) from customers tablesample system (100)", Refused("0A000")),
+            // Sampled inside the fence: a full sample is still only the agent's rows.
+            ("select count(*) from customers tablesample system (100)", Rows(TEN)),
+            ("select count(*) from customers tablesample bernoulli (100) repeatable (1)", Rows(TEN)),
+            ("with c as (select * from customers) select count(*) from c tablesample system (100)", Refused("0A000")),
+            ("select count(*) from pg_catalog.pg_class tablesample system (100)", Refused("0A000")),
         ],
     )
     .await;

@@ -197,3 +197,66 @@ fn policy_test_runs_the_examples_and_reports_a_wrong_expectation() {
         "{out}"
     );
 }
+
+/// The README's first command: `portcullis demo` starts PostgreSQL with the fixtures and
+/// enforces the finance example (support-bot: tenant 1, SSNs redacted; the auditor: every
+/// tenant, emails as keyed hashes), and on Ctrl-C exits cleanly.
+#[test]
+fn demo_enforces_the_finance_example_and_stops_on_ctrl_c() {
+    let port = common::free_port();
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(repo(""))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo did not start"
+        );
+        assert!(matches!(demo.try_wait(), Ok(None)), "the demo exited");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let url = |user: &str, secret: &str| {
+        format!("postgres://{user}:{secret}@127.0.0.1:{port}/portcullis_demo")
+    };
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let bot = common::connect(&url("support-bot", "support-secret"))
+            .await
+            .unwrap();
+        let rows = bot
+            .query(
+                "select distinct tenant_id, ssn from customers where ssn is not null",
+                &[],
+            )
+            .await
+            .unwrap();
+        let seen: Vec<(i32, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        assert_eq!(seen, [(1, "***".to_string())]);
+        let auditor = common::connect(&url("auditor", "auditor-secret"))
+            .await
+            .unwrap();
+        let row = auditor
+            .query_one("select count(*), min(email) from customers", &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i64>(0), 30);
+        let email: String = row.get(1);
+        assert!(
+            email.len() == 64 && email.bytes().all(|b| b.is_ascii_hexdigit()),
+            "a keyed hash, not {email}"
+        );
+    });
+    let status = Command::new("kill")
+        .args(["-INT", &demo.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = demo.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("support-bot:support-secret@"), "{stdout}");
+}

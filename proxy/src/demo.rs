@@ -82,6 +82,8 @@ pub async fn run(listen: SocketAddr, fixtures: PathBuf, policies: PathBuf) -> an
         state.clone(),
     )));
     shared.policies = Some(state);
+    // The demo's @mask("hash") key lives as long as its throwaway database.
+    shared.mask_key = Some(crate::mask_key::setting_value(&crate::mask_key::random()));
     let shared = Arc::new(shared);
     println!(
         "Portcullis demo is running. PostgreSQL (throwaway) is on port {}.",

@@ -288,7 +288,7 @@ async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
                     "no policies.hash_key_file: @mask(\"hash\") is keyed by a random key made now, \
                      so hashed values change at each restart"
                 );
-                rand::random::<[u8; 32]>().to_vec()
+                mask_key::random()
             }
         });
         let interval = std::time::Duration::from_millis(p.reload_interval_ms);

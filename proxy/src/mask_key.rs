@@ -31,6 +31,11 @@ pub fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(key)
 }
 
+/// A key made now, for a run without a key file (hashed values change at each restart).
+pub fn random() -> Vec<u8> {
+    rand::random::<[u8; 32]>().to_vec()
+}
+
 /// The value of [`SETTING`] for `key`: hex of `key ⊕ ipad` then hex of `key ⊕ opad`.
 pub fn setting_value(key: &[u8]) -> String {
     let mut block = [0u8; 64];
