@@ -430,9 +430,15 @@ impl<'a> VisitorMut for Protector<'a> {
                 self.expect_relation = true;
                 ControlFlow::Continue(())
             }
-            TableFactor::Derived { .. }
-            | TableFactor::NestedJoin { .. }
-            | TableFactor::UNNEST { .. } => ControlFlow::Continue(()),
+            TableFactor::Derived { .. } | TableFactor::NestedJoin { .. } => {
+                ControlFlow::Continue(())
+            }
+            // `FROM unnest(…) [WITH ORDINALITY]`: a call of the built-in unnest.
+            TableFactor::UNNEST { .. } => {
+                self.check_function(&ObjectName::from(vec![sqlparser::ast::Ident::new(
+                    "unnest",
+                )]))
+            }
             TableFactor::Function { name, .. } => {
                 let name = name.clone();
                 self.check_function(&name)

@@ -102,6 +102,10 @@ impl Visitor for References {
         if let TableFactor::Function { name, .. } = factor {
             self.functions.push(last(name));
         }
+        // `FROM unnest(a[, b…]) [WITH ORDINALITY]`: one call of unnest to PostgreSQL's grammar.
+        if let TableFactor::UNNEST { .. } = factor {
+            self.functions.push("unnest".into());
+        }
         ControlFlow::Continue(())
     }
 

@@ -108,6 +108,7 @@ fn catalog() -> Catalog {
             "now",
             "row_to_json",
             "to_jsonb",
+            "unnest",
         ]
         .map(String::from)
         .to_vec(),
@@ -337,6 +338,15 @@ fn functions_outside_the_allow_list_are_refused() {
     }
     assert!(run("select count(*), lower(name), now(), coalesce(name, 'x') from customers").is_ok());
     assert!(run("select * from generate_series(1, 3) g").is_ok());
+    // unnest in FROM (Django's constraint introspection): sqlparser models it apart from other
+    // set-returning calls; PostgreSQL reads it as a call, and the read-back agrees.
+    for sql in [
+        "select * from unnest(array[1, 2]) with ordinality u(a, b)",
+        "select array(select name from unnest(array[1, 2]) with ordinality k(id, n) join customers c on c.id = k.id order by k.n)",
+        "select * from pg_catalog.unnest(array[1, 2]) u",
+    ] {
+        assert!(run(sql).is_ok(), "{sql}: {:?}", run(sql));
+    }
 }
 
 #[test]
