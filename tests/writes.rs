@@ -641,3 +641,78 @@ async fn row_locks_take_only_returned_rows_the_agent_may_update() {
         Err(e) => assert_ne!(sqlstate(&e), "", "{e}"),
     }
 }
+
+/// An INSERT that leaves a checked column to its default (SQLAlchemy and LlamaIndex omit
+/// columns with server defaults): a constant default is written explicitly and checked, so the
+/// row checked is the row stored, even after the default changes; any other default is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn omitted_checked_columns_are_checked_at_their_default() {
+    let e = Env::start_enforcing();
+    let env = &e.env;
+    let bot = env.agent().await;
+    let direct = env.direct().await;
+    let omit = |subject: &str| {
+        format!(
+            "insert into tickets (tenant_id, customer_id, subject, body, status) \
+             values (1, 3, '{subject}', 'b', 'open') returning priority"
+        )
+    };
+    // priority (default 3) is read by no-agent-priority-one.
+    let rows = bot.query(&omit("default three"), &[]).await.unwrap();
+    assert_eq!(rows[0].get::<_, i16>(0), 3);
+    let rows = bot
+        .query(
+            "insert into tickets (tenant_id, customer_id, subject, body, status, priority) \
+                values (1, 3, 'explicit default', 'b', 'open', default) returning priority",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, i16>(0), 3);
+
+    // The DBA makes new tickets priority 1. Until Portcullis reads the catalog again, it writes
+    // the default it checked (3), never an unchecked 1.
+    direct
+        .batch_execute("alter table tickets alter column priority set default 1")
+        .await
+        .unwrap();
+    let rows = bot.query(&omit("stale default"), &[]).await.unwrap();
+    assert_eq!(rows[0].get::<_, i16>(0), 3);
+    refresh_catalog(env);
+    let e = bot.query(&omit("priority one"), &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    assert!(
+        message(&e).contains("no-agent-priority-one"),
+        "{}",
+        message(&e)
+    );
+    assert_eq!(
+        count(
+            &direct,
+            "select count(*) from tickets where subject = 'priority one'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(&direct, "select count(*) from tickets where priority = 1 and subject in ('default three', 'explicit default', 'stale default')").await,
+        0
+    );
+
+    // A default that is not a constant cannot be checked before the write: refused.
+    direct
+        .batch_execute("alter table tickets alter column priority set default (1 + floor(random() * 5))::smallint")
+        .await
+        .unwrap();
+    refresh_catalog(env);
+    let e = bot.query(&omit("volatile"), &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    assert!(message(&e).contains("not a constant"), "{}", message(&e));
+    // Naming the column explicitly works as before.
+    bot.batch_execute(
+        "insert into tickets (tenant_id, customer_id, subject, body, status, priority) \
+         values (1, 3, 'named', 'b', 'open', 2)",
+    )
+    .await
+    .unwrap();
+}

@@ -262,6 +262,7 @@ fn relation(r: RelationInfo) -> Relation {
                 type_name: c.type_name,
                 category: c.category,
                 generated: c.generated,
+                default: c.default,
             })
             .collect(),
     }

@@ -28,6 +28,7 @@ fn col(name: &str, ty: &str) -> Column {
         type_name: ty.into(),
         category,
         generated: false,
+        default: Some("NULL".into()),
     }
 }
 

@@ -26,6 +26,9 @@ pub struct Column {
     pub category: char,
     /// Generated (`GENERATED ALWAYS AS (…) STORED`): its new value exists only after the write.
     pub generated: bool,
+    /// What an INSERT that omits the column stores, as SQL from the catalog (`NULL` when the
+    /// column has no default); `None` when unknown (identity columns, domain defaults).
+    pub default: Option<String>,
 }
 
 impl Column {

@@ -23,6 +23,7 @@ fn col(name: &str, ty: &str) -> Column {
         type_name: ty.into(),
         category,
         generated: false,
+        default: Some("NULL".into()),
     }
 }
 
@@ -39,6 +40,7 @@ fn system(name: &str, columns: &[&str]) -> Relation {
                 type_name: "float4".into(),
                 category: 'N',
                 generated: false,
+                default: Some("NULL".into()),
             })
             .collect(),
         has_children: false,
@@ -46,6 +48,11 @@ fn system(name: &str, columns: &[&str]) -> Relation {
 }
 
 fn catalog() -> Catalog {
+    catalog_with_tenant_default(Some("NULL"))
+}
+
+/// The test catalog, with `tenant_default` as the default of customers.tenant_id.
+fn catalog_with_tenant_default(tenant_default: Option<&str>) -> Catalog {
     Catalog::new(
         vec![
             Relation {
@@ -54,7 +61,10 @@ fn catalog() -> Catalog {
                 kind: RelKind::Table,
                 columns: vec![
                     col("id", "int4"),
-                    col("tenant_id", "int4"),
+                    Column {
+                        default: tenant_default.map(String::from),
+                        ..col("tenant_id", "int4")
+                    },
                     col("name", "text"),
                     col("ssn", "text"),
                 ],
@@ -193,10 +203,13 @@ impl Policies for Fixed {
 }
 
 fn run(sql: &str) -> Result<String, Refusal> {
-    let catalog = catalog();
+    run_in(&catalog(), sql)
+}
+
+fn run_in(catalog: &Catalog, sql: &str) -> Result<String, Refusal> {
     let path = vec!["public".to_string()];
     let ctx = Context {
-        catalog: &catalog,
+        catalog,
         search_path: &path,
         policies: &Fixed,
         agent: "support-bot",
@@ -357,7 +370,7 @@ fn statements_other_than_reads_and_checked_writes_are_refused() {
         ("truncate customers", "42501"),
         ("grant select on customers to public", "42501"),
         // Writes the policy cannot check or does not permit (the rest: `write_refusals`).
-        ("insert into customers values (1)", "42501"),
+        ("insert into invoices (id) values (1)", "42501"),
         ("delete from customers", "42501"),
         ("prepare p as select * from customers", "42501"),
         ("listen x", "42501"),
@@ -471,11 +484,6 @@ fn write_refusals() {
             "may not read in clear",
         ),
         (
-            "insert into customers (id, name) values (1, 'a')",
-            "42501",
-            "leaves to its default",
-        ),
-        (
             "insert into customers select * from customers",
             "0A000",
             "column list",
@@ -540,11 +548,6 @@ fn write_refusals() {
             "DEFAULT for column \"name\"",
         ),
         (
-            "insert into customers (id, tenant_id, name) values (1, default, 'a')",
-            "42501",
-            "leaves to its default",
-        ),
-        (
             "update customers set tenant_id = default",
             "42501",
             "leaves to its",
@@ -559,6 +562,57 @@ fn write_refusals() {
         assert_eq!(e.sqlstate(), code, "{sql}: {e}");
         assert!(e.to_string().contains(text), "{sql}: {e}");
     }
+}
+
+/// A column the insert check reads but the INSERT leaves to its default: a constant default is
+/// written explicitly and checked; any other default is refused.
+#[test]
+fn checked_defaults_are_written_as_constants_or_refused() {
+    let with_default = catalog_with_tenant_default;
+    // No default: NULL, which the check then sees (and refuses at run time).
+    let out = run("insert into customers (id, name) values (1, 'a')").unwrap();
+    assert!(
+        out.contains(r#"INSERT INTO "public"."customers" ("id", "name", "tenant_id") SELECT"#)
+            && out.contains(r#"CAST((NULL) AS INTEGER) AS "tenant_id""#),
+        "{out}"
+    );
+    let one = with_default(Some("1"));
+    let out = run_in(
+        &one,
+        "insert into customers (id, tenant_id, name) values (1, default, 'a')",
+    )
+    .unwrap();
+    assert!(
+        out.contains(r#"CAST((1) AS INTEGER) AS "tenant_id""#),
+        "{out}"
+    );
+    let out = run_in(&one, "insert into customers default values").unwrap();
+    assert!(
+        out.starts_with(
+            r#"INSERT INTO "public"."customers" ("tenant_id") SELECT "tenant_id" FROM (SELECT CAST((1) AS INTEGER) AS "tenant_id") AS "portcullis_new" WHERE CASE WHEN ("tenant_id" = 1)"#
+        ),
+        "{out}"
+    );
+    for (default, why) in [
+        (
+            Some("(current_setting('app.tenant'::text))::integer"),
+            "not a constant",
+        ),
+        (None, "leaves to its default; set it explicitly"),
+    ] {
+        let c = with_default(default);
+        for sql in [
+            "insert into customers (id, name) values (1, 'a')",
+            "insert into customers default values",
+            "insert into customers (id, name) select id, name from customers",
+        ] {
+            let e = run_in(&c, sql).unwrap_err();
+            assert_eq!(e.sqlstate(), "42501", "{sql}: {e}");
+            assert!(e.to_string().contains(why), "{sql}: {e}");
+        }
+    }
+    let e = run("insert into invoices (id, amount) values (1, 2)").unwrap_err();
+    assert!(e.to_string().contains("generated column"), "{e}");
 }
 
 #[test]

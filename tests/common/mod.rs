@@ -282,3 +282,25 @@ pub fn which(program: &str) -> Option<PathBuf> {
             .find(|c| c.is_file())
     })
 }
+
+/// Sends SIGHUP (policies and catalog are re-read) and waits until the proxy has logged one
+/// more catalog refresh than before.
+pub fn refresh_catalog(env: &Env) {
+    let refreshed = || {
+        env.proxy_log()
+            .matches("upstream catalog refreshed")
+            .count()
+    };
+    let before = refreshed();
+    let status = Command::new("kill")
+        .arg("-HUP")
+        .arg(env.proxy_pid().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while refreshed() == before {
+        assert!(Instant::now() < deadline, "the catalog was not refreshed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

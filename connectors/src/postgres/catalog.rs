@@ -90,6 +90,10 @@ pub struct ColumnInfo {
     pub category: char,
     /// A generated column (`GENERATED ALWAYS AS (…) STORED`): computed after any check.
     pub generated: bool,
+    /// What an INSERT that omits the column stores, as SQL (`pg_get_expr` of its default;
+    /// `NULL` when it has none); `None` where that is not known from the column alone (identity
+    /// and generated columns, a domain type's own default).
+    pub default: Option<String>,
 }
 
 /// What the rewriter needs of the catalog, read in one go.
@@ -108,12 +112,17 @@ pub struct Snapshot {
 const RELATIONS: &str = "
     SELECT n.nspname::text, c.relname::text, c.relkind::text, c.relhassubclass,
            a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), t.typname::text,
-           t.typcategory::text, a.attgenerated <> ''
+           t.typcategory::text, a.attgenerated <> '',
+           CASE WHEN a.attgenerated <> '' OR a.attidentity <> '' THEN NULL
+                WHEN d.adbin IS NOT NULL THEN pg_catalog.pg_get_expr(d.adbin, d.adrelid)
+                WHEN t.typtype = 'd' THEN NULL
+                ELSE 'NULL' END
     FROM pg_catalog.pg_class c
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     LEFT JOIN pg_catalog.pg_attribute a
       ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
     LEFT JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+    LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
     WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
       AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'
     ORDER BY n.nspname, c.relname, a.attnum";
@@ -165,6 +174,7 @@ pub async fn snapshot(config: &tokio_postgres::Config) -> Result<Snapshot, Catal
                 type_name: row.get(6),
                 category: first(row.get(7)),
                 generated: row.get(8),
+                default: row.get(9),
             });
         }
     }

@@ -34,6 +34,7 @@ use crate::protect::{protect, pushdown, FenceInfo, Read};
 use crate::sql_filter::{quote_string, render};
 use crate::{Context, Refusal, VIOLATION_MARKER};
 
+mod defaults;
 mod refs;
 mod upsert;
 
@@ -384,16 +385,23 @@ fn rewrite_insert(insert: &mut Insert, ctx: &Context<'_>) -> Result<Built, Refus
     };
 
     let Some(source) = insert.source.as_mut() else {
-        // DEFAULT VALUES: every column from its default, which the proxy cannot see.
-        if filter != Filter::True {
-            return Err(Refusal::Forbidden(format!(
-                "INSERT … DEFAULT VALUES into {}: the policy checks columns {:?}; name them",
-                rel.entity_type(),
-                filter.columns()
-            )));
+        // DEFAULT VALUES: every column from its default; those the check reads must be
+        // constants, written explicitly and checked.
+        if filter == Filter::True {
+            return Ok(Built {
+                sql: format!("INSERT INTO {table} DEFAULT VALUES{conflict}{returning_sql}"),
+                reads,
+                target_fence: None,
+            });
         }
+        let defaulted = checked_defaults(&filter, &BTreeSet::new(), rel)?;
+        let (names, casts) = default_items(&defaulted)?;
+        let ok = render(&filter, rel)?;
         return Ok(Built {
-            sql: format!("INSERT INTO {table} DEFAULT VALUES{conflict}{returning_sql}"),
+            sql: format!(
+                "INSERT INTO {table} ({names}) SELECT {names} FROM (SELECT {casts}) AS \"portcullis_new\" WHERE {}{conflict}{returning_sql}",
+                check(&ok, &violation(WriteAction::Insert, rel, &ids, !returning_sql.is_empty()))
+            ),
             reads,
             target_fence: None,
         });
@@ -505,32 +513,66 @@ fn rewrite_insert(insert: &mut Insert, ctx: &Context<'_>) -> Result<Built, Refus
         )));
     }
     let supplied: BTreeSet<&str> = columns.iter().map(|c| c.name.as_str()).collect();
-    if let Some(missing) = filter.columns().into_iter().find(|c| !supplied.contains(c)) {
-        return Err(Refusal::Forbidden(format!(
-            "the policy for inserting into {} checks column {missing:?}, which this INSERT \
-             leaves to its default; set it explicitly",
-            rel.entity_type()
-        )));
-    }
+    let defaulted = checked_defaults(&filter, &supplied, rel)?;
     let names: Vec<String> = columns.iter().map(|c| quote_ident(&c.name)).collect();
     let names = names.join(", ");
-    let casts: Vec<String> = columns
+    let mut casts: Vec<String> = columns
         .iter()
         .map(|c| {
             let n = quote_ident(&c.name);
             format!("CAST(\"portcullis_source\".{n} AS {}) AS {n}", cast_type(c))
         })
         .collect();
+    let mut targets = names.clone();
+    if !defaulted.is_empty() {
+        let (default_names, default_casts) = default_items(&defaulted)?;
+        targets = format!("{targets}, {default_names}");
+        casts.push(default_casts);
+    }
     let ok = render(&filter, rel)?;
     Ok(Built {
         sql: format!(
-            "INSERT INTO {table} ({names}) SELECT {names} FROM (SELECT {} FROM (SELECT * FROM ({source_sql}) AS \"portcullis_source\" OFFSET 0) AS \"portcullis_source\"({names})) AS \"portcullis_new\" WHERE {}{conflict}{returning_sql}",
+            "INSERT INTO {table} ({targets}) SELECT {targets} FROM (SELECT {} FROM (SELECT * FROM ({source_sql}) AS \"portcullis_source\" OFFSET 0) AS \"portcullis_source\"({names})) AS \"portcullis_new\" WHERE {}{conflict}{returning_sql}",
             casts.join(", "),
             check(&ok, &violation(WriteAction::Insert, rel, &ids, !returning_sql.is_empty()))
         ),
         reads,
         target_fence: None,
     })
+}
+
+/// The columns the new-row check reads that the INSERT leaves to their defaults (not in
+/// `supplied`), each with its constant default (see [`defaults`]).
+fn checked_defaults<'r>(
+    filter: &Filter,
+    supplied: &BTreeSet<&str>,
+    rel: &'r Relation,
+) -> Result<Vec<(&'r Column, Expr)>, Refusal> {
+    filter
+        .columns()
+        .into_iter()
+        .filter(|c| !supplied.contains(c))
+        .map(|name| {
+            let col = column(rel, name)?;
+            Ok((col, defaults::constant(col, rel, "inserting into")?))
+        })
+        .collect()
+}
+
+/// The column list and the `CAST(default AS type) AS column` items that write `defaulted`.
+fn default_items(defaulted: &[(&Column, Expr)]) -> Result<(String, String), Refusal> {
+    let mut names = Vec::new();
+    let mut casts = Vec::new();
+    for (col, value) in defaulted {
+        let n = quote_ident(&col.name);
+        casts.push(format!(
+            "CAST(({}) AS {}) AS {n}",
+            to_sql(value)?,
+            cast_type(col)
+        ));
+        names.push(n);
+    }
+    Ok((names.join(", "), casts.join(", ")))
 }
 
 /// How many columns `query` yields, where its text says so (no `*`).
