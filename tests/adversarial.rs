@@ -290,12 +290,16 @@ async fn every_attack_family_gets_its_safe_outcome() {
             ("insert into tickets (tenant_id, customer_id, subject, body, status, priority) values (2, 4, 's', 'b', 'open', 2)", Refused("42501")),
             ("update tickets set tenant_id = 2 where id = (select min(id) from tickets)", Refused("42501")),
             ("update customers set ssn = 'x'", Refused("42501")),
-            ("update customers set tier = tier where id = 3 returning ssn", Refused("42501")),
-            ("update customers set tier = tier where id = 3 returning ssn", Refused("42501")),
+            // A masked column named in RETURNING comes back masked; computing on it is refused.
+            ("update customers set tier = tier where id = 3 returning ssn", Rows(&["***"])),
+            ("update customers set tier = tier where id = 3 returning ssn || ''", Refused("42501")),
             ("with d as (delete from tickets returning *) select count(*) from d", Refused("0A000")),
             ("insert into tickets (tenant_id, customer_id, subject, body, status, priority) select tenant_id, id, ssn, ssn, 'open', 2 from customers where tenant_id = 2", Rows(&[])),
             ("merge into tickets t using customers c on c.id = t.customer_id when matched then delete", Refused("0A000")),
-            ("insert into tickets (tenant_id, customer_id, subject, body, status, priority) values (1, 3, 'x', 'y', 'open', 2) on conflict do nothing", Refused("0A000")),
+            ("insert into tickets (tenant_id, customer_id, subject, body, status, priority) values (1, 3, 'x', 'y', 'open', 2) on conflict do nothing", Rows(&[])),
+            // Ticket 1 is tenant 2's: an upsert conflicting with it is refused, not applied.
+            ("insert into tickets (id, tenant_id, customer_id, subject, body, status, priority) values (1, 1, 3, 'x', 'y', 'open', 2) on conflict (id) do update set subject = 'taken' returning subject", Refused("42501")),
+            ("insert into tickets (id, tenant_id, customer_id, subject, body, status, priority) values (1, 1, 3, 'x', 'y', 'open', 2) on conflict (id) do nothing returning id", Rows(&[])),
             ("update pg_catalog.pg_class set relname = 'x'", Refused("42501")),
             // The target as a whole row carried the fence's row address (tableoid, ctid).
             ("update customers c set name = c::text where id = 3 returning name", Refused("42501")),

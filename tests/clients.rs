@@ -1,5 +1,6 @@
 //! Real PostgreSQL clients through Portcullis, each as an agent: psql (with `\d`), pgbench in
-//! all three query modes, psycopg2, psycopg 3, asyncpg, SQLAlchemy, node-postgres and pgjdbc.
+//! all three query modes, psycopg2, psycopg 3, asyncpg, SQLAlchemy, node-postgres and pgjdbc;
+//! under enforcement also LangChain, LlamaIndex and Django.
 //! Each client script asserts its own results and prints `OK <client>`.
 //! `bash tests/setup.sh` installs them.
 
@@ -55,14 +56,7 @@ fn psycopg2() {
 #[test]
 fn psycopg2_under_enforcement() {
     let e = Env::start_enforcing();
-    let hidden: i32 = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let direct = e.env.direct().await;
-        direct
-            .query_one("select min(id) from tickets where tenant_id = 2", &[])
-            .await
-            .unwrap()
-            .get(0)
-    });
+    let hidden = hidden_ticket(&e);
     let out = run(Command::new(python())
         .arg(repo_root().join("tests/clients/python/psycopg2_enforced.py"))
         .env("PORTCULLIS_URL", e.env.agent_url())
@@ -79,6 +73,55 @@ fn langchain_under_enforcement() {
         .env("PORTCULLIS_URL", e.env.agent_url())
         .env("PORTCULLIS_AUDITOR_URL", e.env.url(AUDITOR, AUDITOR_SECRET)));
     assert_ok(&out, "OK langchain enforced");
+}
+
+/// The id of a ticket of another tenant, read directly.
+fn hidden_ticket(e: &Enforced) -> i32 {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let direct = e.env.direct().await;
+        direct
+            .query_one("select min(id) from tickets where tenant_id = 2", &[])
+            .await
+            .unwrap()
+            .get(0)
+    })
+}
+
+/// Django's ORM under enforcement: inspectdb, then reads, joins, aggregates, server-side
+/// cursors and policy-checked writes and upserts, with USE_TZ on and off, through psycopg 3
+/// (client- and server-side parameter binding) and psycopg2.
+#[test]
+fn django_under_enforcement() {
+    let e = Env::start_enforcing();
+    let hidden = hidden_ticket(&e);
+    for (use_tz, driver) in [
+        ("on", "psycopg"),
+        ("off", "psycopg"),
+        ("on", "psycopg-bound"),
+        ("off", "psycopg2"),
+    ] {
+        let out = run(Command::new(python())
+            .arg(repo_root().join("tests/clients/python/django_enforced.py"))
+            .args([use_tz, driver])
+            .env("PORTCULLIS_URL", e.env.agent_url())
+            .env("PORTCULLIS_AUDITOR_URL", e.env.url(AUDITOR, AUDITOR_SECRET))
+            .env("HIDDEN_TICKET", hidden.to_string()));
+        assert_ok(
+            &out,
+            &format!("OK django enforced (USE_TZ={use_tz}, {driver})"),
+        );
+    }
+}
+
+/// LlamaIndex's SQLDatabase and text-to-SQL query engine (a scripted LLM) under enforcement.
+#[test]
+fn llamaindex_under_enforcement() {
+    let e = Env::start_enforcing();
+    let out = run(Command::new(python())
+        .arg(repo_root().join("tests/clients/python/llamaindex_enforced.py"))
+        .env("PORTCULLIS_URL", e.env.agent_url())
+        .env("PORTCULLIS_AUDITOR_URL", e.env.url(AUDITOR, AUDITOR_SECRET)));
+    assert_ok(&out, "OK llamaindex enforced");
 }
 
 #[test]
