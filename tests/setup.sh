@@ -2,7 +2,8 @@
 # Installs what building and the end-to-end tests need besides Rust: libclang and protoc (to build
 # libpg_query), PostgreSQL 15 server binaries and psql,
 # pgbench, PgBouncer (benchmarks), the JDBC driver, a Python venv with psycopg2, psycopg 3,
-# asyncpg and SQLAlchemy, and node's `pg`. Idempotent; safe to re-run.
+# asyncpg, SQLAlchemy, LangChain, LlamaIndex and Django, and node's `pg`, knex, Drizzle,
+# Prisma and the MCP PostgreSQL server. Idempotent; safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,4 +44,9 @@ fi
 .venv/bin/pip install -q --disable-pip-version-check -r tests/clients/requirements.txt
 
 (cd tests/clients/node && npm install --silent --no-audit --no-fund >/dev/null)
+# Prisma's client is generated from the test schema. Its CLI fetches a schema-engine binary
+# (unused by `generate`) from binaries.prisma.sh, which this network does not reach: point it
+# at a stand-in so that nothing is downloaded.
+(cd tests/clients/node && PRISMA_SCHEMA_ENGINE_BINARY=/bin/true PRISMA_ENGINES_CHECKSUM_IGNORE_MISSING=1 \
+  npx --no-install prisma generate --schema prisma/schema.prisma >/dev/null)
 echo "setup: done"
