@@ -61,9 +61,11 @@ async fn inserts_produce_only_allowed_rows_atomically() {
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&e), "42501", "{e}");
+    // The error names the permit the row fails, not the forbid it passes.
     let m = message(&e);
     assert!(
-        m.contains("insert policy on public::tickets") && m.contains("support-writes-own-tickets"),
+        m.contains("violates the insert policy on public::tickets for this agent: no permitting policy holds for it (policies: support-writes-own-tickets)")
+            && !m.contains("no-agent-priority-one"),
         "{m}"
     );
     assert_eq!(
@@ -80,10 +82,25 @@ async fn inserts_produce_only_allowed_rows_atomically() {
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&e), "42501");
+    let m = message(&e);
     assert!(
-        message(&e).contains("no-agent-priority-one"),
-        "{}",
-        message(&e)
+        m.contains("policy no-agent-priority-one forbids it")
+            && !m.contains("support-writes-own-tickets"),
+        "{m}"
+    );
+    // With RETURNING, a row the agent could write but not read back names the read policy.
+    // (support-bot may write only what it can read; a delegated session is narrower.)
+    let e = bot
+        .batch_execute(
+            "insert into tickets (tenant_id, customer_id, subject, body, status, priority) \
+             values (2, 4, 'other tenant', 'b', 'open', 2) returning id",
+        )
+        .await
+        .unwrap_err();
+    let m = message(&e);
+    assert!(
+        m.contains("support-writes-own-tickets") && !m.contains("columns-readable"),
+        "{m}"
     );
 
     // INSERT … SELECT reads through the fence: a hidden ticket cannot be copied.
@@ -194,6 +211,12 @@ async fn updates_and_deletes_touch_only_allowed_rows() {
             m.contains("update policy on public::tickets") && m.contains(policy),
             "{m}"
         );
+        let other = if policy == "no-agent-priority-one" {
+            "support-writes-own-tickets"
+        } else {
+            "no-agent-priority-one"
+        };
+        assert!(!m.contains(other), "only the deciding policy is named: {m}");
     }
     assert_eq!(digest(&direct, UNTOUCHABLE_TICKETS).await, untouchable);
     assert_eq!(

@@ -27,6 +27,18 @@ pub struct Derived {
     pub determining: Vec<String>,
     /// Policies that could not be translated: (id, what was done about it).
     pub untranslated: Vec<(String, String)>,
+    /// The filter's conjuncts, each with the reason a row failing it is refused (which
+    /// policies decided it), so that a refused write names the policy that refused it.
+    /// `filter` is their conjunction.
+    pub checks: Vec<Check>,
+}
+
+/// One conjunct of a derived filter and why a row that fails it is refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub ok: Filter,
+    /// E.g. `policy no-agent-priority-one forbids it`.
+    pub reason: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,17 +65,40 @@ pub fn derive(
         determining.push(id);
         permits.push(f);
     }
-    let mut filters = vec![Filter::or(permits)];
+    let permitted = Filter::or(permits);
+    let mut checks = vec![Check {
+        reason: if determining.is_empty() {
+            "no policy permits it".into()
+        } else {
+            format!(
+                "no permitting policy holds for it (policies: {})",
+                determining.join(", ")
+            )
+        },
+        ok: permitted.clone(),
+    }];
+    let mut filters = vec![permitted];
     for (id, f) in parts.forbids {
+        let reason = match &id {
+            Some(id) => format!("policy {id} forbids it"),
+            None => "a policy Portcullis cannot translate forbids it".into(),
+        };
         if let Some(id) = id {
             determining.push(id);
         }
-        filters.push(Filter::negate(f));
+        let ok = Filter::negate(f);
+        checks.push(Check {
+            ok: ok.clone(),
+            reason,
+        });
+        filters.push(ok);
     }
+    checks.retain(|c| c.ok != Filter::True);
     Ok(Derived {
         filter: Filter::and(filters),
         determining,
         untranslated: parts.untranslated,
+        checks,
     })
 }
 

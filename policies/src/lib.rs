@@ -21,7 +21,7 @@ mod version;
 
 pub use cache::DerivationCache;
 pub use columns::{derive_columns, has_column_rules, ColumnRule, ColumnRules, Mask, READ_COLUMN};
-pub use derive::{civil_from_days, derive, DeriveError, Derived};
+pub use derive::{civil_from_days, derive, Check, DeriveError, Derived};
 pub use diagnostics::Diagnostic;
 pub use filter::{CmpOp, Filter, Pattern, Row, RowValue, Value};
 pub use load::{load_dir, load_sources, LoadError, PolicyBundle};

@@ -270,3 +270,31 @@ fn refused_constructs_fail_closed() {
         );
     }
 }
+
+/// Each conjunct of a derived filter carries the policies behind it, so that a refused write
+/// names the policy that refused it; together they are the filter.
+#[test]
+fn checks_name_the_policies_behind_each_conjunct() {
+    let d = derive_with(
+        r#"@id("tenant") permit (principal, action, resource) when { resource.n == principal.tenant };
+           @id("also") permit (principal, action, resource) when { resource.b };
+           @id("no-secret") forbid (principal, action, resource) when { resource.s == "secret" };
+           @id("everyone") forbid (principal, action, resource) when { resource.other == 3 };"#,
+    );
+    let reasons: Vec<&str> = d.checks.iter().map(|c| c.reason.as_str()).collect();
+    assert_eq!(
+        reasons,
+        [
+            "no permitting policy holds for it (policies: also, tenant)",
+            "policy everyone forbids it",
+            "policy no-secret forbids it",
+        ]
+    );
+    assert_eq!(
+        Filter::and(d.checks.iter().map(|c| c.ok.clone()).collect()),
+        d.filter
+    );
+    // A forbid that cannot apply, and a permit that always does, leave no check.
+    let d = derive_with(r#"@id("all") permit (principal, action, resource);"#);
+    assert!(d.checks.is_empty() && d.filter == Filter::True, "{d:?}");
+}

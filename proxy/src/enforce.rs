@@ -345,6 +345,7 @@ impl Policies for SessionPolicies<'_> {
         Ok(Arc::new(WritePolicy {
             filter: derived.filter.clone(),
             determining: derived.determining.clone(),
+            checks: derived.checks.clone(),
         }))
     }
 
@@ -382,6 +383,7 @@ impl Policies for SessionPolicies<'_> {
             filter: derived.filter.clone(),
             columns: rules.map(|r| r.columns),
             determining,
+            row_checks: derived.checks.clone(),
         });
         let mut cache = self.enforcer.rules.lock().expect("rules cache");
         if cache.len() >= self.enforcer.capacity {

@@ -129,6 +129,7 @@ impl Derived {
                     filter,
                     columns: Some(columns),
                     determining: vec!["tenant".into()],
+                    row_checks: vec![],
                 }),
             );
         }

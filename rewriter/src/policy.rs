@@ -19,6 +19,9 @@ pub struct TablePolicy {
     pub columns: Option<BTreeMap<String, ColumnRule>>,
     /// The policies that decided it (ids), for audit and `portcullis explain`.
     pub determining: Vec<String>,
+    /// The row filter's conjuncts with the policies behind each (see [`policies::Check`]),
+    /// for the error of a write whose RETURNING would show a row the agent may not read.
+    pub row_checks: Vec<policies::Check>,
 }
 
 impl TablePolicy {
@@ -56,6 +59,9 @@ pub struct WritePolicy {
     pub filter: Filter,
     /// The policies that decided it (ids), named in a violation's error.
     pub determining: Vec<String>,
+    /// The filter's conjuncts with the policies behind each, so that a violation's error
+    /// names the policy that refused the row; empty: name `determining`.
+    pub checks: Vec<policies::Check>,
 }
 
 /// The session's policy, as the rewriter asks for it.

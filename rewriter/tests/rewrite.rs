@@ -150,6 +150,7 @@ impl Policies for Fixed {
                     ),
                 ])),
                 determining: vec!["p".into()],
+                row_checks: vec![],
             })),
             "orders" => Ok(Arc::new(TablePolicy {
                 filter: Filter::Compare {
@@ -159,11 +160,13 @@ impl Policies for Fixed {
                 },
                 columns: None,
                 determining: vec![],
+                row_checks: vec![],
             })),
             "invoices" => Ok(Arc::new(TablePolicy {
                 filter: Filter::True,
                 columns: None,
                 determining: vec![],
+                row_checks: vec![],
             })),
             _ => Err(Refusal::Forbidden(format!(
                 "{} is not covered by policy",
@@ -198,6 +201,7 @@ impl Policies for Fixed {
         Ok(Arc::new(WritePolicy {
             filter,
             determining: vec!["tenant-writes".into()],
+            checks: vec![],
         }))
     }
 }

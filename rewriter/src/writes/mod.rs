@@ -92,6 +92,8 @@ struct Rules {
     read: Arc<TablePolicy>,
     write: Filter,
     determining: Vec<String>,
+    /// `write`'s conjuncts with the policies behind each.
+    checks: Vec<policies::Check>,
 }
 
 impl Rules {
@@ -129,6 +131,7 @@ fn rules(rel: &Relation, action: WriteAction, ctx: &Context<'_>) -> Result<Rules
         read,
         write: write.filter.clone(),
         determining: write.determining.clone(),
+        checks: write.checks.clone(),
     })
 }
 
@@ -140,22 +143,82 @@ fn named(ids: &[String]) -> String {
     }
 }
 
-/// The filter a new row must pass, with the policies to name when it does not: the action's,
-/// and the read policy's when RETURNING shows the row.
-fn new_row_filter(rules: &Rules, returning: bool) -> (Filter, Vec<String>) {
+/// What a new (inserted or updated) row must pass: the action's filter, and the read filter
+/// when RETURNING shows the row; with the error for each conjunct that can fail, naming the
+/// policies that decided it (a row of another tenant names the permit it fails, not a forbid
+/// it passes).
+struct NewRow {
+    filter: Filter,
+    /// (conjunct, error): checked in order once `filter` has failed, to say why.
+    parts: Vec<(Filter, String)>,
+    /// The error when no part explains the failure: every policy involved.
+    fallback: String,
+}
+
+fn new_row(action: WriteAction, rel: &Relation, rules: &Rules, returning: bool) -> NewRow {
+    let row = match action {
+        WriteAction::Insert => "new",
+        _ => "updated",
+    };
     let mut ids = rules.determining.clone();
-    if !returning {
-        return (rules.write.clone(), ids);
-    }
-    for id in &rules.read.determining {
-        if !ids.contains(id) {
-            ids.push(id.clone());
+    let mut filter = rules.write.clone();
+    let mut parts: Vec<(Filter, String)> = rules
+        .checks
+        .iter()
+        .map(|c| {
+            let message = format!(
+                "the {row} row violates the {} policy on {} for this agent: {}",
+                action.as_str(),
+                rel.entity_type(),
+                c.reason
+            );
+            (c.ok.clone(), message)
+        })
+        .collect();
+    if returning {
+        for id in &rules.read.determining {
+            if !ids.contains(id) {
+                ids.push(id.clone());
+            }
         }
+        filter = Filter::and(vec![filter, rules.read.filter.clone()]);
+        parts.extend(rules.read.row_checks.iter().map(|c| {
+            let message = format!(
+                "the {row} row would not be readable by this agent on {}, and RETURNING shows \
+                 it: {}",
+                rel.entity_type(),
+                c.reason
+            );
+            (c.ok.clone(), message)
+        }));
     }
-    (
-        Filter::and(vec![rules.write.clone(), rules.read.filter.clone()]),
-        ids,
-    )
+    NewRow {
+        filter,
+        parts,
+        fallback: violation(action, rel, &ids, returning),
+    }
+}
+
+impl NewRow {
+    /// The check as SQL, with `ok` rendering a filter over the new row: TRUE when the row
+    /// passes; otherwise aborts with the first failing part's error. The decision is
+    /// `filter`'s alone; the parts only choose the message.
+    fn sql(&self, ok: impl Fn(&Filter) -> Result<String, Refusal>) -> Result<String, Refusal> {
+        let full = ok(&self.filter)?;
+        if self.parts.is_empty() {
+            return Ok(check(&full, &self.fallback));
+        }
+        let mut sql = format!("CASE WHEN {full} THEN true");
+        for (part, message) in &self.parts {
+            sql.push_str(&format!(
+                " WHEN ({}) IS NOT TRUE THEN {}",
+                ok(part)?,
+                abort(message)
+            ));
+        }
+        sql.push_str(&format!(" ELSE {} END", abort(&self.fallback)));
+        Ok(sql)
+    }
 }
 
 /// `CASE WHEN <ok> THEN true ELSE <abort> END`: aborts the statement with the violation error
@@ -362,7 +425,8 @@ fn rewrite_insert(insert: &mut Insert, ctx: &Context<'_>) -> Result<Built, Refus
         .map(|a| normalize(&a.alias))
         .unwrap_or_else(|| rel.name.clone());
     let mut reads = vec![rules.target_read(rel)];
-    let (filter, ids) = new_row_filter(&rules, insert.returning.is_some());
+    let checked = new_row(WriteAction::Insert, rel, &rules, insert.returning.is_some());
+    let filter = checked.filter.clone();
     let returning_sql = returning(
         &mut insert.returning,
         rel,
@@ -396,11 +460,10 @@ fn rewrite_insert(insert: &mut Insert, ctx: &Context<'_>) -> Result<Built, Refus
         }
         let defaulted = checked_defaults(&filter, &BTreeSet::new(), rel)?;
         let (names, casts) = default_items(&defaulted)?;
-        let ok = render(&filter, rel)?;
+        let ok = checked.sql(|f| render(f, rel))?;
         return Ok(Built {
             sql: format!(
-                "INSERT INTO {table} ({names}) SELECT {names} FROM (SELECT {casts}) AS \"portcullis_new\" WHERE {}{conflict}{returning_sql}",
-                check(&ok, &violation(WriteAction::Insert, rel, &ids, !returning_sql.is_empty()))
+                "INSERT INTO {table} ({names}) SELECT {names} FROM (SELECT {casts}) AS \"portcullis_new\" WHERE {ok}{conflict}{returning_sql}"
             ),
             reads,
             target_fence: None,
@@ -529,12 +592,11 @@ fn rewrite_insert(insert: &mut Insert, ctx: &Context<'_>) -> Result<Built, Refus
         targets = format!("{targets}, {default_names}");
         casts.push(default_casts);
     }
-    let ok = render(&filter, rel)?;
+    let ok = checked.sql(|f| render(f, rel))?;
     Ok(Built {
         sql: format!(
-            "INSERT INTO {table} ({targets}) SELECT {targets} FROM (SELECT {} FROM (SELECT * FROM ({source_sql}) AS \"portcullis_source\" OFFSET 0) AS \"portcullis_source\"({names})) AS \"portcullis_new\" WHERE {}{conflict}{returning_sql}",
+            "INSERT INTO {table} ({targets}) SELECT {targets} FROM (SELECT {} FROM (SELECT * FROM ({source_sql}) AS \"portcullis_source\" OFFSET 0) AS \"portcullis_source\"({names})) AS \"portcullis_new\" WHERE {ok}{conflict}{returning_sql}",
             casts.join(", "),
-            check(&ok, &violation(WriteAction::Insert, rel, &ids, !returning_sql.is_empty()))
         ),
         reads,
         target_fence: None,
@@ -786,7 +848,8 @@ fn rewrite_update(update: &mut Update, ctx: &Context<'_>) -> Result<Built, Refus
         }
     };
     let cond = where_clause(&mut update.selection, ctx, &mut reads)?;
-    let (filter, ids) = new_row_filter(&rules, update.returning.is_some());
+    let checked = new_row(WriteAction::Update, rel, &rules, update.returning.is_some());
+    let filter = checked.filter.clone();
     if let Some(g) = filter
         .columns()
         .into_iter()
@@ -832,23 +895,16 @@ fn rewrite_update(update: &mut Update, ctx: &Context<'_>) -> Result<Built, Refus
         })
         .collect();
     // The new row's values of the columns the check reads: the SET value, or the old value.
-    let ok = row_check(&filter, rel, |name| {
-        match sets.iter().position(|set| set.col.name == name) {
-            Some(i) => format!("\"portcullis_new\".\"portcullis_set_{i}\""),
-            None => format!("{a}.{}", quote_ident(name)),
-        }
-    })?;
+    let value = |name: &str| match sets.iter().position(|set| set.col.name == name) {
+        Some(i) => format!("\"portcullis_new\".\"portcullis_set_{i}\""),
+        None => format!("{a}.{}", quote_ident(name)),
+    };
+    let ok = checked.sql(|f| row_check(f, rel, value))?;
     let same_row = format!(
         "{a}.tableoid = \"portcullis_new\".\"portcullis_tableoid\" AND {a}.ctid = \"portcullis_new\".\"portcullis_ctid\""
     );
     // The check is guarded by the row match, so it never runs on a row that is not updated.
-    let guarded = format!(
-        "CASE WHEN NOT ({same_row}) THEN false ELSE {} END",
-        check(
-            &ok,
-            &violation(WriteAction::Update, rel, &ids, !returning_sql.is_empty())
-        )
-    );
+    let guarded = format!("CASE WHEN NOT ({same_row}) THEN false ELSE {} END", ok);
     let mut projection = vec![
         format!("{a}.\"portcullis_tableoid\""),
         format!("{a}.\"portcullis_ctid\""),

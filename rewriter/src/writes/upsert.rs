@@ -12,7 +12,7 @@
 
 use sqlparser::ast::{ConflictTarget, OnConflict, OnConflictAction, OnInsert};
 
-use super::{abort, assignments, check, column, named, refs, row_check, rules, violation};
+use super::{abort, assignments, column, named, refs, row_check, rules};
 use crate::catalog::{normalize, quote_ident, Relation};
 use crate::lexical::to_sql;
 use crate::policy::WriteAction;
@@ -108,7 +108,8 @@ pub(super) fn on_conflict(
     ));
 
     // The updated row: the SET values computed once, checked, then assigned.
-    let (filter, ids) = super::new_row_filter(&rules, returning);
+    let checked = super::new_row(WriteAction::Update, rel, &rules, returning);
+    let filter = checked.filter.clone();
     super::refuse_checked_defaults(&sets, &filter, rel)?;
     let value = |name: &str| match sets
         .iter()
@@ -117,10 +118,7 @@ pub(super) fn on_conflict(
         Some(i) => format!("\"portcullis_new\".\"portcullis_set_{i}\""),
         None => format!("{a}.{}", quote_ident(name)),
     };
-    let new_ok = check(
-        &row_check(&filter, rel, value)?,
-        &violation(WriteAction::Update, rel, &ids, returning),
-    );
+    let new_ok = checked.sql(|f| row_check(f, rel, value))?;
     let computed: Vec<(usize, &super::Set<'_>)> = sets
         .iter()
         .enumerate()
