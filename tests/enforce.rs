@@ -280,6 +280,35 @@ async fn what_cannot_be_made_safe_is_refused_and_the_session_goes_on() {
     }
     // The session is still usable.
     assert_eq!(one(&bot, "select 1").await, "1");
+    // A refusal says what a name is when the catalog knows it, rather than that it may not
+    // exist (information_schema lists sequences).
+    for (sql, what) in [
+        (
+            "select last_value from tickets_id_seq",
+            "\"public\".\"tickets_id_seq\" is a sequence",
+        ),
+        ("select * from public.transfers_id_seq", "is a sequence"),
+        (
+            "select * from customers_pkey",
+            "\"public\".\"customers_pkey\" is an index",
+        ),
+        (
+            "update tickets_id_seq set is_called = false",
+            "is a sequence",
+        ),
+        (
+            "select * from not_a_table",
+            "relation not_a_table is not known to Portcullis",
+        ),
+    ] {
+        let err = bot.simple_query(sql).await.unwrap_err();
+        assert_eq!(sqlstate(&err), "42501", "{sql}: {}", message(&err));
+        assert!(message(&err).contains(what), "{sql}: {}", message(&err));
+    }
+    assert_eq!(
+        one(&bot, "select count(*) from information_schema.sequences where sequence_name = 'tickets_id_seq'").await,
+        "1"
+    );
     // The planner's row-count estimate counts hidden rows: it reads as NULL.
     let direct = e.env.direct().await;
     direct.batch_execute("ANALYZE customers").await.unwrap();

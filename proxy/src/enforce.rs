@@ -92,7 +92,8 @@ impl CatalogView {
                 relations,
                 system,
                 rewriter::allowed_functions(snapshot.functions),
-            ),
+            )
+            .with_others(snapshot.others),
             search_path: snapshot.search_path,
             generation,
         }

@@ -69,6 +69,9 @@ pub struct Catalog {
     relations: HashMap<(String, String), Relation>,
     system: HashMap<(String, String), Relation>,
     functions: HashSet<String>,
+    /// Relations that are not tables or views (sequences, indexes, composite types) by
+    /// (schema, name), with their `relkind`: never resolved, named in refusals.
+    others: HashMap<(String, String), char>,
 }
 
 /// What a relation name refers to.
@@ -94,6 +97,60 @@ impl Catalog {
                 .map(|r| ((r.schema.clone(), r.name.clone()), r))
                 .collect(),
             functions: functions.into_iter().collect(),
+            others: HashMap::new(),
+        }
+    }
+
+    /// With `others`, (schema, name, relkind) of the relations that are not tables or views,
+    /// so that a refusal can say what a name is rather than that it may not exist.
+    pub fn with_others(mut self, others: Vec<(String, String, char)>) -> Self {
+        self.others = others
+            .into_iter()
+            .map(|(schema, name, kind)| ((schema, name), kind))
+            .collect();
+        self
+    }
+
+    /// Why `name`, which [`Catalog::resolve`] does not resolve, cannot be used: what the
+    /// catalog says it is (a sequence, an index, a composite type), or that Portcullis does not
+    /// know it.
+    pub fn unresolved(&self, name: &ObjectName, search_path: &[String]) -> String {
+        let parts: Option<Vec<String>> =
+            name.0.iter().map(|p| p.as_ident().map(normalize)).collect();
+        let found = match parts.as_deref() {
+            Some([schema, rel]) => self
+                .others
+                .get(&(schema.clone(), rel.clone()))
+                .map(|k| (schema.clone(), rel.clone(), *k)),
+            Some([rel]) => search_path.iter().find_map(|schema| {
+                self.others
+                    .get(&(schema.clone(), rel.clone()))
+                    .map(|k| (schema.clone(), rel.clone(), *k))
+            }),
+            _ => None,
+        };
+        match found {
+            Some((schema, rel, 'S')) => format!(
+                "{}.{} is a sequence; sequences are not readable through Portcullis (their \
+                 values count rows, rows this agent cannot see among them)",
+                quote_ident(&schema),
+                quote_ident(&rel)
+            ),
+            Some((schema, rel, kind)) => format!(
+                "{}.{} is {}, not a table or view",
+                quote_ident(&schema),
+                quote_ident(&rel),
+                match kind {
+                    'i' | 'I' => "an index",
+                    'c' => "a composite type",
+                    't' => "a TOAST table",
+                    _ => "not readable",
+                }
+            ),
+            None => format!(
+                "relation {name} is not known to Portcullis (it may not exist; if it was just \
+                 created, Portcullis learns of it when its catalog is refreshed)"
+            ),
         }
     }
 

@@ -194,10 +194,7 @@ impl<'a> Protector<'a> {
         }
         let resolved = self.ctx.catalog.resolve(&target, self.ctx.search_path);
         match resolved {
-            None => forbidden(format!(
-                "relation {target} is not known to Portcullis (it may not exist; if it was just \
-                 created, Portcullis learns of it when its catalog is refreshed)"
-            )),
+            None => forbidden(self.ctx.catalog.unresolved(&target, self.ctx.search_path)),
             Some(Resolved::System(_)) if sample.is_some() => {
                 unsupported("TABLESAMPLE on a system catalog")
             }

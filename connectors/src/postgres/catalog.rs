@@ -107,6 +107,9 @@ pub struct Snapshot {
     pub functions: Vec<(String, bool)>,
     /// The login's effective search_path (`current_schemas(false)`).
     pub search_path: Vec<String>,
+    /// Relations outside the system schemas that are not tables or views: (schema, name,
+    /// relkind) of sequences, indexes and composite types, named in refusals.
+    pub others: Vec<(String, String, char)>,
 }
 
 const RELATIONS: &str = "
@@ -126,6 +129,14 @@ const RELATIONS: &str = "
     WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
       AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'
     ORDER BY n.nspname, c.relname, a.attnum";
+
+const OTHERS: &str = "
+    SELECT n.nspname::text, c.relname::text, c.relkind::text
+    FROM pg_catalog.pg_class c
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('S', 'i', 'I', 'c')
+      AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'
+      AND n.nspname NOT IN ('pg_catalog', 'information_schema')";
 
 /// Schemas whose relations are PostgreSQL's own catalogs.
 const SYSTEM_SCHEMAS: [&str; 2] = ["pg_catalog", "information_schema"];
@@ -189,6 +200,16 @@ pub async fn snapshot(config: &tokio_postgres::Config) -> Result<Snapshot, Catal
         .map_err(q)?
         .iter()
         .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    snap.others = client
+        .query(OTHERS, &[])
+        .await
+        .map_err(q)?
+        .iter()
+        .map(|r| {
+            let kind: String = r.get(2);
+            (r.get(0), r.get(1), kind.chars().next().unwrap_or('?'))
+        })
         .collect();
     snap.search_path = client
         .query_one("SELECT pg_catalog.current_schemas(false)::text[]", &[])

@@ -80,10 +80,9 @@ fn target<'c>(name: &ObjectName, ctx: &Context<'c>) -> Result<&'c Relation, Refu
             "the system catalog {}.{} cannot be written through Portcullis",
             rel.schema, rel.name
         ))),
-        None => Err(Refusal::Forbidden(format!(
-            "relation {name} is not known to Portcullis (it may not exist; if it was just \
-             created, Portcullis learns of it when its catalog is refreshed)"
-        ))),
+        None => Err(Refusal::Forbidden(
+            ctx.catalog.unresolved(name, ctx.search_path),
+        )),
     }
 }
 
