@@ -98,30 +98,18 @@ fn write_filter(out: &mut String, f: &Filter, rel: &Relation) -> Result<(), Refu
         }
         Filter::SetContains { attr, value } => {
             let col = array_column(rel, attr)?;
-            let _ = write!(
-                out,
-                "({} = ANY({}))",
-                scalar_literal(value)?,
-                quote_ident(&col.name)
-            );
+            let (set, _) = set_operand(col, &[value]);
+            let _ = write!(out, "({} = ANY({set}))", scalar_literal(value)?);
         }
-        Filter::SetContainsAny { attr, values } => {
+        Filter::SetContainsAny { attr, values } | Filter::SetContainsAll { attr, values } => {
             let col = array_column(rel, attr)?;
-            let _ = write!(
-                out,
-                "({} && {})",
-                quote_ident(&col.name),
-                array_literal(col, values)?
-            );
-        }
-        Filter::SetContainsAll { attr, values } => {
-            let col = array_column(rel, attr)?;
-            let _ = write!(
-                out,
-                "({} @> {})",
-                quote_ident(&col.name),
-                array_literal(col, values)?
-            );
+            let (set, ty) = set_operand(col, &values.iter().collect::<Vec<_>>());
+            let op = if matches!(f, Filter::SetContainsAny { .. }) {
+                "&&"
+            } else {
+                "@>"
+            };
+            let _ = write!(out, "({set} {op} {})", array_literal(&ty, values)?);
         }
         Filter::Like { attr, pattern } => {
             let col = column(rel, attr)?;
@@ -158,12 +146,36 @@ fn array_column<'r>(rel: &'r Relation, attr: &str) -> Result<&'r Column, Refusal
     Ok(col)
 }
 
-/// The column as the left operand: strings compared with non-text columns (uuid, json) compare
-/// as text, so a constant that is not a valid value of the type cannot raise an error.
+/// The column as the left operand. Strings compare as Cedar compares them, exactly, on the
+/// column's text: for `text` and `varchar` that is the column itself; other types are cast to
+/// text, so that `char(n)` (whose comparisons ignore trailing blanks; its text drops them),
+/// `citext` (case-insensitive) and `name` compare exactly, and a constant that is not a valid
+/// value of a type such as uuid or json cannot raise an error.
 fn operand(col: &Column, value: &Value) -> String {
     match value {
-        Value::String(_) if !col.is_text() => format!("{}::text", quote_ident(&col.name)),
+        Value::String(_) if !compares_as_text(col) => {
+            format!("{}::text", quote_ident(&col.name))
+        }
         _ => quote_ident(&col.name),
+    }
+}
+
+/// Whether `col`'s own equality is exact text equality (its values need no cast).
+fn compares_as_text(col: &Column) -> bool {
+    matches!(col.type_name.as_str(), "text" | "varchar")
+}
+
+/// An array column as a set of strings or other values: arrays of types whose equality is not
+/// exact text equality (`char(n)[]`, `citext[]`) are cast to `text[]`, as [`operand`] does.
+fn set_operand(col: &Column, values: &[&Value]) -> (String, String) {
+    let element_text = matches!(col.type_name.as_str(), "_text" | "_varchar");
+    if values.iter().any(|v| matches!(v, Value::String(_))) && !element_text {
+        (
+            format!("{}::text[]", quote_ident(&col.name)),
+            "text[]".to_string(),
+        )
+    } else {
+        (quote_ident(&col.name), col.sql_type.clone())
     }
 }
 
@@ -199,12 +211,12 @@ fn datetime_literal(col: &Column, ms: i64) -> String {
     }
 }
 
-fn array_literal(col: &Column, values: &[Value]) -> Result<String, Refusal> {
+fn array_literal(sql_type: &str, values: &[Value]) -> Result<String, Refusal> {
     let items = values
         .iter()
         .map(scalar_literal)
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(format!("ARRAY[{}]::{}", items.join(", "), col.sql_type))
+    Ok(format!("ARRAY[{}]::{sql_type}", items.join(", ")))
 }
 
 /// `'…'` with quotes doubled (standard_conforming_strings is pinned on).
@@ -244,6 +256,69 @@ mod tests {
         assert_eq!(utc(0, true), "1970-01-01 00:00:00.000+00");
         assert_eq!(utc(1_767_323_045_250, false), "2026-01-02 03:04:05.250");
         assert_eq!(utc(-1, false), "1969-12-31 23:59:59.999");
+    }
+
+    fn rel(columns: &[(&str, &str, &str)]) -> Relation {
+        Relation {
+            schema: "public".into(),
+            name: "t".into(),
+            kind: crate::catalog::RelKind::Table,
+            columns: columns
+                .iter()
+                .map(|(name, type_name, sql_type)| Column {
+                    name: name.to_string(),
+                    sql_type: sql_type.to_string(),
+                    type_name: type_name.to_string(),
+                    category: if type_name.starts_with('_') { 'A' } else { 'S' },
+                    generated: false,
+                    default: None,
+                })
+                .collect(),
+            has_children: false,
+        }
+    }
+
+    /// Strings compare exactly, as in Cedar (and `policy test`): `char(n)` and `citext`
+    /// columns compare by their text, not by their own padded or case-insensitive equality.
+    #[test]
+    fn strings_compare_as_cedar_compares_them() {
+        let r = rel(&[
+            ("t", "text", "text"),
+            ("v", "varchar", "character varying(10)"),
+            ("c", "bpchar", "character(3)"),
+            ("ci", "citext", "citext"),
+            ("cs", "_bpchar", "character(3)[]"),
+            ("ts", "_text", "text[]"),
+        ]);
+        let eq = |attr: &str, s: &str| {
+            let f = Filter::Compare {
+                attr: attr.into(),
+                op: policies::CmpOp::Eq,
+                value: Value::String(s.into()),
+            };
+            render(&f, &r).unwrap()
+        };
+        assert_eq!(eq("t", "EU"), r#"("t" = 'EU')"#);
+        assert_eq!(eq("v", "EU"), r#"("v" = 'EU')"#);
+        assert_eq!(eq("c", "EU "), r#"("c"::text = 'EU ')"#);
+        assert_eq!(eq("ci", "Eu"), r#"("ci"::text = 'Eu')"#);
+        let contains = |attr: &str| {
+            let f = Filter::SetContains {
+                attr: attr.into(),
+                value: Value::String("EU".into()),
+            };
+            render(&f, &r).unwrap()
+        };
+        assert_eq!(contains("cs"), r#"('EU' = ANY("cs"::text[]))"#);
+        assert_eq!(contains("ts"), r#"('EU' = ANY("ts"))"#);
+        let any = Filter::SetContainsAny {
+            attr: "cs".into(),
+            values: vec![Value::String("EU".into())],
+        };
+        assert_eq!(
+            render(&any, &r).unwrap(),
+            r#"("cs"::text[] && ARRAY['EU']::text[])"#
+        );
     }
 
     #[test]
