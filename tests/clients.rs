@@ -171,6 +171,17 @@ fn psycopg3() {
     run_python("psycopg3_client.py", "OK psycopg3");
 }
 
+/// The same psycopg 3 calls as support-bot under the finance example.
+#[test]
+fn psycopg3_under_enforcement() {
+    let e = Env::start_enforcing();
+    let out = run(Command::new(python())
+        .arg(repo_root().join("tests/clients/python/psycopg3_client.py"))
+        .env("PORTCULLIS_URL", e.env.agent_url())
+        .env("PORTCULLIS_ENFORCED", "1"));
+    assert_ok(&out, "OK psycopg3");
+}
+
 #[test]
 fn asyncpg() {
     run_python("asyncpg_client.py", "OK asyncpg");
@@ -190,9 +201,17 @@ fn node_pg() {
         "node_modules missing: run `bash tests/setup.sh` first"
     );
     let env = Env::start();
-    let out = run(Command::new(node)
+    let out = run(Command::new(&node)
         .arg(dir.join("pg_client.js"))
         .env("PORTCULLIS_URL", env.agent_url()));
+    assert_ok(&out, "OK node-pg");
+    drop(env);
+    // The same calls as support-bot under the finance example.
+    let e = Env::start_enforcing();
+    let out = run(Command::new(&node)
+        .arg(dir.join("pg_client.js"))
+        .env("PORTCULLIS_URL", e.env.agent_url())
+        .env("PORTCULLIS_ENFORCED", "1"));
     assert_ok(&out, "OK node-pg");
 }
 

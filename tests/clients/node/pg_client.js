@@ -1,5 +1,6 @@
 // node-postgres through Portcullis: parameters, binary results, savepoints, errors, refusals,
-// COPY TO STDOUT.
+// COPY TO STDOUT. With PORTCULLIS_ENFORCED=1 the agent is support-bot under the finance
+// example: the same calls, and only tenant 1's rows come back.
 const { Client } = require('pg');
 const { to: copyTo } = require('pg-copy-streams');
 const assert = require('assert');
@@ -8,15 +9,21 @@ async function main() {
   const client = new Client({ connectionString: process.env.PORTCULLIS_URL });
   await client.connect();
 
+  const enforced = process.env.PORTCULLIS_ENFORCED === '1';
+  // Tenant 1's customers (every third); all 30 without a policy.
+  const visible = enforced ? [3, 6, 9, 12, 15, 18, 21, 24, 27, 30] : [...Array(30).keys()].map((i) => i + 1);
   let r = await client.query('select name from customers where id = $1', [7]);
-  assert.strictEqual(r.rows[0].name, 'Customer 7');
+  assert.deepStrictEqual(r.rows.map((x) => x.name), enforced ? [] : ['Customer 7']);
 
   // Binary-format results.
-  r = await client.query({ text: 'select id, approved from transfers where id = $1', values: [4], binary: true });
+  r = await client.query('select min(id) as id from transfers where tenant_id = 1 and not approved');
+  const tid = r.rows[0].id;
+  r = await client.query({ text: 'select id, approved, iban from transfers where id = $1', values: [tid], binary: true });
   assert.strictEqual(r.rows[0].approved, false);
+  assert.strictEqual(r.rows[0].iban.startsWith('*'), enforced);
 
   // Named prepared statement, reused.
-  for (let i = 1; i <= 5; i++) {
+  for (const i of visible.slice(0, 5)) {
     r = await client.query({ name: 'by-id', text: 'select id from customers where id = $1', values: [i] });
     assert.strictEqual(r.rows[0].id, i);
   }
@@ -43,7 +50,7 @@ async function main() {
     stream.on('end', resolve);
     stream.on('error', reject);
   });
-  assert.strictEqual(Buffer.concat(chunks).toString().trim().split('\n').length, 30);
+  assert.deepStrictEqual(Buffer.concat(chunks).toString().trim().split('\n').map(Number), visible);
 
   await client.end();
   console.log('OK node-pg');

@@ -1,5 +1,6 @@
 """psycopg 3 through Portcullis: server-side parameters, binary results, pipeline mode,
-savepoints, errors, refusals, COPY TO STDOUT."""
+savepoints, errors, refusals, COPY TO STDOUT. With PORTCULLIS_ENFORCED=1 the agent is
+support-bot under the finance example: the same calls, and only tenant 1's rows come back."""
 import datetime
 import decimal
 import os
@@ -7,19 +8,28 @@ import os
 import psycopg
 
 URL = os.environ["PORTCULLIS_URL"]
+ENFORCED = os.environ.get("PORTCULLIS_ENFORCED") == "1"
+# Tenant 1's customers (every third); all 30 without a policy.
+VISIBLE = list(range(3, 31, 3)) if ENFORCED else list(range(1, 31))
 with psycopg.connect(URL) as conn:
     row = conn.execute("select name from customers where id = %s", (7,)).fetchone()
-    assert row == ("Customer 7",), row
+    assert row == (None if ENFORCED else ("Customer 7",)), row
+    row = conn.execute("select name from customers where id = %s", (3,)).fetchone()
+    assert row == ("Customer 3",), row
 
-    # Binary-format results.
+    # Binary-format results (a small, unapproved transfer of tenant 1: shown in full).
+    tid = conn.execute(
+        "select min(id) from transfers where tenant_id = 1 and amount < 1000 and not approved"
+    ).fetchone()[0]
     with conn.cursor(binary=True) as cur:
-        cur.execute("select id, amount, created_at, approved, metadata from transfers where id = %s", (4,))
-        tid, amount, created, approved, metadata = cur.fetchone()
-        assert tid == 4 and isinstance(amount, decimal.Decimal) and isinstance(created, datetime.datetime)
-        assert approved is False and metadata["seq"] == 4, (approved, metadata)
+        cur.execute("select id, amount, created_at, approved, metadata, iban from transfers where id = %s", (tid,))
+        got, amount, created, approved, metadata, iban = cur.fetchone()
+        assert got == tid and isinstance(amount, decimal.Decimal) and isinstance(created, datetime.datetime)
+        assert approved is False and metadata["seq"] == tid, (approved, metadata)
+        assert iban.startswith("*") == ENFORCED, iban
 
     # Prepared statements (psycopg prepares after repeated use).
-    for i in range(1, 8):
+    for i in VISIBLE[:7]:
         assert conn.execute("select id from customers where id = %s", (i,), prepare=True).fetchone() == (i,)
 
     # Pipeline mode: several extended-protocol queries before one Sync.
@@ -48,5 +58,5 @@ with psycopg.connect(URL) as conn:
     with conn.cursor() as cur:
         with cur.copy("COPY (select id from customers order by id) TO STDOUT") as copy:
             ids = [int(row[0]) for row in copy.rows()]
-    assert ids == list(range(1, 31)), ids
+    assert ids == VISIBLE, ids
 print("OK psycopg3")
