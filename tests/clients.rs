@@ -187,6 +187,17 @@ fn asyncpg() {
     run_python("asyncpg_client.py", "OK asyncpg");
 }
 
+/// The same asyncpg calls as support-bot under the finance example.
+#[test]
+fn asyncpg_under_enforcement() {
+    let e = Env::start_enforcing();
+    let out = run(Command::new(python())
+        .arg(repo_root().join("tests/clients/python/asyncpg_client.py"))
+        .env("PORTCULLIS_URL", e.env.agent_url())
+        .env("PORTCULLIS_ENFORCED", "1"));
+    assert_ok(&out, "OK asyncpg");
+}
+
 #[test]
 fn sqlalchemy() {
     run_python("sqlalchemy_client.py", "OK sqlalchemy");
@@ -223,18 +234,22 @@ fn jdbc() {
         jar.is_file(),
         "pgjdbc not found: run `bash tests/setup.sh` first"
     );
-    let env = Env::start();
-    let out = run(Command::new(java)
-        .arg("-cp")
-        .arg(&jar)
-        .arg(repo_root().join("tests/clients/jdbc/JdbcClient.java"))
-        .arg(format!(
-            "jdbc:postgresql://127.0.0.1:{}/portcullis_demo?sslmode=disable",
-            env.port
-        ))
-        .arg(AGENT)
-        .arg(AGENT_SECRET));
-    assert_ok(&out, "OK jdbc");
+    let jdbc = |env: &Env, enforced: bool| {
+        run(Command::new(&java)
+            .arg("-cp")
+            .arg(&jar)
+            .arg(repo_root().join("tests/clients/jdbc/JdbcClient.java"))
+            .arg(format!(
+                "jdbc:postgresql://127.0.0.1:{}/portcullis_demo?sslmode=disable",
+                env.port
+            ))
+            .arg(AGENT)
+            .arg(AGENT_SECRET)
+            .env("PORTCULLIS_ENFORCED", if enforced { "1" } else { "0" }))
+    };
+    assert_ok(&jdbc(&Env::start(), false), "OK jdbc");
+    // The same calls as support-bot under the finance example.
+    assert_ok(&jdbc(&Env::start_enforcing().env, true), "OK jdbc");
 }
 
 fn psql(env: &Env) -> Command {

@@ -135,6 +135,24 @@ pub(crate) fn system_view(relation: &crate::Relation) -> Option<String> {
     ))
 }
 
+/// The helper functions of `information_schema` that its views (and drivers' metadata queries,
+/// such as pgjdbc's `getPrimaryKeys`) call: computed from their arguments and catalog rows a
+/// reader of `information_schema` may see anyway, never from user tables.
+pub(crate) const INFORMATION_SCHEMA_FUNCTIONS: &[&str] = &[
+    "_pg_expandarray",
+    "_pg_keysequal",
+    "_pg_index_position",
+    "_pg_truetypid",
+    "_pg_truetypmod",
+    "_pg_char_max_length",
+    "_pg_char_octet_length",
+    "_pg_numeric_precision",
+    "_pg_numeric_precision_radix",
+    "_pg_numeric_scale",
+    "_pg_datetime_precision",
+    "_pg_interval_type",
+];
+
 /// SQL-syntax functions sqlparser reports as calls but `pg_proc` does not list.
 const SYNTAX_FUNCTIONS: &[&str] = &[
     "coalesce",

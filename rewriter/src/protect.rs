@@ -103,6 +103,14 @@ impl<'a> Protector<'a> {
         let fname = match parts.as_slice() {
             [f] => f,
             [schema, f] if schema == "pg_catalog" => f,
+            // information_schema's own helpers (pgjdbc's getPrimaryKeys calls
+            // _pg_expandarray): SQL functions over their arguments and the catalogs.
+            [schema, f]
+                if schema == "information_schema"
+                    && catalogs::INFORMATION_SCHEMA_FUNCTIONS.contains(&f.as_str()) =>
+            {
+                return ControlFlow::Continue(());
+            }
             _ => {
                 return forbidden(format!(
                     "function {}() is not a PostgreSQL built-in; only built-ins are allowed",

@@ -349,6 +349,8 @@ fn functions_outside_the_allow_list_are_refused() {
         "select pg_catalog.pg_relation_size('customers')",
         "select pg_total_relation_size('public.customers'::regclass)",
         "select nextval('customers_id_seq')",
+        "select information_schema.not_a_helper(1)",
+        "select public._pg_expandarray(array[1])",
     ] {
         let e = run(sql).unwrap_err();
         assert_eq!(e.sqlstate(), "42501", "{sql}: {e}");
@@ -361,6 +363,9 @@ fn functions_outside_the_allow_list_are_refused() {
         "select * from unnest(array[1, 2]) with ordinality u(a, b)",
         "select array(select name from unnest(array[1, 2]) with ordinality k(id, n) join customers c on c.id = k.id order by k.n)",
         "select * from pg_catalog.unnest(array[1, 2]) u",
+        // information_schema's helpers, as pgjdbc's getPrimaryKeys calls them.
+        "select (information_schema._pg_expandarray(array[3, 1])).n",
+        "select * from information_schema._pg_expandarray(array[3, 1]) e",
     ] {
         assert!(run(sql).is_ok(), "{sql}: {:?}", run(sql));
     }

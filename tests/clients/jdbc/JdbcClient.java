@@ -1,5 +1,7 @@
 // pgjdbc through Portcullis: DatabaseMetaData, parameters, binary transfer, savepoints, errors,
 // refusals, COPY TO STDOUT. Run: java -cp /usr/share/java/postgresql.jar JdbcClient.java URL USER PASS
+// With PORTCULLIS_ENFORCED=1 the agent is support-bot under the finance example: the same
+// calls, and only tenant 1's rows come back (SSNs redacted).
 import java.io.StringWriter;
 import java.sql.*;
 import java.util.*;
@@ -16,6 +18,7 @@ public class JdbcClient {
         props.setProperty("user", args[1]);
         props.setProperty("password", args[2]);
         props.setProperty("prepareThreshold", "-1"); // server-prepare at once, binary transfer
+        boolean enforced = "1".equals(System.getenv("PORTCULLIS_ENFORCED"));
         try (Connection c = DriverManager.getConnection(args[0], props)) {
             DatabaseMetaData md = c.getMetaData();
             Set<String> tables = new HashSet<>();
@@ -32,12 +35,18 @@ public class JdbcClient {
                 check(rs.next() && rs.getString("COLUMN_NAME").equals("id"), "getPrimaryKeys");
             }
 
-            try (PreparedStatement ps = c.prepareStatement("select name, created_at, tenant_id from customers where id = ?")) {
-                for (int i = 1; i <= 5; i++) {
+            try (PreparedStatement ps = c.prepareStatement("select name, created_at, tenant_id, ssn from customers where id = ?")) {
+                for (int i = 1; i <= 6; i++) {
                     ps.setInt(1, i);
                     try (ResultSet rs = ps.executeQuery()) {
+                        if (enforced && 1 + (i % 3) != 1) {
+                            check(!rs.next(), "another tenant's customer " + i + " is invisible");
+                            continue;
+                        }
                         check(rs.next() && rs.getString(1).equals("Customer " + i), "parameterized " + i);
                         check(rs.getTimestamp(2) != null && rs.getInt(3) == 1 + (i % 3), "binary columns " + i);
+                        String ssn = rs.getString(4);
+                        check(!enforced || "***".equals(ssn), "ssn redacted: " + ssn);
                     }
                 }
             }
@@ -77,7 +86,7 @@ public class JdbcClient {
             CopyManager copy = c.unwrap(PGConnection.class).getCopyAPI();
             StringWriter out = new StringWriter();
             copy.copyOut("COPY (select id from customers order by id) TO STDOUT", out);
-            check(out.toString().trim().split("\n").length == 30, "copy out");
+            check(out.toString().trim().split("\n").length == (enforced ? 10 : 30), "copy out");
         }
         System.out.println("OK jdbc");
     }
