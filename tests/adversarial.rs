@@ -103,7 +103,12 @@ async fn every_attack_family_gets_its_safe_outcome() {
             ("select count(*) from PUBLIC.CUSTOMERS", Rows(TEN)),
             // A differently-cased quoted name is another relation: unknown, refused.
             ("select count(*) from \"Customers\"", Refused("42501")),
-            ("select count(*) from U&\"customers\"", Refused("42601")),
+            ("select count(*) from U&\"customers\"", Refused("0A000")),
+            ("select U&\"customers\".id from customers", Refused("0A000")),
+            (
+                "select U&\"ssn\" from customers where id = 3",
+                Refused("0A000"),
+            ),
             ("select e'\\x27; select 1' ", Rows(&["'; select 1"])),
             ("select ssn from customers where id = 3", Rows(&["***"])),
         ],
@@ -148,6 +153,11 @@ async fn every_attack_family_gets_its_safe_outcome() {
                 Refused("42501"),
             ),
             ("select count(*) from only customers", Rows(TEN)),
+            ("select count(*) from only (customers)", Rows(TEN)),
+            (
+                "select count(*) from only (public.customers) c where c.tenant_id <> 1",
+                Rows(ZERO),
+            ),
             ("show search_path", Rows(&["\"$user\", public"])),
         ],
     )

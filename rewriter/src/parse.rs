@@ -21,6 +21,7 @@ pub(crate) fn parse(sql: &str) -> Result<Vec<Statement>, Refusal> {
     if sql.contains('\0') {
         return Err(Refusal::Syntax("statement contains a NUL byte".into()));
     }
+    refuse_unicode_identifiers(sql)?;
     let mut statements = Parser::new(&PostgreSqlDialect {})
         .with_recursion_limit(RECURSION_LIMIT)
         .try_with_sql(sql)
@@ -28,6 +29,29 @@ pub(crate) fn parse(sql: &str) -> Result<Vec<Statement>, Refusal> {
         .map_err(|e| Refusal::Syntax(e.to_string()))?;
     crate::lexical::truncate_identifiers(&mut statements);
     Ok(statements)
+}
+
+/// `U&"…"` identifiers: sqlparser reads `U&"x"` as a column `u` and-ed with `"x"`, so a
+/// statement naming one would be checked as something else than the agent meant (and refused
+/// upstream with a baffling error). PostgreSQL's scanner finds them; they are refused plainly.
+/// (`U&'…'` strings are read right, and spelled as standard strings: see `lexical`.)
+fn refuse_unicode_identifiers(sql: &str) -> Result<(), Refusal> {
+    let maybe = sql
+        .as_bytes()
+        .windows(3)
+        .any(|w| w[0].eq_ignore_ascii_case(&b'u') && w[1] == b'&' && w[2] == b'"');
+    if !maybe {
+        return Ok(());
+    }
+    let scan = pg_query::scan(sql).map_err(|e| Refusal::Syntax(format!("PostgreSQL: {e}")))?;
+    if scan.tokens.iter().any(|t| {
+        pg_query::protobuf::Token::from_i32(t.token) == Some(pg_query::protobuf::Token::Uident)
+    }) {
+        return Err(Refusal::Unsupported(
+            "U&\"…\" identifiers (write the identifier in plain double quotes)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Parses SQL the rewriter built (a fence, a checked write) with `read`, which must consume all
@@ -55,6 +79,25 @@ pub(crate) fn built<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unicode_identifiers_are_refused_and_unicode_strings_are_not() {
+        for sql in [
+            r#"SELECT U&"customers".id FROM customers"#,
+            r#"select u&"d\0061t" from t"#,
+            r#"SELECT 1 AS U&"x!0061" UESCAPE '!'"#,
+        ] {
+            let e = parse(sql).unwrap_err();
+            assert_eq!(e.sqlstate(), "0A000", "{sql}: {e}");
+        }
+        for sql in [
+            r#"SELECT U&'d\0061t'"#,
+            r#"SELECT 'U&"x"' AS a"#,
+            r#"SELECT "U&""x""" FROM t"#,
+        ] {
+            assert!(parse(sql).is_ok(), "{sql}");
+        }
+    }
 
     #[test]
     fn deep_nesting_is_refused_without_overflowing_the_stack() {

@@ -14,8 +14,9 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use sqlparser::ast::{
-    BinaryOperator, Expr, Ident, ObjectName, ObjectNamePart, Query, Select, SetExpr, TableAlias,
-    TableFactor, TableSampleKind, TableSampleMethod, UnaryOperator, Value, VisitMut, VisitorMut,
+    BinaryOperator, Expr, FunctionArg, FunctionArgExpr, Ident, ObjectName, ObjectNamePart, Query,
+    Select, SetExpr, TableAlias, TableFactor, TableFunctionArgs, TableSampleKind,
+    TableSampleMethod, UnaryOperator, Value, VisitMut, VisitorMut,
 };
 
 use crate::catalog::{normalize, Column, Relation, Resolved};
@@ -48,6 +49,8 @@ struct Protector<'a> {
     /// Per query level, its row locks, if it has any.
     locking: Vec<Option<locking::Frame<'a>>>,
     expect_relation: bool,
+    /// The table factor being visited was written `ONLY (t)` (see [`parenthesized_only`]).
+    pending_only: bool,
     reads: Vec<Read>,
 }
 
@@ -60,6 +63,7 @@ pub(crate) fn protect<V: VisitMut>(node: &mut V, ctx: &Context<'_>) -> Result<Ve
         fenced: Vec::new(),
         locking: Vec::new(),
         expect_relation: false,
+        pending_only: false,
         reads: Vec::new(),
     };
     match node.visit(&mut p) {
@@ -78,6 +82,29 @@ fn forbidden(what: String) -> ControlFlow<Refusal> {
 
 fn quoted(name: &str) -> Ident {
     Ident::with_quote('"', name)
+}
+
+/// `ONLY (t)`, which sqlparser reads as a call of a table function `only` with the argument
+/// `t` and PostgreSQL as ONLY t: the relation's name.
+fn parenthesized_only(name: &ObjectName, args: &Option<TableFunctionArgs>) -> Option<ObjectName> {
+    let i = single_name(name)?;
+    if i.quote_style.is_some() || !i.value.eq_ignore_ascii_case("only") {
+        return None;
+    }
+    let args = args.as_ref()?;
+    let [FunctionArg::Unnamed(FunctionArgExpr::Expr(arg))] = args.args.as_slice() else {
+        return None;
+    };
+    if args.settings.is_some() {
+        return None;
+    }
+    match arg {
+        Expr::Identifier(t) => Some(ObjectName::from(vec![t.clone()])),
+        Expr::CompoundIdentifier(parts) if parts.len() <= 3 => {
+            Some(ObjectName::from(parts.clone()))
+        }
+        _ => None,
+    }
 }
 
 fn single_name(name: &ObjectName) -> Option<&Ident> {
@@ -173,7 +200,8 @@ impl<'a> Protector<'a> {
             }
         };
         // sqlparser reads `FROM ONLY t` as table `only` aliased `t`; PostgreSQL reads ONLY.
-        let mut only = false;
+        // (`ONLY (t)` was recognized on the way in.)
+        let mut only = std::mem::take(&mut self.pending_only);
         let mut target = name.clone();
         let mut alias = alias.clone();
         if let Some(i) = single_name(name) {
@@ -428,7 +456,11 @@ impl<'a> VisitorMut for Protector<'a> {
     fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<Refusal> {
         match factor {
             TableFactor::Table { name, args, .. } => {
-                if args.is_some() {
+                if let Some(table) = parenthesized_only(name, args) {
+                    *name = table;
+                    *args = None;
+                    self.pending_only = true;
+                } else if args.is_some() {
                     let name = name.clone();
                     self.check_function(&name)?;
                 }

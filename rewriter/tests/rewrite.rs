@@ -336,6 +336,15 @@ fn unknown_relations_uncovered_tables_and_unsafe_catalogs_are_refused() {
 fn only_is_read_as_postgresql_reads_it() {
     let out = run("select * from only customers").unwrap();
     assert_eq!(out, format!(r#"SELECT * FROM {CUSTOMERS} AS "customers""#));
+    // `ONLY (t)`: sqlparser reads a call of a function `only`.
+    let out = run("select * from only (customers)").unwrap();
+    assert_eq!(out, format!(r#"SELECT * FROM {CUSTOMERS} AS "customers""#));
+    let out = run("select c.id from only (public.customers) as c").unwrap();
+    assert_eq!(out, format!(r#"SELECT c.id FROM {CUSTOMERS} AS "c""#));
+    let e = run("select * from only (orders)").unwrap_err();
+    assert_eq!(e.sqlstate(), "0A000", "{e}");
+    let e = run(r#"select * from "only" (customers)"#).unwrap_err();
+    assert_eq!(e.sqlstate(), "42501", "{e}");
 }
 
 #[test]
