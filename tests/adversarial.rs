@@ -304,6 +304,12 @@ async fn every_attack_family_gets_its_safe_outcome() {
             ("update customers set tier = tier where id = 3 returning ssn", Rows(&["***"])),
             ("update customers set tier = tier where id = 3 returning ssn || ''", Refused("42501")),
             ("with d as (delete from tickets returning *) select count(*) from d", Refused("0A000")),
+            // A read-only WITH in front of a write reads through the fence like any subquery.
+            ("with c as (select id from customers where tenant_id = 2) update tickets set subject = 'x' where customer_id in (select id from c) returning id", Rows(&[])),
+            ("with c as (select id, tenant_id from tickets) delete from tickets t using c where c.id = t.id and c.tenant_id = 2 returning t.id", Rows(&[])),
+            ("with c as (select tenant_id, id from customers where tenant_id = 2) insert into tickets (tenant_id, customer_id, subject, body, status, priority) select tenant_id, id, 's', 'b', 'open', 2 from c", Rows(&[])),
+            ("with c as (select 2 as t) insert into tickets (tenant_id, customer_id, subject, body, status, priority) select t, 4, 's', 'b', 'open', 2 from c", Refused("42501")),
+            ("with d as (delete from tickets returning id) delete from tickets where id in (select id from d)", Refused("0A000")),
             ("insert into tickets (tenant_id, customer_id, subject, body, status, priority) select tenant_id, id, ssn, ssn, 'open', 2 from customers where tenant_id = 2", Rows(&[])),
             ("merge into tickets t using customers c on c.id = t.customer_id when matched then delete", Refused("0A000")),
             ("insert into tickets (tenant_id, customer_id, subject, body, status, priority) values (1, 3, 'x', 'y', 'open', 2) on conflict do nothing", Rows(&[])),

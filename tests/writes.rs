@@ -743,3 +743,53 @@ async fn omitted_checked_columns_are_checked_at_their_default() {
     .await
     .unwrap();
 }
+
+/// A read-only WITH in front of a write (as ORMs and analysts write it) runs with its WITH
+/// queries read through the fence: the agent's own rows change, nothing else is touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_with_in_front_of_a_write_reads_through_the_fence() {
+    let e = Env::start_enforcing();
+    let env = &e.env;
+    let bot = env.agent().await;
+    let direct = env.direct().await;
+    let untouchable = digest(&direct, UNTOUCHABLE_TICKETS).await;
+    let visible_open = count(
+        &direct,
+        "select count(*) from tickets where tenant_id = 1 and status = 'open' and priority <> 1",
+    )
+    .await;
+    // Every customer is named in the WITH query; only tenant 1's tickets change.
+    let n = bot
+        .execute(
+            "with c as (select id from customers) \
+             update tickets set status = 'pending' \
+             where customer_id in (select id from c) and status = 'open'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n as i64, visible_open);
+    assert_eq!(digest(&direct, UNTOUCHABLE_TICKETS).await, untouchable);
+    // INSERT … SELECT from a WITH query of the agent's own customers, with RETURNING.
+    let rows = bot
+        .query(
+            "with mine(cid) as (select id from customers where tier = 'standard' order by id limit 2) \
+             insert into tickets (tenant_id, customer_id, subject, body, status, priority) \
+             select 1, cid, 'from with', 'b', 'open', 2 from mine returning customer_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let ids: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, [3, 6]);
+    // A WITH query that writes is refused, and so is a new row the policy forbids.
+    let err = bot
+        .batch_execute(
+            "with c as (select 2 as t) insert into tickets (tenant_id, customer_id, subject, body, status, priority) \
+             select t, 4, 's', 'b', 'open', 2 from c",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "42501", "{}", message(&err));
+    assert_eq!(digest(&direct, UNTOUCHABLE_TICKETS).await, untouchable);
+}

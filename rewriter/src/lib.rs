@@ -25,6 +25,7 @@ mod settings;
 mod sql_filter;
 mod statements;
 mod verify;
+mod write_ctes;
 mod writes;
 
 pub use cache::RewriteCache;
@@ -170,6 +171,7 @@ pub fn rewrite(sql: &str, protocol: Protocol, ctx: &Context<'_>) -> Result<Rewri
         settings::check_search_path(statement, ctx.search_path)?;
         settings::check_reads(statement)?;
         identity::report_agent(statement, ctx.agent);
+        write_ctes::inline(statement)?;
         qualified::shorten(statement, ctx)?;
         reads.extend(statements::rewrite(statement, ctx)?);
     }

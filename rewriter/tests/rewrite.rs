@@ -801,3 +801,71 @@ fn tablesample_is_drawn_inside_the_fence() {
     let e = run("with w as (select 1) select * from w tablesample system (1)").unwrap_err();
     assert_eq!(e.sqlstate(), "0A000", "{e}");
 }
+
+/// A read-only WITH in front of a write is inlined where it is named, then fenced as any
+/// subquery; the target is never a WITH query.
+#[test]
+fn read_only_with_in_front_of_a_write_is_inlined() {
+    let out = run("with c as (select id from customers where name = 'a') \
+         update customers set name = 'b' where id in (select id from c)")
+    .unwrap();
+    assert!(!out.contains("WITH"), "{out}");
+    assert!(
+        out.contains(r#"WHERE (id IN (SELECT id FROM (SELECT id FROM (SELECT "id", "tenant_id", "name", '***'::TEXT AS "ssn" FROM "public"."customers" WHERE (("tenant_id" = 1)) AND "name" = 'a' OFFSET 0) AS "customers" WHERE name = 'a') c))"#),
+        "{out}"
+    );
+    // Column lists, aliases, earlier WITH queries inside later ones, INSERT … SELECT, DELETE.
+    let out = run(
+        "with a(x) as (select id from customers), b as (select x from a) \
+         insert into customers (id, tenant_id, name) select x, 1, 'n' from b as z",
+    )
+    .unwrap();
+    assert!(out.contains(r#") a (x)) AS z"#), "{out}");
+    let out =
+        run("with c as (select 1 as id) delete from orders o using c where o.id = c.id").unwrap();
+    assert!(
+        out.contains(r#"AS "o", (SELECT 1 AS id) c WHERE (o.id = c.id)"#),
+        "{out}"
+    );
+    // A nested WITH of the same name shadows the outer one.
+    let out = run("with c as (select 1 as id) delete from orders where id in \
+         (with c as (select 2 as id) select id from c)")
+    .unwrap();
+    assert!(
+        out.contains(r#"WITH c AS (SELECT 2 AS id) SELECT id FROM "c""#),
+        "{out}"
+    );
+    for (sql, code, text) in [
+        (
+            "with recursive r(n) as (select 1 union all select n + 1 from r where n < 3) \
+             delete from orders where id in (select n from r)",
+            "0A000",
+            "WITH RECURSIVE",
+        ),
+        (
+            "with d as (delete from orders returning id) delete from orders where id in (select id from d)",
+            "0A000",
+            "data-modifying",
+        ),
+        (
+            "with customers as (select * from customers) update orders set total = 1",
+            "42501",
+            "refers to itself",
+        ),
+        (
+            "with c(x) as (select id from customers) delete from orders using c as d(y)",
+            "0A000",
+            "renaming the columns",
+        ),
+        // The target is the table, never the WITH query of that name.
+        (
+            "with customers as (select 1 as id) update customers set ssn = 'x'",
+            "42501",
+            "may not read in clear",
+        ),
+    ] {
+        let e = run(sql).unwrap_err();
+        assert_eq!(e.sqlstate(), code, "{sql}: {e}");
+        assert!(e.to_string().contains(text), "{sql}: {e}");
+    }
+}
