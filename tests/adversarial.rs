@@ -311,7 +311,10 @@ async fn every_attack_family_gets_its_safe_outcome() {
             ("with c as (select 2 as t) insert into tickets (tenant_id, customer_id, subject, body, status, priority) select t, 4, 's', 'b', 'open', 2 from c", Refused("42501")),
             ("with d as (delete from tickets returning id) delete from tickets where id in (select id from d)", Refused("0A000")),
             ("insert into tickets (tenant_id, customer_id, subject, body, status, priority) select tenant_id, id, ssn, ssn, 'open', 2 from customers where tenant_id = 2", Rows(&[])),
-            ("merge into tickets t using customers c on c.id = t.customer_id when matched then delete", Refused("0A000")),
+            // MERGE: a matched row may not become priority 1 (aborts); hidden ones never match.
+            ("merge into tickets t using customers c on c.id = t.customer_id when matched then update set priority = 1", Refused("42501")),
+            ("merge into tickets t using (select 1 as id) s on t.id = s.id when matched then update set subject = 'x'", Rows(&[])),
+            ("merge into tickets t using generate_series(1, 500) s(id) on t.id = s.id and 1 / (t.tenant_id - 2) > -100 when matched and t.priority = 0 then do nothing", Rows(&[])),
             ("insert into tickets (tenant_id, customer_id, subject, body, status, priority) values (1, 3, 'x', 'y', 'open', 2) on conflict do nothing", Rows(&[])),
             // Ticket 1 is tenant 2's: an upsert conflicting with it is refused, not applied.
             ("insert into tickets (id, tenant_id, customer_id, subject, body, status, priority) values (1, 1, 3, 'x', 'y', 'open', 2) on conflict (id) do update set subject = 'taken' returning subject", Refused("42501")),

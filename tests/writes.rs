@@ -793,3 +793,124 @@ async fn a_read_only_with_in_front_of_a_write_reads_through_the_fence() {
     assert_eq!(sqlstate(&err), "42501", "{}", message(&err));
     assert_eq!(digest(&direct, UNTOUCHABLE_TICKETS).await, untouchable);
 }
+
+/// MERGE by PostgreSQL's RLS rules, action by action: hidden target rows never match (and the
+/// agent's ON condition never runs on them), matched rows are updated or deleted only where
+/// the policy allows it (otherwise the statement aborts), and new rows pass the insert check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merge_follows_row_security_action_by_action() {
+    let e = Env::start_enforcing();
+    let env = &e.env;
+    let bot = env.agent().await;
+    let direct = env.direct().await;
+    let untouchable = digest(&direct, UNTOUCHABLE_TICKETS).await;
+    let mine = count(
+        &direct,
+        "select count(*) from tickets where tenant_id = 1 and priority <> 1",
+    )
+    .await;
+    // Every ticket id is in the source; only the agent's updatable tickets change. The ON
+    // condition divides by zero on tenant 2's rows: it must never run on them.
+    let n = bot
+        .execute(
+            "merge into tickets t using generate_series(1, 500) as s(id) \
+             on t.id = s.id and 1 / (t.tenant_id - 2) > -100 \
+             when matched and t.priority <> 1 then update set subject = 'merged ' || s.id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n as i64, mine);
+    assert_eq!(digest(&direct, UNTOUCHABLE_TICKETS).await, untouchable);
+    // A hidden row is "not matched": inserting in its place collides on the key, revealing no
+    // more than a plain INSERT would, and changes nothing.
+    let hidden: i32 = direct
+        .query_one("select min(id) from tickets where tenant_id = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let err = bot
+        .batch_execute(&format!(
+            "merge into tickets t using (select {hidden} as id) s on t.id = s.id \
+             when matched then update set subject = 'stolen' \
+             when not matched then insert (id, tenant_id, customer_id, subject, body, status, priority) \
+             values (s.id, 1, 3, 'stolen', 'b', 'open', 2)"
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "23505", "{}", message(&err));
+    assert_eq!(digest(&direct, UNTOUCHABLE_TICKETS).await, untouchable);
+    // Inserts are checked: tenant 1 (priority left to its default, 3) passes; tenant 2 aborts.
+    let n = bot
+        .execute(
+            "merge into tickets t using (values (3, 'new via merge')) s(cid, subj) on false \
+             when not matched then insert (tenant_id, customer_id, subject, body, status) \
+             values (1, s.cid, s.subj, 'b', 'open')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(
+        count(
+            &direct,
+            "select count(*) from tickets where subject = 'new via merge' and priority = 3"
+        )
+        .await,
+        1
+    );
+    for (sql, why) in [
+        (
+            "merge into tickets t using (values (4)) s(cid) on false when not matched then \
+             insert (tenant_id, customer_id, subject, body, status, priority) values (2, s.cid, 'x', 'b', 'open', 2)",
+            "support-writes-own-tickets",
+        ),
+        // A matched row the agent may read but not delete (open) aborts the statement.
+        (
+            "merge into tickets t using (select id from tickets where status = 'open' and priority <> 1) s \
+             on t.id = s.id when matched then delete",
+            "not one this agent may delete",
+        ),
+        // The updated row must pass the update policy.
+        (
+            "merge into tickets t using (select min(id) as id from tickets where priority <> 1) s \
+             on t.id = s.id when matched then update set priority = 1",
+            "no-agent-priority-one",
+        ),
+        // Target columns the agent reads masked cannot be named, nor written.
+        (
+            "merge into customers c using (select 3 as id) s on c.id = s.id and c.ssn like '0%' \
+             when matched then update set name = 'x'",
+            "only columns of public::customers this agent reads in clear",
+        ),
+        (
+            "merge into customers c using (select 3 as id) s on c.id = s.id when matched then update set ssn = 'x'",
+            "may not read in clear",
+        ),
+    ] {
+        let err = bot.batch_execute(sql).await.unwrap_err();
+        assert_eq!(sqlstate(&err), "42501", "{sql}: {}", message(&err));
+        assert!(message(&err).contains(why), "{sql}: {}", message(&err));
+    }
+    assert_eq!(digest(&direct, UNTOUCHABLE_TICKETS).await, untouchable);
+    // Deleting matched closed tickets is allowed.
+    const OTHER_TENANTS: &str = "select coalesce(md5(string_agg(t::text, ',' order by id)), '') \
+                                 from tickets t where tenant_id <> 1";
+    let others = digest(&direct, OTHER_TENANTS).await;
+    let closed = count(
+        &direct,
+        "select count(*) from tickets where tenant_id = 1 and status = 'closed'",
+    )
+    .await;
+    let n = bot
+        .execute(
+            "merge into tickets t using (select id from tickets where status = 'closed') s \
+             on t.id = s.id when matched then delete",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n as i64, closed);
+    // (Closed priority-1 tickets may be deleted; other tenants' tickets are untouched.)
+    assert_eq!(digest(&direct, OTHER_TENANTS).await, others);
+}

@@ -1,7 +1,7 @@
 //! Which statements an agent may run when policy is enforced, and how each is protected:
 //! queries (also under EXPLAIN and COPY … TO STDOUT) are rewritten, session and transaction
 //! control passes, cursors' queries are rewritten at DECLARE, writes are checked against policy
-//! (see [`crate::writes`]), and everything else is refused — DDL, MERGE,
+//! (MERGE too; see [`crate::writes`]), and everything else is refused — DDL,
 //! SQL-level PREPARE/EXECUTE (the statement would outlive a policy reload unseen: protocol-level
 //! prepared statements, which the proxy re-prepares, serve instead), LISTEN/NOTIFY, and the rest.
 
@@ -117,12 +117,10 @@ pub(crate) fn rewrite(statement: &mut Statement, ctx: &Context<'_>) -> Result<Ve
         | Statement::ReleaseSavepoint { .. }
         | Statement::Deallocate { .. }
         | Statement::Discard { .. } => Ok(Vec::new()),
-        Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) => {
-            crate::writes::rewrite(statement, ctx)
-        }
-        Statement::Merge(_) => Err(Refusal::Unsupported(
-            "MERGE (write it as INSERT, UPDATE and DELETE statements)".into(),
-        )),
+        Statement::Insert(_)
+        | Statement::Update(_)
+        | Statement::Delete(_)
+        | Statement::Merge(_) => crate::writes::rewrite(statement, ctx),
         Statement::Prepare { .. } | Statement::Execute { .. } => Err(Refusal::Forbidden(
             "SQL-level PREPARE/EXECUTE (use the protocol's prepared statements)".into(),
         )),

@@ -869,3 +869,61 @@ fn read_only_with_in_front_of_a_write_is_inlined() {
         assert!(e.to_string().contains(text), "{sql}: {e}");
     }
 }
+
+#[test]
+fn merge_is_checked_action_by_action() {
+    let out = run(
+        "merge into customers c using (select 1 as id, 'n' as nm) s on c.id = s.id \
+         when matched and c.name <> s.nm then update set name = s.nm \
+         when not matched then insert (id, tenant_id, name) values (s.id, 1, s.nm)",
+    )
+    .unwrap();
+    // Hidden rows never match, and the agent's ON never runs on them.
+    assert!(
+        out.contains(r#"ON CASE WHEN (SELECT ("tenant_id" = 1) FROM (SELECT "c"."tenant_id" AS "tenant_id") AS "portcullis_row") THEN (c.id = s.id) ELSE FALSE END"#),
+        "{out}"
+    );
+    assert!(
+        out.contains("WHEN MATCHED AND CASE WHEN (c.name <> s.nm) IS NOT TRUE THEN FALSE WHEN"),
+        "{out}"
+    );
+    assert!(
+        out.contains("the row this MERGE matched is not one this agent may update"),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"THEN INSERT ("id", "tenant_id", "name") VALUES (CAST((s.id) AS INTEGER), CAST((1) AS INTEGER), CAST((s.nm) AS TEXT))"#),
+        "{out}"
+    );
+    for (sql, code, text) in [
+        (
+            "merge into customers c using (select 1 as id) s on c.id = s.id and c.ssn = 'x' when matched then do nothing",
+            "42501",
+            "reads in clear",
+        ),
+        (
+            "merge into customers c using (select 1 as id) s on c.id = s.id when matched then delete",
+            "42501",
+            "no policy permits delete",
+        ),
+        (
+            "merge into customers c using (select 1 as id) s on c.id = s.id when not matched then insert (id, tenant_id, name) values (s.id, 1, random()::text)",
+            "0A000",
+            "random() in MERGE",
+        ),
+        (
+            "merge into customers c using (select 1 as id) s on c.id = s.id when matched then update set name = c::text",
+            "42501",
+            "whole-row",
+        ),
+        (
+            "merge into customers c using unprotected u on c.id = u.id when matched then do nothing",
+            "42501",
+            "not covered",
+        ),
+    ] {
+        let e = run(sql).unwrap_err();
+        assert_eq!(e.sqlstate(), code, "{sql}: {e}");
+        assert!(e.to_string().contains(text), "{sql}: {e}");
+    }
+}

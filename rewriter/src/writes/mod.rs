@@ -11,11 +11,12 @@
 //!   [`crate::VIOLATION_MARKER`]), so a violation changes nothing.
 //! - RETURNING `*` returns the readable columns, masked, and so does a masked column named
 //!   alone; other RETURNING expressions may name only columns read in clear.
-//! - `INSERT … ON CONFLICT` follows PostgreSQL's RLS rules for upserts (see [`upsert`]).
+//! - `INSERT … ON CONFLICT` follows PostgreSQL's RLS rules for upserts (see [`upsert`]), and
+//!   `MERGE` its rules for MERGE, action by action (see [`merge`]).
 //!
-//! Refused: MERGE, writes to views and system catalogs, a `DEFAULT` the check would have to
-//! read, a multi-column SET from a sub-SELECT, an INSERT … SELECT * without a column list, and
-//! an INSERT that leaves to its defaults a column the policy checks.
+//! Refused: writes to views and system catalogs, a `DEFAULT` the check would have to read, a
+//! multi-column SET from a sub-SELECT, an INSERT … SELECT * without a column list, and an
+//! INSERT that leaves to a non-constant default a column the policy checks.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -35,6 +36,7 @@ use crate::sql_filter::{quote_string, render};
 use crate::{Context, Refusal, VIOLATION_MARKER};
 
 mod defaults;
+mod merge;
 mod refs;
 mod upsert;
 
@@ -54,6 +56,7 @@ pub(crate) fn rewrite(statement: &mut Statement, ctx: &Context<'_>) -> Result<Ve
         Statement::Insert(insert) => rewrite_insert(insert, ctx)?,
         Statement::Update(update) => rewrite_update(update, ctx)?,
         Statement::Delete(delete) => rewrite_delete(delete, ctx)?,
+        Statement::Merge(merge) => merge::rewrite_merge(merge, ctx)?,
         _ => return Err(Refusal::Unsupported("this write".into())),
     };
     let mut rewritten = crate::parse::built(&sql, "the checked write", |p| p.parse_statement())?;

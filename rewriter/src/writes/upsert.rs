@@ -89,6 +89,22 @@ pub(super) fn on_conflict(
 
     // The conflicting row: readable and updatable, or the statement aborts (without running
     // the agent's WHERE on it).
+    let (existing_ok, hidden) =
+        existing_row(rel, &a, &rules, "the row this INSERT conflicts with")?;
+    let (items, then) = checked_set(&sets, &cond, rel, &a, &rules, returning)?;
+    Ok(format!(
+        " ON CONFLICT{target} DO UPDATE SET {items} WHERE CASE WHEN {existing_ok} THEN {then} ELSE {hidden} END"
+    ))
+}
+
+/// For an existing row of `rel` (known as `a`, quoted) that a statement updates in place: the
+/// condition that it is readable and updatable, and the abort naming it (`what`) otherwise.
+pub(super) fn existing_row(
+    rel: &Relation,
+    a: &str,
+    rules: &super::Rules,
+    what: &str,
+) -> Result<(String, String), Refusal> {
     let existing = policies::Filter::and(vec![rules.read.filter.clone(), rules.write.clone()]);
     let existing_ok = row_check(&existing, rel, |name| format!("{a}.{}", quote_ident(name)))?;
     let mut ids = rules.determining.clone();
@@ -101,16 +117,29 @@ pub(super) fn on_conflict(
             .cloned(),
     );
     let hidden = abort(&format!(
-        "the row this INSERT conflicts with is not one this agent may update under the update \
-         policy on {}{}",
+        "{what} is not one this agent may update under the update policy on {}{}",
         rel.entity_type(),
         named(&ids)
     ));
+    Ok((existing_ok, hidden))
+}
 
+/// SET items for an in-place update of the row `a` (quoted) of `rel` when `cond` holds: the
+/// agent's values computed once in a sub-SELECT whose WHERE checks the updated row (aborting
+/// on a violation), then assigned. Returns the items and the condition to update under
+/// (`cond`, with the new-row check when only DEFAULTs are set).
+pub(super) fn checked_set(
+    sets: &[super::Set<'_>],
+    cond: &str,
+    rel: &Relation,
+    a: &str,
+    rules: &super::Rules,
+    returning: bool,
+) -> Result<(String, String), Refusal> {
     // The updated row: the SET values computed once, checked, then assigned.
-    let checked = super::new_row(WriteAction::Update, rel, &rules, returning);
+    let checked = super::new_row(WriteAction::Update, rel, rules, returning);
     let filter = checked.filter.clone();
-    super::refuse_checked_defaults(&sets, &filter, rel)?;
+    super::refuse_checked_defaults(sets, &filter, rel)?;
     let value = |name: &str| match sets
         .iter()
         .position(|s| s.col.name == name && s.value.is_some())
@@ -125,7 +154,7 @@ pub(super) fn on_conflict(
         .filter(|(_, s)| s.value.is_some())
         .collect();
     let mut items = Vec::new();
-    let mut then = cond.clone();
+    let mut then = cond.to_string();
     if computed.is_empty() {
         // Only DEFAULTs: the check reads old values only, in the WHERE.
         then = format!("CASE WHEN {cond} THEN {new_ok} ELSE false END");
@@ -160,8 +189,5 @@ pub(super) fn on_conflict(
             .filter(|s| s.value.is_none())
             .map(|s| format!("{} = DEFAULT", quote_ident(&s.col.name))),
     );
-    Ok(format!(
-        " ON CONFLICT{target} DO UPDATE SET {} WHERE CASE WHEN {existing_ok} THEN {then} ELSE {hidden} END",
-        items.join(", ")
-    ))
+    Ok((items.join(", "), then))
 }

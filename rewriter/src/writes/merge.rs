@@ -1,0 +1,284 @@
+//! `MERGE` under policy, by PostgreSQL's row-level security rules for MERGE, action by action:
+//!
+//! - Only target rows the agent may read can match: the join condition is guarded so that the
+//!   agent's `ON` condition never runs on a hidden row, and a hidden row is "not matched" (an
+//!   INSERT that then collides with it fails on the unique key, as a plain INSERT would).
+//! - `WHEN MATCHED … THEN UPDATE`: the matched row must be one the agent may update, or the
+//!   statement aborts with 42501 (as RLS raises for MERGE); the updated row is computed once
+//!   and checked against the update policy, as for `ON CONFLICT DO UPDATE` (see [`super::upsert`]).
+//! - `WHEN MATCHED … THEN DELETE`: the matched row must be one the agent may delete, or the
+//!   statement aborts.
+//! - `WHEN NOT MATCHED … THEN INSERT`: the new row is checked against the insert policy (with
+//!   constant defaults for checked columns it leaves out); its values may not call volatile
+//!   functions, since the check and the insert each compute them.
+//! - The agent's expressions (ON, the WHEN conditions, SET and VALUES) see the target's rows
+//!   unfenced, so they may name only target columns the agent reads in clear (see
+//!   [`super::refs`]); the source is fenced like any FROM item.
+//!
+//! Refused: `WHEN NOT MATCHED BY SOURCE`, `UPDATE SET *` / `INSERT *` / `INSERT ROW`, and
+//! INSERT values that call volatile functions.
+
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+
+use policies::ColumnRule;
+use sqlparser::ast::{
+    visit_expressions, Expr, Merge, MergeAction, MergeClauseKind, MergeInsertKind, MergeUpdateKind,
+};
+
+use super::{
+    assignments, checked_defaults, column, is_default, named_target, row_check, rules, upsert,
+    Built,
+};
+use crate::catalog::{normalize, quote_ident};
+use crate::lexical::to_sql;
+use crate::policy::WriteAction;
+use crate::protect::{protect, Read};
+use crate::{Context, Refusal};
+
+/// The volatile built-ins the allow-list admits: computed twice (check, then insert), they
+/// would differ.
+const VOLATILE: &[&str] = &[
+    "random",
+    "clock_timestamp",
+    "timeofday",
+    "gen_random_uuid",
+    "setseed",
+    "pg_sleep",
+];
+
+pub(super) fn rewrite_merge(merge: &mut Merge, ctx: &Context<'_>) -> Result<Built, Refusal> {
+    if !merge.optimizer_hints.is_empty() || merge.output.is_some() {
+        return Err(Refusal::Unsupported("this MERGE form".into()));
+    }
+    let (rel, alias) = named_target(&merge.table, ctx)?;
+    let a = quote_ident(&alias);
+    let read = ctx.policies.read(rel)?;
+    let mut reads = vec![Read {
+        entity_type: rel.entity_type(),
+        policy: read.clone(),
+    }];
+
+    // The agent's expressions read target rows unfenced: clear columns only.
+    let mut exprs = vec![to_sql(&*merge.on)?];
+    for clause in &merge.clauses {
+        if let Some(p) = &clause.predicate {
+            exprs.push(to_sql(p)?);
+        }
+        match &clause.action {
+            MergeAction::Update(update) => match &update.kind {
+                MergeUpdateKind::Set(items) => {
+                    for item in items {
+                        exprs.push(to_sql(&item.value)?);
+                    }
+                }
+                _ => return Err(Refusal::Unsupported("MERGE … UPDATE SET *".into())),
+            },
+            MergeAction::Insert(insert) => match &insert.kind {
+                MergeInsertKind::Values(values) => {
+                    for row in &values.rows {
+                        for e in row.iter() {
+                            exprs.push(to_sql(e)?);
+                        }
+                    }
+                }
+                _ => {
+                    return Err(Refusal::Unsupported(
+                        "MERGE … INSERT other than VALUES".into(),
+                    ))
+                }
+            },
+            _ => {}
+        }
+    }
+    super::refs::Target::new(rel, &read, vec![alias.clone(), rel.name.clone()])
+        .with_source_columns()
+        .check(&format!("SELECT {}", exprs.join(", ")), "MERGE")?;
+
+    reads.extend(protect(&mut merge.source, ctx)?);
+    let source = to_sql(&merge.source)?;
+    reads.extend(protect(&mut *merge.on, ctx)?);
+    let visible = row_check(&read.filter, rel, |n| format!("{a}.{}", quote_ident(n)))?;
+    let on = format!(
+        "CASE WHEN {visible} THEN ({}) ELSE false END",
+        to_sql(&*merge.on)?
+    );
+
+    let mut whens = Vec::new();
+    for clause in &mut merge.clauses {
+        let kind = match clause.clause_kind {
+            MergeClauseKind::Matched => "MATCHED",
+            MergeClauseKind::NotMatched | MergeClauseKind::NotMatchedByTarget => "NOT MATCHED",
+            MergeClauseKind::NotMatchedBySource => {
+                return Err(Refusal::Unsupported("WHEN NOT MATCHED BY SOURCE".into()))
+            }
+        };
+        let p = match clause.predicate.as_mut() {
+            None => "true".to_string(),
+            Some(e) => {
+                reads.extend(protect(e, ctx)?);
+                format!("({})", to_sql(e)?)
+            }
+        };
+        let when = match &mut clause.action {
+            MergeAction::DoNothing { .. } => format!("WHEN {kind} AND {p} THEN DO NOTHING"),
+            MergeAction::Delete { .. } => {
+                let rules = rules(rel, WriteAction::Delete, ctx)?;
+                let ok = row_check(&rules.write, rel, |n| format!("{a}.{}", quote_ident(n)))?;
+                let hidden = super::abort(&format!(
+                    "the row this MERGE matched is not one this agent may delete under the \
+                     delete policy on {}{}",
+                    rel.entity_type(),
+                    super::named(&rules.determining)
+                ));
+                format!(
+                    "WHEN MATCHED AND CASE WHEN {p} IS NOT TRUE THEN false WHEN {ok} THEN true \
+                     ELSE {hidden} END THEN DELETE"
+                )
+            }
+            MergeAction::Update(update) => {
+                if update.update_predicate.is_some() || update.delete_predicate.is_some() {
+                    return Err(Refusal::Unsupported("this MERGE … UPDATE form".into()));
+                }
+                let MergeUpdateKind::Set(items) = &mut update.kind else {
+                    return Err(Refusal::Unsupported("MERGE … UPDATE SET *".into()));
+                };
+                let rules = rules(rel, WriteAction::Update, ctx)?;
+                reads.push(rules.target_read(rel));
+                let sets = assignments(items, rel, &rules, ctx, &mut reads)?;
+                let (existing_ok, hidden) =
+                    upsert::existing_row(rel, &a, &rules, "the row this MERGE matched")?;
+                let (items, then) = upsert::checked_set(&sets, "true", rel, &a, &rules, false)?;
+                format!(
+                    "WHEN MATCHED AND CASE WHEN {p} IS NOT TRUE THEN false WHEN {existing_ok} \
+                     THEN {then} ELSE {hidden} END THEN UPDATE SET {items}"
+                )
+            }
+            MergeAction::Insert(insert) => {
+                if insert.insert_predicate.is_some() {
+                    return Err(Refusal::Unsupported("this MERGE … INSERT form".into()));
+                }
+                let rules = rules(rel, WriteAction::Insert, ctx)?;
+                let MergeInsertKind::Values(values) = &mut insert.kind else {
+                    return Err(Refusal::Unsupported(
+                        "MERGE … INSERT other than VALUES".into(),
+                    ));
+                };
+                let [row] = values.rows.as_mut_slice() else {
+                    return Err(Refusal::Syntax(
+                        "MERGE … INSERT takes one VALUES row".into(),
+                    ));
+                };
+                let mut columns = Vec::new();
+                for c in &insert.columns {
+                    let [part] = c.0.as_slice() else {
+                        return Err(Refusal::Unsupported("qualified INSERT column names".into()));
+                    };
+                    let ident = part
+                        .as_ident()
+                        .ok_or_else(|| Refusal::Unsupported("this INSERT column name".into()))?;
+                    columns.push(column(rel, &normalize(ident))?);
+                }
+                if columns.is_empty() {
+                    if row.len() > rel.columns.len() {
+                        return Err(Refusal::Syntax(
+                            "INSERT has more expressions than target columns".into(),
+                        ));
+                    }
+                    columns = rel.columns.iter().take(row.len()).collect();
+                }
+                if row.len() != columns.len() {
+                    return Err(Refusal::Syntax(
+                        "the VALUES row must have one value per target column".into(),
+                    ));
+                }
+                if let Some(c) = columns
+                    .iter()
+                    .find(|c| rules.read.column(&c.name) != ColumnRule::Visible)
+                {
+                    return Err(Refusal::Forbidden(format!(
+                        "INSERT into column {:?} of {}, which this agent may not read in clear",
+                        c.name,
+                        rel.entity_type()
+                    )));
+                }
+                refuse_volatile(row.as_slice())?;
+                reads.extend(protect(&mut row.content, ctx)?);
+                // DEFAULT in VALUES: the column is left to its default (as if not listed).
+                let mut supplied: Vec<(&crate::catalog::Column, String)> = Vec::new();
+                for (c, e) in columns.iter().zip(row.iter()) {
+                    if !is_default(e) {
+                        supplied.push((c, to_sql(e)?));
+                    }
+                }
+                let checked = super::new_row(WriteAction::Insert, rel, &rules, false);
+                let names: BTreeSet<&str> = supplied.iter().map(|(c, _)| c.name.as_str()).collect();
+                let defaulted = checked_defaults(&checked.filter, &names, rel)?;
+                let mut targets = Vec::new();
+                let mut values_sql = Vec::new();
+                for (c, v) in &supplied {
+                    targets.push(quote_ident(&c.name));
+                    values_sql.push(format!("CAST(({v}) AS {})", super::cast_type(c)));
+                }
+                for (c, d) in &defaulted {
+                    targets.push(quote_ident(&c.name));
+                    values_sql.push(format!("CAST(({}) AS {})", to_sql(d)?, super::cast_type(c)));
+                }
+                let value = |n: &str| {
+                    targets
+                        .iter()
+                        .position(|t| *t == quote_ident(n))
+                        .map(|i| values_sql[i].clone())
+                        .unwrap_or_else(|| "NULL".to_string())
+                };
+                let ok = checked.sql(|f| row_check(f, rel, value))?;
+                format!(
+                    "WHEN NOT MATCHED AND CASE WHEN {p} IS NOT TRUE THEN false ELSE {ok} END \
+                     THEN INSERT ({}) VALUES ({})",
+                    targets.join(", "),
+                    values_sql.join(", ")
+                )
+            }
+        };
+        whens.push(when);
+    }
+    let table = format!("{} AS {a}", rel.qualified());
+    Ok(Built {
+        sql: format!(
+            "MERGE INTO {table} USING {source} ON {on} {}",
+            whens.join(" ")
+        ),
+        reads,
+        target_fence: None,
+    })
+}
+
+/// Refuses volatile calls in `exprs` (see [`VOLATILE`]).
+fn refuse_volatile(exprs: &[Expr]) -> Result<(), Refusal> {
+    for e in exprs {
+        let flow = visit_expressions(e, |x| match x {
+            Expr::Function(f) => {
+                let name = f
+                    .name
+                    .0
+                    .last()
+                    .and_then(|p| p.as_ident())
+                    .map(normalize)
+                    .unwrap_or_default();
+                if VOLATILE.contains(&name.as_str()) {
+                    ControlFlow::Break(name)
+                } else {
+                    ControlFlow::Continue(())
+                }
+            }
+            _ => ControlFlow::Continue(()),
+        });
+        if let ControlFlow::Break(name) = flow {
+            return Err(Refusal::Unsupported(format!(
+                "{name}() in MERGE … INSERT values (the check and the insert would each \
+                 compute it; insert with INSERT … SELECT instead)"
+            )));
+        }
+    }
+    Ok(())
+}
