@@ -847,3 +847,79 @@ async fn tablesample_draws_from_the_table_then_filters() {
     let want: Vec<_> = expected.iter().map(|r| r[0].clone()).collect();
     assert_eq!(ids, want);
 }
+
+/// A `char(n)` value compares as Cedar and `policy test` compare it: by its text, without the
+/// padding PostgreSQL stores (whose own `=` ignores trailing blanks). The same policy and rows
+/// give the same answer in `policy test` and through Portcullis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn padded_char_values_compare_as_policy_test_compares_them() {
+    let set = tempfile::tempdir().unwrap();
+    copy_files("policies/examples/finance", set.path());
+    let rows_file = set.path().join("rows.cedar");
+    let text = std::fs::read_to_string(&rows_file).unwrap()
+        + r#"
+@id("no-gb")
+forbid (principal, action == Action::"select", resource is public::transfers)
+when { resource.currency == "GB" };
+
+@id("no-us-padded")
+forbid (principal, action == Action::"select", resource is public::transfers)
+when { resource.currency == "US " };
+"#;
+    std::fs::write(&rows_file, text).unwrap();
+    std::fs::write(
+        set.path().join("char.test.toml"),
+        r#"
+[[case]]
+name = "char(3) values are their text"
+principal = "support-bot"
+action = "select"
+table = "public::transfers"
+[[case.row]]
+visible = false
+attrs = { id = 1, tenant_id = 1, customer_id = 3, amount = { decimal = "1.00" }, currency = "GB", iban = "DE00", approved = true, created_at = { datetime = "2026-03-01" } }
+[[case.row]]
+visible = true
+attrs = { id = 2, tenant_id = 1, customer_id = 3, amount = { decimal = "1.00" }, currency = "US", iban = "DE00", approved = true, created_at = { datetime = "2026-03-01" } }
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["policy", "test", set.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "policy test: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let env = Env::start_with(Options {
+        postgres_extra: format!("[policies]\ndir = {:?}\n", set.path().display().to_string()),
+    });
+    let direct = env.direct().await;
+    direct
+        .batch_execute(
+            "insert into transfers (tenant_id, customer_id, amount, currency, iban) values \
+             (1, 3, 1.00, 'GB', 'DE00'), (1, 3, 1.00, 'US', 'DE00')",
+        )
+        .await
+        .unwrap();
+    // Stored padded: PostgreSQL's own = would hide the US row too ('US ' = 'US').
+    assert_eq!(
+        one(
+            &direct,
+            "select count(*) from transfers where currency = 'US '"
+        )
+        .await,
+        "1"
+    );
+    let bot = env.agent().await;
+    let seen = rows(
+        &bot,
+        "select currency::text from transfers where currency in ('GB', 'US') order by 1",
+    )
+    .await
+    .unwrap();
+    assert_eq!(seen, vec![vec![Some("US".to_string())]]);
+}

@@ -541,8 +541,8 @@ fn write_refusals() {
         ),
         (
             "merge into customers c using orders o on o.id = c.id when matched then delete",
-            "0A000",
-            "MERGE",
+            "42501",
+            "no policy permits delete",
         ),
         (
             "update pg_class set relname = 'x'",
