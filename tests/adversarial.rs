@@ -303,7 +303,11 @@ async fn every_attack_family_gets_its_safe_outcome() {
             // A masked column named in RETURNING comes back masked; computing on it is refused.
             ("update customers set tier = tier where id = 3 returning ssn", Rows(&["***"])),
             ("update customers set tier = tier where id = 3 returning ssn || ''", Refused("42501")),
-            ("with d as (delete from tickets returning *) select count(*) from d", Refused("0A000")),
+            // A writing WITH query in front of a query is checked as that write alone.
+            ("with d as (delete from tickets where tenant_id = 2 returning *) select count(*) from d", Rows(ZERO)),
+            ("with u as (update tickets set priority = 1 returning id) select count(*) from u", Refused("42501")),
+            ("with u as (update customers set ssn = 'x' returning id) select 1", Refused("42501")),
+            ("with a as (delete from tickets where false returning id), b as (delete from tickets where id in (select id from a)) select 1", Refused("0A000")),
             // A read-only WITH in front of a write reads through the fence like any subquery.
             ("with c as (select id from customers where tenant_id = 2) update tickets set subject = 'x' where customer_id in (select id from c) returning id", Rows(&[])),
             ("with c as (select id, tenant_id from tickets) delete from tickets t using c where c.id = t.id and c.tenant_id = 2 returning t.id", Rows(&[])),

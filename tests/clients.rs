@@ -166,6 +166,79 @@ fn prisma_under_enforcement() {
     run_node_enforced("prisma_enforced.mjs", "OK prisma enforced");
 }
 
+/// The finance example extended with LangGraph's `store` table: support agents keep items under
+/// the namespace `tenant1.*`. (The example's tenant rules read `tenant_id`, which the store has
+/// not: they are guarded with `has`.)
+fn finance_with_langgraph_store(dir: &std::path::Path) {
+    copy_files("policies/examples/finance", dir);
+    let edit = |file: &str, from: &str, to: &str| {
+        let path = dir.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{file}: {from}");
+        std::fs::write(&path, text.replace(from, to)).unwrap();
+    };
+    edit(
+        "tables.cedarschema",
+        "    \"metadata\"?: String,\n  };\n}",
+        "    \"metadata\"?: String,\n  };\n\n  entity store {\n    \"prefix\": String,\n    \"key\": String,\n    \"value\": String,\n    \"created_at\"?: datetime,\n    \"updated_at\"?: datetime,\n    \"expires_at\"?: datetime,\n    \"ttl_minutes\"?: Long,\n  };\n}",
+    );
+    edit(
+        "tables.cedarschema",
+        "public::transfers]",
+        "public::transfers, public::store]",
+    );
+    edit(
+        "rows.cedar",
+        "when { resource.tenant_id == principal.tenant_id };",
+        "when { resource has tenant_id && resource.tenant_id == principal.tenant_id };",
+    );
+    edit(
+        "delegation.cedar",
+        "context.on_behalf_of.tenant_id != resource.tenant_id",
+        "(!(resource has tenant_id) || context.on_behalf_of.tenant_id != resource.tenant_id)",
+    );
+    std::fs::write(
+        dir.join("store.cedar"),
+        r#"@id("support-store-own-namespace")
+permit (
+  principal in Role::"support",
+  action in [Action::"select", Action::"insert", Action::"update", Action::"delete"],
+  resource is public::store
+)
+when { resource.prefix like "tenant1.*" };
+"#,
+    )
+    .unwrap();
+}
+
+/// LangGraph's Postgres store (agent memory) under enforcement: its upserts, its reads that
+/// refresh TTLs from a writing WITH query, search and namespace listing see only the agent's
+/// namespace. The DBA creates the store's tables; Portcullis learns of them on SIGHUP.
+#[test]
+fn langgraph_store_under_enforcement() {
+    let set = tempfile::tempdir().unwrap();
+    finance_with_langgraph_store(set.path());
+    let env = Env::start_with(Options {
+        postgres_extra: format!("[policies]\ndir = {:?}\n", set.path().display().to_string()),
+    });
+    let script = repo_root().join("tests/clients/python/langgraph_enforced.py");
+    let out = run(Command::new(python())
+        .arg(&script)
+        .arg("setup")
+        .env("PORTCULLIS_DIRECT_URL", env.direct_url())
+        .env(
+            "UPSTREAM_USER",
+            connectors::postgres::fixtures::UPSTREAM_USER,
+        ));
+    assert_ok(&out, "OK langgraph setup");
+    refresh_catalog(&env);
+    let out = run(Command::new(python())
+        .arg(&script)
+        .arg("agent")
+        .env("PORTCULLIS_URL", env.agent_url()));
+    assert_ok(&out, "OK langgraph enforced");
+}
+
 #[test]
 fn psycopg3() {
     run_python("psycopg3_client.py", "OK psycopg3");

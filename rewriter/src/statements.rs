@@ -43,7 +43,14 @@ fn costs_off(verbose: &mut bool, options: &mut Option<Vec<UtilityOption>>) {
 
 pub(crate) fn rewrite(statement: &mut Statement, ctx: &Context<'_>) -> Result<Vec<Read>, Refusal> {
     match statement {
-        Statement::Query(_) => protect(statement, ctx),
+        Statement::Query(_) => {
+            // Writing WITH queries are checked as writes, then set aside while the query is
+            // protected.
+            let (writes, mut reads) = crate::write_ctes::WritingCtes::take(statement, ctx)?;
+            reads.extend(protect(statement, ctx)?);
+            writes.restore(statement);
+            Ok(reads)
+        }
         Statement::Explain {
             statement: inner,
             analyze,

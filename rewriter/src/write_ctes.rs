@@ -1,14 +1,17 @@
-//! A read-only `WITH` in front of a write (`WITH c AS (SELECT …) UPDATE t … FROM c`), as ORMs
-//! and analysts write it. The write rewriter checks a single INSERT, UPDATE or DELETE, so the
+//! WITH queries and writes together. A read-only `WITH` in front of a write (`WITH c AS
+//! (SELECT …) UPDATE t … FROM c`), as ORMs and analysts write it. The write rewriter checks a single INSERT, UPDATE or DELETE, so the
 //! WITH queries are inlined where they are named: each reference to a WITH query becomes a
 //! subquery of its text (PostgreSQL inlines such WITH queries itself), which the write's
 //! protection then fences like any other subquery. What is inlined is only ever read; the
 //! write's target is never a WITH query (PostgreSQL resolves it to a table), so it is left
 //! alone.
 //!
-//! Refused: `WITH RECURSIVE` (it cannot be inlined), a WITH query that writes (nothing may
-//! write but the checked statement), and a reference that renames the columns of a WITH
-//! query that has a column list already.
+//! Refused: `WITH RECURSIVE` (it cannot be inlined), a WITH query that writes in front of a
+//! write, and a reference that renames the columns of a WITH query that has a column list
+//! already.
+//!
+//! A WITH query that writes in front of a *query* ([`WritingCtes`]) is checked as that write
+//! alone would be.
 
 use std::ops::ControlFlow;
 
@@ -228,5 +231,143 @@ impl VisitorMut for Substitute<'_> {
             sample: None,
         };
         ControlFlow::Continue(())
+    }
+}
+
+/// A WITH query that writes, in front of a query (`WITH u AS (UPDATE … RETURNING …) SELECT …`,
+/// as LangGraph's Postgres store refreshes TTLs while reading): each writing WITH query is
+/// checked and rewritten as the statement alone would be, with the read-only WITH queries
+/// before it inlined; the rest of the query is then protected with the writes set aside (see
+/// [`WritingCtes::restore`]). Refused: one writing WITH query reading another, or `WITH
+/// RECURSIVE` with one.
+pub(crate) struct WritingCtes {
+    /// (index in the WITH clause, the checked write as that WITH query's body).
+    writes: Vec<(usize, Box<Query>)>,
+}
+
+impl WritingCtes {
+    /// Rewrites the writing WITH queries of `statement` (if any), leaving a placeholder query
+    /// under each name; returns them with the relations their checks read.
+    pub(crate) fn take(
+        statement: &mut Statement,
+        ctx: &crate::Context<'_>,
+    ) -> Result<(Self, Vec<crate::protect::Read>), Refusal> {
+        let mut taken = WritingCtes { writes: Vec::new() };
+        let mut reads = Vec::new();
+        let Statement::Query(query) = statement else {
+            return Ok((taken, reads));
+        };
+        let Some(with) = query.with.as_mut() else {
+            return Ok((taken, reads));
+        };
+        let writes = |q: &Query| {
+            matches!(
+                *q.body,
+                SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_)
+            )
+        };
+        if !with.cte_tables.iter().any(|c| writes(&c.query)) {
+            return Ok((taken, reads));
+        }
+        if with.recursive {
+            return Err(Refusal::Unsupported(
+                "WITH RECURSIVE with a data-modifying WITH query".into(),
+            ));
+        }
+        let writing: Vec<String> = with
+            .cte_tables
+            .iter()
+            .filter(|c| writes(&c.query))
+            .map(|c| normalize(&c.alias.name))
+            .collect();
+        let mut earlier: Vec<Cte> = Vec::new();
+        for (i, cte) in with.cte_tables.iter_mut().enumerate() {
+            if !writes(&cte.query) {
+                earlier.push(cte.clone());
+                continue;
+            }
+            let q = &mut *cte.query;
+            if q.order_by.is_some()
+                || q.limit_clause.is_some()
+                || q.fetch.is_some()
+                || q.with.is_some()
+                || !q.locks.is_empty()
+            {
+                return Err(Refusal::Unsupported(
+                    "this data-modifying WITH query form".into(),
+                ));
+            }
+            let flow = sqlparser::ast::visit_relations(&*q, |r| match r.0.as_slice() {
+                [ObjectNamePart::Identifier(id)] if writing.contains(&normalize(id)) => {
+                    ControlFlow::Break(())
+                }
+                _ => ControlFlow::Continue(()),
+            });
+            if flow.is_break() {
+                return Err(Refusal::Unsupported(
+                    "a data-modifying WITH query that reads another one".into(),
+                ));
+            }
+            let mut write = match &*q.body {
+                SetExpr::Insert(w)
+                | SetExpr::Update(w)
+                | SetExpr::Delete(w)
+                | SetExpr::Merge(w) => w.clone(),
+                _ => unreachable!("checked by writes()"),
+            };
+            // The read-only WITH queries before it, where it names them.
+            let mut wrapped = Statement::Query(Box::new(Query {
+                with: Some(sqlparser::ast::With {
+                    with_token: with.with_token.clone(),
+                    recursive: false,
+                    cte_tables: earlier.clone(),
+                }),
+                ..q.clone()
+            }));
+            if matches!(write, Statement::Merge(_)) {
+                return Err(Refusal::Unsupported("MERGE in a WITH query".into()));
+            }
+            if !earlier.is_empty() {
+                inline(&mut wrapped)?;
+                debug_assert!(!matches!(wrapped, Statement::Query(_)));
+                write = wrapped;
+            }
+            reads.extend(crate::writes::rewrite(&mut write, ctx)?);
+            let body = match write {
+                w @ Statement::Insert(_) => SetExpr::Insert(w),
+                w @ Statement::Update(_) => SetExpr::Update(w),
+                w @ Statement::Delete(_) => SetExpr::Delete(w),
+                w @ Statement::Merge(_) => SetExpr::Merge(w),
+                _ => {
+                    return Err(Refusal::Unsupported(
+                        "this data-modifying WITH query".into(),
+                    ))
+                }
+            };
+            let checked = Box::new(Query {
+                body: Box::new(body),
+                ..q.clone()
+            });
+            let placeholder =
+                crate::parse::built("SELECT NULL", "a placeholder", |p| p.parse_query())?;
+            *q = *placeholder;
+            taken.writes.push((i, checked));
+        }
+        Ok((taken, reads))
+    }
+
+    /// Puts the checked writes back in place of their placeholders.
+    pub(crate) fn restore(self, statement: &mut Statement) {
+        let Statement::Query(query) = statement else {
+            return;
+        };
+        let Some(with) = query.with.as_mut() else {
+            return;
+        };
+        for (i, checked) in self.writes {
+            if let Some(cte) = with.cte_tables.get_mut(i) {
+                cte.query = checked;
+            }
+        }
     }
 }

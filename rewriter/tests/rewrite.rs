@@ -401,11 +401,11 @@ fn statements_other_than_reads_and_checked_writes_are_refused() {
         ("create temp table customers (id int)", "42501"),
         (
             "with d as (delete from customers returning *) select * from d",
-            "0A000",
+            "42501",
         ),
         (
-            "with i as (insert into customers values (1) returning *) select 1",
-            "0A000",
+            "with i as (insert into customers (id, ssn) values (1, 'x') returning *) select 1",
+            "42501",
         ),
         ("select 1 operator(public.+) 2", "42501"),
         ("explain analyze select * from customers", "42501"),
@@ -571,7 +571,7 @@ fn write_refusals() {
             "leaves to its",
         ),
         (
-            "with x as (delete from orders returning *) select * from x",
+            "with x as (delete from orders returning *) delete from orders",
             "0A000",
             "data-modifying",
         ),
@@ -926,4 +926,50 @@ fn merge_is_checked_action_by_action() {
         assert_eq!(e.sqlstate(), code, "{sql}: {e}");
         assert!(e.to_string().contains(text), "{sql}: {e}");
     }
+}
+
+/// A WITH query that writes, in front of a query (LangGraph's store refreshes TTLs so), is
+/// checked as that write alone would be; the read-only WITH queries before it are inlined.
+#[test]
+fn writing_with_queries_in_front_of_a_query_are_checked_writes() {
+    let out = run(
+        "with passed_in as (select unnest($1::int[]) as id), \
+         updated as (update customers c set name = 'x' from passed_in p where c.id = p.id returning c.id) \
+         select c.id, c.name from customers c join passed_in p on c.id = p.id",
+    )
+    .unwrap();
+    assert!(
+        out.starts_with(r#"WITH passed_in AS (SELECT unnest($1::INT[]) AS id), updated AS (UPDATE "public"."customers" AS "c" SET "name" = "portcullis_new"."portcullis_set_0" FROM (SELECT "c"."portcullis_tableoid""#),
+        "{out}"
+    );
+    assert!(out.contains("portcullis-policy-violation"), "{out}");
+    assert!(
+        out.contains(&format!("FROM {CUSTOMERS} AS \"c\" JOIN \"passed_in\"")),
+        "{out}"
+    );
+    for (sql, code) in [
+        ("with d as (delete from customers returning id) select count(*) from d", "42501"),
+        (
+            "with a as (delete from orders returning id), b as (delete from orders where id in (select id from a)) select 1",
+            "0A000",
+        ),
+        (
+            "with recursive a as (delete from orders returning id) select 1",
+            "0A000",
+        ),
+        (
+            "with a as (update customers set ssn = 'x' returning id) select 1",
+            "42501",
+        ),
+    ] {
+        let e = run(sql).unwrap_err();
+        assert_eq!(e.sqlstate(), code, "{sql}: {e}");
+    }
+    let out =
+        run("with d as (delete from orders where total > 5 returning id) select count(*) from d")
+            .unwrap();
+    assert!(
+        out.starts_with(r#"WITH d AS (DELETE FROM "public"."orders""#),
+        "{out}"
+    );
 }
