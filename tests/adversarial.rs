@@ -153,6 +153,10 @@ async fn every_attack_family_gets_its_safe_outcome() {
                 Refused("42501"),
             ),
             ("select count(*) from only customers", Rows(TEN)),
+            // Three-part names with the current database, as PostgreSQL reads them.
+            ("select count(*) from portcullis_demo.public.customers", Rows(TEN)),
+            ("select portcullis_demo.public.customers.tenant_id from portcullis_demo.public.customers where id = 3", Rows(&["1"])),
+            ("select count(*) from other_db.public.customers", Refused("42501")),
             ("select count(*) from only (customers)", Rows(TEN)),
             (
                 "select count(*) from only (public.customers) c where c.tenant_id <> 1",

@@ -93,7 +93,8 @@ impl CatalogView {
                 system,
                 rewriter::allowed_functions(snapshot.functions),
             )
-            .with_others(snapshot.others),
+            .with_others(snapshot.others)
+            .with_database(snapshot.database),
             search_path: snapshot.search_path,
             generation,
         }

@@ -72,6 +72,8 @@ pub struct Catalog {
     /// Relations that are not tables or views (sequences, indexes, composite types) by
     /// (schema, name), with their `relkind`: never resolved, named in refusals.
     others: HashMap<(String, String), char>,
+    /// The upstream database's name, which three-part names may begin with.
+    database: Option<String>,
 }
 
 /// What a relation name refers to.
@@ -98,7 +100,19 @@ impl Catalog {
                 .collect(),
             functions: functions.into_iter().collect(),
             others: HashMap::new(),
+            database: None,
         }
+    }
+
+    /// With the upstream database's name (`db.schema.table` names it).
+    pub fn with_database(mut self, database: String) -> Self {
+        self.database = Some(database);
+        self
+    }
+
+    /// The upstream database's name, when known.
+    pub fn database(&self) -> Option<&str> {
+        self.database.as_deref()
     }
 
     /// With `others`, (schema, name, relkind) of the relations that are not tables or views,

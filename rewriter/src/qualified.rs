@@ -19,6 +19,64 @@ use sqlparser::ast::{
 use crate::catalog::{normalize, Resolved};
 use crate::{Context, Refusal};
 
+/// Drops the current database's name from three-part relation names (`db.schema.table`) and
+/// four-part column references (`db.schema.table.column`), as PostgreSQL reads them; a name
+/// beginning with another database's name is left for resolution to refuse.
+pub(crate) fn strip_current_database(
+    statements: &mut [Statement],
+    ctx: &Context<'_>,
+) -> Result<(), Refusal> {
+    let Some(db) = ctx.catalog.database() else {
+        return Ok(());
+    };
+    struct Strip<'d> {
+        db: &'d str,
+    }
+    impl Strip<'_> {
+        fn names_db(&self, part: &ObjectNamePart) -> bool {
+            part.as_ident().is_some_and(|i| normalize(i) == self.db)
+        }
+    }
+    impl VisitorMut for Strip<'_> {
+        type Break = ();
+        fn pre_visit_relation(&mut self, name: &mut ObjectName) -> ControlFlow<()> {
+            if name.0.len() == 3 && self.names_db(&name.0[0]) {
+                name.0.remove(0);
+            }
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+            if let Expr::CompoundIdentifier(parts) = expr {
+                if parts.len() == 4 && normalize(&parts[0]) == self.db {
+                    parts.remove(0);
+                }
+            }
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+            // `db.schema.table.*` in a select list.
+            if let sqlparser::ast::SetExpr::Select(select) = &mut *query.body {
+                for item in &mut select.projection {
+                    if let SelectItem::QualifiedWildcard(
+                        SelectItemQualifiedWildcardKind::ObjectName(name),
+                        _,
+                    ) = item
+                    {
+                        if name.0.len() == 3 && self.names_db(&name.0[0]) {
+                            name.0.remove(0);
+                        }
+                    }
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    for statement in statements {
+        let _ = statement.visit(&mut Strip { db });
+    }
+    Ok(())
+}
+
 /// Shortens `schema.table.column` and `schema.table.*` references to `table.column` and
 /// `table.*` where `schema.table` is an unaliased FROM item of the statement.
 pub(crate) fn shorten(statement: &mut Statement, ctx: &Context<'_>) -> Result<(), Refusal> {

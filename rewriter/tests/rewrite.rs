@@ -973,3 +973,30 @@ fn writing_with_queries_in_front_of_a_query_are_checked_writes() {
         "{out}"
     );
 }
+
+#[test]
+fn three_part_names_with_the_current_database_are_read_as_postgresql_reads_them() {
+    let c = catalog().with_database("shop".into());
+    let out = run_in(
+        &c,
+        "select shop.public.customers.id from shop.public.customers",
+    )
+    .unwrap();
+    assert_eq!(
+        out,
+        format!(r#"SELECT customers.id FROM {CUSTOMERS} AS "customers""#)
+    );
+    let out = run_in(
+        &c,
+        "select * from shop.public.customers c, shop.public.orders",
+    )
+    .unwrap();
+    assert!(
+        out.contains(r#"AS "c""#) && out.contains(r#"AS "orders""#),
+        "{out}"
+    );
+    let e = run_in(&c, "select * from other.public.customers").unwrap_err();
+    assert_eq!(e.sqlstate(), "42501", "{e}");
+    // Without a known database name, nothing is stripped.
+    assert!(run("select * from shop.public.customers").is_err());
+}

@@ -110,6 +110,8 @@ pub struct Snapshot {
     /// Relations outside the system schemas that are not tables or views: (schema, name,
     /// relkind) of sequences, indexes and composite types, named in refusals.
     pub others: Vec<(String, String, char)>,
+    /// `current_database()`: the name three-part names may begin with.
+    pub database: String,
 }
 
 const RELATIONS: &str = "
@@ -211,6 +213,11 @@ pub async fn snapshot(config: &tokio_postgres::Config) -> Result<Snapshot, Catal
             (r.get(0), r.get(1), kind.chars().next().unwrap_or('?'))
         })
         .collect();
+    snap.database = client
+        .query_one("SELECT pg_catalog.current_database()::text", &[])
+        .await
+        .map_err(q)?
+        .get(0);
     snap.search_path = client
         .query_one("SELECT pg_catalog.current_schemas(false)::text[]", &[])
         .await
