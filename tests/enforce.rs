@@ -923,3 +923,38 @@ attrs = { id = 2, tenant_id = 1, customer_id = 3, amount = { decimal = "1.00" },
     .unwrap();
     assert_eq!(seen, vec![vec![Some("US".to_string())]]);
 }
+
+/// `TABLE t` where sqlparser parses it (after WITH, in a set operation) is read with
+/// PostgreSQL's own scanner (quoting and case as PostgreSQL folds them) and fenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_shorthand_is_fenced() {
+    let e = Env::start_enforcing();
+    let bot = e.env.agent().await;
+    let mut got = rows(&bot, "with x as (select 1) table public.CUSTOMERS")
+        .await
+        .unwrap();
+    got.sort();
+    assert_eq!(got.len(), 10);
+    assert!(got
+        .iter()
+        .all(|r| r[1].as_deref() == Some("1") && r[4].as_deref() == Some("***")));
+    let n = rows(
+        &bot,
+        "select id, tenant_id, name, email, ssn, tier, created_at from customers where false \
+         union all table customers",
+    )
+    .await
+    .unwrap()
+    .len();
+    assert_eq!(n, 10);
+    let err = bot
+        .simple_query(r#"with x as (select 1) table "Customers""#)
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "42501", "{}", message(&err));
+    assert!(
+        message(&err).contains(r#""Customers""#),
+        "{}",
+        message(&err)
+    );
+}

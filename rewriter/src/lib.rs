@@ -24,6 +24,7 @@ mod qualified;
 mod settings;
 mod sql_filter;
 mod statements;
+mod table_shorthand;
 mod verify;
 mod write_ctes;
 mod writes;

@@ -27,6 +27,7 @@ pub(crate) fn parse(sql: &str) -> Result<Vec<Statement>, Refusal> {
         .try_with_sql(sql)
         .and_then(|mut p| p.parse_statements())
         .map_err(|e| Refusal::Syntax(e.to_string()))?;
+    crate::table_shorthand::expand(sql, &mut statements)?;
     crate::lexical::truncate_identifiers(&mut statements);
     Ok(statements)
 }

@@ -406,6 +406,7 @@ impl<'a> VisitorMut for Protector<'a> {
             frame = names;
         }
         match &*query.body {
+            // Expanded right after parsing (see `table_shorthand`); never reached otherwise.
             SetExpr::Table(_) => return unsupported("TABLE t (write SELECT * FROM t)"),
             SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_) => {
                 return unsupported("data-modifying WITH queries");
