@@ -307,6 +307,11 @@ async fn every_attack_family_gets_its_safe_outcome() {
             // A masked column named in RETURNING comes back masked; computing on it is refused.
             ("update customers set tier = tier where id = 3 returning ssn", Rows(&["***"])),
             ("update customers set tier = tier where id = 3 returning ssn || ''", Refused("42501")),
+            // A database-qualified whole row of an INSERT's target would carry every column.
+            ("insert into tickets (tenant_id, customer_id, subject, body, status, priority) values (1, 3, 's', 'b', 'open', 2) returning to_jsonb(portcullis_demo.public.tickets.*)", Refused("42501")),
+            ("insert into tickets (tenant_id, customer_id, subject, body, status, priority) values (1, 3, 's', 'b', 'open', 2) returning portcullis_demo.public.tickets.subject", Rows(&["s"])),
+            // MERGE INSERT values are computed twice (check, insert): nothing that could differ.
+            ("merge into tickets t using (select 1 as k) s on t.id = -1 when not matched then insert (tenant_id, customer_id, subject, body, status, priority) values (length(set_config('x.n', current_setting('x.n', true) || 'x', false)), 3, 's', 'b', 'open', 2)", Refused("0A000")),
             // A writing WITH query in front of a query is checked as that write alone.
             ("with d as (delete from tickets where tenant_id = 2 returning *) select count(*) from d", Rows(ZERO)),
             ("with u as (update tickets set priority = 1 returning id) select count(*) from u", Refused("42501")),

@@ -914,3 +914,81 @@ async fn merge_follows_row_security_action_by_action() {
     // (Closed priority-1 tickets may be deleted; other tenants' tickets are untouched.)
     assert_eq!(digest(&direct, OTHER_TENANTS).await, others);
 }
+
+/// Assigning to `varchar(n)` silently drops trailing spaces beyond `n`: the check sees the
+/// value as it will be stored, so `'pending '` into `varchar(7)` is checked as `'pending'`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailing_spaces_cut_by_varchar_n_are_cut_before_the_check() {
+    let set = tempfile::tempdir().unwrap();
+    copy_files("policies/examples/finance", set.path());
+    let writes = set.path().join("writes.cedar");
+    let text = std::fs::read_to_string(&writes).unwrap()
+        + r#"
+@id("no-pending-inserts")
+forbid (principal, action == Action::"insert", resource is public::tickets)
+when { resource.status == "pending" };
+"#;
+    std::fs::write(&writes, text).unwrap();
+    let env = Env::start_with(Options {
+        postgres_extra: format!("[policies]\ndir = {:?}\n", set.path().display().to_string()),
+    });
+    let direct = env.direct().await;
+    direct
+        .batch_execute("alter table tickets alter column status type varchar(7)")
+        .await
+        .unwrap();
+    refresh_catalog(&env);
+    let bot = env.agent().await;
+    for status in ["pending", "pending ", "pending   "] {
+        let err = bot
+            .batch_execute(&format!(
+                "insert into tickets (tenant_id, customer_id, subject, body, status, priority) \
+                 values (1, 3, 'pad', 'b', '{status}', 2)"
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&err), "42501", "{status:?}: {}", message(&err));
+        assert!(
+            message(&err).contains("no-pending-inserts"),
+            "{}",
+            message(&err)
+        );
+    }
+    // Updates and upserts are cut the same way.
+    bot.batch_execute(
+        "insert into tickets (tenant_id, customer_id, subject, body, status, priority) \
+         values (1, 3, 'pad', 'b', 'open', 2)",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        count(
+            &direct,
+            "select count(*) from tickets where subject = 'pad' and status = 'closed'"
+        )
+        .await,
+        0
+    );
+    // Too long for the column with more than spaces: refused (by the check, which sees it cut,
+    // or by PostgreSQL's own length error), nothing written.
+    let err = bot
+        .batch_execute(
+            "insert into tickets (tenant_id, customer_id, subject, body, status, priority) \
+             values (1, 3, 'pad', 'b', 'pendingx', 2)",
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        ["42501", "22001"].contains(&sqlstate(&err).as_str()),
+        "{}",
+        message(&err)
+    );
+    assert_eq!(
+        count(
+            &direct,
+            "select count(*) from tickets where subject = 'pad' and status <> 'open'"
+        )
+        .await,
+        0
+    );
+}

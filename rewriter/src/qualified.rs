@@ -108,6 +108,25 @@ struct Names<'c> {
 impl Visitor for Names<'_> {
     type Break = ();
 
+    fn pre_visit_statement(&mut self, statement: &Statement) -> ControlFlow<()> {
+        // An unaliased INSERT target (which the rewriter aliases by its name): its columns
+        // may be named `schema.table.column` in RETURNING and ON CONFLICT.
+        if let Statement::Insert(sqlparser::ast::Insert {
+            table: sqlparser::ast::TableObject::TableName(name),
+            table_alias: None,
+            ..
+        }) = statement
+        {
+            if let Some(Resolved::Protected(rel)) =
+                self.ctx.catalog.resolve(name, self.ctx.search_path)
+            {
+                self.unaliased
+                    .insert((rel.schema.clone(), rel.name.clone()));
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
     fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
         if let Some(with) = &query.with {
             for cte in &with.cte_tables {

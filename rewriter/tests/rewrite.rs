@@ -590,8 +590,9 @@ fn checked_defaults_are_written_as_constants_or_refused() {
     // No default: NULL, which the check then sees (and refuses at run time).
     let out = run("insert into customers (id, name) values (1, 'a')").unwrap();
     assert!(
-        out.contains(r#"INSERT INTO "public"."customers" ("id", "name", "tenant_id") SELECT"#)
-            && out.contains(r#"CAST((NULL) AS INTEGER) AS "tenant_id""#),
+        out.contains(
+            r#"INSERT INTO "public"."customers" AS "customers" ("id", "name", "tenant_id") SELECT"#
+        ) && out.contains(r#"CAST((NULL) AS INTEGER) AS "tenant_id""#),
         "{out}"
     );
     let one = with_default(Some("1"));
@@ -607,7 +608,7 @@ fn checked_defaults_are_written_as_constants_or_refused() {
     let out = run_in(&one, "insert into customers default values").unwrap();
     assert!(
         out.starts_with(
-            r#"INSERT INTO "public"."customers" ("tenant_id") SELECT "tenant_id" FROM (SELECT CAST((1) AS INTEGER) AS "tenant_id") AS "portcullis_new" WHERE CASE WHEN ("tenant_id" = 1)"#
+            r#"INSERT INTO "public"."customers" AS "customers" ("tenant_id") SELECT "tenant_id" FROM (SELECT CAST((1) AS INTEGER) AS "tenant_id") AS "portcullis_new" WHERE CASE WHEN ("tenant_id" = 1)"#
         ),
         "{out}"
     );
@@ -639,7 +640,9 @@ fn defaults_multi_column_set_and_returning_masks() {
     let out =
         run("insert into customers values (1, 1, 'a', default), (2, 1, 'b', default)").unwrap();
     assert!(
-        out.contains(r#"INSERT INTO "public"."customers" ("id", "tenant_id", "name") SELECT"#),
+        out.contains(
+            r#"INSERT INTO "public"."customers" AS "customers" ("id", "tenant_id", "name") SELECT"#
+        ),
         "{out}"
     );
     let out =
@@ -652,7 +655,9 @@ fn defaults_multi_column_set_and_returning_masks() {
     // INSERT … SELECT without a column list: the first columns, as many as the SELECT yields.
     let out = run("insert into customers select id, tenant_id from customers").unwrap();
     assert!(
-        out.contains(r#"INSERT INTO "public"."customers" ("id", "tenant_id") SELECT"#),
+        out.contains(
+            r#"INSERT INTO "public"."customers" AS "customers" ("id", "tenant_id") SELECT"#
+        ),
         "{out}"
     );
     // A masked column named in RETURNING comes back masked.
@@ -909,7 +914,35 @@ fn merge_is_checked_action_by_action() {
         (
             "merge into customers c using (select 1 as id) s on c.id = s.id when not matched then insert (id, tenant_id, name) values (s.id, 1, random()::text)",
             "0A000",
-            "random() in MERGE",
+            "function calls in MERGE",
+        ),
+        (
+            "merge into customers c using (select 1 as id) s on c.id = s.id when not matched then insert (id, tenant_id, name) values (s.id, length(set_config('x.n', current_setting('x.n') || 'x', false)), 'n')",
+            "0A000",
+            "function calls in MERGE",
+        ),
+        (
+            "merge into customers c using (select 1 as id) s on c.id = s.id when not matched then insert (id, tenant_id, name) values (s.id, (select 1), 'n')",
+            "0A000",
+            "subqueries in MERGE",
+        ),
+        // The update check of a MERGE (as of an upsert) cannot read a generated column.
+        (
+            "merge into invoices i using (select 1 as id) s on i.id = s.id when matched then update set amount = 5",
+            "42501",
+            "generated column",
+        ),
+        // Bare names must be target columns (a column added since the catalog was read, or a
+        // system column, would be read unfenced): the source's are named qualified.
+        (
+            "merge into customers c using (select 1 as k) s on c.id = k when matched then do nothing",
+            "42501",
+            "names \"k\"",
+        ),
+        (
+            "merge into customers c using (select 1 as id) s on c.id = s.id when matched and xmin::text <> '' then do nothing",
+            "42501",
+            "names \"xmin\"",
         ),
         (
             "merge into customers c using (select 1 as id) s on c.id = s.id when matched then update set name = c::text",

@@ -9,14 +9,16 @@
 //! - `WHEN MATCHED … THEN DELETE`: the matched row must be one the agent may delete, or the
 //!   statement aborts.
 //! - `WHEN NOT MATCHED … THEN INSERT`: the new row is checked against the insert policy (with
-//!   constant defaults for checked columns it leaves out); its values may not call volatile
-//!   functions, since the check and the insert each compute them.
+//!   constant defaults for checked columns it leaves out); since the check and the insert each
+//!   compute the values, they may hold only constants, parameters, source columns, operators
+//!   and casts (no function calls or subqueries, which could differ between the two).
 //! - The agent's expressions (ON, the WHEN conditions, SET and VALUES) see the target's rows
 //!   unfenced, so they may name only target columns the agent reads in clear (see
 //!   [`super::refs`]); the source is fenced like any FROM item.
 //!
-//! Refused: `WHEN NOT MATCHED BY SOURCE`, `UPDATE SET *` / `INSERT *` / `INSERT ROW`, and
-//! INSERT values that call volatile functions.
+//! Refused: `WHEN NOT MATCHED BY SOURCE`, `UPDATE SET *` / `INSERT *` / `INSERT ROW`, INSERT
+//! values with function calls or subqueries, and bare names that are not target columns (the
+//! source's columns are named qualified).
 
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
@@ -35,17 +37,6 @@ use crate::lexical::to_sql;
 use crate::policy::WriteAction;
 use crate::protect::{protect, Read};
 use crate::{Context, Refusal};
-
-/// The volatile built-ins the allow-list admits: computed twice (check, then insert), they
-/// would differ.
-const VOLATILE: &[&str] = &[
-    "random",
-    "clock_timestamp",
-    "timeofday",
-    "gen_random_uuid",
-    "setseed",
-    "pg_sleep",
-];
 
 pub(super) fn rewrite_merge(merge: &mut Merge, ctx: &Context<'_>) -> Result<Built, Refusal> {
     if !merge.optimizer_hints.is_empty() || merge.output.is_some() {
@@ -91,8 +82,9 @@ pub(super) fn rewrite_merge(merge: &mut Merge, ctx: &Context<'_>) -> Result<Buil
             _ => {}
         }
     }
+    // A bare name must be a target column (the catalog may be older than the table, and the
+    // source's columns are not known here): the source's columns are named qualified.
     super::refs::Target::new(rel, &read, vec![alias.clone(), rel.name.clone()])
-        .with_source_columns()
         .check(&format!("SELECT {}", exprs.join(", ")), "MERGE")?;
 
     reads.extend(protect(&mut merge.source, ctx)?);
@@ -202,7 +194,7 @@ pub(super) fn rewrite_merge(merge: &mut Merge, ctx: &Context<'_>) -> Result<Buil
                         rel.entity_type()
                     )));
                 }
-                refuse_volatile(row.as_slice())?;
+                refuse_computed(row.as_slice())?;
                 reads.extend(protect(&mut row.content, ctx)?);
                 // DEFAULT in VALUES: the column is left to its default (as if not listed).
                 let mut supplied: Vec<(&crate::catalog::Column, String)> = Vec::new();
@@ -253,30 +245,23 @@ pub(super) fn rewrite_merge(merge: &mut Merge, ctx: &Context<'_>) -> Result<Buil
     })
 }
 
-/// Refuses volatile calls in `exprs` (see [`VOLATILE`]).
-fn refuse_volatile(exprs: &[Expr]) -> Result<(), Refusal> {
+/// The check and the insert each compute the VALUES: both must give the same row. Values may
+/// therefore be built only from constants, parameters, the source's columns, operators and
+/// casts: no function call (`set_config` could change what a second `current_setting` reads;
+/// `random()` differs) and no subquery (a sampled one differs).
+fn refuse_computed(exprs: &[Expr]) -> Result<(), Refusal> {
     for e in exprs {
         let flow = visit_expressions(e, |x| match x {
-            Expr::Function(f) => {
-                let name = f
-                    .name
-                    .0
-                    .last()
-                    .and_then(|p| p.as_ident())
-                    .map(normalize)
-                    .unwrap_or_default();
-                if VOLATILE.contains(&name.as_str()) {
-                    ControlFlow::Break(name)
-                } else {
-                    ControlFlow::Continue(())
-                }
+            Expr::Function(_) => ControlFlow::Break("function calls"),
+            Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => {
+                ControlFlow::Break("subqueries")
             }
             _ => ControlFlow::Continue(()),
         });
-        if let ControlFlow::Break(name) = flow {
+        if let ControlFlow::Break(what) = flow {
             return Err(Refusal::Unsupported(format!(
-                "{name}() in MERGE … INSERT values (the check and the insert would each \
-                 compute it; insert with INSERT … SELECT instead)"
+                "{what} in MERGE … INSERT values (the check and the insert each compute them, \
+                 and must see the same row; compute them in the source query instead)"
             )));
         }
     }

@@ -246,12 +246,17 @@ fn row_check(
     rel: &Relation,
     value: impl Fn(&str) -> String,
 ) -> Result<String, Refusal> {
+    let mut identity = true;
     let row: Vec<String> = filter
         .columns()
         .into_iter()
-        .map(|name| format!("{} AS {}", value(name), quote_ident(name)))
+        .map(|name| {
+            let v = stored(rel, name, value(name));
+            identity &= v == quote_ident(name);
+            format!("{v} AS {}", quote_ident(name))
+        })
         .collect();
-    if row.is_empty() {
+    if row.is_empty() || identity {
         return render(filter, rel);
     }
     Ok(format!(
@@ -259,6 +264,25 @@ fn row_check(
         render(filter, rel)?,
         row.join(", ")
     ))
+}
+
+/// `value` (of `rel`'s column `name`) as the column will store it. Values are typed without
+/// their length modifier (see [`cast_type`]) so that an over-long value fails the write as it
+/// would in PostgreSQL; but assigning to `varchar(n)` or `char(n)` silently drops trailing
+/// spaces beyond `n`, so the check sees the value cut to `n` (`'closed '` is stored, and
+/// checked, as `'closed'`). Where the cut drops more than spaces, the write itself fails.
+fn stored(rel: &Relation, name: &str, value: String) -> String {
+    match rel.columns.iter().find(|c| c.name == name) {
+        Some(c)
+            if matches!(
+                c.type_name.as_str(),
+                "varchar" | "_varchar" | "bpchar" | "_bpchar"
+            ) && c.sql_type.contains('(') =>
+        {
+            format!("CAST(({value}) AS {})", c.sql_type)
+        }
+        _ => value,
+    }
 }
 
 fn violation(action: WriteAction, rel: &Relation, ids: &[String], returning: bool) -> String {
@@ -445,10 +469,9 @@ fn rewrite_insert(insert: &mut Insert, ctx: &Context<'_>) -> Result<Built, Refus
         &mut reads,
         insert.returning.is_some(),
     )?;
-    let table = match &insert.table_alias {
-        Some(_) => format!("{} AS {}", rel.qualified(), quote_ident(&alias)),
-        None => rel.qualified(),
-    };
+    // Always aliased: an unaliased target can be named `db.schema.table`, a form the
+    // reference checks do not read as the target.
+    let table = format!("{} AS {}", rel.qualified(), quote_ident(&alias));
 
     let Some(source) = insert.source.as_mut() else {
         // DEFAULT VALUES: every column from its default; those the check reads must be
@@ -462,7 +485,7 @@ fn rewrite_insert(insert: &mut Insert, ctx: &Context<'_>) -> Result<Built, Refus
         }
         let defaulted = checked_defaults(&filter, &BTreeSet::new(), rel)?;
         let (names, casts) = default_items(&defaulted)?;
-        let ok = checked.sql(|f| render(f, rel))?;
+        let ok = checked.sql(|f| row_check(f, rel, quote_ident))?;
         return Ok(Built {
             sql: format!(
                 "INSERT INTO {table} ({names}) SELECT {names} FROM (SELECT {casts}) AS \"portcullis_new\" WHERE {ok}{conflict}{returning_sql}"
@@ -594,7 +617,7 @@ fn rewrite_insert(insert: &mut Insert, ctx: &Context<'_>) -> Result<Built, Refus
         targets = format!("{targets}, {default_names}");
         casts.push(default_casts);
     }
-    let ok = checked.sql(|f| render(f, rel))?;
+    let ok = checked.sql(|f| row_check(f, rel, quote_ident))?;
     Ok(Built {
         sql: format!(
             "INSERT INTO {table} ({targets}) SELECT {targets} FROM (SELECT {} FROM (SELECT * FROM ({source_sql}) AS \"portcullis_source\" OFFSET 0) AS \"portcullis_source\"({names})) AS \"portcullis_new\" WHERE {ok}{conflict}{returning_sql}",
@@ -804,6 +827,23 @@ fn assignments<'r>(
     Ok(sets)
 }
 
+/// A generated column's new value exists only after the write: an update check that reads one
+/// is refused.
+fn refuse_checked_generated(filter: &Filter, rel: &Relation) -> Result<(), Refusal> {
+    match filter
+        .columns()
+        .into_iter()
+        .find(|name| rel.columns.iter().any(|c| c.name == *name && c.generated))
+    {
+        Some(g) => Err(Refusal::Forbidden(format!(
+            "the policy for updating {} checks generated column {g:?}, whose new value exists \
+             only after the write",
+            rel.entity_type()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// A column set to `DEFAULT` gets its value only in the write, where the check cannot see it:
 /// refused when the new-row check reads it.
 fn refuse_checked_defaults(
@@ -852,17 +892,7 @@ fn rewrite_update(update: &mut Update, ctx: &Context<'_>) -> Result<Built, Refus
     let cond = where_clause(&mut update.selection, ctx, &mut reads)?;
     let checked = new_row(WriteAction::Update, rel, &rules, update.returning.is_some());
     let filter = checked.filter.clone();
-    if let Some(g) = filter
-        .columns()
-        .into_iter()
-        .find(|name| rel.columns.iter().any(|c| c.name == *name && c.generated))
-    {
-        return Err(Refusal::Forbidden(format!(
-            "the policy for updating {} checks generated column {g:?}, whose new value exists \
-             only after the write",
-            rel.entity_type()
-        )));
-    }
+    refuse_checked_generated(&filter, rel)?;
     refuse_checked_defaults(&sets, &filter, rel)?;
     let returning_sql = returning(
         &mut update.returning,

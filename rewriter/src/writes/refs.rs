@@ -20,8 +20,6 @@ pub(super) struct Target<'r> {
     /// The names that stand for a target row: its alias (or name), and `excluded` for upserts.
     pub qualifiers: Vec<String>,
     pub clear: BTreeSet<&'r str>,
-    /// A bare name that is not a target column is the source's (MERGE), not an unknown one.
-    pub source_columns: bool,
 }
 
 impl<'r> Target<'r> {
@@ -36,14 +34,7 @@ impl<'r> Target<'r> {
             rel,
             qualifiers,
             clear,
-            source_columns: false,
         }
-    }
-
-    /// For MERGE: bare names that are not target columns name the source's columns.
-    pub fn with_source_columns(mut self) -> Self {
-        self.source_columns = true;
-        self
     }
 
     fn qualifies(&self, q: &str) -> bool {
@@ -59,7 +50,6 @@ impl<'r> Target<'r> {
             let named = match parts.as_slice() {
                 [Some(c)] if self.rel.columns.iter().any(|col| &col.name == c) => Some(c),
                 [Some(c)] if self.qualifies(c) => return Err(self.whole_row()),
-                [Some(_)] if self.source_columns => None,
                 [Some(c)] => return Err(self.unknown(c, clause)),
                 [Some(q), None] if self.qualifies(q) => return Err(self.whole_row()),
                 [Some(s), Some(q), None] if s == schema && self.qualifies(q) => {
@@ -67,6 +57,13 @@ impl<'r> Target<'r> {
                 }
                 [Some(q), Some(c)] if self.qualifies(q) => Some(c),
                 [Some(s), Some(q), Some(c)] if s == schema && self.qualifies(q) => Some(c),
+                // A database-qualified reference (`db.schema.table.column`, `db.s.t.*`): not
+                // read as the target or another FROM item here, so refused.
+                parts if parts.len() > 3 => {
+                    return Err(Refusal::Unsupported(format!(
+                        "{clause}: a column reference qualified by a database name"
+                    )))
+                }
                 _ => None,
             };
             if let Some(c) = named {

@@ -139,6 +139,7 @@ pub(super) fn checked_set(
     // The updated row: the SET values computed once, checked, then assigned.
     let checked = super::new_row(WriteAction::Update, rel, rules, returning);
     let filter = checked.filter.clone();
+    super::refuse_checked_generated(&filter, rel)?;
     super::refuse_checked_defaults(sets, &filter, rel)?;
     let value = |name: &str| match sets
         .iter()
