@@ -297,17 +297,6 @@ impl WritingCtes {
                     "this data-modifying WITH query form".into(),
                 ));
             }
-            let flow = sqlparser::ast::visit_relations(&*q, |r| match r.0.as_slice() {
-                [ObjectNamePart::Identifier(id)] if writing.contains(&normalize(id)) => {
-                    ControlFlow::Break(())
-                }
-                _ => ControlFlow::Continue(()),
-            });
-            if flow.is_break() {
-                return Err(Refusal::Unsupported(
-                    "a data-modifying WITH query that reads another one".into(),
-                ));
-            }
             let mut write = match &*q.body {
                 SetExpr::Insert(w)
                 | SetExpr::Update(w)
@@ -331,6 +320,18 @@ impl WritingCtes {
                 inline(&mut wrapped)?;
                 debug_assert!(!matches!(wrapped, Statement::Query(_)));
                 write = wrapped;
+            }
+            // Checked after inlining: a read-only WITH query in between may name a writing one.
+            let flow = sqlparser::ast::visit_relations(&write, |r| match r.0.as_slice() {
+                [ObjectNamePart::Identifier(id)] if writing.contains(&normalize(id)) => {
+                    ControlFlow::Break(())
+                }
+                _ => ControlFlow::Continue(()),
+            });
+            if flow.is_break() {
+                return Err(Refusal::Unsupported(
+                    "a data-modifying WITH query that reads another one".into(),
+                ));
             }
             reads.extend(crate::writes::rewrite(&mut write, ctx)?);
             let body = match write {

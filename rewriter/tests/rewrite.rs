@@ -991,6 +991,11 @@ fn writing_with_queries_in_front_of_a_query_are_checked_writes() {
             "0A000",
         ),
         (
+            "with a as (delete from orders returning id), b as (select id from a), \
+             c as (delete from orders where id in (select id from b)) select 1",
+            "0A000",
+        ),
+        (
             "with a as (update customers set ssn = 'x' returning id) select 1",
             "42501",
         ),
