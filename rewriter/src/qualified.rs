@@ -53,18 +53,16 @@ pub(crate) fn strip_current_database(
             }
             ControlFlow::Continue(())
         }
-        fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
-            // `db.schema.table.*` in a select list.
-            if let sqlparser::ast::SetExpr::Select(select) = &mut *query.body {
-                for item in &mut select.projection {
-                    if let SelectItem::QualifiedWildcard(
-                        SelectItemQualifiedWildcardKind::ObjectName(name),
-                        _,
-                    ) = item
-                    {
-                        if name.0.len() == 3 && self.names_db(&name.0[0]) {
-                            name.0.remove(0);
-                        }
+        fn pre_visit_select(&mut self, select: &mut Select) -> ControlFlow<()> {
+            // `db.schema.table.*` in a select list (of any SELECT, set operations included).
+            for item in &mut select.projection {
+                if let SelectItem::QualifiedWildcard(
+                    SelectItemQualifiedWildcardKind::ObjectName(name),
+                    _,
+                ) = item
+                {
+                    if name.0.len() == 3 && self.names_db(&name.0[0]) {
+                        name.0.remove(0);
                     }
                 }
             }

@@ -1033,6 +1033,14 @@ fn three_part_names_with_the_current_database_are_read_as_postgresql_reads_them(
         out.contains(r#"AS "c""#) && out.contains(r#"AS "orders""#),
         "{out}"
     );
+    let out = run_in(
+        &c,
+        "select 1 as k, shop.public.customers.* from shop.public.customers \
+         union all select 2, shop.public.customers.* from shop.public.customers",
+    )
+    .unwrap();
+    assert_eq!(out.matches("customers.*").count(), 2, "{out}");
+    assert!(!out.contains("shop"), "{out}");
     let e = run_in(&c, "select * from other.public.customers").unwrap_err();
     assert_eq!(e.sqlstate(), "42501", "{e}");
     // Without a known database name, nothing is stripped.
