@@ -163,7 +163,7 @@ pub fn rewrite(sql: &str, protocol: Protocol, ctx: &Context<'_>) -> Result<Rewri
             "cannot insert multiple commands into a prepared statement".into(),
         ));
     }
-    qualified::strip_current_database(&mut statements, ctx)?;
+    qualified::strip_current_database(&mut statements, ctx);
     lexical::refuse_reserved_names(&mut statements)?;
     let prepared = prepared_effect(&statements)?;
     let mut reads = Vec::new();

@@ -107,6 +107,38 @@ fn parenthesized_only(name: &ObjectName, args: &Option<TableFunctionArgs>) -> Op
     }
 }
 
+/// Whether `node` reads a relation by one of `names`, unqualified.
+pub(crate) fn names_any<V: sqlparser::ast::Visit>(node: &V, names: &[String]) -> bool {
+    sqlparser::ast::visit_relations(node, |r| match single_name(r).map(normalize) {
+        Some(n) if names.contains(&n) => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    })
+    .is_break()
+}
+
+/// Without RECURSIVE a WITH query sees only the earlier ones; a name that refers to itself or
+/// a later one is a table to PostgreSQL. The ambiguity is refused.
+pub(crate) fn refuse_forward_references(with: &sqlparser::ast::With) -> Result<(), Refusal> {
+    if with.recursive {
+        return Ok(());
+    }
+    let names: Vec<String> = with
+        .cte_tables
+        .iter()
+        .map(|c| normalize(&c.alias.name))
+        .collect();
+    for (i, cte) in with.cte_tables.iter().enumerate() {
+        if names_any(&*cte.query, &names[i..]) {
+            return Err(Refusal::Forbidden(format!(
+                "WITH query {:?} refers to itself or a later WITH query without RECURSIVE; \
+                 schema-qualify the table name",
+                names[i]
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn single_name(name: &ObjectName) -> Option<&Ident> {
     match name.0.as_slice() {
         [ObjectNamePart::Identifier(i)] => Some(i),
@@ -377,33 +409,14 @@ impl<'a> VisitorMut for Protector<'a> {
         }
         let mut frame = Vec::new();
         if let Some(with) = &query.with {
-            let names: Vec<String> = with
+            if let Err(e) = refuse_forward_references(with) {
+                return ControlFlow::Break(e);
+            }
+            frame = with
                 .cte_tables
                 .iter()
                 .map(|c| normalize(&c.alias.name))
                 .collect();
-            if !with.recursive {
-                // Without RECURSIVE a WITH query sees only the earlier ones; a name that refers
-                // to itself or a later one is a table in PostgreSQL. Refuse the ambiguity.
-                for (i, cte) in with.cte_tables.iter().enumerate() {
-                    let later = &names[i..];
-                    let flow =
-                        sqlparser::ast::visit_relations(&cte.query, |r| {
-                            match single_name(r).map(normalize) {
-                                Some(n) if later.contains(&n) => ControlFlow::Break(()),
-                                _ => ControlFlow::Continue(()),
-                            }
-                        });
-                    if flow.is_break() {
-                        return forbidden(format!(
-                            "WITH query {:?} refers to itself or a later WITH query without \
-                             RECURSIVE; schema-qualify the table name",
-                            names[i]
-                        ));
-                    }
-                }
-            }
-            frame = names;
         }
         match &*query.body {
             // Expanded right after parsing (see `table_shorthand`); never reached otherwise.

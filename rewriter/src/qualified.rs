@@ -22,12 +22,9 @@ use crate::{Context, Refusal};
 /// Drops the current database's name from three-part relation names (`db.schema.table`) and
 /// four-part column references (`db.schema.table.column`), as PostgreSQL reads them; a name
 /// beginning with another database's name is left for resolution to refuse.
-pub(crate) fn strip_current_database(
-    statements: &mut [Statement],
-    ctx: &Context<'_>,
-) -> Result<(), Refusal> {
+pub(crate) fn strip_current_database(statements: &mut [Statement], ctx: &Context<'_>) {
     let Some(db) = ctx.catalog.database() else {
-        return Ok(());
+        return;
     };
     struct Strip<'d> {
         db: &'d str,
@@ -72,7 +69,6 @@ pub(crate) fn strip_current_database(
     for statement in statements {
         let _ = statement.visit(&mut Strip { db });
     }
-    Ok(())
 }
 
 /// Shortens `schema.table.column` and `schema.table.*` references to `table.column` and

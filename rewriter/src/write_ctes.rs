@@ -21,6 +21,7 @@ use sqlparser::ast::{
 };
 
 use crate::catalog::normalize;
+use crate::protect::{names_any, refuse_forward_references};
 use crate::Refusal;
 
 /// Turns `WITH … <write>` into the write with its WITH queries inlined; other statements are
@@ -50,38 +51,15 @@ pub(crate) fn inline(statement: &mut Statement) -> Result<(), Refusal> {
             "WITH RECURSIVE in front of a write (write the recursive query as a subquery)".into(),
         ));
     }
-    // Each WITH query sees the earlier ones: inline those into it first. A name that refers to
-    // itself or a later one is a table to PostgreSQL: refused as ambiguous, as for reads.
-    let names: Vec<String> = with
-        .cte_tables
-        .iter()
-        .map(|c| normalize(&c.alias.name))
-        .collect();
-    for (i, cte) in with.cte_tables.iter().enumerate() {
-        let later = &names[i..];
-        let flow = sqlparser::ast::visit_relations(&cte.query, |r| match r.0.as_slice() {
-            [ObjectNamePart::Identifier(id)] if later.contains(&normalize(id)) => {
-                ControlFlow::Break(())
-            }
-            _ => ControlFlow::Continue(()),
-        });
-        if flow.is_break() {
-            return Err(Refusal::Forbidden(format!(
-                "WITH query {:?} refers to itself or a later WITH query without RECURSIVE; \
-                 schema-qualify the table name",
-                names[i]
-            )));
-        }
-    }
+    // Each WITH query sees the earlier ones: inline those into it first (a name that refers to
+    // itself or a later one is refused as ambiguous, as for reads).
+    refuse_forward_references(&with)?;
     let mut ctes: Vec<Cte> = Vec::new();
     for mut cte in with.cte_tables {
         if cte.from.is_some() {
             return Err(Refusal::Unsupported("this WITH query form".into()));
         }
-        if matches!(
-            *cte.query.body,
-            SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_)
-        ) {
+        if writes(&cte.query) {
             return Err(Refusal::Unsupported(
                 "data-modifying WITH queries (only the statement itself may write)".into(),
             ));
@@ -149,6 +127,14 @@ pub(crate) fn inline(statement: &mut Statement) -> Result<(), Refusal> {
     }
     *statement = write;
     Ok(())
+}
+
+/// Whether `query` writes (INSERT, UPDATE, DELETE or MERGE).
+fn writes(query: &Query) -> bool {
+    matches!(
+        *query.body,
+        SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_)
+    )
 }
 
 /// Replaces, in `node`, each table reference naming one of `ctes` (and not shadowed by a WITH
@@ -260,12 +246,6 @@ impl WritingCtes {
         let Some(with) = query.with.as_mut() else {
             return Ok((taken, reads));
         };
-        let writes = |q: &Query| {
-            matches!(
-                *q.body,
-                SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_)
-            )
-        };
         if !with.cte_tables.iter().any(|c| writes(&c.query)) {
             return Ok((taken, reads));
         }
@@ -274,6 +254,9 @@ impl WritingCtes {
                 "WITH RECURSIVE with a data-modifying WITH query".into(),
             ));
         }
+        // As for reads, a name that refers to itself or a later WITH query is refused (the
+        // writing ones are set aside before the query's own check could see them).
+        refuse_forward_references(with)?;
         let writing: Vec<String> = with
             .cte_tables
             .iter()
@@ -322,13 +305,7 @@ impl WritingCtes {
                 write = wrapped;
             }
             // Checked after inlining: a read-only WITH query in between may name a writing one.
-            let flow = sqlparser::ast::visit_relations(&write, |r| match r.0.as_slice() {
-                [ObjectNamePart::Identifier(id)] if writing.contains(&normalize(id)) => {
-                    ControlFlow::Break(())
-                }
-                _ => ControlFlow::Continue(()),
-            });
-            if flow.is_break() {
+            if names_any(&write, &writing) {
                 return Err(Refusal::Unsupported(
                     "a data-modifying WITH query that reads another one".into(),
                 ));

@@ -23,16 +23,15 @@
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
-use policies::ColumnRule;
 use sqlparser::ast::{
     visit_expressions, Expr, Merge, MergeAction, MergeClauseKind, MergeInsertKind, MergeUpdateKind,
 };
 
 use super::{
-    assignments, checked_defaults, column, is_default, named_target, row_check, rules, upsert,
-    Built,
+    assignments, checked_defaults, insert_columns, is_default, leading_columns, named_target,
+    refuse_unclear_columns, row_check, rules, upsert, Built,
 };
-use crate::catalog::{normalize, quote_ident};
+use crate::catalog::quote_ident;
 use crate::lexical::to_sql;
 use crate::policy::WriteAction;
 use crate::protect::{protect, Read};
@@ -161,39 +160,16 @@ pub(super) fn rewrite_merge(merge: &mut Merge, ctx: &Context<'_>) -> Result<Buil
                         "MERGE … INSERT takes one VALUES row".into(),
                     ));
                 };
-                let mut columns = Vec::new();
-                for c in &insert.columns {
-                    let [part] = c.0.as_slice() else {
-                        return Err(Refusal::Unsupported("qualified INSERT column names".into()));
-                    };
-                    let ident = part
-                        .as_ident()
-                        .ok_or_else(|| Refusal::Unsupported("this INSERT column name".into()))?;
-                    columns.push(column(rel, &normalize(ident))?);
-                }
+                let mut columns = insert_columns(rel, &insert.columns)?;
                 if columns.is_empty() {
-                    if row.len() > rel.columns.len() {
-                        return Err(Refusal::Syntax(
-                            "INSERT has more expressions than target columns".into(),
-                        ));
-                    }
-                    columns = rel.columns.iter().take(row.len()).collect();
+                    columns = leading_columns(rel, row.len())?;
                 }
                 if row.len() != columns.len() {
                     return Err(Refusal::Syntax(
                         "the VALUES row must have one value per target column".into(),
                     ));
                 }
-                if let Some(c) = columns
-                    .iter()
-                    .find(|c| rules.read.column(&c.name) != ColumnRule::Visible)
-                {
-                    return Err(Refusal::Forbidden(format!(
-                        "INSERT into column {:?} of {}, which this agent may not read in clear",
-                        c.name,
-                        rel.entity_type()
-                    )));
-                }
+                refuse_unclear_columns(&columns, &rules, rel)?;
                 refuse_computed(row.as_slice())?;
                 reads.extend(protect(&mut row.content, ctx)?);
                 // DEFAULT in VALUES: the column is left to its default (as if not listed).

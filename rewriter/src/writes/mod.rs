@@ -495,16 +495,7 @@ fn rewrite_insert(insert: &mut Insert, ctx: &Context<'_>) -> Result<Built, Refus
         });
     };
 
-    let mut columns: Vec<&Column> = Vec::new();
-    for c in &insert.columns {
-        let [part] = c.0.as_slice() else {
-            return Err(Refusal::Unsupported("qualified INSERT column names".into()));
-        };
-        let ident = part
-            .as_ident()
-            .ok_or_else(|| Refusal::Unsupported("this INSERT column name".into()))?;
-        columns.push(column(rel, &normalize(ident))?);
-    }
+    let mut columns = insert_columns(rel, &insert.columns)?;
     let values = match &mut *source.body {
         SetExpr::Values(v)
             if source.with.is_none()
@@ -520,12 +511,7 @@ fn rewrite_insert(insert: &mut Insert, ctx: &Context<'_>) -> Result<Built, Refus
         Some(values) => {
             let width = values.rows.first().map_or(0, |r| r.len());
             if columns.is_empty() {
-                if width > rel.columns.len() {
-                    return Err(Refusal::Syntax(
-                        "INSERT has more expressions than target columns".into(),
-                    ));
-                }
-                columns = rel.columns.iter().take(width).collect();
+                columns = leading_columns(rel, width)?;
             }
             if values.rows.iter().any(|r| r.len() != columns.len()) {
                 return Err(Refusal::Syntax(
@@ -577,29 +563,13 @@ fn rewrite_insert(insert: &mut Insert, ctx: &Context<'_>) -> Result<Built, Refus
                         "INSERT … SELECT * without a column list (name the target columns)".into(),
                     )
                 })?;
-                if width > rel.columns.len() {
-                    return Err(Refusal::Syntax(
-                        "INSERT has more expressions than target columns".into(),
-                    ));
-                }
-                columns = rel.columns.iter().take(width).collect();
+                columns = leading_columns(rel, width)?;
             }
             reads.extend(protect(&mut **source, ctx)?);
             to_sql(&**source)?
         }
     };
-    // A column the agent cannot read in clear cannot be written blind either (nor probed:
-    // a unique constraint on it would tell whether a value exists).
-    if let Some(c) = columns
-        .iter()
-        .find(|c| rules.read.column(&c.name) != ColumnRule::Visible)
-    {
-        return Err(Refusal::Forbidden(format!(
-            "INSERT into column {:?} of {}, which this agent may not read in clear",
-            c.name,
-            rel.entity_type()
-        )));
-    }
+    refuse_unclear_columns(&columns, &rules, rel)?;
     let supplied: BTreeSet<&str> = columns.iter().map(|c| c.name.as_str()).collect();
     let defaulted = checked_defaults(&filter, &supplied, rel)?;
     let names: Vec<String> = columns.iter().map(|c| quote_ident(&c.name)).collect();
@@ -660,6 +630,52 @@ fn default_items(defaulted: &[(&Column, Expr)]) -> Result<(String, String), Refu
         names.push(n);
     }
     Ok((names.join(", "), casts.join(", ")))
+}
+
+/// The target columns an INSERT names (unqualified).
+fn insert_columns<'r>(rel: &'r Relation, names: &[ObjectName]) -> Result<Vec<&'r Column>, Refusal> {
+    names
+        .iter()
+        .map(|c| {
+            let [part] = c.0.as_slice() else {
+                return Err(Refusal::Unsupported("qualified INSERT column names".into()));
+            };
+            let ident = part
+                .as_ident()
+                .ok_or_else(|| Refusal::Unsupported("this INSERT column name".into()))?;
+            column(rel, &normalize(ident))
+        })
+        .collect()
+}
+
+/// Without a column list, an INSERT fills the table's first `width` columns.
+fn leading_columns(rel: &Relation, width: usize) -> Result<Vec<&Column>, Refusal> {
+    if width > rel.columns.len() {
+        return Err(Refusal::Syntax(
+            "INSERT has more expressions than target columns".into(),
+        ));
+    }
+    Ok(rel.columns.iter().take(width).collect())
+}
+
+/// A column the agent cannot read in clear cannot be written blind either (nor probed: a
+/// unique constraint on it would tell whether a value exists).
+fn refuse_unclear_columns(
+    columns: &[&Column],
+    rules: &Rules,
+    rel: &Relation,
+) -> Result<(), Refusal> {
+    match columns
+        .iter()
+        .find(|c| rules.read.column(&c.name) != ColumnRule::Visible)
+    {
+        Some(c) => Err(Refusal::Forbidden(format!(
+            "INSERT into column {:?} of {}, which this agent may not read in clear",
+            c.name,
+            rel.entity_type()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// How many columns `query` yields, where its text says so (no `*`).
