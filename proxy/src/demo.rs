@@ -77,13 +77,9 @@ pub async fn run(listen: SocketAddr, fixtures: PathBuf, policies: PathBuf) -> an
         .await
         .context("reading the demo database's catalog")?;
     let mut shared = crate::server::Shared::new(resolved)?;
-    shared.enforcer = Some(Arc::new(crate::enforce::Enforcer::new(
-        snapshot,
-        state.clone(),
-    )));
-    shared.policies = Some(state);
+    let enforcer = Arc::new(crate::enforce::Enforcer::new(snapshot, state.clone()));
     // The demo's @mask("hash") key lives as long as its throwaway database.
-    shared.mask_key = Some(crate::mask_key::setting_value(&crate::mask_key::random()));
+    shared.enforce(state, enforcer, &crate::mask_key::random());
     let shared = Arc::new(shared);
     println!(
         "Portcullis demo is running. PostgreSQL (throwaway) is on port {}.",

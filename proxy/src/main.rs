@@ -332,12 +332,9 @@ async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
         }
     };
     let mut shared = server::Shared::new(resolved)?;
-    shared.policies = policies;
-    shared.mask_key = enforcer
-        .as_ref()
-        .and(hash_key.as_deref())
-        .map(mask_key::setting_value);
-    shared.enforcer = enforcer;
+    if let (Some(policies), Some(enforcer), Some(key)) = (policies, enforcer, hash_key) {
+        shared.enforce(policies, enforcer, &key);
+    }
     let shared = Arc::new(shared);
     let listener = tokio::net::TcpListener::bind(listen)
         .await

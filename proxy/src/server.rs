@@ -71,6 +71,20 @@ impl Shared {
             mask_key: None,
         })
     }
+
+    /// Turns policy enforcement on: the policy state, the enforcer over it, and the key of
+    /// `@mask("hash")`, set together (a session enforcing without the key fails on hashed
+    /// columns, as the demo once did).
+    pub fn enforce(
+        &mut self,
+        policies: Arc<PolicyState>,
+        enforcer: Arc<Enforcer>,
+        hash_key: &[u8],
+    ) {
+        self.policies = Some(policies);
+        self.enforcer = Some(enforcer);
+        self.mask_key = Some(crate::mask_key::setting_value(hash_key));
+    }
 }
 
 /// Accepts connections until the listener fails.
