@@ -52,16 +52,23 @@ fn psycopg2() {
     run_python("psycopg2_client.py", "OK psycopg2");
 }
 
+/// A script of tests/clients/python run against the enforced finance example: support-bot's
+/// URL, the auditor's, and a ticket of another tenant (its id) in the environment.
+fn python_enforced(e: &Enforced, script: &str) -> Command {
+    let mut cmd = Command::new(python());
+    cmd.arg(repo_root().join("tests/clients/python").join(script))
+        .env("PORTCULLIS_URL", e.env.agent_url())
+        .env("PORTCULLIS_AUDITOR_URL", e.env.url(AUDITOR, AUDITOR_SECRET))
+        .env("HIDDEN_TICKET", hidden_ticket(e).to_string());
+    cmd
+}
+
 /// psycopg2 against the enforced finance policy: named (server-side) cursors, parameterized
 /// reads and writes, a policy violation as InsufficientPrivilege.
 #[test]
 fn psycopg2_under_enforcement() {
     let e = Env::start_enforcing();
-    let hidden = hidden_ticket(&e);
-    let out = run(Command::new(python())
-        .arg(repo_root().join("tests/clients/python/psycopg2_enforced.py"))
-        .env("PORTCULLIS_URL", e.env.agent_url())
-        .env("HIDDEN_TICKET", hidden.to_string()));
+    let out = run(&mut python_enforced(&e, "psycopg2_enforced.py"));
     assert_ok(&out, "OK psycopg2 enforced");
 }
 
@@ -69,10 +76,7 @@ fn psycopg2_under_enforcement() {
 #[test]
 fn langchain_under_enforcement() {
     let e = Env::start_enforcing();
-    let out = run(Command::new(python())
-        .arg(repo_root().join("tests/clients/python/langchain_enforced.py"))
-        .env("PORTCULLIS_URL", e.env.agent_url())
-        .env("PORTCULLIS_AUDITOR_URL", e.env.url(AUDITOR, AUDITOR_SECRET)));
+    let out = run(&mut python_enforced(&e, "langchain_enforced.py"));
     assert_ok(&out, "OK langchain enforced");
 }
 
@@ -94,19 +98,13 @@ fn hidden_ticket(e: &Enforced) -> i32 {
 #[test]
 fn django_under_enforcement() {
     let e = Env::start_enforcing();
-    let hidden = hidden_ticket(&e);
     for (use_tz, driver) in [
         ("on", "psycopg"),
         ("off", "psycopg"),
         ("on", "psycopg-bound"),
         ("off", "psycopg2"),
     ] {
-        let out = run(Command::new(python())
-            .arg(repo_root().join("tests/clients/python/django_enforced.py"))
-            .args([use_tz, driver])
-            .env("PORTCULLIS_URL", e.env.agent_url())
-            .env("PORTCULLIS_AUDITOR_URL", e.env.url(AUDITOR, AUDITOR_SECRET))
-            .env("HIDDEN_TICKET", hidden.to_string()));
+        let out = run(python_enforced(&e, "django_enforced.py").args([use_tz, driver]));
         assert_ok(
             &out,
             &format!("OK django enforced (USE_TZ={use_tz}, {driver})"),
@@ -118,10 +116,7 @@ fn django_under_enforcement() {
 #[test]
 fn llamaindex_under_enforcement() {
     let e = Env::start_enforcing();
-    let out = run(Command::new(python())
-        .arg(repo_root().join("tests/clients/python/llamaindex_enforced.py"))
-        .env("PORTCULLIS_URL", e.env.agent_url())
-        .env("PORTCULLIS_AUDITOR_URL", e.env.url(AUDITOR, AUDITOR_SECRET)));
+    let out = run(&mut python_enforced(&e, "llamaindex_enforced.py"));
     assert_ok(&out, "OK llamaindex enforced");
 }
 
@@ -218,9 +213,7 @@ when { resource.prefix like "tenant1.*" };
 fn langgraph_store_under_enforcement() {
     let set = tempfile::tempdir().unwrap();
     finance_with_langgraph_store(set.path());
-    let env = Env::start_with(Options {
-        postgres_extra: format!("[policies]\ndir = {:?}\n", set.path().display().to_string()),
-    });
+    let env = Env::start_with_policies(set.path());
     let script = repo_root().join("tests/clients/python/langgraph_enforced.py");
     let out = run(Command::new(python())
         .arg(&script)
@@ -248,10 +241,7 @@ fn psycopg3() {
 #[test]
 fn psycopg3_under_enforcement() {
     let e = Env::start_enforcing();
-    let out = run(Command::new(python())
-        .arg(repo_root().join("tests/clients/python/psycopg3_client.py"))
-        .env("PORTCULLIS_URL", e.env.agent_url())
-        .env("PORTCULLIS_ENFORCED", "1"));
+    let out = run(python_enforced(&e, "psycopg3_client.py").env("PORTCULLIS_ENFORCED", "1"));
     assert_ok(&out, "OK psycopg3");
 }
 
@@ -264,10 +254,7 @@ fn asyncpg() {
 #[test]
 fn asyncpg_under_enforcement() {
     let e = Env::start_enforcing();
-    let out = run(Command::new(python())
-        .arg(repo_root().join("tests/clients/python/asyncpg_client.py"))
-        .env("PORTCULLIS_URL", e.env.agent_url())
-        .env("PORTCULLIS_ENFORCED", "1"));
+    let out = run(python_enforced(&e, "asyncpg_client.py").env("PORTCULLIS_ENFORCED", "1"));
     assert_ok(&out, "OK asyncpg");
 }
 

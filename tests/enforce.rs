@@ -894,9 +894,7 @@ attrs = { id = 2, tenant_id = 1, customer_id = 3, amount = { decimal = "1.00" },
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let env = Env::start_with(Options {
-        postgres_extra: format!("[policies]\ndir = {:?}\n", set.path().display().to_string()),
-    });
+    let env = Env::start_with_policies(set.path());
     let direct = env.direct().await;
     direct
         .batch_execute(

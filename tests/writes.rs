@@ -929,9 +929,7 @@ forbid (principal, action == Action::"insert", resource is public::tickets)
 when { resource.status == "pending" };
 "#;
     std::fs::write(&writes, text).unwrap();
-    let env = Env::start_with(Options {
-        postgres_extra: format!("[policies]\ndir = {:?}\n", set.path().display().to_string()),
-    });
+    let env = Env::start_with_policies(set.path());
     let direct = env.direct().await;
     direct
         .batch_execute("alter table tickets alter column status type varchar(7)")

@@ -94,6 +94,13 @@ impl Env {
         Enforced { env, _set: set }
     }
 
+    /// The proxy enforcing the policy set in `dir` (no hash key file).
+    pub fn start_with_policies(dir: &Path) -> Env {
+        Self::start_with(Options {
+            postgres_extra: format!("[policies]\ndir = {:?}\n", dir.display().to_string()),
+        })
+    }
+
     pub fn start_with(options: Options) -> Env {
         let cluster = LocalCluster::start().expect("start PostgreSQL");
         let upstream_password = random_token();
