@@ -999,6 +999,12 @@ fn writing_with_queries_in_front_of_a_query_are_checked_writes() {
             "with a as (update customers set ssn = 'x' returning id) select 1",
             "42501",
         ),
+        // A name that refers to a later WITH query is a table to PostgreSQL: ambiguous.
+        (
+            "with u as (delete from orders where id in (select id from later) returning id), \
+             later as (select 1 as id) select 1",
+            "42501",
+        ),
     ] {
         let e = run(sql).unwrap_err();
         assert_eq!(e.sqlstate(), code, "{sql}: {e}");
