@@ -30,7 +30,11 @@ fn assert_ok(out: &Output, marker: &str) {
 }
 
 fn python() -> PathBuf {
-    let venv = repo_root().join(".venv/bin/python");
+    venv_python(".venv")
+}
+
+fn venv_python(venv: &str) -> PathBuf {
+    let venv = repo_root().join(venv).join("bin/python");
     assert!(
         venv.is_file(),
         "{} not found: run `bash tests/setup.sh` first",
@@ -55,7 +59,11 @@ fn psycopg2() {
 /// A script of tests/clients/python run against the enforced finance example: support-bot's
 /// URL, the auditor's, and a ticket of another tenant (its id) in the environment.
 fn python_enforced(e: &Enforced, script: &str) -> Command {
-    let mut cmd = Command::new(python());
+    python_enforced_in(python(), e, script)
+}
+
+fn python_enforced_in(python: PathBuf, e: &Enforced, script: &str) -> Command {
+    let mut cmd = Command::new(python);
     cmd.arg(repo_root().join("tests/clients/python").join(script))
         .env("PORTCULLIS_URL", e.env.agent_url())
         .env("PORTCULLIS_AUDITOR_URL", e.env.url(AUDITOR, AUDITOR_SECRET))
@@ -118,6 +126,19 @@ fn llamaindex_under_enforcement() {
     let e = Env::start_enforcing();
     let out = run(&mut python_enforced(&e, "llamaindex_enforced.py"));
     assert_ok(&out, "OK llamaindex enforced");
+}
+
+/// postgres-mcp (Postgres MCP Pro) over stdio, driven by the MCP Python SDK's client: schema
+/// tools, `execute_sql` in restricted and unrestricted mode, and its statistics tools refused.
+#[test]
+fn postgres_mcp_under_enforcement() {
+    let e = Env::start_enforcing();
+    let out = run(&mut python_enforced_in(
+        venv_python(".venv-pgmcp"),
+        &e,
+        "pgmcp_enforced.py",
+    ));
+    assert_ok(&out, "OK postgres-mcp enforced");
 }
 
 /// Runs a script of tests/clients/node as support-bot (the auditor's URL and a hidden ticket

@@ -2,7 +2,7 @@
 # Installs what building and the end-to-end tests need besides Rust: libclang and protoc (to build
 # libpg_query), PostgreSQL 15 server binaries and psql,
 # pgbench, PgBouncer (benchmarks), the JDBC driver, a Python venv with psycopg2, psycopg 3,
-# asyncpg, SQLAlchemy, LangChain, LlamaIndex and Django, and node's `pg`, knex, Drizzle,
+# asyncpg, SQLAlchemy, LangChain, LlamaIndex and Django, postgres-mcp (a venv of its own), and node's `pg`, knex, Drizzle,
 # Prisma and the MCP PostgreSQL server. Idempotent; safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +42,15 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/pip install -q --disable-pip-version-check -r tests/clients/requirements.txt
+
+# postgres-mcp in a venv of its own (it needs mcp 1.x; see the requirements file). On Python
+# below 3.12 a .pth file gives it typing.override from typing_extensions.
+[ -x .venv-pgmcp/bin/python ] || python3 -m venv .venv-pgmcp
+.venv-pgmcp/bin/pip install -q --disable-pip-version-check -r tests/clients/pgmcp-requirements.txt
+.venv-pgmcp/bin/pip install -q --disable-pip-version-check --no-deps --ignore-requires-python postgres-mcp==0.3.0
+site=$(.venv-pgmcp/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo 'import typing, typing_extensions; typing.override = getattr(typing, "override", typing_extensions.override)' >"$site/portcullis_typing_override.py"
+echo 'import portcullis_typing_override' >"$site/portcullis_typing_override.pth"
 
 (cd tests/clients/node && npm install --silent --no-audit --no-fund >/dev/null)
 # Prisma's client is generated from the test schema. Its CLI fetches a schema-engine binary
