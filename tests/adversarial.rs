@@ -552,3 +552,117 @@ async fn explain_shows_no_costs_under_enforcement() {
         }
     }
 }
+
+/// A function or operator that a DBA (not an extension) defined in a schema on the search_path
+/// takes part in PostgreSQL's overload resolution, and wins where it matches the argument
+/// types better than the built-in: `upper(x::varchar)` calls `public.upper(varchar)`, and
+/// `varchar = varchar` calls `public.=(varchar, varchar)`, each with Portcullis's database
+/// rights. Here both read another tenant's SSNs. Statements that could reach them are refused,
+/// the built-ins stay callable qualified, and an extension's operators (citext's `=`) do not
+/// count as user-defined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_defined_overloads_of_builtins_are_never_called() {
+    let s = Env::start_enforcing();
+    s.env
+        .direct()
+        .await
+        .batch_execute(
+            "create function public.upper(varchar) returns text language sql as \
+               $$ select string_agg(ssn, ',') from public.customers where tenant_id = 2 $$; \
+             create function public.leak_eq(varchar, varchar) returns bool language sql as \
+               $$ select exists (select from public.customers where tenant_id = 2 \
+                                 and ssn like '0000%') $$; \
+             create operator public.= (leftarg = varchar, rightarg = varchar, \
+                                       function = public.leak_eq); \
+             create extension citext",
+        )
+        .await
+        .unwrap();
+    refresh_catalog(&s.env);
+    assert!(
+        s.env
+            .proxy_log()
+            .contains("user-defined functions or operators are on the search_path"),
+        "the DBA is told at refresh"
+    );
+    let bot = s.env.agent().await;
+    let refused = |e: tokio_postgres::Error, what: &str| {
+        assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+        assert!(message(&e).contains(what), "{}", message(&e));
+        assert!(!message(&e).contains("0000"), "{}", message(&e));
+    };
+    // Called unqualified, the user's upper(varchar) would return tenant 2's SSNs.
+    let e = first_column(&bot, "select upper(name::varchar) from customers limit 1")
+        .await
+        .unwrap_err();
+    refused(e, "function upper() is also defined in schema public");
+    // The user's `=` would make this count every row (a bit about tenant 2 per query), and
+    // so would IN, NULLIF, CASE and USING, which PostgreSQL resolves as `=`.
+    for sql in [
+        "select count(*) from customers where name::varchar = 'x'::varchar",
+        "select count(*) from customers where name::varchar in ('x'::varchar)",
+        "select count(*) from customers where nullif(name::varchar, 'x'::varchar) is null",
+        "select count(*) from customers where case name::varchar when 'x'::varchar then true end",
+        "select count(*) from customers a join customers b using (id)",
+        // The fence itself compares tenant_id with `=`: while the operator is there, every
+        // statement on a filtered table is refused (the check does not know argument types).
+        "select count(*) from customers",
+    ] {
+        let e = first_column(&bot, sql).await.unwrap_err();
+        refused(e, "operator = is also defined in schema public");
+    }
+    let e = first_column(
+        &bot,
+        "select count(*) from customers where name operator(public.=) 'x'",
+    )
+    .await
+    .unwrap_err();
+    refused(e, "operators outside pg_catalog");
+
+    // Once the DBA drops the operator, statements run again (the fence compares with `=`),
+    // and citext's own operators do not count as user-defined.
+    s.env
+        .direct()
+        .await
+        .batch_execute("drop operator public.= (varchar, varchar)")
+        .await
+        .unwrap();
+    refresh_catalog(&s.env);
+    let bot = s.env.agent().await;
+    assert_eq!(
+        first_column(
+            &bot,
+            "select count(*) from customers where name::varchar = 'x'::varchar"
+        )
+        .await
+        .unwrap(),
+        ZERO
+    );
+    assert_eq!(
+        first_column(
+            &bot,
+            "select count(*) from customers where email::citext = 'X'::citext"
+        )
+        .await
+        .unwrap(),
+        ZERO
+    );
+    // upper() is still refused unqualified (whatever the argument's type); qualified, the
+    // built-in runs.
+    let e = first_column(
+        &bot,
+        "select count(*) from customers where upper(name) <> ''",
+    )
+    .await
+    .unwrap_err();
+    refused(e, "Write pg_catalog.upper");
+    assert_eq!(
+        first_column(
+            &bot,
+            "select count(*) from customers where pg_catalog.upper(name::varchar) <> ''"
+        )
+        .await
+        .unwrap(),
+        TEN
+    );
+}

@@ -13,7 +13,7 @@ use connectors::postgres::catalog::{RelationInfo, Snapshot};
 use policies::{derive_columns, DerivationCache, PolicyBundle, Version};
 use rewriter::{
     Catalog, Checked, Column, Policies, Protocol, Refusal, RelKind, Relation, RewriteCache,
-    Rewritten, TablePolicy, WriteAction, WritePolicy,
+    Rewritten, RoutineKind, TablePolicy, WriteAction, WritePolicy,
 };
 use tracing::warn;
 
@@ -87,17 +87,46 @@ impl CatalogView {
     fn new(snapshot: Snapshot, generation: u64) -> Self {
         let relations = snapshot.relations.into_iter().map(relation).collect();
         let system = snapshot.system.into_iter().map(relation).collect();
-        CatalogView {
+        let view = CatalogView {
             catalog: Catalog::new(
                 relations,
                 system,
                 rewriter::allowed_functions(snapshot.functions),
             )
             .with_others(snapshot.others)
+            .with_user_routines(
+                snapshot
+                    .user_routines
+                    .into_iter()
+                    .map(|(schema, name, kind)| {
+                        let kind = match kind {
+                            'o' => RoutineKind::Operator,
+                            _ => RoutineKind::Function,
+                        };
+                        (schema, name, kind)
+                    })
+                    .collect(),
+            )
             .with_database(snapshot.database),
             search_path: snapshot.search_path,
             generation,
+        };
+        let shadowing = view.catalog.user_routines_on_path(&view.search_path);
+        if !shadowing.is_empty() {
+            let names: Vec<String> = shadowing
+                .iter()
+                .map(|(kind, name, schema)| match kind {
+                    RoutineKind::Function => format!("{schema}.{name}()"),
+                    RoutineKind::Operator => format!("operator {schema}.{name}"),
+                })
+                .collect();
+            warn!(
+                routines = %names.join(", "),
+                "user-defined functions or operators are on the search_path: statements that \
+                 name them unqualified are refused (PostgreSQL may prefer them to the built-ins)"
+            );
         }
+        view
     }
 }
 

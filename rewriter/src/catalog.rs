@@ -74,6 +74,16 @@ pub struct Catalog {
     others: HashMap<(String, String), char>,
     /// The upstream database's name, which three-part names may begin with.
     database: Option<String>,
+    /// User-defined functions and operators (outside the system schemas and not members of an
+    /// extension), by (kind, name), with the schemas that define one.
+    user_routines: HashMap<(RoutineKind, String), Vec<String>>,
+}
+
+/// A function or an operator: the two kinds of routine PostgreSQL chooses by overloading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RoutineKind {
+    Function,
+    Operator,
 }
 
 /// What a relation name refers to.
@@ -101,7 +111,52 @@ impl Catalog {
             functions: functions.into_iter().collect(),
             others: HashMap::new(),
             database: None,
+            user_routines: HashMap::new(),
         }
+    }
+
+    /// With the user-defined functions and operators, as (schema, name, kind): PostgreSQL
+    /// chooses among every routine of a name on the search_path by argument types, so such a
+    /// routine may be called where a statement names a built-in (`upper(x::varchar)` calls a
+    /// `public.upper(varchar)`), and it runs with Portcullis's database rights.
+    pub fn with_user_routines(mut self, routines: Vec<(String, String, RoutineKind)>) -> Self {
+        for (schema, name, kind) in routines {
+            self.user_routines
+                .entry((kind, name))
+                .or_default()
+                .push(schema);
+        }
+        self
+    }
+
+    /// The first schema of `search_path` (other than `pg_catalog`) that defines a
+    /// user-defined routine of this kind and name: an unqualified use of the name may call it.
+    pub fn user_routine_on_path<'s>(
+        &'s self,
+        kind: RoutineKind,
+        name: &str,
+        search_path: &'s [String],
+    ) -> Option<&'s str> {
+        let schemas = self.user_routines.get(&(kind, name.to_string()))?;
+        search_path
+            .iter()
+            .find(|s| s.as_str() != "pg_catalog" && schemas.contains(s))
+            .map(String::as_str)
+    }
+
+    /// The user-defined routines an unqualified name may call with `search_path`, as
+    /// (kind, name, first schema on the path that defines one).
+    pub fn user_routines_on_path(
+        &self,
+        search_path: &[String],
+    ) -> Vec<(RoutineKind, String, String)> {
+        self.user_routines
+            .keys()
+            .filter_map(|(kind, name)| {
+                let schema = self.user_routine_on_path(*kind, name, search_path)?;
+                Some((*kind, name.clone(), schema.to_string()))
+            })
+            .collect()
     }
 
     /// With the upstream database's name (`db.schema.table` names it).

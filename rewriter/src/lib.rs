@@ -30,7 +30,7 @@ mod write_ctes;
 mod writes;
 
 pub use cache::RewriteCache;
-pub use catalog::{quote_ident, Catalog, Column, RelKind, Relation};
+pub use catalog::{quote_ident, Catalog, Column, RelKind, Relation, RoutineKind};
 pub use catalogs::allowed_functions;
 pub use error::Refusal;
 pub use policy::{Policies, TablePolicy, WriteAction, WritePolicy};
@@ -125,7 +125,7 @@ pub fn check(sql: &str, protocol: Protocol) -> Result<Checked, Refusal> {
     }
     let count = statements.len();
     Ok(Checked {
-        sql: forward(statements, false)?,
+        sql: forward(statements, false, Vec::new())?,
         statements: count,
         shape: 0,
         prepared: PreparedEffect::None,
@@ -178,8 +178,9 @@ pub fn rewrite(sql: &str, protocol: Protocol, ctx: &Context<'_>) -> Result<Rewri
         reads.extend(statements::rewrite(statement, ctx)?);
     }
     let count = statements.len();
+    let user_routines = ctx.catalog.user_routines_on_path(ctx.search_path);
     Ok(Rewritten {
-        sql: forward(statements, true)?,
+        sql: forward(statements, true, user_routines)?,
         statements: count,
         reads,
         prepared,
@@ -197,12 +198,19 @@ fn check_statement(statement: &Statement) -> Result<(), Refusal> {
 /// [`lexical`]), then read back by PostgreSQL's own parser and compared with what was checked
 /// (see [`verify`]). A disagreement refuses the statement; nothing unproven is forwarded.
 /// `fenced`: relations were fenced (enforcement), so PostgreSQL must read no other.
-fn forward(mut statements: Vec<Statement>, fenced: bool) -> Result<String, Refusal> {
+/// `user_routines`: the user-defined routines on the session's search_path (enforcement),
+/// whose names the statement may not use unqualified.
+fn forward(
+    mut statements: Vec<Statement>,
+    fenced: bool,
+    user_routines: Vec<(RoutineKind, String, String)>,
+) -> Result<String, Refusal> {
     let (relations, functions) = verify::references(&statements);
     let mut expected = verify::Expected {
         statements: statements.len(),
         relations: fenced.then_some(relations),
         functions,
+        user_routines,
         ..Default::default()
     };
     for statement in &mut statements {

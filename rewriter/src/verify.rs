@@ -26,7 +26,7 @@ use sqlparser::ast::{
     CopySource, Expr, ObjectName, ObjectNamePart, Query, Statement, TableFactor, Visit, Visitor,
 };
 
-use crate::catalog::normalize;
+use crate::catalog::{normalize, RoutineKind};
 use crate::lexical::Spelled;
 use crate::Refusal;
 
@@ -41,6 +41,9 @@ pub(crate) struct Expected {
     pub relations: Option<Vec<String>>,
     /// The last part of every function name called, normalized.
     pub functions: Vec<String>,
+    /// User-defined routines an unqualified name would reach on the session's search_path, as
+    /// (kind, name, schema): a statement that names one unqualified is refused.
+    pub user_routines: Vec<(RoutineKind, String, String)>,
 }
 
 /// Relations and function calls of `statements`, before they are spelled.
@@ -196,6 +199,58 @@ pub(crate) fn verify(sql: &str, expected: &Expected) -> Result<(), Refusal> {
             "PostgreSQL calls a function {name:?} Portcullis did not check"
         )));
     }
+    if expected.relations.is_none() {
+        // Gate-only mode: no policy to bypass, and user-defined routines are the agent's own.
+        return Ok(());
+    }
+    check_overloads(&found, &expected.user_routines)
+}
+
+/// Refuses a statement in which PostgreSQL would choose among built-in and user-defined
+/// routines of one name: operators (PostgreSQL's reading, so those implied by syntax count)
+/// and functions named unqualified. Which one PostgreSQL calls depends on argument types,
+/// which Portcullis does not know, and a user-defined one runs with Portcullis's database
+/// rights. Operators qualified with another schema than `pg_catalog` are refused outright.
+fn check_overloads(
+    found: &Found,
+    user_routines: &[(RoutineKind, String, String)],
+) -> Result<(), Refusal> {
+    for (schema, name) in &found.operators {
+        if let Some(schema) = schema.as_deref().filter(|s| *s != "pg_catalog") {
+            return Err(Refusal::Forbidden(format!(
+                "operator {schema}.{name} is not a PostgreSQL built-in (user-defined operators \
+                 run user-defined functions)"
+            )));
+        }
+    }
+    if user_routines.is_empty() {
+        return Ok(());
+    }
+    let operators = found.operators.iter().filter(|(s, _)| s.is_none());
+    let functions = found.functions.iter().filter(|(s, _)| s.is_none());
+    let used = functions
+        .map(|(_, n)| (RoutineKind::Function, n))
+        .chain(operators.map(|(_, n)| (RoutineKind::Operator, n)));
+    for (kind, name) in used {
+        let Some((_, _, schema)) = user_routines
+            .iter()
+            .find(|(k, n, _)| *k == kind && n == name)
+        else {
+            continue;
+        };
+        return Err(Refusal::Forbidden(match kind {
+            RoutineKind::Function => format!(
+                "function {name}() is also defined in schema {schema}, which is on the \
+                 search_path: PostgreSQL may call that one, with Portcullis's database rights. \
+                 Write pg_catalog.{name}(…) for the built-in"
+            ),
+            RoutineKind::Operator => format!(
+                "operator {name} is also defined in schema {schema}, which is on the \
+                 search_path: PostgreSQL may call that one, with Portcullis's database rights, \
+                 so statements using {name} are refused while it is there"
+            ),
+        }));
+    }
     Ok(())
 }
 
@@ -267,6 +322,8 @@ struct Found {
     statements: usize,
     relations: Vec<String>,
     functions: Vec<(Option<String>, String)>,
+    /// Every operator PostgreSQL will look up by name, explicit or implied by syntax.
+    operators: Vec<(Option<String>, String)>,
     constants: Vec<String>,
     column_refs: Vec<Vec<Option<String>>>,
 }
@@ -377,6 +434,16 @@ impl<'de> JsonVisitor<'de> for Walk<'_> {
                         }
                     }
                 }
+                node @ ("A_Expr" | "SubLink" | "SortBy" | "CaseExpr" | "JoinExpr") => {
+                    let value: Json = map.next_value()?;
+                    self.found.operators.extend(operators(node, &value));
+                    Walk {
+                        found: &mut *self.found,
+                        top: false,
+                    }
+                    .deserialize(&value)
+                    .map_err(serde::de::Error::custom)?;
+                }
                 "ColumnRef" => {
                     let value: Json = map.next_value()?;
                     let fields = value.get("fields").and_then(Json::as_array);
@@ -477,6 +544,53 @@ fn walk_seq<'de, A: SeqAccess<'de>>(mut seq: A, found: &mut Found) -> Result<usi
     Ok(n)
 }
 
+/// The operators a node of PostgreSQL's raw parse tree makes PostgreSQL look up by name (and
+/// so choose among by argument types on the search_path), as (schema, name): an operator
+/// expression's own, `=` for `IN`, `IS DISTINCT FROM`, `NULLIF`, `CASE x WHEN`, `IN (SELECT …)`
+/// and `JOIN … USING`/`NATURAL JOIN`, the comparisons of `BETWEEN`, and `ORDER BY … USING op`.
+fn operators(node: &str, value: &Json) -> Vec<(Option<String>, String)> {
+    let named = |key: &str| -> Option<(Option<String>, String)> {
+        let mut parts: Vec<String> = value
+            .get(key)?
+            .as_array()?
+            .iter()
+            .filter_map(string_node)
+            .collect();
+        let name = parts.pop()?;
+        Some((parts.pop(), name))
+    };
+    let equals = || vec![(None, "=".to_string())];
+    match node {
+        "A_Expr" => {
+            let kind = value.get("kind").and_then(Json::as_str).unwrap_or("");
+            if kind.contains("BETWEEN") {
+                [">=", "<=", "<", ">"]
+                    .iter()
+                    .map(|op| (None, op.to_string()))
+                    .collect()
+            } else {
+                named("name").into_iter().collect()
+            }
+        }
+        "SubLink" => match named("operName") {
+            Some(op) => vec![op],
+            None if value.get("subLinkType").and_then(Json::as_str) == Some("ANY_SUBLINK") => {
+                equals()
+            }
+            None => Vec::new(),
+        },
+        "SortBy" => named("useOp").into_iter().collect(),
+        "CaseExpr" if value.get("arg").is_some() => equals(),
+        "JoinExpr"
+            if value.get("usingClause").is_some()
+                || value.get("isNatural").and_then(Json::as_bool) == Some(true) =>
+        {
+            equals()
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// Every column reference (`ColumnRef`) in `sql` as PostgreSQL's grammar reads it: its
 /// name parts, `None` for `*`.
 pub(crate) fn column_refs(sql: &str) -> Result<Vec<Vec<Option<String>>>, Refusal> {
@@ -546,7 +660,91 @@ mod tests {
             },
             relations: Some(relations.iter().map(|s| s.to_string()).collect()),
             functions: vec![],
+            user_routines: vec![],
         }
+    }
+
+    /// The unqualified operators PostgreSQL looks up for `sql`, sorted and deduplicated.
+    fn operators_of(sql: &str) -> Vec<String> {
+        let mut ops: Vec<String> = read(sql)
+            .unwrap()
+            .operators
+            .into_iter()
+            .map(|(schema, name)| match schema {
+                Some(s) => format!("{s}.{name}"),
+                None => name,
+            })
+            .collect();
+        ops.sort();
+        ops.dedup();
+        ops
+    }
+
+    #[test]
+    fn operators_implied_by_syntax_are_read() {
+        let cases: &[(&str, &[&str])] = &[
+            ("SELECT a + b FROM t WHERE c ~~ 'x'", &["+", "~~"]),
+            ("SELECT 1 FROM t WHERE a IN (1, 2)", &["="]),
+            ("SELECT 1 FROM t WHERE a NOT IN (1, 2)", &["<>"]),
+            ("SELECT 1 FROM t WHERE a IN (SELECT b FROM u)", &["="]),
+            ("SELECT 1 FROM t WHERE a < ALL (SELECT b FROM u)", &["<"]),
+            ("SELECT 1 FROM t WHERE a = ANY ('{1}')", &["="]),
+            (
+                "SELECT 1 FROM t WHERE a BETWEEN 1 AND 2",
+                &["<", "<=", ">", ">="],
+            ),
+            ("SELECT 1 FROM t WHERE a IS DISTINCT FROM b", &["="]),
+            ("SELECT nullif(a, b) FROM t", &["="]),
+            ("SELECT CASE a WHEN 1 THEN 2 END FROM t", &["="]),
+            ("SELECT CASE WHEN a THEN 2 END FROM t", &[]),
+            ("SELECT 1 FROM t JOIN u USING (id)", &["="]),
+            ("SELECT 1 FROM t NATURAL JOIN u", &["="]),
+            ("SELECT 1 FROM t JOIN u ON true", &[]),
+            ("SELECT a FROM t ORDER BY a USING >", &[">"]),
+            ("SELECT a FROM t ORDER BY a", &[]),
+            ("SELECT a ILIKE 'x', a SIMILAR TO 'y' FROM t", &["~", "~~*"]),
+            ("SELECT a OPERATOR(public.===) b FROM t", &["public.==="]),
+            ("SELECT -a, |/ b FROM t", &["-", "|/"]),
+        ];
+        for (sql, ops) in cases {
+            assert_eq!(operators_of(sql), *ops, "{sql}");
+        }
+    }
+
+    #[test]
+    fn user_routines_on_the_path_are_refused_by_name() {
+        let routines = vec![
+            (RoutineKind::Operator, "=".to_string(), "public".to_string()),
+            (
+                RoutineKind::Function,
+                "upper".to_string(),
+                "public".to_string(),
+            ),
+        ];
+        let with = |sql: &str, functions: &[&str]| {
+            verify(
+                sql,
+                &Expected {
+                    statements: 1,
+                    relations: Some(vec!["t".into()]),
+                    functions: functions.iter().map(|f| f.to_string()).collect(),
+                    user_routines: routines.clone(),
+                    ..Default::default()
+                },
+            )
+        };
+        let e = with("SELECT 1 FROM t WHERE a IN (1)", &[]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("operator = is also defined in schema public"),
+            "{e}"
+        );
+        let e = with("SELECT upper(a) FROM t", &["upper"]).unwrap_err();
+        assert!(e.to_string().contains("pg_catalog.upper"), "{e}");
+        with("SELECT pg_catalog.upper(a) FROM t WHERE a > 1", &["upper"]).unwrap();
+        with("SELECT a OPERATOR(pg_catalog.=) 1 FROM t", &[]).unwrap();
+        let e = with("SELECT a OPERATOR(public.=) 1 FROM t", &[]).unwrap_err();
+        assert!(e.to_string().contains("not a PostgreSQL built-in"), "{e}");
     }
 
     #[test]

@@ -112,6 +112,9 @@ pub struct Snapshot {
     pub others: Vec<(String, String, char)>,
     /// `current_database()`: the name three-part names may begin with.
     pub database: String,
+    /// User-defined functions (`'f'`) and operators (`'o'`) as (schema, name, kind): those
+    /// outside the system schemas that no extension installed.
+    pub user_routines: Vec<(String, String, char)>,
 }
 
 const RELATIONS: &str = "
@@ -151,6 +154,25 @@ const FUNCTIONS: &str = "
     FROM pg_catalog.pg_proc
     WHERE pronamespace = 'pg_catalog'::regnamespace
     GROUP BY proname";
+
+/// Functions and operators outside the system schemas that are not members of an extension
+/// (an extension's are installed software, like the built-ins; citext's `=` is one).
+const USER_ROUTINES: &str = "
+    SELECT n.nspname::text, p.proname::text, 'f'
+    FROM pg_catalog.pg_proc p
+    JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d
+                      WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                        AND d.objid = p.oid AND d.deptype = 'e')
+    UNION
+    SELECT n.nspname::text, o.oprname::text, 'o'
+    FROM pg_catalog.pg_operator o
+    JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
+    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d
+                      WHERE d.classid = 'pg_catalog.pg_operator'::pg_catalog.regclass
+                        AND d.objid = o.oid AND d.deptype = 'e')";
 
 /// Reads a [`Snapshot`] with `config`'s credentials.
 pub async fn snapshot(config: &tokio_postgres::Config) -> Result<Snapshot, CatalogError> {
@@ -205,6 +227,16 @@ pub async fn snapshot(config: &tokio_postgres::Config) -> Result<Snapshot, Catal
         .collect();
     snap.others = client
         .query(OTHERS, &[])
+        .await
+        .map_err(q)?
+        .iter()
+        .map(|r| {
+            let kind: String = r.get(2);
+            (r.get(0), r.get(1), kind.chars().next().unwrap_or('?'))
+        })
+        .collect();
+    snap.user_routines = client
+        .query(USER_ROUTINES, &[])
         .await
         .map_err(q)?
         .iter()
