@@ -574,6 +574,8 @@ async fn user_defined_overloads_of_builtins_are_never_called() {
                                  and ssn like '0000%') $$; \
              create operator public.= (leftarg = varchar, rightarg = varchar, \
                                        function = public.leak_eq); \
+             create function public.leak(anyelement) returns text language sql as \
+               $$ select string_agg(ssn, ',') from public.customers where tenant_id = 2 $$; \
              create extension citext",
         )
         .await
@@ -647,6 +649,11 @@ async fn user_defined_overloads_of_builtins_are_never_called() {
         .unwrap(),
         ZERO
     );
+    // PostgreSQL reads c.leak as leak(c) (functional notation) when c has no column leak.
+    let e = first_column(&bot, "select c.leak from customers c limit 1")
+        .await
+        .unwrap_err();
+    refused(e, "reads x.f as f(x)");
     // upper() is still refused unqualified (whatever the argument's type); qualified, the
     // built-in runs.
     let e = first_column(
@@ -665,4 +672,169 @@ async fn user_defined_overloads_of_builtins_are_never_called() {
         .unwrap(),
         TEN
     );
+}
+
+/// The finance example with a second schema: `archive.customers`, read by the same row
+/// policy (support-bot: tenant 1).
+fn finance_with_archive(dir: &std::path::Path) {
+    copy_files("policies/examples/finance", dir);
+    let path = dir.join("tables.cedarschema");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("public::transfers]"));
+    let text = text.replace(
+        "public::transfers]",
+        "public::transfers, archive::customers]",
+    ) + "\nnamespace archive {\n  entity customers {\n    \"id\": Long,\n    \
+           \"tenant_id\": Long,\n    \"note\": String,\n  };\n}\n";
+    std::fs::write(&path, text).unwrap();
+}
+
+/// `SET search_path` to known schemas: unqualified names resolve as PostgreSQL resolves them
+/// for the session, through transactions, savepoints, errors, `set_config`, `RESET` and
+/// `DISCARD ALL`, in the simple and the extended protocol, pipelined or not; paths that could
+/// reach user-defined look-alikes of built-ins, or put `pg_catalog` after another schema, are
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_path_follows_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    finance_with_archive(dir.path());
+    let env = Env::start_with_policies(dir.path());
+    env.direct()
+        .await
+        .batch_execute(&format!(
+            "create schema archive; \
+             create table archive.customers (id int primary key, tenant_id int not null, \
+                                             note text not null); \
+             insert into archive.customers values (1, 1, 'a'), (2, 1, 'b'), (3, 1, 'c'), \
+                                                  (4, 2, 'd'), (5, 2, 'e'); \
+             grant usage on schema archive to {UPSTREAM}; \
+             grant select on archive.customers to {UPSTREAM}; \
+             create schema tools; \
+             create table tools.notes (id int); \
+             create function tools.upper(varchar) returns text language sql \
+               as $$ select 'x' $$;",
+            UPSTREAM = connectors::postgres::fixtures::UPSTREAM_USER,
+        ))
+        .await
+        .unwrap();
+    refresh_catalog(&env);
+    let bot = env.agent().await;
+    let three: &[&str] = &["3"];
+    attack(
+        &bot,
+        "search_path",
+        &[
+            ("select count(*) from customers", Rows(TEN)),
+            ("set search_path to archive, public", Rows(&[])),
+            ("show search_path", Rows(&["archive, public"])),
+            ("select count(*) from customers", Rows(three)),
+            ("select count(*) from tickets", Rows(&["40"])),
+            ("select count(*) from public.customers", Rows(TEN)),
+            // A SET applies to the statements after it in the same query.
+            (
+                "reset search_path; select count(*) from customers",
+                Rows(TEN),
+            ),
+            (
+                "set search_path to archive, public; select count(*) from customers",
+                Rows(three),
+            ),
+            // A rolled-back change is undone, a committed one kept, SET LOCAL ends with its
+            // transaction, ROLLBACK TO SAVEPOINT undoes what followed the savepoint.
+            ("begin", Rows(&[])),
+            ("set search_path to public", Rows(&[])),
+            ("select count(*) from customers", Rows(TEN)),
+            ("rollback", Rows(&[])),
+            ("select count(*) from customers", Rows(three)),
+            ("begin", Rows(&[])),
+            ("set local search_path to public", Rows(&[])),
+            ("select count(*) from customers", Rows(TEN)),
+            ("commit", Rows(&[])),
+            ("select count(*) from customers", Rows(three)),
+            ("begin", Rows(&[])),
+            ("savepoint s", Rows(&[])),
+            ("set search_path to public", Rows(&[])),
+            ("select count(*) from customers", Rows(TEN)),
+            ("rollback to savepoint s", Rows(&[])),
+            ("select count(*) from customers", Rows(three)),
+            ("commit", Rows(&[])),
+            ("select count(*) from customers", Rows(three)),
+            ("begin", Rows(&[])),
+            ("set search_path to public", Rows(&[])),
+            ("commit", Rows(&[])),
+            ("select count(*) from customers", Rows(TEN)),
+            // A failed transaction takes its change with it.
+            ("begin", Rows(&[])),
+            ("set search_path to archive, public", Rows(&[])),
+            ("select 1/0", Refused("22012")),
+            ("rollback", Rows(&[])),
+            ("select count(*) from customers", Rows(TEN)),
+            // set_config and DISCARD ALL.
+            (
+                "select set_config('search_path', 'archive, public', false)",
+                Rows(&["archive, public"]),
+            ),
+            ("select count(*) from customers", Rows(three)),
+            ("discard all", Rows(&[])),
+            ("select count(*) from customers", Rows(TEN)),
+            // Refused paths leave the path as it was.
+            ("set search_path to tools, public", Refused("42501")),
+            ("set search_path to public, pg_catalog", Refused("42501")),
+            ("set search_path to nosuch, public", Refused("42501")),
+            ("set search_path to pg_temp, public", Refused("42501")),
+            ("set search_path to \"$user\", archive", Refused("42501")),
+            (
+                "select set_config('search_path', 'archive', false); select 1",
+                Refused("0A000"),
+            ),
+            ("select count(*) from customers", Rows(TEN)),
+        ],
+    )
+    .await;
+    let e = first_column(&bot, "set search_path to tools, public")
+        .await
+        .unwrap_err();
+    assert!(
+        message(&e).contains("tools.upper()"),
+        "the refusal names the look-alike: {}",
+        message(&e)
+    );
+
+    // The extended protocol: SET, then queries, each a Parse/Bind/Execute/Sync.
+    let count = |rows: Vec<tokio_postgres::Row>| rows[0].get::<_, i64>(0);
+    bot.execute("set search_path to archive, public", &[])
+        .await
+        .unwrap();
+    let rows = bot
+        .query("select count(*) from customers", &[])
+        .await
+        .unwrap();
+    assert_eq!(count(rows), 3);
+    bot.execute("set search_path to public", &[]).await.unwrap();
+    let rows = bot
+        .query("select count(*) from customers", &[])
+        .await
+        .unwrap();
+    assert_eq!(count(rows), 10);
+    // Pipelined: both Query messages are sent before any reply; the second is held until the
+    // path is read back.
+    let (set, rows) = tokio::join!(
+        first_column(&bot, "set search_path to archive, public"),
+        first_column(&bot, "select count(*) from customers"),
+    );
+    set.unwrap();
+    assert_eq!(rows.unwrap(), three);
+    bot.batch_execute("reset search_path").await.unwrap();
+    // A statement prepared under one path and run under another is rewritten again, as
+    // PostgreSQL re-plans it; here its fenced columns differ, so it fails as PostgreSQL fails
+    // a cached plan whose result changed, rather than answer from the old table.
+    let statement = bot.prepare("select count(*) from customers").await.unwrap();
+    assert_eq!(count(bot.query(&statement, &[]).await.unwrap()), 10);
+    bot.batch_execute("set search_path to archive, public")
+        .await
+        .unwrap();
+    match bot.query(&statement, &[]).await {
+        Ok(rows) => assert_eq!(count(rows), 3),
+        Err(e) => assert_eq!(sqlstate(&e), "0A000", "{}", message(&e)),
+    }
 }

@@ -78,7 +78,8 @@ type RuleKey = (Version, u64, String, String, String);
 /// The upstream catalog as last read (at start, then at each refresh).
 pub struct CatalogView {
     pub catalog: Catalog,
-    pub search_path: Vec<String>,
+    /// The login's search_path setting as `SHOW search_path` prints it.
+    pub search_path_setting: String,
     /// Bumped by each refresh.
     pub generation: u64,
 }
@@ -107,11 +108,14 @@ impl CatalogView {
                     })
                     .collect(),
             )
-            .with_database(snapshot.database),
-            search_path: snapshot.search_path,
+            .with_database(snapshot.database)
+            .with_search_path(snapshot.search_path),
+            search_path_setting: snapshot.search_path_setting,
             generation,
         };
-        let shadowing = view.catalog.user_routines_on_path(&view.search_path);
+        let shadowing = view
+            .catalog
+            .user_routines_on_path(view.catalog.search_path());
         if !shadowing.is_empty() {
             let names: Vec<String> = shadowing
                 .iter()
@@ -127,6 +131,25 @@ impl CatalogView {
             );
         }
         view
+    }
+}
+
+/// A session's search_path when it is not the login's: its schemas, and the text that keys
+/// its rewrites in the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionPath {
+    pub schemas: Vec<String>,
+    pub key: String,
+}
+
+impl SessionPath {
+    pub fn new(schemas: Vec<String>) -> Self {
+        let key = schemas
+            .iter()
+            .map(|s| rewriter::quote_ident(s))
+            .collect::<Vec<_>>()
+            .join(",");
+        SessionPath { schemas, key }
     }
 }
 
@@ -177,36 +200,49 @@ impl Enforcer {
         self.policies.generation() + self.catalog_generation.load(Ordering::Acquire)
     }
 
-    /// The rewrite of `sql` for `principal` under the active policy version.
-    pub fn rewrite(&self, principal: &Principal, sql: &str, protocol: Protocol) -> GateResult {
+    /// The rewrite of `sql` for `principal` under the active policy version, with names
+    /// resolved by `search_path` (`None`: the login's, where sessions start).
+    pub fn rewrite(
+        &self,
+        principal: &Principal,
+        search_path: Option<&SessionPath>,
+        sql: &str,
+        protocol: Protocol,
+    ) -> GateResult {
         // Generations before bundle and catalog: what a result is computed from is never older
         // than the key it is cached under.
         let key = (
             self.policies.generation(),
             self.catalog_generation.load(Ordering::Acquire),
         );
-        let hit =
-            self.rewrites
-                .lock()
-                .expect("rewrite cache")
-                .get(&key, &principal.scope, protocol, sql);
+        let scope = match search_path {
+            None => std::borrow::Cow::Borrowed(principal.scope.as_str()),
+            Some(path) => std::borrow::Cow::Owned(format!("{}\0{}", principal.scope, path.key)),
+        };
+        let hit = self
+            .rewrites
+            .lock()
+            .expect("rewrite cache")
+            .get(&key, &scope, protocol, sql);
         if let Some(hit) = hit {
             return hit;
         }
         let bundle = self.policies.current();
         let view = self.catalog();
+        let path = search_path.map(|p| &p.schemas[..]);
         let result = Arc::new(
-            self.rewrite_with(&view, &bundle, principal, sql, protocol)
+            self.rewrite_with(&view, &bundle, principal, path, sql, protocol)
                 .map(|r| Checked {
                     shape: shape(&view, &r.reads),
                     sql: r.sql,
                     statements: r.statements,
                     prepared: r.prepared,
+                    search_path_changes: r.search_path_changes,
                 }),
         );
         self.rewrites.lock().expect("rewrite cache").insert(
             &key,
-            &principal.scope,
+            &scope,
             protocol,
             sql,
             result.clone(),
@@ -222,7 +258,7 @@ impl Enforcer {
         sql: &str,
         protocol: Protocol,
     ) -> Result<Rewritten, Refusal> {
-        self.rewrite_with(&self.catalog(), bundle, principal, sql, protocol)
+        self.rewrite_with(&self.catalog(), bundle, principal, None, sql, protocol)
     }
 
     fn rewrite_with(
@@ -230,6 +266,7 @@ impl Enforcer {
         view: &CatalogView,
         bundle: &PolicyBundle,
         principal: &Principal,
+        search_path: Option<&[String]>,
         sql: &str,
         protocol: Protocol,
     ) -> Result<Rewritten, Refusal> {
@@ -241,7 +278,7 @@ impl Enforcer {
         };
         let ctx = rewriter::Context {
             catalog: &view.catalog,
-            search_path: &view.search_path,
+            search_path: search_path.unwrap_or(view.catalog.search_path()),
             policies: &session,
             agent: principal.agent.id().unescaped(),
         };

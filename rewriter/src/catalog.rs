@@ -77,6 +77,11 @@ pub struct Catalog {
     /// User-defined functions and operators (outside the system schemas and not members of an
     /// extension), by (kind, name), with the schemas that define one.
     user_routines: HashMap<(RoutineKind, String), Vec<String>>,
+    /// The upstream login's effective search_path (`current_schemas(false)`): every session's
+    /// at start.
+    search_path: Vec<String>,
+    /// The schemas of `relations`.
+    schemas: HashSet<String>,
 }
 
 /// A function or an operator: the two kinds of routine PostgreSQL chooses by overloading.
@@ -99,6 +104,7 @@ impl Catalog {
     /// `relations`: every relation outside the system schemas; `system`: every relation in
     /// them; `functions`: the names of the functions in `pg_catalog`.
     pub fn new(relations: Vec<Relation>, system: Vec<Relation>, functions: Vec<String>) -> Self {
+        let schemas = relations.iter().map(|r| r.schema.clone()).collect();
         Catalog {
             relations: relations
                 .into_iter()
@@ -112,7 +118,41 @@ impl Catalog {
             others: HashMap::new(),
             database: None,
             user_routines: HashMap::new(),
+            search_path: Vec::new(),
+            schemas,
         }
+    }
+
+    /// With the upstream login's effective search_path.
+    pub fn with_search_path(mut self, search_path: Vec<String>) -> Self {
+        self.search_path = search_path;
+        self
+    }
+
+    /// The upstream login's effective search_path, where every session starts.
+    pub fn search_path(&self) -> &[String] {
+        &self.search_path
+    }
+
+    /// Whether a table or view of `schema` is known.
+    pub fn has_schema(&self, schema: &str) -> bool {
+        self.schemas.contains(schema)
+    }
+
+    /// A user-defined routine of `schema` that PostgreSQL could call where a statement names
+    /// a built-in: any operator, or a function with a built-in's name.
+    pub fn shadowing_routine(&self, schema: &str) -> Option<(RoutineKind, &str)> {
+        let mut found: Vec<(RoutineKind, &str)> = self
+            .user_routines
+            .iter()
+            .filter(|((kind, name), schemas)| {
+                schemas.iter().any(|s| s == schema)
+                    && (*kind == RoutineKind::Operator || self.is_builtin_function(name))
+            })
+            .map(|((kind, name), _)| (*kind, name.as_str()))
+            .collect();
+        found.sort_by_key(|(kind, name)| (*kind == RoutineKind::Operator, *name));
+        found.into_iter().next()
     }
 
     /// With the user-defined functions and operators, as (schema, name, kind): PostgreSQL

@@ -21,6 +21,7 @@ mod parse;
 mod policy;
 mod protect;
 mod qualified;
+mod search_path;
 mod settings;
 mod sql_filter;
 mod statements;
@@ -67,6 +68,8 @@ pub struct Checked {
     /// What the statements do to protocol-level prepared statements (which the proxy names
     /// upstream on the client's behalf).
     pub prepared: PreparedEffect,
+    /// Under enforcement: the statements may change the session's search_path.
+    pub search_path_changes: bool,
 }
 
 /// The effect of SQL-level `DEALLOCATE` / `DISCARD ALL` on prepared statements.
@@ -129,6 +132,7 @@ pub fn check(sql: &str, protocol: Protocol) -> Result<Checked, Refusal> {
         statements: count,
         shape: 0,
         prepared: PreparedEffect::None,
+        search_path_changes: false,
     })
 }
 
@@ -153,6 +157,9 @@ pub struct Rewritten {
     pub reads: Vec<Read>,
     /// What the statements do to protocol-level prepared statements.
     pub prepared: PreparedEffect,
+    /// The statements may change the session's search_path (`SET`, `RESET`, `set_config`,
+    /// `DISCARD ALL`): the proxy reads it back after them.
+    pub search_path_changes: bool,
 }
 
 /// Parses, checks and rewrites `sql` so that it can only read what `ctx`'s policy allows.
@@ -167,23 +174,59 @@ pub fn rewrite(sql: &str, protocol: Protocol, ctx: &Context<'_>) -> Result<Rewri
     lexical::refuse_reserved_names(&mut statements)?;
     let prepared = prepared_effect(&statements)?;
     let mut reads = Vec::new();
-    for statement in &mut statements {
-        settings::check(statement)?;
-        copy::check(statement)?;
-        settings::check_search_path(statement, ctx.search_path)?;
-        settings::check_reads(statement)?;
-        identity::report_agent(statement, ctx.agent);
-        write_ctes::inline(statement)?;
-        qualified::shorten(statement, ctx)?;
-        reads.extend(statements::rewrite(statement, ctx)?);
-    }
+    // Names resolve with the search_path in effect when each statement runs: a SET applies to
+    // the statements after it in the same Query.
+    let mut path: Vec<String> = ctx.search_path.to_vec();
+    // Every schema any statement may resolve routines in: the login's, the session's and
+    // those set here (see `verify`'s overload check).
+    let mut routine_path: Vec<String> = ctx.catalog.search_path().to_vec();
+    let mut search_path_changes = false;
     let count = statements.len();
-    let user_routines = ctx.catalog.user_routines_on_path(ctx.search_path);
+    for (i, statement) in statements.iter_mut().enumerate() {
+        let next = {
+            let ctx = Context {
+                search_path: &path,
+                ..*ctx
+            };
+            settings::check(statement)?;
+            copy::check(statement)?;
+            let effect = search_path::effect(statement, &ctx)?;
+            settings::check_reads(statement)?;
+            identity::report_agent(statement, ctx.agent);
+            write_ctes::inline(statement)?;
+            qualified::shorten(statement, &ctx)?;
+            reads.extend(statements::rewrite(statement, &ctx)?);
+            match effect {
+                search_path::Effect::None => None,
+                search_path::Effect::Set(p) => Some(p),
+                search_path::Effect::Reset => Some(ctx.catalog.search_path().to_vec()),
+                search_path::Effect::Maybe if i + 1 < count => {
+                    return Err(Refusal::Unsupported(
+                        "set_config('search_path', …) followed by other statements in one \
+                         query (send them separately, or use SET)"
+                            .into(),
+                    ))
+                }
+                search_path::Effect::Maybe => {
+                    search_path_changes = true;
+                    None
+                }
+            }
+        };
+        routine_path.extend(path.iter().cloned());
+        if let Some(p) = next {
+            search_path_changes = true;
+            path = p;
+        }
+    }
+    routine_path.extend(path);
+    let user_routines = ctx.catalog.user_routines_on_path(&routine_path);
     Ok(Rewritten {
         sql: forward(statements, true, user_routines)?,
         statements: count,
         reads,
         prepared,
+        search_path_changes,
     })
 }
 

@@ -242,7 +242,7 @@ pub(crate) fn check_reads(statement: &Statement) -> Result<(), Refusal> {
 
 /// The `set_config('name', value, …)` calls of `statement`: each setting's name (literal: the
 /// gate refuses others), lower case, and its value when that is a string constant.
-fn set_config_calls(statement: &Statement) -> Vec<(String, Option<String>)> {
+pub(crate) fn set_config_calls(statement: &Statement) -> Vec<(String, Option<String>)> {
     let mut calls = Vec::new();
     let _ = visit_expressions(statement, |expr| {
         if let Some(name) = call_args(expr, "set_config").and_then(|args| {
@@ -255,84 +255,8 @@ fn set_config_calls(statement: &Statement) -> Vec<(String, Option<String>)> {
     calls
 }
 
-/// The schemas `SET search_path` assigns, as PostgreSQL reads them: each value one schema (a
-/// string constant as written, a bare word folded to lower case). `None` for other forms.
-fn search_path_of_set(set: &Set) -> Option<Vec<String>> {
-    let Set::SingleAssignment {
-        variable, values, ..
-    } = set
-    else {
-        return None;
-    };
-    if setting_name(variable) != "search_path" {
-        return None;
-    }
-    values
-        .iter()
-        .map(|v| match v {
-            Expr::Identifier(i) => Some(crate::catalog::normalize(i)),
-            e => string_constant(e),
-        })
-        .collect()
-}
-
-/// The schemas `set_config('search_path', text, …)` assigns: a comma-separated list of plain
-/// names (folded to lower case, as PostgreSQL splits it); `None` for anything else.
-fn search_path_of_text(text: &str) -> Option<Vec<String>> {
-    text.split(',')
-        .map(|part| {
-            let part = part.trim();
-            crate::lexical::is_unquoted_identifier(part).then(|| part.to_ascii_lowercase())
-        })
-        .collect()
-}
-
-/// Under enforcement names are resolved with the session's search_path `current`: `SET` and
-/// `set_config` may set it only to what it is (LangChain's `SET search_path TO 'public'`).
-pub(crate) fn check_search_path(statement: &Statement, current: &[String]) -> Result<(), Refusal> {
-    let refusal = || {
-        Refusal::Forbidden(format!(
-            "search_path is fixed by Portcullis to {}; schema-qualify names instead",
-            current.join(", ")
-        ))
-    };
-    if let Statement::Set(set) = statement {
-        let keeps = search_path_of_set(set).is_some_and(|p| keeps_search_path(&p, current));
-        if !keeps && assigned(set).iter().any(|n| n == "search_path") {
-            return Err(refusal());
-        }
-    }
-    for (name, value) in set_config_calls(statement) {
-        let keeps = value
-            .as_deref()
-            .and_then(search_path_of_text)
-            .is_some_and(|p| keeps_search_path(&p, current));
-        if name == "search_path" && !keeps {
-            return Err(refusal());
-        }
-    }
-    Ok(())
-}
-
-/// Whether `path` leaves name resolution as it is with `current` (the session's effective
-/// search_path): the same schemas, `pg_catalog` possibly named first (it is searched first
-/// anyway).
-fn keeps_search_path(path: &[String], current: &[String]) -> bool {
-    let path = match path.split_first() {
-        Some((first, rest))
-            if first == "pg_catalog"
-                && current.first().map(String::as_str) != Some("pg_catalog") =>
-        {
-            rest
-        }
-        _ => path,
-    };
-    path == current
-}
-
-/// A setting's name as PostgreSQL compares it: dotted, case-insensitive (even when quoted).
 /// The names a `SET` assigns, as PostgreSQL reads them (lower case, quotes dropped).
-fn assigned(set: &Set) -> Vec<String> {
+pub(crate) fn assigned(set: &Set) -> Vec<String> {
     match set {
         Set::SingleAssignment { variable, .. } => vec![setting_name(variable)],
         Set::MultipleAssignments { assignments } => {
@@ -345,7 +269,8 @@ fn assigned(set: &Set) -> Vec<String> {
     }
 }
 
-fn setting_name(name: &ObjectName) -> String {
+/// A setting's name as PostgreSQL compares it: dotted, case-insensitive (even when quoted).
+pub(crate) fn setting_name(name: &ObjectName) -> String {
     name.0
         .iter()
         .map(|p| {
@@ -359,7 +284,7 @@ fn setting_name(name: &ObjectName) -> String {
 
 /// The text of a string literal or bare identifier (`SET client_encoding TO utf8`).
 /// The text of a string constant.
-fn string_constant(expr: &Expr) -> Option<String> {
+pub(crate) fn string_constant(expr: &Expr) -> Option<String> {
     match expr {
         Expr::Value(v) => match &v.value {
             Value::SingleQuotedString(s)

@@ -226,6 +226,26 @@ fn check_overloads(
     if user_routines.is_empty() {
         return Ok(());
     }
+    // `t.f` is a call of f(t) to PostgreSQL when t has no column f (functional notation).
+    for parts in found.column_refs.iter().filter(|parts| parts.len() > 1) {
+        let Some(Some(name)) = parts.last() else {
+            continue;
+        };
+        if let Some((_, _, schema)) = user_routines
+            .iter()
+            .find(|(k, n, _)| *k == RoutineKind::Function && n == name)
+        {
+            return Err(Refusal::Forbidden(format!(
+                "{} may call function {schema}.{name}() (PostgreSQL reads x.f as f(x) when x has \
+                 no column f), which is user-defined and runs with Portcullis's database rights",
+                parts
+                    .iter()
+                    .map(|p| p.as_deref().unwrap_or("*"))
+                    .collect::<Vec<_>>()
+                    .join(".")
+            )));
+        }
+    }
     let operators = found.operators.iter().filter(|(s, _)| s.is_none());
     let functions = found.functions.iter().filter(|(s, _)| s.is_none());
     let used = functions
@@ -743,6 +763,8 @@ mod tests {
         assert!(e.to_string().contains("pg_catalog.upper"), "{e}");
         with("SELECT pg_catalog.upper(a) FROM t WHERE a > 1", &["upper"]).unwrap();
         with("SELECT a OPERATOR(pg_catalog.=) 1 FROM t", &[]).unwrap();
+        let e = with("SELECT t.upper FROM t", &[]).unwrap_err();
+        assert!(e.to_string().contains("reads x.f as f(x)"), "{e}");
         let e = with("SELECT a OPERATOR(public.=) 1 FROM t", &[]).unwrap_err();
         assert!(e.to_string().contains("not a PostgreSQL built-in"), "{e}");
     }

@@ -107,6 +107,8 @@ pub struct Snapshot {
     pub functions: Vec<(String, bool)>,
     /// The login's effective search_path (`current_schemas(false)`).
     pub search_path: Vec<String>,
+    /// The login's search_path setting as `SHOW search_path` prints it (`"$user", public`).
+    pub search_path_setting: String,
     /// Relations outside the system schemas that are not tables or views: (schema, name,
     /// relkind) of sequences, indexes and composite types, named in refusals.
     pub others: Vec<(String, String, char)>,
@@ -250,11 +252,16 @@ pub async fn snapshot(config: &tokio_postgres::Config) -> Result<Snapshot, Catal
         .await
         .map_err(q)?
         .get(0);
-    snap.search_path = client
-        .query_one("SELECT pg_catalog.current_schemas(false)::text[]", &[])
+    let path = client
+        .query_one(
+            "SELECT pg_catalog.current_schemas(false)::text[], \
+                    pg_catalog.current_setting('search_path')",
+            &[],
+        )
         .await
-        .map_err(q)?
-        .get(0);
+        .map_err(q)?;
+    snap.search_path = path.get(0);
+    snap.search_path_setting = path.get(1);
     drop(client);
     let _ = driver.await;
     Ok(snap)

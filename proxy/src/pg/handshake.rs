@@ -254,7 +254,9 @@ fn vet_params(
             "search_path" if enforcing => {
                 return Err((
                     "42501",
-                    "search_path is fixed by Portcullis; schema-qualify names instead".into(),
+                    "search_path cannot be a start-up parameter through Portcullis; run SET \
+                     search_path after connecting"
+                        .into(),
                 ));
             }
             _ if key.starts_with("_pq_.") => unsupported.push(k.clone()),

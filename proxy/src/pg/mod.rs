@@ -8,5 +8,6 @@ pub mod handshake;
 pub mod messages;
 pub mod pipeline;
 pub mod scram;
+pub mod search_path;
 pub mod session;
 pub mod statements;

@@ -46,6 +46,9 @@ pub enum Reply {
     /// A message the proxy added on its own (re-preparing a statement): a successful reply is
     /// dropped, an error is forwarded (the client's next message fails with it).
     Hide,
+    /// A query the proxy sent to read a setting (see `search_path`): none of its reply reaches
+    /// the client; its DataRow is read, its ReadyForQuery ends the read.
+    Read,
 }
 
 /// What to do with one backend message.
@@ -54,6 +57,10 @@ pub enum Action {
     Forward,
     Drop,
     Replace(Rejection),
+    /// A row of a [`Reply::Read`]: read it, then drop it.
+    ReadRow,
+    /// The ReadyForQuery ending a [`Reply::Read`]: drop it; the read is over.
+    ReadDone,
 }
 
 #[derive(Debug)]
@@ -111,6 +118,11 @@ impl Pipeline {
         std::mem::take(&mut self.lost)
     }
 
+    /// Whether the reply now arriving is to a read of the proxy's own.
+    pub fn front_is_read(&self) -> bool {
+        self.queue.front().is_some_and(|p| p.reply == Reply::Read)
+    }
+
     /// True when no reply is outstanding (the upstream is not busy for this client).
     pub fn is_idle(&self) -> bool {
         self.queue.is_empty()
@@ -118,6 +130,24 @@ impl Pipeline {
 
     /// Accounts for one backend message by its tag, and says what the client gets of it.
     pub fn on_backend(&mut self, tag: u8) -> Result<Action, Mismatch> {
+        if self.queue.front().is_some_and(|p| p.reply == Reply::Read) {
+            return Ok(match tag {
+                // Asynchronous messages are the client's.
+                b'N' | b'A' | b'S' => Action::Forward,
+                b'D' => Action::ReadRow,
+                b'Z' => {
+                    self.queue.pop_front();
+                    Action::ReadDone
+                }
+                b'T' | b'C' | b'I' | b'E' => Action::Drop,
+                _ => {
+                    return Err(Mismatch {
+                        tag,
+                        expected: "a read was pending".into(),
+                    })
+                }
+            });
+        }
         let front = self.queue.front().map(|p| p.expect);
         let mismatch = || Mismatch {
             tag,
@@ -163,7 +193,7 @@ impl Pipeline {
         let front_hidden = front.reply == Reply::Hide;
         let action = match std::mem::replace(&mut front.reply, Reply::Forward) {
             Reply::Refuse(r) => Action::Replace(r),
-            Reply::Forward | Reply::Hide => Action::Forward,
+            Reply::Forward | Reply::Hide | Reply::Read => Action::Forward,
         };
         match front.expect {
             // A simple query, or the implicit commit at Sync, is followed by ReadyForQuery.
@@ -203,6 +233,29 @@ mod tests {
 
     fn rej() -> Reply {
         Reply::Refuse(rejection())
+    }
+
+    #[test]
+    fn a_read_is_never_shown_to_the_client() {
+        let mut p = Pipeline::default();
+        p.push(Expect::Query, Reply::Forward);
+        p.push(Expect::Query, Reply::Read);
+        p.push(Expect::Sync, Reply::Forward);
+        for tag in *b"TDCZ" {
+            assert_eq!(p.on_backend(tag), Ok(Action::Forward));
+        }
+        assert_eq!(p.on_backend(b'T'), Ok(Action::Drop));
+        assert_eq!(p.on_backend(b'S'), Ok(Action::Forward));
+        assert_eq!(p.on_backend(b'D'), Ok(Action::ReadRow));
+        assert_eq!(p.on_backend(b'C'), Ok(Action::Drop));
+        assert_eq!(p.on_backend(b'Z'), Ok(Action::ReadDone));
+        assert_eq!(p.on_backend(b'Z'), Ok(Action::Forward));
+        assert!(p.is_idle());
+        // A failed read (an aborted transaction) is dropped too.
+        p.push(Expect::Query, Reply::Read);
+        assert_eq!(p.on_backend(b'E'), Ok(Action::Drop));
+        assert_eq!(p.on_backend(b'Z'), Ok(Action::ReadDone));
+        assert!(p.is_idle());
     }
 
     #[test]

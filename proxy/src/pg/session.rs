@@ -26,8 +26,10 @@ use super::messages::error::{
 use super::messages::extended;
 use super::messages::frame::{self, FrameError};
 use super::messages::query::{self, ParseDecodeError};
+use super::messages::rows;
 use super::messages::status;
 use super::pipeline::{Action, Expect, Pipeline, Rejection, Reply};
+use super::search_path;
 use super::statements::{Prepared, Statements};
 use crate::enforce::Principal;
 use crate::limits::{Expiry, Limits, Timers};
@@ -67,6 +69,12 @@ pub struct Session<'a> {
     timers: Timers,
     /// The transaction status of the last ReadyForQuery not yet given to `timers`.
     ready: Option<u8>,
+    /// The session's search_path (under enforcement).
+    search_path: search_path::Tracker,
+    /// The row of the read in flight.
+    read_value: Option<String>,
+    /// A read ended: client messages held for it are handled now.
+    resume_client: bool,
 }
 
 /// How a session ended abnormally; the client has been told (FATAL) where it still listens.
@@ -119,6 +127,9 @@ impl<'a> Session<'a> {
                     .unwrap_or(Limits::from_ms(0, 0)),
             ),
             ready: None,
+            search_path: search_path::Tracker::default(),
+            read_value: None,
+            resume_client: false,
             agent,
         }
     }
@@ -201,19 +212,8 @@ impl<'a> Session<'a> {
                         Err(e) => return Err(SessionError::Client(e)),
                     }
                     self.timers.client_active();
-                    let flow = self.on_client_data();
-                    self.timers.set_busy(!self.pipeline.is_idle(), tokio::time::Instant::now());
-                    if !self.to_upstream.is_empty() {
-                        self.upstream.write_all(&self.to_upstream).await.map_err(SessionError::Upstream)?;
-                        self.to_upstream.clear();
-                    }
-                    match flow {
-                        Ok(Flow::Continue) => {}
-                        Ok(Flow::Terminate) => return Ok(()),
-                        Err(e) => {
-                            self.fatal_to_client("08P01", &e.to_string()).await;
-                            return Err(e);
-                        }
+                    if let Some(end) = self.pump_client().await {
+                        return end;
                     }
                 }
                 read = self.upstream.read_buf(&mut self.from_upstream) => {
@@ -245,9 +245,58 @@ impl<'a> Session<'a> {
                         self.fatal_to_client("08P01", "Portcullis ended the session: unexpected response from the database").await;
                         return Err(e);
                     }
+                    if std::mem::take(&mut self.resume_client) {
+                        if let Some(end) = self.pump_client().await {
+                            return end;
+                        }
+                    }
                 }
             }
         }
+    }
+
+    /// Handles the client's buffered messages and sends upstream what they produced.
+    /// `Some`: the session ends, with this result.
+    async fn pump_client(&mut self) -> Option<Result<(), SessionError>> {
+        let flow = self.on_client_data();
+        self.timers
+            .set_busy(!self.pipeline.is_idle(), tokio::time::Instant::now());
+        if !self.to_upstream.is_empty() {
+            if let Err(e) = self.upstream.write_all(&self.to_upstream).await {
+                return Some(Err(SessionError::Upstream(e)));
+            }
+            self.to_upstream.clear();
+        }
+        match flow {
+            Ok(Flow::Continue) => None,
+            Ok(Flow::Terminate) => Some(Ok(())),
+            Err(e) => {
+                self.fatal_to_client("08P01", &e.to_string()).await;
+                Some(Err(e))
+            }
+        }
+    }
+
+    /// At the end of a batch (a Query, or a Sync): reads the search_path back if the batch
+    /// may have changed it; the client's next messages wait for the answer.
+    fn read_search_path(&mut self) {
+        if self.shared.enforcer.is_some() && self.search_path.start_read() {
+            query::encode_query(&mut self.to_upstream, "SHOW search_path");
+            self.pipeline.push(Expect::Query, Reply::Read);
+        }
+    }
+
+    /// The read's answer has come: the path is known again.
+    fn end_read(&mut self, status: u8) {
+        let login = self
+            .shared
+            .enforcer
+            .as_ref()
+            .map(|e| e.catalog().search_path_setting.clone())
+            .unwrap_or_default();
+        let value = self.read_value.take();
+        self.search_path.on_read(value.as_deref(), status, &login);
+        self.resume_client = true;
     }
 
     async fn fatal_to_client(&mut self, code: &str, message: &str) {
@@ -260,6 +309,10 @@ impl<'a> Session<'a> {
     /// Handles every complete client message in the buffer.
     fn on_client_data(&mut self) -> Result<Flow, SessionError> {
         loop {
+            if self.search_path.is_reading() {
+                // Rewritten once the path they run under is known.
+                return Ok(Flow::Continue);
+            }
             let (tag, msg) =
                 match frame::next_frame(&mut self.from_client, self.shared.max_message_bytes) {
                     Ok(Some(f)) => f,
@@ -272,7 +325,10 @@ impl<'a> Session<'a> {
                 continue;
             }
             match tag {
-                b'Q' => self.on_query(&msg),
+                b'Q' => {
+                    self.on_query(&msg);
+                    self.read_search_path();
+                }
                 b'P' => self.on_parse(&msg)?,
                 b'B' => {
                     let name = extended::bind_statement(&msg).ok_or_else(|| {
@@ -281,6 +337,14 @@ impl<'a> Session<'a> {
                     match self.upstream_statement(name) {
                         Target::Passthrough => self.forward(&msg, Some(Expect::Bind)),
                         Target::Ready => {
+                            // The Sync closing this batch reads the path back.
+                            if self
+                                .statements
+                                .get_mut(name)
+                                .is_some_and(|p| p.changes_search_path)
+                            {
+                                self.search_path.may_change();
+                            }
                             let upstream = self.statements.upstream(name).unwrap_or_default();
                             extended::encode_bind_renamed(&mut self.to_upstream, &msg, upstream);
                             self.pipeline.push(Expect::Bind, Reply::Forward);
@@ -321,6 +385,7 @@ impl<'a> Session<'a> {
                     // Parse) makes the backend skip everything up to Sync, and a hidden Close
                     // it skipped would be a reply that never comes.
                     self.close_orphans();
+                    self.read_search_path();
                 }
                 b'X' => return Ok(Flow::Terminate),
                 // Copy-in messages outside COPY FROM STDIN (which the gate refuses): PostgreSQL
@@ -370,9 +435,16 @@ impl<'a> Session<'a> {
             );
             return Target::Refused;
         };
-        if prepared.generation != generation {
+        let path = self.search_path.version();
+        if prepared.generation != generation || prepared.search_path != path {
             prepared.generation = generation;
-            let result = enforcer.rewrite(principal, &prepared.sql, Protocol::Extended);
+            prepared.search_path = path;
+            let result = enforcer.rewrite(
+                principal,
+                self.search_path.current(),
+                &prepared.sql,
+                Protocol::Extended,
+            );
             let param_types = prepared.param_types.clone();
             let shape = prepared.shape;
             let fresh = self.statements.fresh();
@@ -389,6 +461,9 @@ impl<'a> Session<'a> {
                         .into(),
                 }),
                 Ok(c) => {
+                    if let Some(p) = self.statements.get_mut(name) {
+                        p.changes_search_path = c.search_path_changes;
+                    }
                     query::encode_parse(&mut self.to_upstream, &fresh, &c.sql, &param_types);
                     self.pipeline
                         .push_statement(Expect::Parse, Reply::Hide, fresh.clone());
@@ -444,6 +519,13 @@ impl<'a> Session<'a> {
             self.statements.insert_orphan(upstream);
         }
         let checked = self.gate(sql, Protocol::Simple);
+        if checked
+            .as_ref()
+            .as_ref()
+            .is_ok_and(|c| c.search_path_changes)
+        {
+            self.search_path.may_change();
+        }
         match checked.as_ref() {
             Ok(c) if self.shared.enforcer.is_some() && c.prepared != PreparedEffect::None => {
                 match &c.prepared {
@@ -530,6 +612,9 @@ impl<'a> Session<'a> {
         let checked = self.gate(parse.sql, Protocol::Extended);
         match checked.as_ref() {
             Ok(c) => {
+                if c.search_path_changes {
+                    self.search_path.may_change();
+                }
                 query::encode_parse(&mut self.to_upstream, &upstream, &c.sql, parse.param_types);
                 self.pipeline
                     .push_statement(Expect::Parse, Reply::Forward, upstream.clone());
@@ -540,6 +625,8 @@ impl<'a> Session<'a> {
                         sql: parse.sql.into(),
                         param_types: parse.param_types.into(),
                         generation,
+                        search_path: self.search_path.version(),
+                        changes_search_path: c.search_path_changes,
                         shape: c.shape,
                         refused: None,
                     },
@@ -563,7 +650,9 @@ impl<'a> Session<'a> {
     /// gate-checked.
     fn gate(&self, sql: &str, protocol: Protocol) -> GateResult {
         match (&self.shared.enforcer, &self.principal) {
-            (Some(enforcer), Some(principal)) => enforcer.rewrite(principal, sql, protocol),
+            (Some(enforcer), Some(principal)) => {
+                enforcer.rewrite(principal, self.search_path.current(), sql, protocol)
+            }
             _ => self.shared.gate.check(sql, protocol),
         }
     }
@@ -617,11 +706,29 @@ impl<'a> Session<'a> {
                     }
                     if tag == b'S' {
                         check_parameter_status(&self.from_upstream[..size])?;
-                    } else {
-                        self.ready = self.from_upstream.get(5).copied();
+                    }
+                    let status = self.from_upstream.get(5).copied();
+                    if self.account(tag)? == Action::ReadDone {
+                        self.end_read(status.unwrap_or(b'E'));
+                        self.from_upstream.advance(size);
+                        continue;
+                    }
+                    if tag == b'Z' {
+                        self.ready = status;
+                    }
+                    self.passthrough = size;
+                }
+                b'D' if self.pipeline.front_is_read() => {
+                    if size > MAX_INSPECTED {
+                        return Err(SessionError::UpstreamProtocol("oversized row".into()));
+                    }
+                    if self.from_upstream.len() < size {
+                        return Ok(());
                     }
                     self.account(tag)?;
-                    self.passthrough = size;
+                    self.read_value =
+                        rows::first_text(&self.from_upstream[..size]).map(str::to_string);
+                    self.from_upstream.advance(size);
                 }
                 b'E' => {
                     let enforcing = self.shared.enforcer.is_some();
@@ -634,6 +741,7 @@ impl<'a> Session<'a> {
                         self.statements.on_lost(lost);
                     }
                     match action {
+                        Action::Drop => self.dropping = size,
                         Action::Replace(rejection) => {
                             error_response(
                                 &mut self.to_client,

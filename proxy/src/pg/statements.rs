@@ -21,6 +21,10 @@ pub struct Prepared {
     pub param_types: Box<[u8]>,
     /// The enforcement generation its rewrite was made under (`u64::MAX`: redo it).
     pub generation: u64,
+    /// The session's search_path version its rewrite was made under.
+    pub search_path: u64,
+    /// Running it may change the session's search_path.
+    pub changes_search_path: bool,
     /// The rewrite's shape (`Checked::shape`): the result columns the client was told of.
     pub shape: u64,
     /// Set when the current version refuses it: each use fails with this.
@@ -123,6 +127,8 @@ mod tests {
             sql: "select 1".into(),
             param_types: Box::new([0, 0]),
             generation: 0,
+            search_path: 0,
+            changes_search_path: false,
             shape: 0,
             refused: None,
         }

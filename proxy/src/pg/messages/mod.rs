@@ -7,6 +7,7 @@ pub mod error;
 pub mod extended;
 pub mod frame;
 pub mod query;
+pub mod rows;
 pub mod startup;
 pub mod status;
 
