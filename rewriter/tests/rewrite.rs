@@ -1052,3 +1052,52 @@ fn three_part_names_with_the_current_database_are_read_as_postgresql_reads_them(
     // Without a known database name, nothing is stripped.
     assert!(run("select * from shop.public.customers").is_err());
 }
+
+#[test]
+fn search_path_changes_are_reported_and_checked() {
+    let catalog = catalog().with_search_path(vec!["public".into()]);
+    let path = vec!["public".to_string()];
+    let ctx = Context {
+        catalog: &catalog,
+        search_path: &path,
+        policies: &Fixed,
+        agent: "support-bot",
+    };
+    let changes = |sql: &str| {
+        rewrite(sql, Protocol::Simple, &ctx)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .search_path_changes
+    };
+    for sql in [
+        "set search_path to public",
+        "set search_path = pg_catalog, public",
+        "set local search_path to 'public'",
+        "set search_path to default",
+        "reset search_path",
+        "reset all",
+        "discard all",
+        "set search_path to public; select 1",
+    ] {
+        assert!(changes(sql), "{sql}");
+    }
+    for sql in ["select 1", "set statement_timeout = 5", "show search_path"] {
+        assert!(!changes(sql), "{sql}");
+    }
+    for (sql, state) in [
+        ("set search_path to public, pg_catalog", "42501"),
+        ("set search_path to \"$user\", public", "42501"),
+        ("set search_path to pg_temp", "42501"),
+        ("set search_path to nosuch", "42501"),
+        (
+            "select set_config('search_path', x, false) from (select 'public' as x) s",
+            "42501",
+        ),
+        (
+            "set (search_path, statement_timeout) = (public, 5)",
+            "42601",
+        ),
+    ] {
+        let e = rewrite(sql, Protocol::Simple, &ctx).unwrap_err();
+        assert_eq!(e.sqlstate(), state, "{sql}: {e}");
+    }
+}
