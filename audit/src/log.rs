@@ -47,6 +47,12 @@ pub struct Log {
     tree: Tree,
     /// The size of the latest checkpoint.
     checkpointed: Option<u64>,
+    /// The length of the entries file up to its last acknowledged entry.
+    entries_len: u64,
+    /// An append failed: the file may hold a tail no caller was told of, cut before the next.
+    torn: bool,
+    /// Writing the stored hashes failed; they are rebuilt at the next open.
+    hashes_broken: bool,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
@@ -176,6 +182,9 @@ impl Log {
             hashes: hashes_file,
             tree,
             checkpointed,
+            entries_len: complete as u64,
+            torn: false,
+            hashes_broken: false,
         })
     }
 
@@ -202,16 +211,31 @@ impl Log {
             lines.push(b'\n');
         }
         let path = self.dir.join(ENTRIES);
-        self.entries.write_all(&lines).map_err(io(&path))?;
-        self.entries.sync_data().map_err(io(&path))?;
+        if self.torn {
+            self.entries.set_len(self.entries_len).map_err(io(&path))?;
+            self.torn = false;
+        }
+        let written = self
+            .entries
+            .write_all(&lines)
+            .and_then(|()| self.entries.sync_data());
+        if let Err(e) = written {
+            // Nothing of this append was acknowledged: cut what reached the file.
+            self.torn = self.entries.set_len(self.entries_len).is_err();
+            return Err(io(&path)(e));
+        }
+        self.entries_len += lines.len() as u64;
         let mut hashes = Vec::new();
         for entry in entries {
             for h in self.tree.append(entry) {
                 hashes.extend_from_slice(&h.0);
             }
         }
-        let path = self.dir.join(HASHES);
-        self.hashes.write_all(&hashes).map_err(io(&path))?;
+        // The stored hashes are derived (rebuilt on open): after a failed write, stop writing
+        // them rather than misalign them; the entries are what was acknowledged.
+        if !self.hashes_broken {
+            self.hashes_broken = self.hashes.write_all(&hashes).is_err();
+        }
         Ok(first)
     }
 

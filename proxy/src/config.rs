@@ -21,6 +21,8 @@ pub struct Config {
     pub policies: Option<PoliciesConfig>,
     /// Agent tokens (JWT): how agents with `token = true` are checked.
     pub jwt: Option<JwtConfig>,
+    /// The audit log (see `audit_log`).
+    pub audit: Option<crate::audit_log::AuditConfig>,
     #[serde(default)]
     pub agents: Vec<AgentConfig>,
 }
@@ -176,6 +178,7 @@ pub struct Resolved {
     /// Each agent's time limits.
     pub limits: HashMap<String, Limits>,
     pub policies: Option<PoliciesConfig>,
+    pub audit: Option<crate::audit_log::AuditConfig>,
     pub tokens: Option<TokenVerifier>,
     /// Token logins are accepted without TLS (`jwt.allow_plaintext`).
     pub tokens_without_tls: bool,
@@ -212,6 +215,9 @@ impl Config {
                     "must be at least 100",
                 ));
             }
+        }
+        if let Some(a) = &self.audit {
+            check_audit(a)?;
         }
         let pg = self.postgres;
         let mut upstream = UpstreamConfig::from_url(&pg.upstream.0)
@@ -313,10 +319,46 @@ impl Config {
             agents,
             limits,
             policies: self.policies,
+            audit: self.audit,
             tokens,
             tokens_without_tls,
         })
     }
+}
+
+/// The audit key must be readable, a signing key, and for this node's log.
+fn check_audit(a: &crate::audit_log::AuditConfig) -> Result<(), ConfigError> {
+    let origin = format!("portcullis/{}", a.node_id);
+    if a.node_id.is_empty() || a.node_id.contains(|c: char| c.is_whitespace() || c == '+') {
+        return Err(invalid(
+            "audit.node_id",
+            "must be non-empty, without spaces or '+'",
+        ));
+    }
+    let key = std::fs::read_to_string(&a.key_file).map_err(|e| {
+        invalid(
+            "audit.key_file",
+            format!(
+                "{}: {e} (make one with `portcullis audit keygen`)",
+                a.key_file.display()
+            ),
+        )
+    })?;
+    let public =
+        audit::verifier_key_of(&key).map_err(|e| invalid("audit.key_file", e.to_string()))?;
+    if !public.starts_with(&format!("{origin}+")) {
+        return Err(invalid(
+            "audit.key_file",
+            format!("the key is not for log {origin} (audit.node_id)"),
+        ));
+    }
+    if a.batch_ms == 0 || a.checkpoint_ms < 10 {
+        return Err(invalid(
+            "audit.batch_ms",
+            "batch_ms must be at least 1 and checkpoint_ms at least 10",
+        ));
+    }
+    Ok(())
 }
 
 fn resolve_jwt(j: JwtConfig) -> Result<TokenVerifier, ConfigError> {

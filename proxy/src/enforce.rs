@@ -234,6 +234,7 @@ impl Enforcer {
             self.rewrite_with(&view, &bundle, principal, path, sql, protocol)
                 .map(|r| Checked {
                     shape: shape(&view, &r.reads),
+                    basis: Some(Arc::new(basis(&view, &bundle, &r.reads))),
                     sql: r.sql,
                     statements: r.statements,
                     prepared: r.prepared,
@@ -284,6 +285,58 @@ impl Enforcer {
         };
         rewriter::rewrite(sql, protocol, &ctx)
     }
+}
+
+/// What a rewrite rested on, for its audit record: the policy version, and for each relation
+/// read its row filter (as SQL), its masked and hidden columns and the determining policies.
+fn basis(view: &CatalogView, bundle: &PolicyBundle, reads: &[rewriter::Read]) -> serde_json::Value {
+    use policies::ColumnRule;
+    let relations: Vec<serde_json::Value> = reads
+        .iter()
+        .map(|read| {
+            let relation = read
+                .entity_type
+                .split_once("::")
+                .and_then(|(schema, name)| view.catalog.get(schema, name));
+            let filter = relation
+                .and_then(|rel| rewriter::render_filter(&read.policy.filter, rel).ok())
+                .unwrap_or_default();
+            let mut masked = serde_json::Map::new();
+            let mut hidden = Vec::new();
+            if let Some(columns) = &read.policy.columns {
+                for (column, rule) in columns {
+                    match rule {
+                        ColumnRule::Visible => {}
+                        ColumnRule::Denied => hidden.push(column.clone()),
+                        ColumnRule::Masked { mask, unless } => {
+                            let unless = relation
+                                .and_then(|rel| rewriter::render_filter(unless, rel).ok())
+                                .unwrap_or_default();
+                            masked.insert(
+                                column.clone(),
+                                serde_json::json!({
+                                    "mask": format!("{mask:?}").to_ascii_lowercase(),
+                                    "unless": unless,
+                                }),
+                            );
+                        }
+                    }
+                }
+            }
+            serde_json::json!({
+                "relation": read.entity_type,
+                "filter": filter,
+                "masked": masked,
+                "hidden": hidden,
+                "policies": read.policy.determining,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "policy_version": bundle.version.to_string(),
+        "catalog_generation": view.generation,
+        "relations": relations,
+    })
 }
 
 /// What a rewrite exposes of each relation it reads: the columns its fences pass (masked or

@@ -1,6 +1,9 @@
 //! `portcullis`: the command line. Parses arguments, loads configuration, and runs the chosen
 //! subcommand; `anyhow` errors stop here with a readable message.
 
+mod audit_cli;
+mod audit_log;
+mod audit_record;
 mod config;
 mod demo;
 mod enforce;
@@ -75,6 +78,9 @@ enum Command {
     /// Generate Cedar schemas from the database
     #[command(subcommand)]
     Schema(SchemaCommand),
+    /// The audit log: make a key; verify a log, prove an entry, check a proof
+    #[command(subcommand)]
+    Audit(audit_cli::AuditCommand),
 }
 
 #[derive(Subcommand)]
@@ -173,6 +179,7 @@ fn run() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Audit(command) => audit_cli::run(command),
         Command::HashSecret => {
             let mut secret = String::new();
             std::io::stdin().read_line(&mut secret)?;
@@ -331,21 +338,33 @@ async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
             None
         }
     };
+    let audit_config = resolved.audit.clone();
     let mut shared = server::Shared::new(resolved)?;
     if let (Some(policies), Some(enforcer), Some(key)) = (policies, enforcer, hash_key) {
         shared.enforce(policies, enforcer, &key);
     }
+    if let Some(config) = &audit_config {
+        shared.audit = Some(Arc::new(
+            audit_log::AuditLog::start(config).context("opening the audit log")?,
+        ));
+    }
+    let audit = shared.audit.clone();
     let shared = Arc::new(shared);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    tokio::select! {
+    let result = tokio::select! {
         r = server::serve(listener, shared) => r.context("listener failed"),
         _ = shutdown_signal() => {
             tracing::info!("shutting down");
             Ok(())
         }
+    };
+    // The last records, and a checkpoint that covers them.
+    if let Some(audit) = audit {
+        tokio::task::spawn_blocking(move || audit.shutdown()).await?;
     }
+    result
 }
 
 /// SIGHUP re-reads the upstream catalog (as it reloads the policy set): relations created or

@@ -48,6 +48,8 @@ pub struct Shared {
     /// The value of the `portcullis.mask_key` setting upstream sessions get under enforcement
     /// (see `mask_key`).
     pub mask_key: Option<String>,
+    /// The audit log, when `[audit]` is configured (started by `serve`).
+    pub audit: Option<Arc<crate::audit_log::AuditLog>>,
 }
 
 impl Shared {
@@ -69,6 +71,7 @@ impl Shared {
             policies: None,
             enforcer: None,
             mask_key: None,
+            audit: None,
         })
     }
 
@@ -103,12 +106,12 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Resul
         let shared = shared.clone();
         tokio::spawn(async move {
             debug!(%peer, "connection");
-            handle(tcp, &shared).await;
+            handle(tcp, peer, &shared).await;
         });
     }
 }
 
-async fn handle(tcp: TcpStream, shared: &Shared) {
+async fn handle(tcp: TcpStream, peer: std::net::SocketAddr, shared: &Shared) {
     let _ = tcp.set_nodelay(true);
     let auth =
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake::handshake(tcp, shared)).await {
@@ -146,8 +149,10 @@ async fn handle(tcp: TcpStream, shared: &Shared) {
     let mut session = Session::new(
         shared,
         auth.agent,
+        auth.on_behalf_of,
         principal,
         auth.client,
+        peer,
         upstream.stream,
         cancel,
     );

@@ -70,6 +70,9 @@ pub struct Checked {
     pub prepared: PreparedEffect,
     /// Under enforcement: the statements may change the session's search_path.
     pub search_path_changes: bool,
+    /// What the decision rested on, for the audit log (attached by the proxy under
+    /// enforcement: the policy version and each relation's filter, masks and policies).
+    pub basis: Option<std::sync::Arc<serde_json::Value>>,
 }
 
 /// The effect of SQL-level `DEALLOCATE` / `DISCARD ALL` on prepared statements.
@@ -133,6 +136,7 @@ pub fn check(sql: &str, protocol: Protocol) -> Result<Checked, Refusal> {
         shape: 0,
         prepared: PreparedEffect::None,
         search_path_changes: false,
+        basis: None,
     })
 }
 

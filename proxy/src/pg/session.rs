@@ -75,6 +75,12 @@ pub struct Session<'a> {
     read_value: Option<String>,
     /// A read ended: client messages held for it are handled now.
     resume_client: bool,
+    /// This session's id in audit records.
+    session_id: String,
+    on_behalf_of: Option<String>,
+    client_addr: std::net::SocketAddr,
+    /// Decision records of the statements handled but not yet sent upstream.
+    audit_pending: Vec<Vec<u8>>,
 }
 
 /// How a session ended abnormally; the client has been told (FATAL) where it still listens.
@@ -88,6 +94,8 @@ pub enum SessionError {
     Upstream(std::io::Error),
     #[error("client I/O: {0}")]
     Client(std::io::Error),
+    #[error("the audit log could not be written")]
+    Audit,
 }
 
 enum Flow {
@@ -96,11 +104,14 @@ enum Flow {
 }
 
 impl<'a> Session<'a> {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         shared: &'a Shared,
         agent: String,
+        on_behalf_of: Option<String>,
         principal: Option<Principal>,
         client: ClientStream,
+        client_addr: std::net::SocketAddr,
         upstream: TcpStream,
         cancel: CancelTarget,
     ) -> Self {
@@ -130,6 +141,10 @@ impl<'a> Session<'a> {
             search_path: search_path::Tracker::default(),
             read_value: None,
             resume_client: false,
+            session_id: crate::audit_record::new_id(),
+            on_behalf_of,
+            client_addr,
+            audit_pending: Vec::new(),
             agent,
         }
     }
@@ -259,6 +274,20 @@ impl<'a> Session<'a> {
     /// `Some`: the session ends, with this result.
     async fn pump_client(&mut self) -> Option<Result<(), SessionError>> {
         let flow = self.on_client_data();
+        // Write-ahead: in `sync` mode nothing goes upstream before its records are durable.
+        if let (Some(audit), false) = (&self.shared.audit, self.audit_pending.is_empty()) {
+            let entries = std::mem::take(&mut self.audit_pending);
+            if let Some(answer) = audit.submit(entries) {
+                if !matches!(answer.await, Ok(Ok(()))) {
+                    self.fatal_to_client(
+                        crate::audit_record::UNWRITABLE_CODE,
+                        crate::audit_record::UNWRITABLE_MESSAGE,
+                    )
+                    .await;
+                    return Some(Err(SessionError::Audit));
+                }
+            }
+        }
         self.timers
             .set_busy(!self.pipeline.is_idle(), tokio::time::Instant::now());
         if !self.to_upstream.is_empty() {
@@ -518,7 +547,11 @@ impl<'a> Session<'a> {
         if let Some(upstream) = self.statements.remove("") {
             self.statements.insert_orphan(upstream);
         }
+        if !self.audit_allows() {
+            return self.inject_query(Self::audit_refusal());
+        }
         let checked = self.gate(sql, Protocol::Simple);
+        self.record(Protocol::Simple, sql, &checked);
         if checked
             .as_ref()
             .as_ref()
@@ -575,9 +608,20 @@ impl<'a> Session<'a> {
             self.inject_parse(parse.name, too_long(self.shared.max_query_bytes));
             return Ok(());
         }
-        let Some(enforcer) = &self.shared.enforcer else {
+        let shared = self.shared;
+        if !self.audit_allows() {
+            let name = match shared.enforcer {
+                Some(_) => self.statements.fresh(),
+                None => parse.name.into(),
+            };
+            self.inject_parse(&name, Self::audit_refusal());
+            return Ok(());
+        }
+        let Some(enforcer) = &shared.enforcer else {
             // Gate only: names pass through unchanged.
-            match self.gate(parse.sql, Protocol::Extended).as_ref() {
+            let checked = self.gate(parse.sql, Protocol::Extended);
+            self.record(Protocol::Extended, parse.sql, &checked);
+            match checked.as_ref() {
                 Ok(c) => {
                     query::encode_parse(
                         &mut self.to_upstream,
@@ -610,6 +654,7 @@ impl<'a> Session<'a> {
         // Read before rewriting: the rewrite is never older than the generation recorded.
         let generation = enforcer.generation();
         let checked = self.gate(parse.sql, Protocol::Extended);
+        self.record(Protocol::Extended, parse.sql, &checked);
         match checked.as_ref() {
             Ok(c) => {
                 if c.search_path_changes {
@@ -644,6 +689,45 @@ impl<'a> Session<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Whether a statement may run now as far as the audit log goes: not while the log cannot
+    /// be written, unless `fail_open` (the statement is then counted, for the outage's record).
+    fn audit_allows(&self) -> bool {
+        match &self.shared.audit {
+            Some(audit) if !audit.healthy() => {
+                if audit.fail_open {
+                    audit.let_through();
+                }
+                audit.fail_open
+            }
+            _ => true,
+        }
+    }
+
+    fn audit_refusal() -> Rejection {
+        Rejection {
+            code: crate::audit_record::UNWRITABLE_CODE,
+            message: crate::audit_record::UNWRITABLE_MESSAGE.into(),
+        }
+    }
+
+    /// Queues the decision record of `sql` (sent before the statement goes upstream).
+    fn record(&mut self, protocol: Protocol, sql: &str, result: &GateResult) {
+        let Some(audit) = &self.shared.audit else {
+            return;
+        };
+        let facts = crate::audit_record::SessionFacts {
+            node: &audit.node_id,
+            session: &self.session_id,
+            agent: &self.agent,
+            on_behalf_of: self.on_behalf_of.as_deref(),
+            client: Some(self.client_addr),
+            tls: self.client.is_tls(),
+            enforcing: self.shared.enforcer.is_some(),
+        };
+        let record = crate::audit_record::decision(&facts, protocol, sql, result);
+        self.audit_pending.push(record);
     }
 
     /// The statement to forward: rewritten under policy when enforcement is on, else only

@@ -1,0 +1,135 @@
+//! `portcullis audit …`: make a log key, and check a log as an auditor would (verify the whole
+//! log, prove one entry, check a proof offline). The checks are the `audit` crate's; this
+//! module reads files and prints.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Make an Ed25519 key for a node's log: writes FILE (private, mode 0600) and FILE.pub
+    Keygen {
+        /// The node's id: the log's origin is portcullis/<node-id>
+        #[arg(long)]
+        node_id: String,
+        /// Where to write the private key
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a log directory: every entry, every checkpoint's signature and tree head, and
+    /// optionally that a checkpoint kept from earlier is still a prefix of the log
+    Verify {
+        dir: PathBuf,
+        /// The log's public key file (FILE.pub from keygen)
+        #[arg(long)]
+        key: PathBuf,
+        /// A checkpoint kept from an earlier look
+        #[arg(long)]
+        since: Option<PathBuf>,
+    },
+    /// Print a C2SP tlog-proof that the entry with this id is in the log's latest checkpoint
+    Prove {
+        dir: PathBuf,
+        id: String,
+        /// Also write the entry's exact bytes here (what verify-proof checks)
+        #[arg(long)]
+        entry_out: Option<PathBuf>,
+    },
+    /// Check a proof offline, with the entry and the log's public key alone
+    VerifyProof {
+        /// The log's public key file
+        #[arg(long)]
+        key: PathBuf,
+        /// The entry's exact bytes
+        entry: PathBuf,
+        /// The proof (from `audit prove`)
+        proof: PathBuf,
+    },
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn read_key(path: &Path) -> anyhow::Result<String> {
+    Ok(String::from_utf8(read(path)?)?.trim().to_string())
+}
+
+pub fn run(command: AuditCommand) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::Keygen { node_id, out } => {
+            let origin = format!("portcullis/{node_id}");
+            let (private, public) = audit::generate_key(&origin)?;
+            anyhow::ensure!(
+                !out.exists(),
+                "{} exists; not overwriting a key",
+                out.display()
+            );
+            write_private(&out, &private)?;
+            let public_path = PathBuf::from(format!("{}.pub", out.display()));
+            std::fs::write(&public_path, format!("{public}\n"))
+                .with_context(|| format!("writing {}", public_path.display()))?;
+            println!("{public}");
+            eprintln!(
+                "wrote {} (private: give it to the node only) and {} (public: give it to auditors)",
+                out.display(),
+                public_path.display()
+            );
+            Ok(())
+        }
+        AuditCommand::Verify { dir, key, since } => {
+            let key = read_key(&key)?;
+            let kept = since.as_deref().map(read).transpose()?;
+            let report = audit::verify(&dir, &key, kept.as_deref())
+                .map_err(|p| anyhow::anyhow!("{}: {p}", dir.display()))?;
+            println!(
+                "{}: OK, {} entries, {} checkpoints{}",
+                dir.display(),
+                report.entries,
+                report.checkpoints,
+                report
+                    .latest
+                    .map(|s| format!(", latest covers {s}"))
+                    .unwrap_or_default()
+            );
+            Ok(())
+        }
+        AuditCommand::Prove { dir, id, entry_out } => {
+            let (index, entry) = audit::find(&dir, &id)?
+                .ok_or_else(|| anyhow::anyhow!("no entry with id {id} in {}", dir.display()))?;
+            let proof = audit::prove(&dir, index)?;
+            if let Some(path) = entry_out {
+                std::fs::write(&path, &entry)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            print!("{proof}");
+            Ok(())
+        }
+        AuditCommand::VerifyProof { key, entry, proof } => {
+            let key = read_key(&key)?;
+            let entry = read(&entry)?;
+            let proof = String::from_utf8(read(&proof)?)?;
+            let proven = audit::verify_proof(&entry, &proof, &key)?;
+            println!(
+                "OK: entry {} of {} is in its checkpoint of size {}",
+                proven.index, proven.origin, proven.size
+            );
+            Ok(())
+        }
+    }
+}
+
+fn write_private(path: &Path, key: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(f, "{key}")?;
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! The audit log end to end: the real binary enforcing the finance example with `[audit]` in
+//! `sync` mode. Every statement's decision record is durable before its result reaches the
+//! client; the log verifies with the CLI, an entry is proven and the proof checked offline, and
+//! an edited entry is named.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn portcullis(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The log's entries, parsed.
+fn entries(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("entries"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn decision_of<'a>(entries: &'a [Value], statement: &str) -> &'a Value {
+    entries
+        .iter()
+        .find(|e| e["statement"] == statement)
+        .unwrap_or_else(|| panic!("no record of {statement:?} in {entries:#?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_statement_is_recorded_before_it_runs_and_the_log_proves_it() {
+    let work = tempfile::tempdir().unwrap();
+    let key = work.path().join("audit.key");
+    let public = work.path().join("audit.key.pub");
+    let log = work.path().join("log");
+    ok(&portcullis(&[
+        "audit",
+        "keygen",
+        "--node-id",
+        "test-node",
+        "--out",
+        key.to_str().unwrap(),
+    ]));
+    let set = tempfile::tempdir().unwrap();
+    copy_files("policies/examples/finance", set.path());
+    let mut env = Env::start_with(Options {
+        postgres_extra: format!(
+            "[policies]\ndir = {:?}\n\n[audit]\ndir = {:?}\nkey_file = {:?}\nnode_id = \"test-node\"\n",
+            set.path().display().to_string(),
+            log.display().to_string(),
+            key.display().to_string(),
+        ),
+    });
+    let bot = env.agent().await;
+
+    // A rewritten read: its record is in the log the moment its rows are.
+    let rows = bot
+        .simple_query("select count(*) from customers")
+        .await
+        .unwrap();
+    assert!(!rows.is_empty());
+    let e = entries(&log);
+    let read = decision_of(&e, "select count(*) from customers");
+    assert_eq!(read["decision"], "rewrite");
+    assert_eq!(read["agent"], AGENT);
+    assert_eq!(read["node"], "test-node");
+    assert_eq!(read["protocol"], "simple");
+    assert!(read["rewritten"]
+        .as_str()
+        .unwrap()
+        .contains("\"tenant_id\" = 1"));
+    let basis = &read["basis"];
+    assert_eq!(basis["policy_version"].as_str().unwrap().len(), 64);
+    assert_eq!(basis["relations"][0]["relation"], "public::customers");
+    assert!(basis["relations"][0]["filter"]
+        .as_str()
+        .unwrap()
+        .contains("tenant_id"));
+    assert!(
+        basis["relations"][0]["masked"]["ssn"].is_object(),
+        "{basis}"
+    );
+    assert!(basis["relations"][0]["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p == "support-reads-own-tenant"));
+
+    // A refusal is recorded with its SQLSTATE; a prepared statement as extended protocol.
+    let e = bot.simple_query("drop table customers").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42501");
+    bot.query("select name from customers where id = $1", &[&3i32])
+        .await
+        .unwrap();
+    let e = entries(&log);
+    let refused = decision_of(&e, "drop table customers");
+    assert_eq!(refused["decision"], "deny");
+    assert_eq!(refused["sqlstate"], "42501");
+    let prepared = decision_of(&e, "select name from customers where id = $1");
+    assert_eq!(prepared["protocol"], "extended");
+    assert_eq!(prepared["session"], read["session"]);
+    let ids: std::collections::HashSet<&str> = e.iter().filter_map(|r| r["id"].as_str()).collect();
+    assert_eq!(ids.len(), e.len(), "ids are unique");
+
+    // Shutdown publishes a checkpoint covering every entry.
+    drop(bot);
+    let status = Command::new("kill")
+        .args(["-INT", &env.proxy_pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while env.proxy_alive() {
+        assert!(Instant::now() < deadline, "the proxy did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (dir, key_pub) = (log.to_str().unwrap(), public.to_str().unwrap());
+    let verified = ok(&portcullis(&["audit", "verify", dir, "--key", key_pub]));
+    let count = entries(&log).len();
+    assert!(
+        verified.contains(&format!("{count} entries"))
+            && verified.contains(&format!("latest covers {count}")),
+        "{verified}"
+    );
+
+    // A proof of the refusal's record, checked offline with the public key alone.
+    let id = refused["id"].as_str().unwrap();
+    let entry = work.path().join("entry.json");
+    let proof = ok(&portcullis(&[
+        "audit",
+        "prove",
+        dir,
+        id,
+        "--entry-out",
+        entry.to_str().unwrap(),
+    ]));
+    assert!(proof.starts_with("c2sp.org/tlog-proof@v1\n"), "{proof}");
+    let proof_file = work.path().join("entry.tlog-proof");
+    std::fs::write(&proof_file, &proof).unwrap();
+    let checked = ok(&portcullis(&[
+        "audit",
+        "verify-proof",
+        "--key",
+        key_pub,
+        entry.to_str().unwrap(),
+        proof_file.to_str().unwrap(),
+    ]));
+    assert!(checked.starts_with("OK: entry"), "{checked}");
+
+    // Editing the refusal's record (to hide it) is caught, naming the entry.
+    let text = std::fs::read_to_string(log.join("entries")).unwrap();
+    let index = text.lines().position(|l| l.contains(id)).unwrap();
+    std::fs::write(log.join("entries"), text.replace("\"deny\"", "\"rewrite\"")).unwrap();
+    let out = portcullis(&["audit", "verify", dir, "--key", key_pub]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("entry {index} ")), "{err}");
+}
