@@ -174,3 +174,130 @@ async fn every_statement_is_recorded_before_it_runs_and_the_log_proves_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("entry {index} ")), "{err}");
 }
+
+/// Mounts a tmpfs of `size` at `dir` (the tests run as root, as CI does); unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount");
+        assert!(
+            status.success(),
+            "this test mounts a small tmpfs: run it as root"
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The log on a full disk: statements are refused with 58030 (not a policy refusal), other
+/// sessions keep their connections, and once space returns statements run again by themselves;
+/// the log then holds a record of the outage, every statement that ran has its record, and
+/// the log verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_statements_until_space_returns() {
+    let work = tempfile::tempdir().unwrap();
+    let key = work.path().join("audit.key");
+    ok(&portcullis(&[
+        "audit",
+        "keygen",
+        "--node-id",
+        "full-node",
+        "--out",
+        key.to_str().unwrap(),
+    ]));
+    let mount = work.path().join("disk");
+    std::fs::create_dir(&mount).unwrap();
+    let _tmpfs = Tmpfs::mount(&mount, "1m");
+    let log = mount.join("log");
+    let set = tempfile::tempdir().unwrap();
+    copy_files("policies/examples/finance", set.path());
+    let mut env = Env::start_with(Options {
+        postgres_extra: format!(
+            "[policies]\ndir = {:?}\n\n[audit]\ndir = {:?}\nkey_file = {:?}\nnode_id = \"full-node\"\ncheckpoint_ms = 100\n",
+            set.path().display().to_string(),
+            log.display().to_string(),
+            key.display().to_string(),
+        ),
+    });
+    let idle = env.agent().await;
+    let bot = env.agent().await;
+    bot.simple_query("select 1").await.unwrap();
+    // Fill the disk.
+    let filler = mount.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 2 << 20]);
+    // Statements fail once the log cannot take their records; none runs unrecorded.
+    let mut ran = vec!["select 1".to_string()];
+    let mut failed = None;
+    for i in 0..2000 {
+        let sql = format!("select {i} as n, count(*) from customers");
+        match bot.simple_query(&sql).await {
+            Ok(_) => ran.push(sql),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    let e = failed.expect("the disk filled up");
+    assert_eq!(sqlstate(&e), "58030", "{}", message(&e));
+    // Other sessions are refused with the same operator error and keep their connection.
+    let e = idle.simple_query("select 2").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "58030", "{}", message(&e));
+    let e = idle.simple_query("select 3").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "58030");
+    // Space returns: statements run again by themselves.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match idle.simple_query("select 'back'").await {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(sqlstate(&e), "58030");
+                assert!(Instant::now() < deadline, "statements did not resume");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    ran.push("select 'back'".into());
+    drop((idle, bot));
+    Command::new("kill")
+        .args(["-INT", &env.proxy_pid().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while env.proxy_alive() {
+        assert!(Instant::now() < deadline, "the proxy did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let e = entries(&log);
+    for sql in &ran {
+        let n = e.iter().filter(|r| r["statement"] == sql.as_str()).count();
+        assert_eq!(n, 1, "{sql} ran, so it has exactly one record");
+    }
+    let outage: Vec<&Value> = e.iter().filter(|r| r["kind"] == "audit_outage").collect();
+    assert_eq!(outage.len(), 1, "{outage:?}");
+    assert_eq!(outage[0]["fail_open"], false);
+    assert!(
+        outage[0]["error"].as_str().unwrap().contains("space"),
+        "{}",
+        outage[0]
+    );
+    let public = format!("{}.pub", key.display());
+    ok(&portcullis(&[
+        "audit",
+        "verify",
+        log.to_str().unwrap(),
+        "--key",
+        &public,
+    ]));
+}
