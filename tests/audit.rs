@@ -301,3 +301,85 @@ async fn a_full_disk_stops_statements_until_space_returns() {
         &public,
     ]));
 }
+
+/// `kill -9` under concurrent load: every statement whose result reached a client has its
+/// decision record in the log; the log verifies, and a restarted writer takes it up (a torn
+/// last line, never acknowledged, is dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loses_no_record_of_a_statement_that_ran() {
+    let work = tempfile::tempdir().unwrap();
+    let key = work.path().join("audit.key");
+    ok(&portcullis(&[
+        "audit",
+        "keygen",
+        "--node-id",
+        "crash-node",
+        "--out",
+        key.to_str().unwrap(),
+    ]));
+    let log = work.path().join("log");
+    let set = tempfile::tempdir().unwrap();
+    copy_files("policies/examples/finance", set.path());
+    let mut env = Env::start_with(Options {
+        postgres_extra: format!(
+            "[policies]\ndir = {:?}\n\n[audit]\ndir = {:?}\nkey_file = {:?}\nnode_id = \"crash-node\"\ncheckpoint_ms = 50\n",
+            set.path().display().to_string(),
+            log.display().to_string(),
+            key.display().to_string(),
+        ),
+    });
+    let ran = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let client = env.agent().await;
+        let ran = ran.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..100_000 {
+                let sql = format!("select {t} as task, {i} as n, count(*) from tickets");
+                match client.simple_query(&sql).await {
+                    Ok(_) => ran.lock().unwrap().push(sql),
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    Command::new("kill")
+        .args(["-9", &env.proxy_pid().to_string()])
+        .status()
+        .unwrap();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    while env.proxy_alive() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ran = ran.lock().unwrap().clone();
+    assert!(ran.len() > 20, "the load ran ({} statements)", ran.len());
+    let recorded: std::collections::HashSet<String> = entries(&log)
+        .iter()
+        .filter_map(|r| r["statement"].as_str().map(str::to_string))
+        .collect();
+    for sql in &ran {
+        assert!(recorded.contains(sql), "{sql} ran but has no record");
+    }
+    let public = format!("{}.pub", key.display());
+    ok(&portcullis(&[
+        "audit",
+        "verify",
+        log.to_str().unwrap(),
+        "--key",
+        &public,
+    ]));
+    // A restarted writer opens the log as it was left and goes on.
+    let private = std::fs::read_to_string(&key).unwrap();
+    let mut reopened = audit::Log::open(&log, "portcullis/crash-node", &private).unwrap();
+    reopened.checkpoint().unwrap();
+    ok(&portcullis(&[
+        "audit",
+        "verify",
+        log.to_str().unwrap(),
+        "--key",
+        &public,
+    ]));
+}
