@@ -120,6 +120,65 @@ async fn every_statement_is_recorded_before_it_runs_and_the_log_proves_it() {
     let ids: std::collections::HashSet<&str> = e.iter().filter_map(|r| r["id"].as_str()).collect();
     assert_eq!(ids.len(), e.len(), "ids are unique");
 
+    // Outcome records: what each statement returned, linked to its decision. The digest is
+    // SHA-256 over the DataRow messages as forwarded: here one row, one text column 'abc'.
+    bot.simple_query("select 'abc' as x; select 1/0; select 3")
+        .await
+        .unwrap_err();
+    bot.simple_query("select 'abc' as x").await.unwrap();
+    // Outcomes are written after the fact; a later statement's decision (written ahead of it,
+    // in order) makes sure they are in.
+    bot.simple_query("select 'after'").await.unwrap();
+    let e = entries(&log);
+    let outcomes_of = |decision: &Value| -> Vec<Value> {
+        e.iter()
+            .filter(|r| r["kind"] == "outcome" && r["decision"] == decision["id"])
+            .cloned()
+            .collect()
+    };
+    let count = outcomes_of(read);
+    assert_eq!(count.len(), 1, "{count:?}");
+    assert_eq!(
+        (count[0]["tag"].as_str(), count[0]["rows"].as_u64()),
+        (Some("SELECT 1"), Some(1))
+    );
+    assert!(
+        outcomes_of(refused).is_empty(),
+        "a refused statement never ran"
+    );
+    let prepared_outcome = outcomes_of(prepared);
+    assert_eq!(prepared_outcome.len(), 1);
+    assert_eq!(prepared_outcome[0]["rows"], 1);
+    let mixed = outcomes_of(decision_of(&e, "select 'abc' as x; select 1/0; select 3"));
+    assert_eq!(mixed.len(), 3, "{mixed:?}");
+    let row = b"D\x00\x00\x00\x0d\x00\x01\x00\x00\x00\x03abc";
+    let digest: String = <sha2::Sha256 as sha2::Digest>::digest(row)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(mixed[0]["statement_index"], 0);
+    assert_eq!(mixed[0]["digest"], digest.as_str());
+    assert_eq!(
+        (
+            mixed[1]["statement_index"].as_u64(),
+            mixed[1]["error"].as_str()
+        ),
+        (Some(1), Some("22012"))
+    );
+    assert_eq!(
+        (
+            mixed[2]["statement_index"].as_u64(),
+            mixed[2]["not_run"].as_bool()
+        ),
+        (Some(2), Some(true))
+    );
+    let alone = outcomes_of(decision_of(&e, "select 'abc' as x"));
+    assert_eq!(
+        alone[0]["digest"],
+        digest.as_str(),
+        "the same rows, the same digest"
+    );
+
     // Shutdown publishes a checkpoint covering every entry.
     drop(bot);
     let status = Command::new("kill")

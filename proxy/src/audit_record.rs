@@ -27,6 +27,7 @@ pub fn new_id() -> String {
 /// The decision record of `statement`, as one line of canonical JSON.
 pub fn decision(
     facts: &SessionFacts<'_>,
+    id: &str,
     protocol: Protocol,
     statement: &str,
     result: &Result<Checked, Refusal>,
@@ -36,7 +37,7 @@ pub fn decision(
         .map_or(0, |d| d.as_millis() as u64);
     let mut record = json!({
         "kind": "decision",
-        "id": new_id(),
+        "id": id,
         "time_ms": time_ms,
         "node": facts.node,
         "session": facts.session,

@@ -6,6 +6,7 @@ pub mod client_stream;
 pub mod gate_cache;
 pub mod handshake;
 pub mod messages;
+pub mod outcomes;
 pub mod pipeline;
 pub mod scram;
 pub mod search_path;

@@ -11,6 +11,9 @@
 //! ParameterStatus and ReadyForQuery bodies, and, under enforcement, errors and notices, which
 //! are redacted); rows are never decoded.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use bytes::{Buf, BytesMut};
 use rewriter::{quote_ident, PreparedEffect, Protocol};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,13 +24,16 @@ use super::cancel::CancelTarget;
 use super::client_stream::ClientStream;
 use super::gate_cache::GateResult;
 use super::messages::error::{
-    error_response, redact_upstream_error, redact_upstream_notice, Severity,
+    error_response, redact_upstream_error, redact_upstream_notice, sqlstate as error_sqlstate,
+    Severity,
 };
 use super::messages::extended;
 use super::messages::frame::{self, FrameError};
 use super::messages::query::{self, ParseDecodeError};
+use super::messages::read_cstr as messages_read_cstr;
 use super::messages::rows;
 use super::messages::status;
+use super::outcomes;
 use super::pipeline::{Action, Expect, Pipeline, Rejection, Reply};
 use super::search_path;
 use super::statements::{Prepared, Statements};
@@ -81,6 +87,15 @@ pub struct Session<'a> {
     client_addr: std::net::SocketAddr,
     /// Decision records of the statements handled but not yet sent upstream.
     audit_pending: Vec<Vec<u8>>,
+    /// Results expected upstream, matched to outcome records.
+    outcomes: outcomes::Outcomes,
+    /// Outcome records not yet handed to the audit log.
+    outcome_records: Vec<Vec<u8>>,
+    /// The decision record of each prepared statement and portal (client names).
+    statement_decisions: HashMap<String, Arc<str>>,
+    portal_decisions: HashMap<String, Arc<str>>,
+    /// The DataRow being forwarded is counted in an outcome.
+    passthrough_row: bool,
 }
 
 /// How a session ended abnormally; the client has been told (FATAL) where it still listens.
@@ -145,6 +160,11 @@ impl<'a> Session<'a> {
             on_behalf_of,
             client_addr,
             audit_pending: Vec::new(),
+            outcomes: outcomes::Outcomes::default(),
+            outcome_records: Vec::new(),
+            statement_decisions: HashMap::new(),
+            portal_decisions: HashMap::new(),
+            passthrough_row: false,
             agent,
         }
     }
@@ -245,6 +265,10 @@ impl<'a> Session<'a> {
                         }
                     }
                     let result = self.on_upstream_data();
+                    // Outcomes are recorded after the fact: nothing waits for them.
+                    if let (Some(audit), false) = (&self.shared.audit, self.outcome_records.is_empty()) {
+                        drop(audit.submit(std::mem::take(&mut self.outcome_records)));
+                    }
                     let now = tokio::time::Instant::now();
                     if let Some(status) = self.ready.take() {
                         self.timers.ready(status, now);
@@ -355,7 +379,10 @@ impl<'a> Session<'a> {
             }
             match tag {
                 b'Q' => {
-                    self.on_query(&msg);
+                    let (decision, statements) = self.on_query(&msg);
+                    if self.shared.audit.is_some() {
+                        self.outcomes.query(decision.as_ref(), statements);
+                    }
                     self.read_search_path();
                 }
                 b'P' => self.on_parse(&msg)?,
@@ -363,6 +390,13 @@ impl<'a> Session<'a> {
                     let name = extended::bind_statement(&msg).ok_or_else(|| {
                         SessionError::ClientProtocol("malformed Bind message".into())
                     })?;
+                    if self.shared.audit.is_some() {
+                        let portal = extended::bind_portal(&msg).unwrap_or_default().to_string();
+                        match self.statement_decisions.get(name).cloned() {
+                            Some(d) => self.portal_decisions.insert(portal, d),
+                            None => self.portal_decisions.remove(&portal),
+                        };
+                    }
                     match self.upstream_statement(name) {
                         Target::Passthrough => self.forward(&msg, Some(Expect::Bind)),
                         Target::Ready => {
@@ -405,7 +439,15 @@ impl<'a> Session<'a> {
                         self.pipeline.push(Expect::Describe, Reply::Forward);
                     }
                 }
-                b'E' => self.forward(&msg, Some(Expect::Execute)),
+                b'E' => {
+                    if self.shared.audit.is_some() {
+                        let decision = extended::execute_portal(&msg)
+                            .and_then(|portal| self.portal_decisions.get(portal))
+                            .cloned();
+                        self.outcomes.execute(decision.as_ref());
+                    }
+                    self.forward(&msg, Some(Expect::Execute))
+                }
                 b'H' => self.forward(&msg, None),
                 b'S' => {
                     self.skip_until_sync = false;
@@ -414,17 +456,25 @@ impl<'a> Session<'a> {
                     // Parse) makes the backend skip everything up to Sync, and a hidden Close
                     // it skipped would be a reply that never comes.
                     self.close_orphans();
+                    if self.shared.audit.is_some() {
+                        self.outcomes.sync();
+                    }
                     self.read_search_path();
                 }
                 b'X' => return Ok(Flow::Terminate),
                 // Copy-in messages outside COPY FROM STDIN (which the gate refuses): PostgreSQL
                 // ignores them too.
                 b'd' | b'c' | b'f' => {}
-                b'F' => self.inject_query(Rejection {
-                    code: "0A000",
-                    message: "Portcullis does not support the function-call protocol message"
-                        .into(),
-                }),
+                b'F' => {
+                    if self.shared.audit.is_some() {
+                        self.outcomes.sync();
+                    }
+                    self.inject_query(Rejection {
+                        code: "0A000",
+                        message: "Portcullis does not support the function-call protocol message"
+                            .into(),
+                    })
+                }
                 other => {
                     return Err(SessionError::ClientProtocol(format!(
                         "unexpected message type 0x{other:02x}"
@@ -536,22 +586,27 @@ impl<'a> Session<'a> {
         query::encode_flush(&mut self.to_upstream);
     }
 
-    fn on_query(&mut self, msg: &[u8]) {
+    /// Handles a Query; returns its decision record's id and how many statements went upstream
+    /// (whose results are then matched to outcome records).
+    fn on_query(&mut self, msg: &[u8]) -> (Option<Arc<str>>, usize) {
         let Some(sql) = query::decode_query(msg) else {
-            return self.inject_query(invalid_text());
+            self.inject_query(invalid_text());
+            return (None, 0);
         };
         if sql.len() > self.shared.max_query_bytes {
-            return self.inject_query(too_long(self.shared.max_query_bytes));
+            self.inject_query(too_long(self.shared.max_query_bytes));
+            return (None, 0);
         }
         // A simple Query drops the unnamed prepared statement, as in PostgreSQL.
         if let Some(upstream) = self.statements.remove("") {
             self.statements.insert_orphan(upstream);
         }
         if !self.audit_allows() {
-            return self.inject_query(Self::audit_refusal());
+            self.inject_query(Self::audit_refusal());
+            return (None, 0);
         }
         let checked = self.gate(sql, Protocol::Simple);
-        self.record(Protocol::Simple, sql, &checked);
+        let decision = self.record(Protocol::Simple, sql, &checked);
         if checked
             .as_ref()
             .as_ref()
@@ -567,26 +622,33 @@ impl<'a> Session<'a> {
                             let sql = format!("DEALLOCATE {}", quote_ident(&upstream));
                             query::encode_query(&mut self.to_upstream, &sql);
                             self.pipeline.push(Expect::Query, Reply::Forward);
+                            (decision, 1)
                         }
-                        None => self.inject_query(Rejection {
-                            code: "26000",
-                            message: format!("prepared statement \"{name}\" does not exist"),
-                        }),
+                        None => {
+                            self.inject_query(Rejection {
+                                code: "26000",
+                                message: format!("prepared statement \"{name}\" does not exist"),
+                            });
+                            (decision, 0)
+                        }
                     },
                     _ => {
                         self.statements.clear();
                         query::encode_query(&mut self.to_upstream, &c.sql);
                         self.pipeline.push(Expect::Query, Reply::Forward);
+                        (decision, c.statements)
                     }
                 }
             }
             Ok(c) => {
                 query::encode_query(&mut self.to_upstream, &c.sql);
                 self.pipeline.push(Expect::Query, Reply::Forward);
+                (decision, c.statements)
             }
             Err(refusal) => {
                 debug!(agent = %self.agent, "refused: {refusal}");
                 self.inject_query(refusal.into());
+                (decision, 0)
             }
         }
     }
@@ -620,7 +682,8 @@ impl<'a> Session<'a> {
         let Some(enforcer) = &shared.enforcer else {
             // Gate only: names pass through unchanged.
             let checked = self.gate(parse.sql, Protocol::Extended);
-            self.record(Protocol::Extended, parse.sql, &checked);
+            let decision = self.record(Protocol::Extended, parse.sql, &checked);
+            self.note_statement_decision(parse.name, decision);
             match checked.as_ref() {
                 Ok(c) => {
                     query::encode_parse(
@@ -654,7 +717,8 @@ impl<'a> Session<'a> {
         // Read before rewriting: the rewrite is never older than the generation recorded.
         let generation = enforcer.generation();
         let checked = self.gate(parse.sql, Protocol::Extended);
-        self.record(Protocol::Extended, parse.sql, &checked);
+        let decision = self.record(Protocol::Extended, parse.sql, &checked);
+        self.note_statement_decision(parse.name, decision);
         match checked.as_ref() {
             Ok(c) => {
                 if c.search_path_changes {
@@ -712,11 +776,11 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Queues the decision record of `sql` (sent before the statement goes upstream).
-    fn record(&mut self, protocol: Protocol, sql: &str, result: &GateResult) {
-        let Some(audit) = &self.shared.audit else {
-            return;
-        };
+    /// Queues the decision record of `sql` (sent before the statement goes upstream); returns
+    /// its id.
+    fn record(&mut self, protocol: Protocol, sql: &str, result: &GateResult) -> Option<Arc<str>> {
+        let audit = self.shared.audit.as_ref()?;
+        let id: Arc<str> = crate::audit_record::new_id().into();
         let facts = crate::audit_record::SessionFacts {
             node: &audit.node_id,
             session: &self.session_id,
@@ -726,8 +790,17 @@ impl<'a> Session<'a> {
             tls: self.client.is_tls(),
             enforcing: self.shared.enforcer.is_some(),
         };
-        let record = crate::audit_record::decision(&facts, protocol, sql, result);
+        let record = crate::audit_record::decision(&facts, &id, protocol, sql, result);
         self.audit_pending.push(record);
+        Some(id)
+    }
+
+    /// Remembers which decision a prepared statement's Executes are outcomes of.
+    fn note_statement_decision(&mut self, name: &str, decision: Option<Arc<str>>) {
+        match decision {
+            Some(d) => self.statement_decisions.insert(name.to_string(), d),
+            None => self.statement_decisions.remove(name),
+        };
     }
 
     /// The statement to forward: rewritten under policy when enforcement is on, else only
@@ -762,8 +835,14 @@ impl<'a> Session<'a> {
             if self.passthrough > 0 {
                 let n = self.passthrough.min(self.from_upstream.len());
                 self.to_client.extend_from_slice(&self.from_upstream[..n]);
+                if self.passthrough_row {
+                    self.outcomes.row_bytes(&self.from_upstream[..n], false);
+                }
                 self.from_upstream.advance(n);
                 self.passthrough -= n;
+                if self.passthrough == 0 {
+                    self.passthrough_row = false;
+                }
             }
             if self.dropping > 0 {
                 let n = self.dropping.min(self.from_upstream.len());
@@ -799,8 +878,35 @@ impl<'a> Session<'a> {
                     }
                     if tag == b'Z' {
                         self.ready = status;
+                        if self.shared.audit.is_some() {
+                            let records = self.outcomes.ready();
+                            self.outcome_records.extend(records);
+                        }
                     }
                     self.passthrough = size;
+                }
+                // Under audit, a command's completion is read whole for its outcome record.
+                b'C' | b'I' | b's' if self.shared.audit.is_some() => {
+                    if size <= MAX_INSPECTED && self.from_upstream.len() < size {
+                        return Ok(());
+                    }
+                    match self.account(tag)? {
+                        Action::Drop => self.dropping = size,
+                        _ => {
+                            let tag_text = match tag {
+                                b'C' if size <= MAX_INSPECTED => {
+                                    let mut pos = 5;
+                                    messages_read_cstr(&self.from_upstream[..size], &mut pos)
+                                }
+                                b's' => Some("suspended"),
+                                _ => None,
+                            };
+                            if let Some(record) = self.outcomes.complete(tag_text) {
+                                self.outcome_records.push(record);
+                            }
+                            self.passthrough = size;
+                        }
+                    }
                 }
                 b'D' if self.pipeline.front_is_read() => {
                     if size > MAX_INSPECTED {
@@ -823,6 +929,14 @@ impl<'a> Session<'a> {
                     let action = self.account(tag)?;
                     for lost in self.pipeline.take_lost() {
                         self.statements.on_lost(lost);
+                    }
+                    if self.shared.audit.is_some() && matches!(action, Action::Forward) {
+                        let code = (self.from_upstream.len() >= size)
+                            .then(|| error_sqlstate(&self.from_upstream[..size]))
+                            .flatten();
+                        if let Some(record) = self.outcomes.error(code) {
+                            self.outcome_records.push(record);
+                        }
                     }
                     match action {
                         Action::Drop => self.dropping = size,
@@ -874,7 +988,13 @@ impl<'a> Session<'a> {
                 }
                 _ => match self.account(tag)? {
                     Action::Drop => self.dropping = size,
-                    _ => self.passthrough = size,
+                    _ => {
+                        if tag == b'D' && self.shared.audit.is_some() {
+                            self.passthrough_row = true;
+                            self.outcomes.row_bytes(&[], true);
+                        }
+                        self.passthrough = size;
+                    }
                 },
             }
         }

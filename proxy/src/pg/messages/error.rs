@@ -53,6 +53,22 @@ const WITHHELD: &[u8] = b"DWPpq";
 /// fields in [`WITHHELD`] (saying so in the detail), and turns the rewriter's policy-violation
 /// error (an input-syntax error whose text starts with `violation_marker`) into the 42501 error
 /// it stands for.
+/// The SQLSTATE of a whole ErrorResponse frame (header included).
+pub fn sqlstate(frame: &[u8]) -> Option<&str> {
+    let mut rest = frame.get(5..)?;
+    while let Some((&code, tail)) = rest.split_first() {
+        if code == 0 {
+            return None;
+        }
+        let end = tail.iter().position(|&b| b == 0)?;
+        if code == b'C' {
+            return std::str::from_utf8(&tail[..end]).ok();
+        }
+        rest = &tail[end + 1..];
+    }
+    None
+}
+
 pub fn redact_upstream_error(out: &mut BytesMut, frame: &[u8], violation_marker: &str) {
     redact(out, b'E', frame, Some(violation_marker));
 }

@@ -13,6 +13,18 @@ pub fn bind_statement(frame: &[u8]) -> Option<&str> {
     read_cstr(frame, &mut pos)
 }
 
+/// The portal a Bind frame (header included) creates; `None` if malformed.
+pub fn bind_portal(frame: &[u8]) -> Option<&str> {
+    let mut pos = 5;
+    read_cstr(frame, &mut pos)
+}
+
+/// The portal an Execute frame (header included) runs; `None` if malformed.
+pub fn execute_portal(frame: &[u8]) -> Option<&str> {
+    let mut pos = 5;
+    read_cstr(frame, &mut pos)
+}
+
 /// What a Describe or Close frame targets: a prepared statement (`b'S'`) or a portal (`b'P'`).
 pub fn target(frame: &[u8]) -> Option<(u8, &str)> {
     let kind = *frame.get(5)?;

@@ -1,0 +1,241 @@
+//! Outcome records: what each audited statement did, linked by id to its decision record. The
+//! command tag, the rows returned (DataRow messages, counted and digested with SHA-256 over
+//! their bytes as forwarded, never decoded), the SQLSTATE if it failed, and the time from
+//! forwarding to completion.
+//!
+//! Sans I/O: the session says what it forwarded (statements of a Query, Executes, Syncs) and
+//! what came back for the client; results are matched to statements in order, as PostgreSQL
+//! answers them. An error ends a Query's remaining statements, and an extended batch's up to
+//! its Sync: those are recorded as not run.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+enum Expected {
+    /// A statement whose result comes next: its decision id and its index in the Query.
+    Statement {
+        decision: Arc<str>,
+        index: usize,
+        since: Instant,
+    },
+    /// A statement that is not audited (its decision was not recorded): skip its result.
+    Unaudited,
+    /// The ReadyForQuery ending a Query or an extended batch.
+    Ready,
+}
+
+/// The session's expected results, and the statement whose rows are arriving.
+#[derive(Default)]
+pub struct Outcomes {
+    queue: VecDeque<Expected>,
+    rows: u64,
+    digest: Option<Sha256>,
+    /// An error ended the current Query or batch: statements until the next Ready did not run.
+    failed: bool,
+}
+
+impl Outcomes {
+    /// A simple Query of `statements` statements (recorded as `decision`, or not audited).
+    pub fn query(&mut self, decision: Option<&Arc<str>>, statements: usize) {
+        for index in 0..statements {
+            self.push(decision, index);
+        }
+        self.queue.push_back(Expected::Ready);
+    }
+
+    /// An Execute of a portal whose statement's decision is `decision`.
+    pub fn execute(&mut self, decision: Option<&Arc<str>>) {
+        self.push(decision, 0);
+    }
+
+    /// A Sync (or any message whose answer is a ReadyForQuery alone).
+    pub fn sync(&mut self) {
+        self.queue.push_back(Expected::Ready);
+    }
+
+    fn push(&mut self, decision: Option<&Arc<str>>, index: usize) {
+        self.queue.push_back(match decision {
+            Some(d) => Expected::Statement {
+                decision: d.clone(),
+                index,
+                since: Instant::now(),
+            },
+            None => Expected::Unaudited,
+        });
+    }
+
+    /// Bytes of a DataRow forwarded to the client (a whole message or a part of it);
+    /// `starts` when they begin a new row.
+    pub fn row_bytes(&mut self, bytes: &[u8], starts: bool) {
+        if starts {
+            self.rows += 1;
+        }
+        self.digest.get_or_insert_with(Sha256::new).update(bytes);
+    }
+
+    /// CommandComplete (`tag`), EmptyQueryResponse (`None`) or PortalSuspended: the front
+    /// statement's outcome.
+    pub fn complete(&mut self, tag: Option<&str>) -> Option<Vec<u8>> {
+        self.finish(json!({ "tag": tag }))
+    }
+
+    /// An ErrorResponse forwarded: the front statement failed, and the rest of its Query or
+    /// batch will not run.
+    pub fn error(&mut self, sqlstate: Option<&str>) -> Option<Vec<u8>> {
+        if self.failed
+            || !matches!(
+                self.queue.front(),
+                Some(Expected::Statement { .. } | Expected::Unaudited)
+            )
+        {
+            // An error outside a statement (a Parse, a Bind before any Execute): the batch's
+            // statements are skipped all the same.
+            self.failed = true;
+            return None;
+        }
+        let record = self.finish(json!({ "error": sqlstate }));
+        self.failed = true;
+        record
+    }
+
+    /// ReadyForQuery forwarded: statements still expected before it did not run.
+    pub fn ready(&mut self) -> Vec<Vec<u8>> {
+        let mut records = Vec::new();
+        while let Some(front) = self.queue.pop_front() {
+            match front {
+                Expected::Ready => break,
+                Expected::Unaudited => {}
+                Expected::Statement {
+                    decision, index, ..
+                } => records.push(record(&decision, index, json!({ "not_run": true }))),
+            }
+        }
+        self.failed = false;
+        self.rows = 0;
+        self.digest = None;
+        records
+    }
+
+    fn finish(&mut self, result: serde_json::Value) -> Option<Vec<u8>> {
+        let rows = std::mem::take(&mut self.rows);
+        let digest = self.digest.take();
+        if self.failed {
+            return None;
+        }
+        match self.queue.front()? {
+            Expected::Ready => None,
+            Expected::Unaudited => {
+                self.queue.pop_front();
+                None
+            }
+            Expected::Statement { .. } => {
+                let Some(Expected::Statement {
+                    decision,
+                    index,
+                    since,
+                }) = self.queue.pop_front()
+                else {
+                    unreachable!("front checked")
+                };
+                let mut fields = result;
+                let map = fields.as_object_mut().expect("an object");
+                map.insert("rows".into(), rows.into());
+                map.insert(
+                    "digest".into(),
+                    digest
+                        .map(|d| hex(&d.finalize()))
+                        .unwrap_or_else(|| hex(&Sha256::digest(b"")))
+                        .into(),
+                );
+                map.insert(
+                    "elapsed_us".into(),
+                    (since.elapsed().as_micros() as u64).into(),
+                );
+                Some(record(&decision, index, fields))
+            }
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn record(decision: &str, index: usize, fields: serde_json::Value) -> Vec<u8> {
+    let mut record = json!({
+        "kind": "outcome",
+        "id": crate::audit_record::new_id(),
+        "decision": decision,
+        "statement_index": index,
+    });
+    let map = record.as_object_mut().expect("an object");
+    if let serde_json::Value::Object(f) = fields {
+        map.extend(f);
+    }
+    audit::canonical(&record).expect("records hold no floats")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(bytes: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(bytes).unwrap()
+    }
+
+    #[test]
+    fn a_query_of_two_statements_then_an_error() {
+        let mut o = Outcomes::default();
+        let d: Arc<str> = "d1".into();
+        o.query(Some(&d), 3);
+        o.row_bytes(b"D\0\0\0\x0arow1", true);
+        o.row_bytes(b"D\0\0\0\x0a", true);
+        o.row_bytes(b"row2", false);
+        let first = parse(&o.complete(Some("SELECT 2")).unwrap());
+        assert_eq!(first["decision"], "d1");
+        assert_eq!(first["statement_index"], 0);
+        assert_eq!(first["rows"], 2);
+        assert_eq!(first["tag"], "SELECT 2");
+        let mut h = Sha256::new();
+        h.update(b"D\0\0\0\x0arow1D\0\0\0\x0arow2");
+        assert_eq!(first["digest"], hex(&h.finalize()));
+        let second = parse(&o.error(Some("22012")).unwrap());
+        assert_eq!(
+            (second["statement_index"].as_u64(), second["error"].as_str()),
+            (Some(1), Some("22012"))
+        );
+        assert_eq!(second["rows"], 0);
+        let rest = o.ready();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(parse(&rest[0])["not_run"], true);
+        assert_eq!(parse(&rest[0])["statement_index"], 2);
+    }
+
+    #[test]
+    fn executes_in_a_batch_and_unaudited_statements() {
+        let mut o = Outcomes::default();
+        let d: Arc<str> = "p".into();
+        o.execute(Some(&d));
+        o.execute(None);
+        o.execute(Some(&d));
+        o.sync();
+        assert!(o.complete(Some("SELECT 0")).is_some());
+        assert!(o.complete(Some("INSERT 0 1")).is_none(), "not audited");
+        // An error at the third: recorded; nothing is left for the Ready.
+        assert!(o.error(Some("23505")).is_some());
+        assert!(o.ready().is_empty());
+        // A Bind's error is its Execute's outcome; the Executes after it did not run.
+        o.execute(Some(&d));
+        o.execute(Some(&d));
+        o.sync();
+        let failed = parse(&o.error(Some("22P02")).unwrap());
+        assert_eq!(failed["error"], "22P02");
+        let skipped = o.ready();
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(parse(&skipped[0])["not_run"], true);
+    }
+}
