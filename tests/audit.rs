@@ -200,6 +200,51 @@ async fn every_statement_is_recorded_before_it_runs_and_the_log_proves_it() {
         "{verified}"
     );
 
+    // Search: the refusals of support-bot; what read customers under a given policy.
+    let denied = ok(&portcullis(&[
+        "audit",
+        "search",
+        dir,
+        "--agent",
+        AGENT,
+        "--decision",
+        "deny",
+    ]));
+    assert_eq!(denied.lines().count(), 1, "{denied}");
+    assert!(
+        denied.contains("drop table customers") && denied.contains("refused 42501"),
+        "{denied}"
+    );
+    let reads = ok(&portcullis(&[
+        "audit",
+        "search",
+        dir,
+        "--relation",
+        "public::customers",
+        "--policy",
+        "support-reads-own-tenant",
+        "--json",
+    ]));
+    let reads: Vec<Value> = reads
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(reads.len() >= 2, "{reads:?}");
+    assert!(reads.iter().all(|r| r["decision"] == "rewrite"));
+    let count = reads
+        .iter()
+        .find(|r| r["statement"] == "select count(*) from customers")
+        .unwrap();
+    assert_eq!(count["outcomes"][0]["rows"], 1);
+    let none = ok(&portcullis(&[
+        "audit",
+        "search",
+        dir,
+        "--since",
+        "2999-01-01T00:00:00Z",
+    ]));
+    assert!(none.is_empty());
+
     // A proof of the refusal's record, checked offline with the public key alone.
     let id = refused["id"].as_str().unwrap();
     let entry = work.path().join("entry.json");

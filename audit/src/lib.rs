@@ -12,6 +12,7 @@ mod canonical;
 mod keys;
 mod log;
 mod proof;
+mod search;
 mod tree;
 mod verify;
 
@@ -19,6 +20,7 @@ pub use canonical::{canonical, CanonicalError};
 pub use keys::{generate_key, verifier_key_of, KeyError};
 pub use log::{Log, LogError};
 pub use proof::{find, prove, verify_proof, ProofError, Proven};
+pub use search::{search, Hit, Query};
 pub use verify::{verify, Problem, Report};
 
 /// The file names of a log directory.

@@ -37,6 +37,34 @@ pub enum AuditCommand {
         #[arg(long)]
         entry_out: Option<PathBuf>,
     },
+    /// Find decision records (with their outcomes): every given filter must match
+    Search {
+        dir: PathBuf,
+        #[arg(long)]
+        agent: Option<String>,
+        /// The human the agent acted for
+        #[arg(long)]
+        on_behalf_of: Option<String>,
+        /// From this time (RFC 3339, e.g. 2026-12-01T00:00:00Z, or Unix milliseconds)
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        /// allow, rewrite or deny
+        #[arg(long)]
+        decision: Option<String>,
+        /// An entity type the statement read, e.g. public::customers
+        #[arg(long)]
+        relation: Option<String>,
+        /// A determining policy id
+        #[arg(long)]
+        policy: Option<String>,
+        #[arg(long)]
+        sqlstate: Option<String>,
+        /// One JSON object per line (the decision with an "outcomes" array) instead of a table
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a proof offline, with the entry and the log's public key alone
     VerifyProof {
         /// The log's public key file
@@ -107,6 +135,69 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
             print!("{proof}");
             Ok(())
         }
+        AuditCommand::Search {
+            dir,
+            agent,
+            on_behalf_of,
+            since,
+            until,
+            decision,
+            relation,
+            policy,
+            sqlstate,
+            json,
+        } => {
+            let query = audit::Query {
+                agent,
+                on_behalf_of,
+                since_ms: since.as_deref().map(parse_time).transpose()?,
+                until_ms: until.as_deref().map(parse_time).transpose()?,
+                decision,
+                relation,
+                policy,
+                sqlstate,
+            };
+            let hits = audit::search(&dir, &query)
+                .with_context(|| format!("reading {}", dir.display()))?;
+            for hit in &hits {
+                if json {
+                    let mut v = hit.decision.clone();
+                    v["index"] = hit.index.into();
+                    v["outcomes"] = hit.outcomes.clone().into();
+                    println!("{v}");
+                    continue;
+                }
+                let d = &hit.decision;
+                let s = |k: &str| d[k].as_str().unwrap_or("-").to_string();
+                let result = match hit.outcomes.first() {
+                    Some(o) if o["error"].is_string() => {
+                        format!("error {}", o["error"].as_str().unwrap_or(""))
+                    }
+                    Some(o) if o["not_run"] == true => "not run".into(),
+                    Some(o) => format!("{} ({} rows)", o["tag"].as_str().unwrap_or("-"), o["rows"]),
+                    None if s("decision") == "deny" => format!("refused {}", s("sqlstate")),
+                    None => "-".into(),
+                };
+                let time = d["time_ms"].as_u64().map_or("-".to_string(), |ms| {
+                    humantime::format_rfc3339_millis(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+                    )
+                    .to_string()
+                });
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    hit.index,
+                    time,
+                    s("agent"),
+                    s("decision"),
+                    result,
+                    s("id"),
+                    s("statement").replace(['\n', '\t'], " ")
+                );
+            }
+            eprintln!("{} decision(s)", hits.len());
+            Ok(())
+        }
         AuditCommand::VerifyProof { key, entry, proof } => {
             let key = read_key(&key)?;
             let entry = read(&entry)?;
@@ -119,6 +210,16 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Unix milliseconds, or an RFC 3339 UTC time (`2026-12-01T10:00:00Z`).
+fn parse_time(text: &str) -> anyhow::Result<u64> {
+    if let Ok(ms) = text.parse::<u64>() {
+        return Ok(ms);
+    }
+    let t = humantime::parse_rfc3339(text)
+        .with_context(|| format!("{text}: not Unix milliseconds or an RFC 3339 time"))?;
+    Ok(t.duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64)
 }
 
 fn write_private(path: &Path, key: &str) -> anyhow::Result<()> {

@@ -1,0 +1,110 @@
+//! Searching a log's decision records, joined with their outcomes: by agent, the human an
+//! agent acted for, time range, decision, relation, policy id and SQLSTATE.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::log::read_entries;
+
+/// What to look for; every given field must match.
+#[derive(Debug, Default, Clone)]
+pub struct Query {
+    pub agent: Option<String>,
+    pub on_behalf_of: Option<String>,
+    /// Milliseconds since the Unix epoch, inclusive.
+    pub since_ms: Option<u64>,
+    pub until_ms: Option<u64>,
+    /// `allow`, `rewrite` or `deny`.
+    pub decision: Option<String>,
+    /// An entity type (`public::customers`) the statement read.
+    pub relation: Option<String>,
+    /// A policy id among the determining policies.
+    pub policy: Option<String>,
+    pub sqlstate: Option<String>,
+}
+
+/// A decision record that matched, with its log index and its outcome records.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub index: u64,
+    pub decision: Value,
+    pub outcomes: Vec<Value>,
+}
+
+impl Query {
+    fn matches(&self, d: &Value) -> bool {
+        let text = |key: &str| d.get(key).and_then(Value::as_str);
+        let relations = || {
+            d.pointer("/basis/relations")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        };
+        let time = d.get("time_ms").and_then(Value::as_u64).unwrap_or(0);
+        self.agent
+            .as_deref()
+            .is_none_or(|a| text("agent") == Some(a))
+            && self
+                .on_behalf_of
+                .as_deref()
+                .is_none_or(|h| text("on_behalf_of") == Some(h))
+            && self.since_ms.is_none_or(|s| time >= s)
+            && self.until_ms.is_none_or(|u| time <= u)
+            && self
+                .decision
+                .as_deref()
+                .is_none_or(|x| text("decision") == Some(x))
+            && self
+                .sqlstate
+                .as_deref()
+                .is_none_or(|x| text("sqlstate") == Some(x))
+            && self.relation.as_deref().is_none_or(|r| {
+                relations()
+                    .iter()
+                    .any(|rel| rel.get("relation").and_then(Value::as_str) == Some(r))
+            })
+            && self.policy.as_deref().is_none_or(|p| {
+                relations().iter().any(|rel| {
+                    rel.get("policies")
+                        .and_then(Value::as_array)
+                        .is_some_and(|ps| ps.iter().any(|x| x.as_str() == Some(p)))
+                })
+            })
+    }
+}
+
+/// The decision records of the log in `dir` that match `query`, oldest first.
+pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, std::io::Error> {
+    let (entries, _) = read_entries(dir)?;
+    let mut hits: Vec<Hit> = Vec::new();
+    let mut by_id = std::collections::HashMap::new();
+    for (i, line) in entries.iter().enumerate() {
+        let Ok(v) = serde_json::from_slice::<Value>(line) else {
+            continue;
+        };
+        match v.get("kind").and_then(Value::as_str) {
+            Some("decision") if query.matches(&v) => {
+                if let Some(id) = v.get("id").and_then(Value::as_str) {
+                    by_id.insert(id.to_string(), hits.len());
+                }
+                hits.push(Hit {
+                    index: i as u64,
+                    decision: v,
+                    outcomes: Vec::new(),
+                });
+            }
+            Some("outcome") => {
+                let slot = v
+                    .get("decision")
+                    .and_then(Value::as_str)
+                    .and_then(|d| by_id.get(d));
+                if let Some(&slot) = slot {
+                    hits[slot].outcomes.push(v);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(hits)
+}
