@@ -82,6 +82,18 @@ cp bench/policy/* "$WORK/policy/"
 sed -e "s/$PROXY_PORT/$POLICY_PORT/" "$WORK/portcullis.toml" > "$WORK/policy.toml"
 printf '[policies]\ndir = "%s"\n' "$WORK/policy" >> "$WORK/policy.toml"
 RUST_LOG=warn "$PORTCULLIS" serve --config "$WORK/policy.toml" 2>"$WORK/policy.log" & PIDS+=($!)
+# The same policy with the audit log, per durability mode (the log on this machine's disk).
+"$PORTCULLIS" audit keygen --node-id bench --out "$WORK/audit.key" >/dev/null 2>&1
+AUDIT_PORT=()
+declare -A AUDIT_PID
+for mode in sync batch async; do
+  port=$(free_port); AUDIT_PORT+=("$port")
+  sed -e "s/$POLICY_PORT/$port/" "$WORK/policy.toml" > "$WORK/audit-$mode.toml"
+  printf '[audit]\ndir = "%s"\nkey_file = "%s"\nnode_id = "bench"\nmode = "%s"\n' \
+    "$WORK/audit-$mode" "$WORK/audit.key" "$mode" >> "$WORK/audit-$mode.toml"
+  RUST_LOG=info "$PORTCULLIS" serve --config "$WORK/audit-$mode.toml" 2>"$WORK/audit-$mode.log" & PIDS+=($!)
+  AUDIT_PID[$mode]=$!
+done
 sleep 2
 # The policy is really enforced: branches 9 and 10 are hidden.
 HIDDEN=$("$BIN/psql" -X -At "postgres://bench:bench-pw@127.0.0.1:$POLICY_PORT/bench" \
@@ -93,8 +105,11 @@ declare -A URL=(
   [pgbouncer]="postgres://bench:bench-pw@127.0.0.1:$BOUNCER_PORT/bench"
   [portcullis]="postgres://bench:bench-pw@127.0.0.1:$PROXY_PORT/bench"
   [policy]="postgres://bench:bench-pw@127.0.0.1:$POLICY_PORT/bench"
+  [audit-sync]="postgres://bench:bench-pw@127.0.0.1:${AUDIT_PORT[0]}/bench"
+  [audit-batch]="postgres://bench:bench-pw@127.0.0.1:${AUDIT_PORT[1]}/bench"
+  [audit-async]="postgres://bench:bench-pw@127.0.0.1:${AUDIT_PORT[2]}/bench"
 )
-TARGETS=(direct pgbouncer portcullis policy)
+TARGETS=(direct pgbouncer portcullis policy audit-sync audit-batch audit-async)
 MODES=(simple extended prepared)
 declare -A RESULTS
 for round in $(seq 1 "$ROUNDS"); do
@@ -107,6 +122,13 @@ for round in $(seq 1 "$ROUNDS"); do
       echo "round $round  $mode  $t  $tps tps"
     done
   done
+done
+
+# Stop the audited proxies cleanly: each logs how many entries its fsyncs carried.
+declare -A BATCH
+for mode in sync batch async; do
+  kill -TERM "${AUDIT_PID[$mode]}"; wait "${AUDIT_PID[$mode]}" 2>/dev/null || true
+  BATCH[$mode]=$(grep -o 'entries=[0-9]* appends=[0-9]* mean_batch=[0-9.]*' "$WORK/audit-$mode.log" | tail -1)
 done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
@@ -134,10 +156,28 @@ SECTION=$(mktemp)
       "$(echo "$p / $b" | bc -l)" "$(echo "$q / $b" | bc -l)" "$(echo "$q / $d" | bc -l)"
   done
   echo
+  echo "The audit log's cost: the policy target again, with [audit] in each durability mode (a"
+  echo "decision record per statement and an outcome record per result, on this machine's disk;"
+  echo "sync: nothing goes upstream before its record is fdatasync'ed, group commit across the"
+  echo "$CLIENTS clients)."
+  echo
+  echo "| mode | policy tps | audit sync tps | audit batch tps | audit async tps | sync / policy | batch / policy | async / policy |"
+  echo "|---|---|---|---|---|---|---|---|"
+  for mode in "${MODES[@]}"; do
+    q=$(echo "${RESULTS[$mode,policy]}" | median)
+    a=$(echo "${RESULTS[$mode,audit-sync]}" | median)
+    b=$(echo "${RESULTS[$mode,audit-batch]}" | median)
+    c=$(echo "${RESULTS[$mode,audit-async]}" | median)
+    printf '| %s | %.0f | %.0f | %.0f | %.0f | %.2f | %.2f | %.2f |\n' "$mode" "$q" "$a" "$b" "$c" \
+      "$(echo "$a / $q" | bc -l)" "$(echo "$b / $q" | bc -l)" "$(echo "$c / $q" | bc -l)"
+  done
+  echo
+  echo "Group commit (entries per fdatasync, over the whole run): sync ${BATCH[sync]}; batch ${BATCH[batch]}; async ${BATCH[async]}."
+  echo
   echo "Raw tps per round:"
   echo
   for mode in "${MODES[@]}"; do
-    echo "- $mode: direct${RESULTS[$mode,direct]}; pgbouncer${RESULTS[$mode,pgbouncer]}; gate${RESULTS[$mode,portcullis]}; policy${RESULTS[$mode,policy]}"
+    echo "- $mode: direct${RESULTS[$mode,direct]}; pgbouncer${RESULTS[$mode,pgbouncer]}; gate${RESULTS[$mode,portcullis]}; policy${RESULTS[$mode,policy]}; audit sync${RESULTS[$mode,audit-sync]}; audit batch${RESULTS[$mode,audit-batch]}; audit async${RESULTS[$mode,audit-async]}"
   done
   echo "<!-- pgbench:end -->"
 } > "$SECTION"

@@ -149,13 +149,20 @@ async fn every_statement_is_recorded_before_it_runs_and_the_log_proves_it() {
     let prepared_outcome = outcomes_of(prepared);
     assert_eq!(prepared_outcome.len(), 1);
     assert_eq!(prepared_outcome[0]["rows"], 1);
+    // Bind parameters are recorded as digests (tokio-postgres binds 3i32 in binary).
+    let hex = |bytes: &[u8]| -> String {
+        <sha2::Sha256 as sha2::Digest>::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    assert_eq!(
+        prepared_outcome[0]["parameters"][0],
+        hex(&[0, 0, 0, 3]).as_str()
+    );
     let mixed = outcomes_of(decision_of(&e, "select 'abc' as x; select 1/0; select 3"));
     assert_eq!(mixed.len(), 3, "{mixed:?}");
-    let row = b"D\x00\x00\x00\x0d\x00\x01\x00\x00\x00\x03abc";
-    let digest: String = <sha2::Sha256 as sha2::Digest>::digest(row)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = hex(b"D\x00\x00\x00\x0d\x00\x01\x00\x00\x00\x03abc");
     assert_eq!(mixed[0]["statement_index"], 0);
     assert_eq!(mixed[0]["digest"], digest.as_str());
     assert_eq!(

@@ -181,6 +181,8 @@ fn now_ms() -> u64 {
 
 impl Writer {
     fn run(mut self) {
+        // Group commit at work: how many appends (fsyncs) carried how many entries.
+        let (mut appends, mut appended) = (0u64, 0u64);
         let mut last_checkpoint = Instant::now();
         let mut dirty = false;
         let mut outage: Option<(u64, String)> = None;
@@ -245,7 +247,11 @@ impl Writer {
                         .map_err(|e| e.to_string())
                 };
                 match &result {
-                    Ok(()) => dirty = true,
+                    Ok(()) => {
+                        dirty = true;
+                        appends += 1;
+                        appended += entries.len() as u64;
+                    }
                     Err(e) => {
                         if outage.is_none() {
                             error!("audit log append failed: {e}; refusing statements until it can be written");
@@ -266,7 +272,17 @@ impl Writer {
                 last_checkpoint = Instant::now();
             }
             if stop {
-                info!(entries = self.log.size(), "audit log closed");
+                let mean_batch = if appends == 0 {
+                    0.0
+                } else {
+                    appended as f64 / appends as f64
+                };
+                info!(
+                    entries = self.log.size(),
+                    appends,
+                    mean_batch = format!("{mean_batch:.2}"),
+                    "audit log closed"
+                );
                 return;
             }
         }

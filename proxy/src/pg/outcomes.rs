@@ -21,6 +21,8 @@ enum Expected {
         decision: Arc<str>,
         index: usize,
         since: Instant,
+        /// An Execute's Bind parameters, as SHA-256 digests (hex; `null` for SQL NULL).
+        parameters: Option<Arc<[Option<String>]>>,
     },
     /// A statement that is not audited (its decision was not recorded): skip its result.
     Unaudited,
@@ -42,14 +44,19 @@ impl Outcomes {
     /// A simple Query of `statements` statements (recorded as `decision`, or not audited).
     pub fn query(&mut self, decision: Option<&Arc<str>>, statements: usize) {
         for index in 0..statements {
-            self.push(decision, index);
+            self.push(decision, index, None);
         }
         self.queue.push_back(Expected::Ready);
     }
 
-    /// An Execute of a portal whose statement's decision is `decision`.
-    pub fn execute(&mut self, decision: Option<&Arc<str>>) {
-        self.push(decision, 0);
+    /// An Execute of a portal whose statement's decision is `decision`, bound with
+    /// `parameters` (digests).
+    pub fn execute(
+        &mut self,
+        decision: Option<&Arc<str>>,
+        parameters: Option<Arc<[Option<String>]>>,
+    ) {
+        self.push(decision, 0, parameters);
     }
 
     /// A Sync (or any message whose answer is a ReadyForQuery alone).
@@ -57,12 +64,18 @@ impl Outcomes {
         self.queue.push_back(Expected::Ready);
     }
 
-    fn push(&mut self, decision: Option<&Arc<str>>, index: usize) {
+    fn push(
+        &mut self,
+        decision: Option<&Arc<str>>,
+        index: usize,
+        parameters: Option<Arc<[Option<String>]>>,
+    ) {
         self.queue.push_back(match decision {
             Some(d) => Expected::Statement {
                 decision: d.clone(),
                 index,
                 since: Instant::now(),
+                parameters,
             },
             None => Expected::Unaudited,
         });
@@ -110,8 +123,15 @@ impl Outcomes {
                 Expected::Ready => break,
                 Expected::Unaudited => {}
                 Expected::Statement {
-                    decision, index, ..
-                } => records.push(record(&decision, index, json!({ "not_run": true }))),
+                    decision,
+                    index,
+                    parameters,
+                    ..
+                } => records.push(record(
+                    &decision,
+                    index,
+                    json!({ "not_run": true, "parameters": parameters.as_deref() }),
+                )),
             }
         }
         self.failed = false;
@@ -137,6 +157,7 @@ impl Outcomes {
                     decision,
                     index,
                     since,
+                    parameters,
                 }) = self.queue.pop_front()
                 else {
                     unreachable!("front checked")
@@ -155,13 +176,25 @@ impl Outcomes {
                     "elapsed_us".into(),
                     (since.elapsed().as_micros() as u64).into(),
                 );
+                if let Some(parameters) = parameters {
+                    map.insert("parameters".into(), json!(&*parameters));
+                }
                 Some(record(&decision, index, fields))
             }
         }
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Bind parameters as recorded: each value's SHA-256 (hex), `None` for NULL. (Equal values
+/// give equal digests, so a search can match a known value without the log holding it.)
+pub fn parameter_digests(values: &[Option<&[u8]>]) -> Arc<[Option<String>]> {
+    values
+        .iter()
+        .map(|v| v.map(|bytes| hex(&Sha256::digest(bytes))))
+        .collect()
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -219,18 +252,20 @@ mod tests {
     fn executes_in_a_batch_and_unaudited_statements() {
         let mut o = Outcomes::default();
         let d: Arc<str> = "p".into();
-        o.execute(Some(&d));
-        o.execute(None);
-        o.execute(Some(&d));
+        o.execute(Some(&d), Some(parameter_digests(&[Some(b"42"), None])));
+        o.execute(None, None);
+        o.execute(Some(&d), None);
         o.sync();
-        assert!(o.complete(Some("SELECT 0")).is_some());
+        let first = parse(&o.complete(Some("SELECT 0")).unwrap());
+        assert_eq!(first["parameters"][0], hex(&Sha256::digest(b"42")));
+        assert!(first["parameters"][1].is_null());
         assert!(o.complete(Some("INSERT 0 1")).is_none(), "not audited");
         // An error at the third: recorded; nothing is left for the Ready.
         assert!(o.error(Some("23505")).is_some());
         assert!(o.ready().is_empty());
         // A Bind's error is its Execute's outcome; the Executes after it did not run.
-        o.execute(Some(&d));
-        o.execute(Some(&d));
+        o.execute(Some(&d), None);
+        o.execute(Some(&d), None);
         o.sync();
         let failed = parse(&o.error(Some("22P02")).unwrap());
         assert_eq!(failed["error"], "22P02");

@@ -93,7 +93,9 @@ pub struct Session<'a> {
     outcome_records: Vec<Vec<u8>>,
     /// The decision record of each prepared statement and portal (client names).
     statement_decisions: HashMap<String, Arc<str>>,
-    portal_decisions: HashMap<String, Arc<str>>,
+    /// Each portal's statement decision and Bind parameters (digests).
+    #[allow(clippy::type_complexity)]
+    portal_decisions: HashMap<String, (Arc<str>, Option<Arc<[Option<String>]>>)>,
     /// The DataRow being forwarded is counted in an outcome.
     passthrough_row: bool,
 }
@@ -392,8 +394,10 @@ impl<'a> Session<'a> {
                     })?;
                     if self.shared.audit.is_some() {
                         let portal = extended::bind_portal(&msg).unwrap_or_default().to_string();
+                        let parameters = extended::bind_parameters(&msg)
+                            .map(|values| outcomes::parameter_digests(&values));
                         match self.statement_decisions.get(name).cloned() {
-                            Some(d) => self.portal_decisions.insert(portal, d),
+                            Some(d) => self.portal_decisions.insert(portal, (d, parameters)),
                             None => self.portal_decisions.remove(&portal),
                         };
                     }
@@ -441,10 +445,15 @@ impl<'a> Session<'a> {
                 }
                 b'E' => {
                     if self.shared.audit.is_some() {
-                        let decision = extended::execute_portal(&msg)
+                        let bound = extended::execute_portal(&msg)
                             .and_then(|portal| self.portal_decisions.get(portal))
                             .cloned();
-                        self.outcomes.execute(decision.as_ref());
+                        match bound {
+                            Some((decision, parameters)) => {
+                                self.outcomes.execute(Some(&decision), parameters)
+                            }
+                            None => self.outcomes.execute(None, None),
+                        }
                     }
                     self.forward(&msg, Some(Expect::Execute))
                 }

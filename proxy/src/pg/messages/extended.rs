@@ -19,6 +19,36 @@ pub fn bind_portal(frame: &[u8]) -> Option<&str> {
     read_cstr(frame, &mut pos)
 }
 
+/// The parameter values of a Bind frame (header included), `None` for SQL NULL; `None` if
+/// malformed.
+pub fn bind_parameters(frame: &[u8]) -> Option<Vec<Option<&[u8]>>> {
+    let mut pos = 5;
+    read_cstr(frame, &mut pos)?;
+    read_cstr(frame, &mut pos)?;
+    let i16_at = |pos: usize| -> Option<i16> {
+        Some(i16::from_be_bytes(
+            frame.get(pos..pos + 2)?.try_into().ok()?,
+        ))
+    };
+    let formats = usize::try_from(i16_at(pos)?).ok()?;
+    pos += 2 + 2 * formats;
+    let count = usize::try_from(i16_at(pos)?).ok()?;
+    pos += 2;
+    let mut values = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = i32::from_be_bytes(frame.get(pos..pos + 4)?.try_into().ok()?);
+        pos += 4;
+        if len < 0 {
+            values.push(None);
+            continue;
+        }
+        let len = usize::try_from(len).ok()?;
+        values.push(Some(frame.get(pos..pos + len)?));
+        pos += len;
+    }
+    Some(values)
+}
+
 /// The portal an Execute frame (header included) runs; `None` if malformed.
 pub fn execute_portal(frame: &[u8]) -> Option<&str> {
     let mut pos = 5;
@@ -66,6 +96,24 @@ pub fn encode_close_statement(out: &mut BytesMut, name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bind_parameters_are_read() {
+        let mut b = BytesMut::new();
+        write_message(&mut b, b'B', |b| {
+            put_cstr(b, "p1");
+            put_cstr(b, "s1");
+            b.extend_from_slice(&[0, 1, 0, 0]); // one format: text
+            b.extend_from_slice(&[0, 2]); // two parameters
+            b.extend_from_slice(&[0, 0, 0, 2]);
+            b.extend_from_slice(b"42");
+            b.extend_from_slice(&[0xff, 0xff, 0xff, 0xff]); // NULL
+            b.extend_from_slice(&[0, 0]); // no result formats
+        });
+        assert_eq!(bind_portal(&b), Some("p1"));
+        assert_eq!(bind_parameters(&b), Some(vec![Some(&b"42"[..]), None]));
+        assert_eq!(bind_parameters(&b[..b.len() - 8]), None);
+    }
 
     #[test]
     fn names_are_read() {
