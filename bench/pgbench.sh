@@ -128,7 +128,8 @@ done
 declare -A BATCH
 for mode in sync batch async; do
   kill -TERM "${AUDIT_PID[$mode]}"; wait "${AUDIT_PID[$mode]}" 2>/dev/null || true
-  BATCH[$mode]=$(grep -o 'entries=[0-9]* appends=[0-9]* mean_batch=[0-9.]*' "$WORK/audit-$mode.log" | tail -1)
+  BATCH[$mode]=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/audit-$mode.log" \
+    | grep -o 'entries=[0-9]* appends=[0-9]* mean_batch=[^ ]*' | tail -1 || true)
 done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }

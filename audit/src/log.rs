@@ -53,6 +53,8 @@ pub struct Log {
     torn: bool,
     /// Writing the stored hashes failed; they are rebuilt at the next open.
     hashes_broken: bool,
+    /// Entries were written without an fsync since the last one.
+    unsynced: bool,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
@@ -185,6 +187,7 @@ impl Log {
             entries_len: complete as u64,
             torn: false,
             hashes_broken: false,
+            unsynced: false,
         })
     }
 
@@ -201,6 +204,12 @@ impl Log {
     /// Appends `entries` (each one line of canonical JSON, see [`crate::canonical`]) and makes
     /// them durable; returns the index of the first.
     pub fn append(&mut self, entries: &[Vec<u8>]) -> Result<u64, LogError> {
+        self.append_with(entries, true)
+    }
+
+    /// Appends `entries`, made durable now if `durable`, else by the next durable append or
+    /// checkpoint (a crash may lose them; nothing was acknowledged on their account).
+    pub fn append_with(&mut self, entries: &[Vec<u8>], durable: bool) -> Result<u64, LogError> {
         let first = self.tree.size();
         let mut lines = Vec::with_capacity(entries.iter().map(|e| e.len() + 1).sum());
         for (i, entry) in entries.iter().enumerate() {
@@ -215,16 +224,20 @@ impl Log {
             self.entries.set_len(self.entries_len).map_err(io(&path))?;
             self.torn = false;
         }
-        let written = self
-            .entries
-            .write_all(&lines)
-            .and_then(|()| self.entries.sync_data());
+        let written = self.entries.write_all(&lines).and_then(|()| {
+            if durable {
+                self.entries.sync_data()
+            } else {
+                Ok(())
+            }
+        });
         if let Err(e) = written {
             // Nothing of this append was acknowledged: cut what reached the file.
             self.torn = self.entries.set_len(self.entries_len).is_err();
             return Err(io(&path)(e));
         }
         self.entries_len += lines.len() as u64;
+        self.unsynced = !durable;
         let mut hashes = Vec::new();
         for entry in entries {
             for h in self.tree.append(entry) {
@@ -248,6 +261,12 @@ impl Log {
             if let Ok(bytes) = fs::read(&latest) {
                 return Ok(bytes);
             }
+        }
+        // A checkpoint never covers an entry that a crash could still take back.
+        if self.unsynced {
+            let path = self.dir.join(ENTRIES);
+            self.entries.sync_data().map_err(io(&path))?;
+            self.unsynced = false;
         }
         let root = self.tree.root(size).expect("the whole tree is stored");
         let text = Checkpoint::new(&self.origin, size, root, "")
