@@ -38,6 +38,62 @@ fn entries(dir: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// Makes the node's log key with the CLI: `work/audit.key` (and `.pub`).
+fn keygen(work: &Path, node: &str) -> std::path::PathBuf {
+    let key = work.join("audit.key");
+    ok(&portcullis(&[
+        "audit",
+        "keygen",
+        "--node-id",
+        node,
+        "--out",
+        key.to_str().unwrap(),
+    ]));
+    key
+}
+
+/// The proxy enforcing the finance example, with `[audit]` for `node` writing to `log`, plus
+/// `extra` audit settings. The policy set's directory lives as long as the returned guard.
+fn start_audited(node: &str, key: &Path, log: &Path, extra: &str) -> (Env, tempfile::TempDir) {
+    let set = tempfile::tempdir().unwrap();
+    copy_files("policies/examples/finance", set.path());
+    let env = Env::start_with(Options {
+        postgres_extra: format!(
+            "[policies]\ndir = {:?}\n\n[audit]\ndir = {:?}\nkey_file = {:?}\nnode_id = {node:?}\n{extra}",
+            set.path().display().to_string(),
+            log.display().to_string(),
+            key.display().to_string(),
+        ),
+    });
+    (env, set)
+}
+
+/// `portcullis audit verify` of `log` with the public key made beside `key` must pass.
+fn verify_with_cli(log: &Path, key: &Path) -> String {
+    let public = format!("{}.pub", key.display());
+    ok(&portcullis(&[
+        "audit",
+        "verify",
+        log.to_str().unwrap(),
+        "--key",
+        &public,
+    ]))
+}
+
+/// Sends the proxy `signal` (`INT`: a clean shutdown; `9`: a crash) and waits until it is gone.
+fn stop(env: &mut Env, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &env.proxy_pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while env.proxy_alive() {
+        assert!(Instant::now() < deadline, "the proxy did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn decision_of<'a>(entries: &'a [Value], statement: &str) -> &'a Value {
     entries
         .iter()
@@ -48,27 +104,10 @@ fn decision_of<'a>(entries: &'a [Value], statement: &str) -> &'a Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_statement_is_recorded_before_it_runs_and_the_log_proves_it() {
     let work = tempfile::tempdir().unwrap();
-    let key = work.path().join("audit.key");
+    let key = keygen(work.path(), "test-node");
     let public = work.path().join("audit.key.pub");
     let log = work.path().join("log");
-    ok(&portcullis(&[
-        "audit",
-        "keygen",
-        "--node-id",
-        "test-node",
-        "--out",
-        key.to_str().unwrap(),
-    ]));
-    let set = tempfile::tempdir().unwrap();
-    copy_files("policies/examples/finance", set.path());
-    let mut env = Env::start_with(Options {
-        postgres_extra: format!(
-            "[policies]\ndir = {:?}\n\n[audit]\ndir = {:?}\nkey_file = {:?}\nnode_id = \"test-node\"\n",
-            set.path().display().to_string(),
-            log.display().to_string(),
-            key.display().to_string(),
-        ),
-    });
+    let (mut env, _set) = start_audited("test-node", &key, &log, "");
     let bot = env.agent().await;
 
     // A rewritten read: its record is in the log the moment its rows are.
@@ -188,16 +227,7 @@ async fn every_statement_is_recorded_before_it_runs_and_the_log_proves_it() {
 
     // Shutdown publishes a checkpoint covering every entry.
     drop(bot);
-    let status = Command::new("kill")
-        .args(["-INT", &env.proxy_pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while env.proxy_alive() {
-        assert!(Instant::now() < deadline, "the proxy did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    stop(&mut env, "INT");
     let (dir, key_pub) = (log.to_str().unwrap(), public.to_str().unwrap());
     let verified = ok(&portcullis(&["audit", "verify", dir, "--key", key_pub]));
     let count = entries(&log).len();
@@ -317,29 +347,12 @@ impl Drop for Tmpfs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_stops_statements_until_space_returns() {
     let work = tempfile::tempdir().unwrap();
-    let key = work.path().join("audit.key");
-    ok(&portcullis(&[
-        "audit",
-        "keygen",
-        "--node-id",
-        "full-node",
-        "--out",
-        key.to_str().unwrap(),
-    ]));
+    let key = keygen(work.path(), "full-node");
     let mount = work.path().join("disk");
     std::fs::create_dir(&mount).unwrap();
     let _tmpfs = Tmpfs::mount(&mount, "1m");
     let log = mount.join("log");
-    let set = tempfile::tempdir().unwrap();
-    copy_files("policies/examples/finance", set.path());
-    let mut env = Env::start_with(Options {
-        postgres_extra: format!(
-            "[policies]\ndir = {:?}\n\n[audit]\ndir = {:?}\nkey_file = {:?}\nnode_id = \"full-node\"\ncheckpoint_ms = 100\n",
-            set.path().display().to_string(),
-            log.display().to_string(),
-            key.display().to_string(),
-        ),
-    });
+    let (mut env, _set) = start_audited("full-node", &key, &log, "checkpoint_ms = 100\n");
     let idle = env.agent().await;
     let bot = env.agent().await;
     bot.simple_query("select 1").await.unwrap();
@@ -381,15 +394,7 @@ async fn a_full_disk_stops_statements_until_space_returns() {
     }
     ran.push("select 'back'".into());
     drop((idle, bot));
-    Command::new("kill")
-        .args(["-INT", &env.proxy_pid().to_string()])
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while env.proxy_alive() {
-        assert!(Instant::now() < deadline, "the proxy did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    stop(&mut env, "INT");
     let e = entries(&log);
     for sql in &ran {
         let n = e.iter().filter(|r| r["statement"] == sql.as_str()).count();
@@ -403,14 +408,7 @@ async fn a_full_disk_stops_statements_until_space_returns() {
         "{}",
         outage[0]
     );
-    let public = format!("{}.pub", key.display());
-    ok(&portcullis(&[
-        "audit",
-        "verify",
-        log.to_str().unwrap(),
-        "--key",
-        &public,
-    ]));
+    verify_with_cli(&log, &key);
 }
 
 /// `kill -9` under concurrent load: every statement whose result reached a client has its
@@ -419,26 +417,9 @@ async fn a_full_disk_stops_statements_until_space_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_loses_no_record_of_a_statement_that_ran() {
     let work = tempfile::tempdir().unwrap();
-    let key = work.path().join("audit.key");
-    ok(&portcullis(&[
-        "audit",
-        "keygen",
-        "--node-id",
-        "crash-node",
-        "--out",
-        key.to_str().unwrap(),
-    ]));
+    let key = keygen(work.path(), "crash-node");
     let log = work.path().join("log");
-    let set = tempfile::tempdir().unwrap();
-    copy_files("policies/examples/finance", set.path());
-    let mut env = Env::start_with(Options {
-        postgres_extra: format!(
-            "[policies]\ndir = {:?}\n\n[audit]\ndir = {:?}\nkey_file = {:?}\nnode_id = \"crash-node\"\ncheckpoint_ms = 50\n",
-            set.path().display().to_string(),
-            log.display().to_string(),
-            key.display().to_string(),
-        ),
-    });
+    let (mut env, _set) = start_audited("crash-node", &key, &log, "checkpoint_ms = 50\n");
     let ran = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for t in 0..4 {
@@ -455,15 +436,9 @@ async fn a_crash_loses_no_record_of_a_statement_that_ran() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    Command::new("kill")
-        .args(["-9", &env.proxy_pid().to_string()])
-        .status()
-        .unwrap();
+    stop(&mut env, "9");
     for task in tasks {
         task.await.unwrap();
-    }
-    while env.proxy_alive() {
-        std::thread::sleep(Duration::from_millis(20));
     }
     let ran = ran.lock().unwrap().clone();
     assert!(ran.len() > 20, "the load ran ({} statements)", ran.len());
@@ -474,23 +449,10 @@ async fn a_crash_loses_no_record_of_a_statement_that_ran() {
     for sql in &ran {
         assert!(recorded.contains(sql), "{sql} ran but has no record");
     }
-    let public = format!("{}.pub", key.display());
-    ok(&portcullis(&[
-        "audit",
-        "verify",
-        log.to_str().unwrap(),
-        "--key",
-        &public,
-    ]));
+    verify_with_cli(&log, &key);
     // A restarted writer opens the log as it was left and goes on.
     let private = std::fs::read_to_string(&key).unwrap();
     let mut reopened = audit::Log::open(&log, "portcullis/crash-node", &private).unwrap();
     reopened.checkpoint().unwrap();
-    ok(&portcullis(&[
-        "audit",
-        "verify",
-        log.to_str().unwrap(),
-        "--key",
-        &public,
-    ]));
+    verify_with_cli(&log, &key);
 }

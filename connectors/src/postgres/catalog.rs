@@ -227,26 +227,17 @@ pub async fn snapshot(config: &tokio_postgres::Config) -> Result<Snapshot, Catal
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    snap.others = client
-        .query(OTHERS, &[])
-        .await
-        .map_err(q)?
-        .iter()
-        .map(|r| {
-            let kind: String = r.get(2);
-            (r.get(0), r.get(1), kind.chars().next().unwrap_or('?'))
-        })
-        .collect();
-    snap.user_routines = client
-        .query(USER_ROUTINES, &[])
-        .await
-        .map_err(q)?
-        .iter()
-        .map(|r| {
-            let kind: String = r.get(2);
-            (r.get(0), r.get(1), kind.chars().next().unwrap_or('?'))
-        })
-        .collect();
+    // (schema, name, kind) rows, the kind a one-letter code.
+    let named_kinds = |rows: Vec<tokio_postgres::Row>| -> Vec<(String, String, char)> {
+        rows.iter()
+            .map(|r| {
+                let kind: String = r.get(2);
+                (r.get(0), r.get(1), kind.chars().next().unwrap_or('?'))
+            })
+            .collect()
+    };
+    snap.others = named_kinds(client.query(OTHERS, &[]).await.map_err(q)?);
+    snap.user_routines = named_kinds(client.query(USER_ROUTINES, &[]).await.map_err(q)?);
     snap.database = client
         .query_one("SELECT pg_catalog.current_database()::text", &[])
         .await
