@@ -456,3 +456,100 @@ async fn a_crash_loses_no_record_of_a_statement_that_ran() {
     reopened.checkpoint().unwrap();
     verify_with_cli(&log, &key);
 }
+
+/// `capture_keys`: the outcome records hold the primary keys of exactly the rows each
+/// statement returned (simple and extended protocol, through joins; none where the key column
+/// was not returned), so `audit search --key` answers "which statements returned customer N,
+/// for whom" exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captured_keys_say_exactly_who_saw_a_row() {
+    let work = tempfile::tempdir().unwrap();
+    let key = keygen(work.path(), "keys-node");
+    let log = work.path().join("log");
+    let (mut env, _set) = start_audited(
+        "keys-node",
+        &key,
+        &log,
+        "capture_keys = [\"public.customers\"]\n",
+    );
+    let bot = env.agent().await;
+    let auditor = connect(&env.url(AUDITOR, AUDITOR_SECRET)).await.unwrap();
+    // What each statement really returned, as the client saw it.
+    let ids = |rows: Vec<tokio_postgres::SimpleQueryMessage>, column: usize| -> Vec<String> {
+        rows.into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(column).map(str::to_string),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut returned: Vec<(&str, Vec<String>)> = Vec::new();
+    let sql = "select * from customers where id in (1, 2, 3, 11, 12, 21) order by id";
+    returned.push((sql, ids(bot.simple_query(sql).await.unwrap(), 0)));
+    let sql = "select t.subject, c.id from tickets t join customers c on c.id = t.customer_id \
+               order by t.id limit 3";
+    returned.push((sql, ids(bot.simple_query(sql).await.unwrap(), 1)));
+    let sql = "select id from customers order by id";
+    returned.push((sql, ids(auditor.simple_query(sql).await.unwrap(), 0)));
+    let prepared = "select name, id from customers where id = $1";
+    let visible: i32 = returned[0].1[0].parse().unwrap();
+    let rows = bot.query(prepared, &[&visible]).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    bot.simple_query("select ssn from customers").await.unwrap();
+    bot.simple_query("select 'flush'").await.unwrap();
+    drop((bot, auditor));
+    stop(&mut env, "INT");
+
+    let e = entries(&log);
+    let keys_of = |statement: &str| -> Vec<String> {
+        let decision = decision_of(&e, statement);
+        e.iter()
+            .filter(|r| r["kind"] == "outcome" && r["decision"] == decision["id"])
+            .flat_map(|o| {
+                o["keys"]["public.customers"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .map(|k| k[0].as_str().unwrap().to_string())
+            .collect()
+    };
+    for (sql, got) in &returned {
+        assert!(!got.is_empty(), "{sql} returned rows");
+        assert_eq!(&keys_of(sql), got, "{sql}");
+    }
+    assert_eq!(keys_of(prepared), vec![visible.to_string()]);
+    assert!(
+        keys_of("select ssn from customers").is_empty(),
+        "no key column returned"
+    );
+
+    // Who saw customer `visible`: support-bot three times, the auditor once.
+    let dir = log.to_str().unwrap();
+    let who = ok(&portcullis(&[
+        "audit",
+        "search",
+        dir,
+        "--key",
+        &format!("public.customers={visible}"),
+    ]));
+    let agents: Vec<&str> = who.lines().map(|l| l.split('\t').nth(2).unwrap()).collect();
+    assert_eq!(agents.iter().filter(|a| **a == AGENT).count(), 3, "{who}");
+    assert_eq!(agents.iter().filter(|a| **a == AUDITOR).count(), 1, "{who}");
+    // A customer no statement of support-bot returned: support-bot has no record of it.
+    let hidden = returned[2]
+        .1
+        .iter()
+        .find(|id| !returned[0].1.contains(id) && !returned[1].1.contains(id))
+        .unwrap();
+    let who = ok(&portcullis(&[
+        "audit",
+        "search",
+        dir,
+        "--key",
+        &format!("public.customers={hidden}"),
+        "--agent",
+        AGENT,
+    ]));
+    assert!(who.trim().is_empty(), "{who}");
+}

@@ -1,5 +1,6 @@
 //! Searching a log's decision records, joined with their outcomes: by agent, the human an
-//! agent acted for, time range, decision, relation, policy id and SQLSTATE.
+//! agent acted for, time range, decision, relation, policy id, SQLSTATE, and a captured key
+//! (the statements that returned a given row).
 
 use std::path::Path;
 
@@ -22,6 +23,9 @@ pub struct Query {
     /// A policy id among the determining policies.
     pub policy: Option<String>,
     pub sqlstate: Option<String>,
+    /// A captured key: the table (`public.customers`) and the key's values (one per key
+    /// column): decisions one of whose outcomes returned that row.
+    pub key: Option<(String, Vec<String>)>,
 }
 
 /// A decision record that matched, with its log index and its outcome records.
@@ -105,6 +109,25 @@ pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, std::io::Error> {
             }
             _ => {}
         }
+    }
+    if let Some((table, values)) = &query.key {
+        hits.retain(|hit| {
+            hit.outcomes.iter().any(|o| {
+                o.pointer(&format!(
+                    "/keys/{}",
+                    table.replace('~', "~0").replace('/', "~1")
+                ))
+                .and_then(Value::as_array)
+                .is_some_and(|rows| {
+                    rows.iter().any(|row| {
+                        row.as_array().is_some_and(|r| {
+                            r.len() == values.len()
+                                && r.iter().zip(values).all(|(a, b)| a.as_str() == Some(b))
+                        })
+                    })
+                })
+            })
+        });
     }
     Ok(hits)
 }

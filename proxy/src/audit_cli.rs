@@ -61,6 +61,10 @@ pub enum AuditCommand {
         policy: Option<String>,
         #[arg(long)]
         sqlstate: Option<String>,
+        /// A captured row, TABLE=KEY (public.customers=42; a composite key's values joined
+        /// with ','): the statements that returned it
+        #[arg(long)]
+        key: Option<String>,
         /// One JSON object per line (the decision with an "outcomes" array) instead of a table
         #[arg(long)]
         json: bool,
@@ -145,8 +149,20 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
             relation,
             policy,
             sqlstate,
+            key,
             json,
         } => {
+            let key = key
+                .map(|k| {
+                    let (table, values) = k
+                        .split_once('=')
+                        .context("--key is TABLE=KEY, e.g. public.customers=42")?;
+                    anyhow::Ok((
+                        table.to_string(),
+                        values.split(',').map(str::to_string).collect(),
+                    ))
+                })
+                .transpose()?;
             let query = audit::Query {
                 agent,
                 on_behalf_of,
@@ -156,6 +172,7 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
                 relation,
                 policy,
                 sqlstate,
+                key,
             };
             let hits = audit::search(&dir, &query)
                 .with_context(|| format!("reading {}", dir.display()))?;

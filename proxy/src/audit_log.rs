@@ -51,6 +51,10 @@ pub struct AuditConfig {
     /// Let statements through, unrecorded, while the log cannot be written.
     #[serde(default)]
     pub fail_open: bool,
+    /// Tables (`schema.table`, with a primary key) whose keys are recorded for every row
+    /// returned; needs `[policies]` (the catalog is read then).
+    #[serde(default)]
+    pub capture_keys: Vec<String>,
 }
 
 fn default_batch_ms() -> u64 {

@@ -80,6 +80,8 @@ pub struct CatalogView {
     pub catalog: Catalog,
     /// The login's search_path setting as `SHOW search_path` prints it.
     pub search_path_setting: String,
+    /// Tables with a primary key: (schema, name, OID, key column numbers).
+    pub primary_keys: Vec<(String, String, u32, Vec<i16>)>,
     /// Bumped by each refresh.
     pub generation: u64,
 }
@@ -111,6 +113,7 @@ impl CatalogView {
             .with_database(snapshot.database)
             .with_search_path(snapshot.search_path),
             search_path_setting: snapshot.search_path_setting,
+            primary_keys: snapshot.primary_keys,
             generation,
         };
         let shadowing = view

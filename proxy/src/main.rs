@@ -344,6 +344,16 @@ async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
         shared.enforce(policies, enforcer, &key);
     }
     if let Some(config) = &audit_config {
+        if !config.capture_keys.is_empty() {
+            let enforcer = shared
+                .enforcer
+                .as_ref()
+                .context("audit.capture_keys needs [policies] (the catalog is read then)")?;
+            shared.captured = Some(Arc::new(capture_keys(
+                &config.capture_keys,
+                &enforcer.catalog().primary_keys,
+            )?));
+        }
         shared.audit = Some(Arc::new(
             audit_log::AuditLog::start(config).context("opening the audit log")?,
         ));
@@ -365,6 +375,25 @@ async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || audit.shutdown()).await?;
     }
     result
+}
+
+/// The tables of `audit.capture_keys`, each with its OID and primary key from the catalog.
+fn capture_keys(
+    names: &[String],
+    primary_keys: &[(String, String, u32, Vec<i16>)],
+) -> anyhow::Result<pg::captured_keys::CapturedTables> {
+    let mut tables = Vec::new();
+    for name in names {
+        let (schema, table) = name.split_once('.').unwrap_or(("public", name));
+        let (_, _, oid, key) = primary_keys
+            .iter()
+            .find(|(s, t, _, _)| s == schema && t == table)
+            .with_context(|| {
+                format!("audit.capture_keys: {name} is not a table with a primary key")
+            })?;
+        tables.push((*oid, format!("{schema}.{table}"), key.clone()));
+    }
+    Ok(pg::captured_keys::CapturedTables::new(tables))
 }
 
 /// SIGHUP re-reads the upstream catalog (as it reloads the policy set): relations created or

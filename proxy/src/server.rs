@@ -50,6 +50,8 @@ pub struct Shared {
     pub mask_key: Option<String>,
     /// The audit log, when `[audit]` is configured (started by `serve`).
     pub audit: Option<Arc<crate::audit_log::AuditLog>>,
+    /// The tables whose returned keys outcome records capture (`audit.capture_keys`).
+    pub captured: Option<Arc<crate::pg::captured_keys::CapturedTables>>,
 }
 
 impl Shared {
@@ -72,6 +74,7 @@ impl Shared {
             enforcer: None,
             mask_key: None,
             audit: None,
+            captured: None,
         })
     }
 

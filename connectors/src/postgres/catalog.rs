@@ -109,6 +109,9 @@ pub struct Snapshot {
     pub search_path: Vec<String>,
     /// The login's search_path setting as `SHOW search_path` prints it (`"$user", public`).
     pub search_path_setting: String,
+    /// Tables with a primary key: (schema, name, table OID, the key's column numbers in order),
+    /// to find key columns in a RowDescription (which names a column by table OID and number).
+    pub primary_keys: Vec<(String, String, u32, Vec<i16>)>,
     /// Relations outside the system schemas that are not tables or views: (schema, name,
     /// relkind) of sequences, indexes and composite types, named in refusals.
     pub others: Vec<(String, String, char)>,
@@ -176,6 +179,17 @@ const USER_ROUTINES: &str = "
                       WHERE d.classid = 'pg_catalog.pg_operator'::pg_catalog.regclass
                         AND d.objid = o.oid AND d.deptype = 'e')";
 
+/// Primary keys, their columns in key order.
+const PRIMARY_KEYS: &str = "
+    SELECT n.nspname::text, c.relname::text, c.oid,
+           (SELECT array_agg(k.attnum ORDER BY k.ord)
+            FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord))
+    FROM pg_catalog.pg_index i
+    JOIN pg_catalog.pg_class c ON c.oid = i.indrelid
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE i.indisprimary
+      AND n.nspname NOT IN ('pg_catalog', 'information_schema')";
+
 /// Reads a [`Snapshot`] with `config`'s credentials.
 pub async fn snapshot(config: &tokio_postgres::Config) -> Result<Snapshot, CatalogError> {
     let (client, connection) = config
@@ -238,6 +252,17 @@ pub async fn snapshot(config: &tokio_postgres::Config) -> Result<Snapshot, Catal
     };
     snap.others = named_kinds(client.query(OTHERS, &[]).await.map_err(q)?);
     snap.user_routines = named_kinds(client.query(USER_ROUTINES, &[]).await.map_err(q)?);
+    snap.primary_keys = client
+        .query(PRIMARY_KEYS, &[])
+        .await
+        .map_err(q)?
+        .iter()
+        .map(|r| {
+            let oid: u32 = r.get(2);
+            let columns: Vec<i16> = r.get(3);
+            (r.get(0), r.get(1), oid, columns)
+        })
+        .collect();
     snap.database = client
         .query_one("SELECT pg_catalog.current_database()::text", &[])
         .await

@@ -2,6 +2,7 @@
 //! every statement through the gate and forwards results as raw bytes.
 
 pub mod cancel;
+pub mod captured_keys;
 pub mod client_stream;
 pub mod gate_cache;
 pub mod handshake;

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::json;
+
+use super::captured_keys::{Keys, Plan};
 use sha2::{Digest, Sha256};
 
 enum Expected {
@@ -23,6 +25,8 @@ enum Expected {
         since: Instant,
         /// An Execute's Bind parameters, as SHA-256 digests (hex; `null` for SQL NULL).
         parameters: Option<Arc<[Option<String>]>>,
+        /// Which key columns to read from its rows (see `captured_keys`).
+        plan: Option<Plan>,
     },
     /// A statement that is not audited (its decision was not recorded): skip its result.
     Unaudited,
@@ -38,13 +42,15 @@ pub struct Outcomes {
     digest: Option<Sha256>,
     /// An error ended the current Query or batch: statements until the next Ready did not run.
     failed: bool,
+    /// Keys read from the current statement's rows.
+    keys: Keys,
 }
 
 impl Outcomes {
     /// A simple Query of `statements` statements (recorded as `decision`, or not audited).
     pub fn query(&mut self, decision: Option<&Arc<str>>, statements: usize) {
         for index in 0..statements {
-            self.push(decision, index, None);
+            self.push(decision, index, None, None);
         }
         self.queue.push_back(Expected::Ready);
     }
@@ -55,8 +61,42 @@ impl Outcomes {
         &mut self,
         decision: Option<&Arc<str>>,
         parameters: Option<Arc<[Option<String>]>>,
+        plan: Option<Plan>,
     ) {
-        self.push(decision, 0, parameters);
+        self.push(decision, 0, parameters, plan);
+    }
+
+    /// A RowDescription for the statement whose result comes next: `false` when no statement
+    /// is expected (it answers a Describe of a prepared statement).
+    pub fn describe(&mut self, new: Option<Plan>) -> bool {
+        match self.queue.front_mut() {
+            Some(Expected::Statement { plan, .. }) => {
+                if new.is_some() {
+                    *plan = new;
+                }
+                true
+            }
+            Some(Expected::Unaudited) => true,
+            _ => false,
+        }
+    }
+
+    /// Whether the rows now arriving have key columns to read (whole rows are needed).
+    pub fn wants_rows(&self) -> bool {
+        matches!(
+            self.queue.front(),
+            Some(Expected::Statement { plan: Some(_), .. })
+        ) && !self.failed
+    }
+
+    /// A whole DataRow of the current statement: its key columns are read.
+    pub fn read_keys(&mut self, row: &[u8]) {
+        if let Some(Expected::Statement {
+            plan: Some(plan), ..
+        }) = self.queue.front()
+        {
+            plan.read(row, &mut self.keys);
+        }
     }
 
     /// A Sync (or any message whose answer is a ReadyForQuery alone).
@@ -69,6 +109,7 @@ impl Outcomes {
         decision: Option<&Arc<str>>,
         index: usize,
         parameters: Option<Arc<[Option<String>]>>,
+        plan: Option<Plan>,
     ) {
         self.queue.push_back(match decision {
             Some(d) => Expected::Statement {
@@ -76,6 +117,7 @@ impl Outcomes {
                 index,
                 since: Instant::now(),
                 parameters,
+                plan,
             },
             None => Expected::Unaudited,
         });
@@ -137,12 +179,14 @@ impl Outcomes {
         self.failed = false;
         self.rows = 0;
         self.digest = None;
+        self.keys.clear();
         records
     }
 
     fn finish(&mut self, result: serde_json::Value) -> Option<Vec<u8>> {
         let rows = std::mem::take(&mut self.rows);
         let digest = self.digest.take();
+        let keys = std::mem::take(&mut self.keys);
         if self.failed {
             return None;
         }
@@ -158,6 +202,7 @@ impl Outcomes {
                     index,
                     since,
                     parameters,
+                    ..
                 }) = self.queue.pop_front()
                 else {
                     unreachable!("front checked")
@@ -178,6 +223,9 @@ impl Outcomes {
                 );
                 if let Some(parameters) = parameters {
                     map.insert("parameters".into(), json!(&*parameters));
+                }
+                if !keys.is_empty() {
+                    map.insert("keys".into(), json!(keys));
                 }
                 Some(record(&decision, index, fields))
             }
@@ -252,9 +300,13 @@ mod tests {
     fn executes_in_a_batch_and_unaudited_statements() {
         let mut o = Outcomes::default();
         let d: Arc<str> = "p".into();
-        o.execute(Some(&d), Some(parameter_digests(&[Some(b"42"), None])));
-        o.execute(None, None);
-        o.execute(Some(&d), None);
+        o.execute(
+            Some(&d),
+            Some(parameter_digests(&[Some(b"42"), None])),
+            None,
+        );
+        o.execute(None, None, None);
+        o.execute(Some(&d), None, None);
         o.sync();
         let first = parse(&o.complete(Some("SELECT 0")).unwrap());
         assert_eq!(first["parameters"][0], hex(&Sha256::digest(b"42")));
@@ -264,8 +316,8 @@ mod tests {
         assert!(o.error(Some("23505")).is_some());
         assert!(o.ready().is_empty());
         // A Bind's error is its Execute's outcome; the Executes after it did not run.
-        o.execute(Some(&d), None);
-        o.execute(Some(&d), None);
+        o.execute(Some(&d), None, None);
+        o.execute(Some(&d), None, None);
         o.sync();
         let failed = parse(&o.error(Some("22P02")).unwrap());
         assert_eq!(failed["error"], "22P02");

@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use super::cancel::CancelTarget;
+use super::captured_keys;
 use super::client_stream::ClientStream;
 use super::gate_cache::GateResult;
 use super::messages::error::{
@@ -93,11 +94,27 @@ pub struct Session<'a> {
     outcome_records: Vec<Vec<u8>>,
     /// The decision record of each prepared statement and portal (client names).
     statement_decisions: HashMap<String, Arc<str>>,
-    /// Each portal's statement decision and Bind parameters (digests).
-    #[allow(clippy::type_complexity)]
-    portal_decisions: HashMap<String, (Arc<str>, Option<Arc<[Option<String>]>>)>,
+    /// Each portal's statement, its decision and Bind parameters (digests).
+    portal_decisions: HashMap<String, Bound>,
+    /// Key columns to read from each prepared statement's rows (from its Describe).
+    statement_plans: HashMap<String, captured_keys::Plan>,
+    /// Statements described (Describe S) whose description has not come back yet.
+    describing: std::collections::VecDeque<String>,
+    /// The statement whose Describe is being answered (after its ParameterDescription).
+    described: Option<String>,
     /// The DataRow being forwarded is counted in an outcome.
     passthrough_row: bool,
+}
+
+/// A portal as the audit log sees it.
+#[derive(Clone)]
+struct Bound {
+    statement: String,
+    decision: Arc<str>,
+    /// Its Bind parameters, as digests.
+    parameters: Option<Arc<[Option<String>]>>,
+    /// The result formats its Bind asked for.
+    formats: Vec<i16>,
 }
 
 /// How a session ended abnormally; the client has been told (FATAL) where it still listens.
@@ -166,6 +183,9 @@ impl<'a> Session<'a> {
             outcome_records: Vec::new(),
             statement_decisions: HashMap::new(),
             portal_decisions: HashMap::new(),
+            statement_plans: HashMap::new(),
+            describing: std::collections::VecDeque::new(),
+            described: None,
             passthrough_row: false,
             agent,
         }
@@ -397,7 +417,16 @@ impl<'a> Session<'a> {
                         let parameters = extended::bind_parameters(&msg)
                             .map(|values| outcomes::parameter_digests(&values));
                         match self.statement_decisions.get(name).cloned() {
-                            Some(d) => self.portal_decisions.insert(portal, (d, parameters)),
+                            Some(decision) => self.portal_decisions.insert(
+                                portal,
+                                Bound {
+                                    statement: name.to_string(),
+                                    decision,
+                                    parameters,
+                                    formats: extended::bind_result_formats(&msg)
+                                        .unwrap_or_default(),
+                                },
+                            ),
                             None => self.portal_decisions.remove(&portal),
                         };
                     }
@@ -423,6 +452,9 @@ impl<'a> Session<'a> {
                     let (kind, name) = extended::target(&msg).ok_or_else(|| {
                         SessionError::ClientProtocol("malformed Describe or Close message".into())
                     })?;
+                    if tag == b'D' && kind == b'S' && self.shared.captured.is_some() {
+                        self.describing.push_back(name.to_string());
+                    }
                     if kind != b'S' || self.shared.enforcer.is_none() {
                         let expect = if tag == b'C' {
                             Expect::Close
@@ -449,10 +481,14 @@ impl<'a> Session<'a> {
                             .and_then(|portal| self.portal_decisions.get(portal))
                             .cloned();
                         match bound {
-                            Some((decision, parameters)) => {
-                                self.outcomes.execute(Some(&decision), parameters)
+                            Some(b) => {
+                                let plan = self
+                                    .statement_plans
+                                    .get(&b.statement)
+                                    .map(|p| p.with_formats(&b.formats));
+                                self.outcomes.execute(Some(&b.decision), b.parameters, plan)
                             }
-                            None => self.outcomes.execute(None, None),
+                            None => self.outcomes.execute(None, None, None),
                         }
                     }
                     self.forward(&msg, Some(Expect::Execute))
@@ -890,9 +926,68 @@ impl<'a> Session<'a> {
                         if self.shared.audit.is_some() {
                             let records = self.outcomes.ready();
                             self.outcome_records.extend(records);
+                            // Describes an error made the backend skip never answer.
+                            self.describing.clear();
+                            self.described = None;
                         }
                     }
                     self.passthrough = size;
+                }
+                // Captured keys: a RowDescription says which columns hold them, for the
+                // statement whose rows follow or for a described prepared statement.
+                b't' | b'T' | b'n' if self.shared.captured.is_some() => {
+                    if tag == b'T' && size <= MAX_INSPECTED && self.from_upstream.len() < size {
+                        return Ok(());
+                    }
+                    match self.account(tag)? {
+                        Action::Drop => self.dropping = size,
+                        _ => {
+                            match tag {
+                                b't' => self.described = self.describing.pop_front(),
+                                b'T' => {
+                                    let plan = self.shared.captured.as_ref().and_then(|c| {
+                                        (size <= MAX_INSPECTED)
+                                            .then(|| c.plan(&self.from_upstream[..size]))
+                                            .flatten()
+                                    });
+                                    match self.described.take() {
+                                        Some(name) => match plan {
+                                            Some(p) => {
+                                                self.statement_plans.insert(name, p);
+                                            }
+                                            None => {
+                                                self.statement_plans.remove(&name);
+                                            }
+                                        },
+                                        None => {
+                                            self.outcomes.describe(plan);
+                                        }
+                                    }
+                                }
+                                _ => {
+                                    if let Some(name) = self.described.take() {
+                                        self.statement_plans.remove(&name);
+                                    }
+                                }
+                            }
+                            self.passthrough = size;
+                        }
+                    }
+                }
+                // A row whose key columns are captured is read whole (up to MAX_INSPECTED).
+                b'D' if self.outcomes.wants_rows() && size <= MAX_INSPECTED => {
+                    if self.from_upstream.len() < size {
+                        return Ok(());
+                    }
+                    match self.account(tag)? {
+                        Action::Drop => self.dropping = size,
+                        _ => {
+                            self.outcomes.read_keys(&self.from_upstream[..size]);
+                            self.passthrough_row = true;
+                            self.outcomes.row_bytes(&[], true);
+                            self.passthrough = size;
+                        }
+                    }
                 }
                 // Under audit, a command's completion is read whole for its outcome record.
                 b'C' | b'I' | b's' if self.shared.audit.is_some() => {

@@ -49,6 +49,29 @@ pub fn bind_parameters(frame: &[u8]) -> Option<Vec<Option<&[u8]>>> {
     Some(values)
 }
 
+/// The result-column format codes of a Bind frame (header included): none (all text), one
+/// (for all columns) or one per column; `None` if malformed.
+pub fn bind_result_formats(frame: &[u8]) -> Option<Vec<i16>> {
+    let mut pos = 5;
+    read_cstr(frame, &mut pos)?;
+    read_cstr(frame, &mut pos)?;
+    let i16_at = |pos: usize| -> Option<i16> {
+        Some(i16::from_be_bytes(
+            frame.get(pos..pos + 2)?.try_into().ok()?,
+        ))
+    };
+    let formats = usize::try_from(i16_at(pos)?).ok()?;
+    pos += 2 + 2 * formats;
+    let count = usize::try_from(i16_at(pos)?).ok()?;
+    pos += 2;
+    for _ in 0..count {
+        let len = i32::from_be_bytes(frame.get(pos..pos + 4)?.try_into().ok()?);
+        pos += 4 + usize::try_from(len).unwrap_or(0);
+    }
+    let results = usize::try_from(i16_at(pos)?).ok()?;
+    (0..results).map(|i| i16_at(pos + 2 + 2 * i)).collect()
+}
+
 /// The portal an Execute frame (header included) runs; `None` if malformed.
 pub fn execute_portal(frame: &[u8]) -> Option<&str> {
     let mut pos = 5;
@@ -113,6 +136,7 @@ mod tests {
         assert_eq!(bind_portal(&b), Some("p1"));
         assert_eq!(bind_parameters(&b), Some(vec![Some(&b"42"[..]), None]));
         assert_eq!(bind_parameters(&b[..b.len() - 8]), None);
+        assert_eq!(bind_result_formats(&b), Some(vec![]));
     }
 
     #[test]
