@@ -553,3 +553,118 @@ async fn captured_keys_say_exactly_who_saw_a_row() {
     ]));
     assert!(who.trim().is_empty(), "{who}");
 }
+
+/// `audit replay` decides a recorded statement again from what the record names: the policy
+/// version (from the version store) and the catalog snapshot (by hash), with no live database.
+/// Records made before a policy reload and before a catalog refresh replay under their own
+/// versions and match; a tampered snapshot is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_matches_across_a_policy_reload_and_a_catalog_refresh() {
+    let work = tempfile::tempdir().unwrap();
+    let key = keygen(work.path(), "replay-node");
+    let log = work.path().join("log");
+    let (mut env, set) = start_audited("replay-node", &key, &log, "");
+    let bot = env.agent().await;
+    let count = "select count(*) from customers";
+    let first = bot.simple_query(count).await.unwrap();
+    bot.simple_query("drop table customers").await.unwrap_err();
+    bot.simple_query("set search_path to public").await.unwrap();
+    bot.simple_query("select id from customers where id = 3")
+        .await
+        .unwrap();
+
+    // A new policy version: customer 3 is hidden from every agent.
+    std::fs::write(
+        set.path().join("extra.cedar"),
+        "@id(\"hide-customer-one\")\nforbid (principal, action == Action::\"select\", resource is public::customers)\nwhen { resource.id == 3 };\n",
+    )
+    .unwrap();
+    let activations = || env.proxy_log().matches(" activated (was ").count();
+    let before = activations();
+    Command::new("kill")
+        .args(["-HUP", &env.proxy_pid().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while activations() == before {
+        assert!(
+            Instant::now() < deadline,
+            "the new policy version did not activate"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let bot = env.agent().await;
+    let second = bot.simple_query(count).await.unwrap();
+    assert_ne!(
+        format!("{:?}", first.get(1)),
+        format!("{:?}", second.get(1)),
+        "the new version hides a row"
+    );
+    // A catalog refresh: a column added.
+    env.direct()
+        .await
+        .batch_execute("alter table customers add column nickname text")
+        .await
+        .unwrap();
+    refresh_catalog(&env);
+    let bot = env.agent().await;
+    bot.simple_query("select * from customers where id = 2")
+        .await
+        .unwrap();
+    drop(bot);
+    stop(&mut env, "INT");
+
+    let e = entries(&log);
+    let decisions: Vec<&Value> = e.iter().filter(|r| r["kind"] == "decision").collect();
+    let version = |d: &Value| {
+        d.pointer("/basis/policy_version")
+            .or_else(|| d.get("policy_version"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let catalog = |d: &Value| {
+        d.pointer("/basis/catalog")
+            .or_else(|| d.get("catalog"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let counts: Vec<&&Value> = decisions
+        .iter()
+        .filter(|d| d["statement"] == count)
+        .collect();
+    assert_eq!(counts.len(), 2);
+    assert_ne!(
+        version(counts[0]),
+        version(counts[1]),
+        "two policy versions"
+    );
+    let last = decision_of(&e, "select * from customers where id = 2");
+    assert_ne!(catalog(counts[1]), catalog(last), "two catalog snapshots");
+    assert_eq!(
+        decision_of(&e, "select id from customers where id = 3")["search_path"],
+        serde_json::json!(["public"])
+    );
+    let dir = log.to_str().unwrap();
+    for d in &decisions {
+        let id = d["id"].as_str().unwrap();
+        let out = ok(&portcullis(&["audit", "replay", dir, id]));
+        assert!(
+            out.trim_end().ends_with("match"),
+            "{}: {out}",
+            d["statement"]
+        );
+    }
+    // A snapshot that is not what its name says is refused.
+    let snapshot = log
+        .join("catalogs")
+        .join(format!("{}.json", catalog(last).unwrap()));
+    let text = std::fs::read_to_string(&snapshot).unwrap();
+    std::fs::write(&snapshot, text.replace("\"customers\"", "\"clients\"")).unwrap();
+    let out = portcullis(&["audit", "replay", dir, last["id"].as_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not hold the catalog snapshot"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -69,6 +69,16 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Decide a recorded statement again, under the policy version and catalog snapshot its
+    /// record names, and say whether the decision, rewrite and basis are the same (exit 1 if not)
+    Replay {
+        dir: PathBuf,
+        id: String,
+        /// The configuration whose policies.store holds the policy versions (default: the
+        /// log's own policy-versions directory)
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Check a proof offline, with the entry and the log's public key alone
     VerifyProof {
         /// The log's public key file
@@ -213,6 +223,19 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
                 );
             }
             eprintln!("{} decision(s)", hits.len());
+            Ok(())
+        }
+        AuditCommand::Replay { dir, id, config } => {
+            let store = match config {
+                Some(path) => crate::config::Config::load(&path)?
+                    .policies
+                    .and_then(|p| p.store),
+                None => None,
+            };
+            let matched = crate::audit_replay::replay(&dir, &id, store.as_deref())?;
+            if !matched {
+                std::process::exit(1);
+            }
             Ok(())
         }
         AuditCommand::VerifyProof { key, entry, proof } => {

@@ -65,6 +65,10 @@ fn default_checkpoint_ms() -> u64 {
     1000
 }
 
+/// Subdirectories of the log directory for what replay loads by hash.
+pub const CATALOGS: &str = "catalogs";
+pub const POLICY_VERSIONS: &str = "policy-versions";
+
 type Ack = oneshot::Sender<Result<(), String>>;
 
 enum Message {
@@ -75,6 +79,7 @@ enum Message {
 /// The handle sessions use.
 pub struct AuditLog {
     pub node_id: String,
+    pub dir: PathBuf,
     pub mode: Durability,
     pub fail_open: bool,
     sender: Mutex<mpsc::Sender<Message>>,
@@ -114,6 +119,7 @@ impl AuditLog {
             .spawn(move || writer.run())?;
         Ok(AuditLog {
             node_id: config.node_id.clone(),
+            dir: config.dir.clone(),
             mode: config.mode,
             fail_open: config.fail_open,
             sender: Mutex::new(sender),
@@ -121,6 +127,20 @@ impl AuditLog {
             unrecorded,
             thread: Mutex::new(Some(thread)),
         })
+    }
+
+    /// Keeps a catalog snapshot (canonical JSON) under its hash, for replay. Blocking.
+    pub fn keep_catalog(&self, hash: &str, snapshot: &[u8]) -> std::io::Result<()> {
+        let dir = self.dir.join(CATALOGS);
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{hash}.json"));
+        if path.exists() {
+            return Ok(());
+        }
+        let tmp = dir.join(format!("{hash}.tmp"));
+        std::fs::write(&tmp, snapshot)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &path)
     }
 
     /// Whether the log can be written now.

@@ -17,6 +17,11 @@ pub struct SessionFacts<'a> {
     pub tls: bool,
     /// Policy is enforced (a passing statement is rewritten, not only allowed).
     pub enforcing: bool,
+    /// The session's search_path, when it is not the login's.
+    pub search_path: Option<&'a [String]>,
+    /// Under enforcement: the active policy version and catalog snapshot hash (a refusal has
+    /// no basis of its own; replay needs them).
+    pub versions: Option<(String, String)>,
 }
 
 /// A sortable unique id (UUIDv7).
@@ -50,6 +55,7 @@ pub fn decision(
             Protocol::Extended => "extended",
         },
         "statement": statement,
+        "search_path": facts.search_path,
     });
     let fields = record.as_object_mut().expect("an object");
     match result {
@@ -64,6 +70,10 @@ pub fn decision(
             }
         }
         Err(refusal) => {
+            if let Some((policy_version, catalog)) = &facts.versions {
+                fields.insert("policy_version".into(), policy_version.clone().into());
+                fields.insert("catalog".into(), catalog.clone().into());
+            }
             fields.insert("decision".into(), "deny".into());
             fields.insert("sqlstate".into(), refusal.sqlstate().into());
             fields.insert("message".into(), refusal.to_string().into());

@@ -82,12 +82,27 @@ pub struct CatalogView {
     pub search_path_setting: String,
     /// Tables with a primary key: (schema, name, OID, key column numbers).
     pub primary_keys: Vec<(String, String, u32, Vec<i16>)>,
+    /// The snapshot as canonical JSON, and its SHA-256 (hex): what audit records name, and
+    /// what `audit replay` loads.
+    pub snapshot: Arc<[u8]>,
+    pub hash: String,
     /// Bumped by each refresh.
     pub generation: u64,
 }
 
 impl CatalogView {
     fn new(snapshot: Snapshot, generation: u64) -> Self {
+        let json = serde_json::to_value(&snapshot).expect("a snapshot serializes");
+        let bytes: Arc<[u8]> = audit::canonical(&json)
+            .expect("a snapshot holds no floats")
+            .into();
+        let hash = {
+            use sha2::Digest;
+            sha2::Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
         let relations = snapshot.relations.into_iter().map(relation).collect();
         let system = snapshot.system.into_iter().map(relation).collect();
         let view = CatalogView {
@@ -114,6 +129,8 @@ impl CatalogView {
             .with_search_path(snapshot.search_path),
             search_path_setting: snapshot.search_path_setting,
             primary_keys: snapshot.primary_keys,
+            snapshot: bytes,
+            hash,
             generation,
         };
         let shadowing = view
@@ -254,15 +271,24 @@ impl Enforcer {
         result
     }
 
-    /// Rewrites without the cache (also for `portcullis explain`).
+    /// Rewrites without the cache (also for `portcullis explain` and `audit replay`), with
+    /// names resolved by `search_path` (`None`: the login's).
     pub fn rewrite_uncached(
         &self,
         bundle: &PolicyBundle,
         principal: &Principal,
+        search_path: Option<&[String]>,
         sql: &str,
         protocol: Protocol,
     ) -> Result<Rewritten, Refusal> {
-        self.rewrite_with(&self.catalog(), bundle, principal, None, sql, protocol)
+        self.rewrite_with(
+            &self.catalog(),
+            bundle,
+            principal,
+            search_path,
+            sql,
+            protocol,
+        )
     }
 
     fn rewrite_with(
@@ -292,7 +318,11 @@ impl Enforcer {
 
 /// What a rewrite rested on, for its audit record: the policy version, and for each relation
 /// read its row filter (as SQL), its masked and hidden columns and the determining policies.
-fn basis(view: &CatalogView, bundle: &PolicyBundle, reads: &[rewriter::Read]) -> serde_json::Value {
+pub fn basis(
+    view: &CatalogView,
+    bundle: &PolicyBundle,
+    reads: &[rewriter::Read],
+) -> serde_json::Value {
     use policies::ColumnRule;
     let relations: Vec<serde_json::Value> = reads
         .iter()
@@ -337,7 +367,7 @@ fn basis(view: &CatalogView, bundle: &PolicyBundle, reads: &[rewriter::Read]) ->
         .collect();
     serde_json::json!({
         "policy_version": bundle.version.to_string(),
-        "catalog_generation": view.generation,
+        "catalog": view.hash,
         "relations": relations,
     })
 }

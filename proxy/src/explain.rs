@@ -37,7 +37,7 @@ pub async fn run(
     let enforcer = Enforcer::new(snapshot, Arc::new(state));
     let principal = Principal::new(agent, on_behalf_of).map_err(anyhow::Error::msg)?;
     let bundle = enforcer.policies.current();
-    let result = enforcer.rewrite_uncached(&bundle, &principal, sql, Protocol::Simple);
+    let result = enforcer.rewrite_uncached(&bundle, &principal, None, sql, Protocol::Simple);
     print!(
         "{}",
         report(&enforcer, &principal, &bundle.version.to_string(), &result)

@@ -4,6 +4,7 @@
 mod audit_cli;
 mod audit_log;
 mod audit_record;
+mod audit_replay;
 mod config;
 mod demo;
 mod enforce;
@@ -285,9 +286,23 @@ async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
             "jwt.allow_plaintext: agents may send their tokens without TLS (development only)"
         );
     }
+    // The audit log first: policy versions and catalog snapshots are kept for it from the
+    // start (replay loads them by hash).
+    let audit_config = resolved.audit.clone();
+    let audit = match &audit_config {
+        Some(config) => Some(Arc::new(
+            audit_log::AuditLog::start(config).context("opening the audit log")?,
+        )),
+        None => None,
+    };
     let mut policies = None;
     let mut hash_key = None;
-    if let Some(p) = resolved.policies.take() {
+    if let Some(mut p) = resolved.policies.take() {
+        if p.store.is_none() {
+            p.store = audit_config
+                .as_ref()
+                .map(|a| a.dir.join(audit_log::POLICY_VERSIONS));
+        }
         hash_key = Some(match &p.hash_key_file {
             Some(path) => mask_key::read(path)?,
             None => {
@@ -321,12 +336,16 @@ async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
                 "policy enforcement on"
             );
             let enforcer = Arc::new(enforce::Enforcer::new(snapshot, state.clone()));
+            if let Some(audit) = &audit {
+                keep_catalog(audit, &enforcer).await?;
+            }
             let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
                 .context("listening for SIGHUP")?;
             tokio::spawn(refresh_catalog_on_hup(
                 enforcer.clone(),
                 resolved.upstream.clone(),
                 hup,
+                audit.clone(),
             ));
             Some(enforcer)
         }
@@ -338,11 +357,11 @@ async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
             None
         }
     };
-    let audit_config = resolved.audit.clone();
     let mut shared = server::Shared::new(resolved)?;
     if let (Some(policies), Some(enforcer), Some(key)) = (policies, enforcer, hash_key) {
         shared.enforce(policies, enforcer, &key);
     }
+    shared.audit = audit.clone();
     if let Some(config) = &audit_config {
         if !config.capture_keys.is_empty() {
             let enforcer = shared
@@ -354,11 +373,7 @@ async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
                 &enforcer.catalog().primary_keys,
             )?));
         }
-        shared.audit = Some(Arc::new(
-            audit_log::AuditLog::start(config).context("opening the audit log")?,
-        ));
     }
-    let audit = shared.audit.clone();
     let shared = Arc::new(shared);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -398,16 +413,34 @@ fn capture_keys(
 
 /// SIGHUP re-reads the upstream catalog (as it reloads the policy set): relations created or
 /// altered since start become known. A failed read keeps the previous catalog.
+/// Keeps the enforcer's current catalog snapshot in the audit log's directory (by hash).
+async fn keep_catalog(
+    audit: &Arc<audit_log::AuditLog>,
+    enforcer: &enforce::Enforcer,
+) -> anyhow::Result<()> {
+    let view = enforcer.catalog();
+    let audit = audit.clone();
+    tokio::task::spawn_blocking(move || audit.keep_catalog(&view.hash, &view.snapshot))
+        .await?
+        .context("keeping the catalog snapshot for the audit log")
+}
+
 async fn refresh_catalog_on_hup(
     enforcer: Arc<enforce::Enforcer>,
     upstream: connectors::postgres::UpstreamConfig,
     mut hup: tokio::signal::unix::Signal,
+    audit: Option<Arc<audit_log::AuditLog>>,
 ) {
     while hup.recv().await.is_some() {
         match connectors::postgres::catalog::snapshot(&upstream.tokio_config()).await {
             Ok(snapshot) => {
                 let relations = snapshot.relations.len();
                 enforcer.refresh_catalog(snapshot);
+                if let Some(audit) = &audit {
+                    if let Err(e) = keep_catalog(audit, &enforcer).await {
+                        tracing::error!("{e:#}");
+                    }
+                }
                 tracing::info!(relations, "upstream catalog refreshed");
             }
             Err(e) => tracing::error!("catalog refresh failed, the previous catalog stays: {e}"),

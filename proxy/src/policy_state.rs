@@ -21,6 +21,17 @@ pub struct PolicyState {
 }
 
 impl PolicyState {
+    /// A fixed set (no directory to reload from): what `audit replay` rewrites under.
+    pub fn fixed(bundle: PolicyBundle) -> Self {
+        PolicyState {
+            dir: PathBuf::new(),
+            store: None,
+            active: RwLock::new(Arc::new(bundle)),
+            generation: AtomicU64::new(0),
+            last_rejected: RwLock::new(None),
+        }
+    }
+
     /// Loads the set (it must be valid) and stores it. Blocking: call before serving.
     pub fn load(dir: PathBuf, store: Option<PathBuf>) -> anyhow::Result<Self> {
         let bundle = policies::load_dir(&dir)?;

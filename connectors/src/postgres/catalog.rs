@@ -69,7 +69,7 @@ pub async fn table_columns(
 }
 
 /// A relation, with its columns in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RelationInfo {
     pub schema: String,
     pub name: String,
@@ -79,7 +79,7 @@ pub struct RelationInfo {
     pub columns: Vec<ColumnInfo>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ColumnInfo {
     pub name: String,
     /// `format_type(atttypid, atttypmod)`
@@ -96,8 +96,9 @@ pub struct ColumnInfo {
     pub default: Option<String>,
 }
 
-/// What the rewriter needs of the catalog, read in one go.
-#[derive(Debug, Clone, Default)]
+/// What the rewriter needs of the catalog, read in one go (serializable: the audit log keeps
+/// each snapshot a rewrite used, by content hash, so that it can be replayed).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Snapshot {
     pub relations: Vec<RelationInfo>,
     /// Every relation in `pg_catalog` and `information_schema`.

@@ -834,6 +834,14 @@ impl<'a> Session<'a> {
             client: Some(self.client_addr),
             tls: self.client.is_tls(),
             enforcing: self.shared.enforcer.is_some(),
+            search_path: self.search_path.current().map(|p| &p.schemas[..]),
+            versions: match (&self.shared.enforcer, result.as_ref()) {
+                (Some(enforcer), Err(_)) => Some((
+                    enforcer.policies.current().version.to_string(),
+                    enforcer.catalog().hash.clone(),
+                )),
+                _ => None,
+            },
         };
         let record = crate::audit_record::decision(&facts, &id, protocol, sql, result);
         self.audit_pending.push(record);
