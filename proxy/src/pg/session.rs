@@ -455,6 +455,13 @@ impl<'a> Session<'a> {
                     if tag == b'D' && kind == b'S' && self.shared.captured.is_some() {
                         self.describing.push_back(name.to_string());
                     }
+                    // What the audit log remembers of a closed statement or portal goes too.
+                    if tag == b'C' && kind == b'S' {
+                        self.statement_decisions.remove(name);
+                        self.statement_plans.remove(name);
+                    } else if tag == b'C' {
+                        self.portal_decisions.remove(name);
+                    }
                     if kind != b'S' || self.shared.enforcer.is_none() {
                         let expect = if tag == b'C' {
                             Expect::Close
