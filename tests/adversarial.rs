@@ -712,7 +712,10 @@ async fn search_path_follows_the_session() {
              create schema tools; \
              create table tools.notes (id int); \
              create function tools.upper(varchar) returns text language sql \
-               as $$ select 'x' $$;",
+               as $$ select 'x' $$; \
+             create function archive.leak(anyelement) returns text language sql \
+               as $$ select string_agg(ssn, ',') from public.customers $$; \
+             grant execute on function archive.leak(anyelement) to {UPSTREAM};",
             UPSTREAM = connectors::postgres::fixtures::UPSTREAM_USER,
         ))
         .await
@@ -799,6 +802,18 @@ async fn search_path_follows_the_session() {
         "the refusal names the look-alike: {}",
         message(&e)
     );
+
+    // Functional notation reaching a user function is refused whatever the path: in an
+    // extended batch, a SET before it may change the path before PostgreSQL parses it.
+    for sql in [
+        "select c.leak from customers c",
+        "set search_path to archive, public; select c.leak from customers c",
+    ] {
+        let e = first_column(&bot, sql).await.unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{sql}: {}", message(&e));
+        assert!(message(&e).contains("archive.leak()"), "{}", message(&e));
+    }
+    bot.batch_execute("reset search_path").await.unwrap();
 
     // The extended protocol: SET, then queries, each a Parse/Bind/Execute/Sync.
     let count = |rows: Vec<tokio_postgres::Row>| rows[0].get::<_, i64>(0);

@@ -184,6 +184,17 @@ impl Catalog {
             .map(String::as_str)
     }
 
+    /// Every user-defined function, as (name, a schema defining it), wherever it is: the
+    /// session's path may change within a batch before PostgreSQL parses a statement, so
+    /// functional notation (`x.f`) is checked against all of them.
+    pub fn user_functions(&self) -> Vec<(String, String)> {
+        self.user_routines
+            .iter()
+            .filter(|((kind, _), _)| *kind == RoutineKind::Function)
+            .filter_map(|((_, name), schemas)| Some((name.clone(), schemas.first()?.clone())))
+            .collect()
+    }
+
     /// The user-defined routines an unqualified name may call with `search_path`, as
     /// (kind, name, first schema on the path that defines one).
     pub fn user_routines_on_path(

@@ -131,7 +131,7 @@ pub fn check(sql: &str, protocol: Protocol) -> Result<Checked, Refusal> {
     }
     let count = statements.len();
     Ok(Checked {
-        sql: forward(statements, false, Vec::new())?,
+        sql: forward(statements, false, Vec::new(), Vec::new())?,
         statements: count,
         shape: 0,
         prepared: PreparedEffect::None,
@@ -225,8 +225,9 @@ pub fn rewrite(sql: &str, protocol: Protocol, ctx: &Context<'_>) -> Result<Rewri
     }
     routine_path.extend(path);
     let user_routines = ctx.catalog.user_routines_on_path(&routine_path);
+    let user_functions = ctx.catalog.user_functions();
     Ok(Rewritten {
-        sql: forward(statements, true, user_routines)?,
+        sql: forward(statements, true, user_routines, user_functions)?,
         statements: count,
         reads,
         prepared,
@@ -246,11 +247,13 @@ fn check_statement(statement: &Statement) -> Result<(), Refusal> {
 /// (see [`verify`]). A disagreement refuses the statement; nothing unproven is forwarded.
 /// `fenced`: relations were fenced (enforcement), so PostgreSQL must read no other.
 /// `user_routines`: the user-defined routines on the session's search_path (enforcement),
-/// whose names the statement may not use unqualified.
+/// whose names the statement may not use unqualified; `user_functions`: every user-defined
+/// function, which `x.f` (functional notation) may not name.
 fn forward(
     mut statements: Vec<Statement>,
     fenced: bool,
     user_routines: Vec<(RoutineKind, String, String)>,
+    user_functions: Vec<(String, String)>,
 ) -> Result<String, Refusal> {
     let (relations, functions) = verify::references(&statements);
     let mut expected = verify::Expected {
@@ -258,6 +261,7 @@ fn forward(
         relations: fenced.then_some(relations),
         functions,
         user_routines,
+        user_functions,
         ..Default::default()
     };
     for statement in &mut statements {

@@ -44,6 +44,9 @@ pub(crate) struct Expected {
     /// User-defined routines an unqualified name would reach on the session's search_path, as
     /// (kind, name, schema): a statement that names one unqualified is refused.
     pub user_routines: Vec<(RoutineKind, String, String)>,
+    /// Every user-defined function (name, schema), on the path or not: `x.f` naming one is
+    /// refused.
+    pub user_functions: Vec<(String, String)>,
 }
 
 /// Relations and function calls of `statements`, before they are spelled.
@@ -203,7 +206,7 @@ pub(crate) fn verify(sql: &str, expected: &Expected) -> Result<(), Refusal> {
         // Gate-only mode: no policy to bypass, and user-defined routines are the agent's own.
         return Ok(());
     }
-    check_overloads(&found, &expected.user_routines)
+    check_overloads(&found, &expected.user_routines, &expected.user_functions)
 }
 
 /// Refuses a statement in which PostgreSQL would choose among built-in and user-defined
@@ -214,6 +217,7 @@ pub(crate) fn verify(sql: &str, expected: &Expected) -> Result<(), Refusal> {
 fn check_overloads(
     found: &Found,
     user_routines: &[(RoutineKind, String, String)],
+    user_functions: &[(String, String)],
 ) -> Result<(), Refusal> {
     for (schema, name) in &found.operators {
         if let Some(schema) = schema.as_deref().filter(|s| *s != "pg_catalog") {
@@ -223,18 +227,13 @@ fn check_overloads(
             )));
         }
     }
-    if user_routines.is_empty() {
-        return Ok(());
-    }
-    // `t.f` is a call of f(t) to PostgreSQL when t has no column f (functional notation).
+    // `t.f` is a call of f(t) to PostgreSQL when t has no column f (functional notation),
+    // resolved with the path in force when PostgreSQL parses it: any user function counts.
     for parts in found.column_refs.iter().filter(|parts| parts.len() > 1) {
         let Some(Some(name)) = parts.last() else {
             continue;
         };
-        if let Some((_, _, schema)) = user_routines
-            .iter()
-            .find(|(k, n, _)| *k == RoutineKind::Function && n == name)
-        {
+        if let Some((_, schema)) = user_functions.iter().find(|(n, _)| n == name) {
             return Err(Refusal::Forbidden(format!(
                 "{} may call function {schema}.{name}() (PostgreSQL reads x.f as f(x) when x has \
                  no column f), which is user-defined and runs with Portcullis's database rights",
@@ -245,6 +244,9 @@ fn check_overloads(
                     .join(".")
             )));
         }
+    }
+    if user_routines.is_empty() {
+        return Ok(());
     }
     let operators = found.operators.iter().filter(|(s, _)| s.is_none());
     let functions = found.functions.iter().filter(|(s, _)| s.is_none());
@@ -681,6 +683,7 @@ mod tests {
             relations: Some(relations.iter().map(|s| s.to_string()).collect()),
             functions: vec![],
             user_routines: vec![],
+            user_functions: vec![],
         }
     }
 
@@ -749,6 +752,10 @@ mod tests {
                     relations: Some(vec!["t".into()]),
                     functions: functions.iter().map(|f| f.to_string()).collect(),
                     user_routines: routines.clone(),
+                    user_functions: vec![
+                        ("upper".into(), "public".into()),
+                        ("leak".into(), "archive".into()),
+                    ],
                     ..Default::default()
                 },
             )
@@ -765,6 +772,9 @@ mod tests {
         with("SELECT a OPERATOR(pg_catalog.=) 1 FROM t", &[]).unwrap();
         let e = with("SELECT t.upper FROM t", &[]).unwrap_err();
         assert!(e.to_string().contains("reads x.f as f(x)"), "{e}");
+        // A function off the path counts too: a SET earlier in the batch may put it there.
+        let e = with("SELECT t.leak FROM t", &[]).unwrap_err();
+        assert!(e.to_string().contains("archive.leak()"), "{e}");
         let e = with("SELECT a OPERATOR(public.=) 1 FROM t", &[]).unwrap_err();
         assert!(e.to_string().contains("not a PostgreSQL built-in"), "{e}");
     }
