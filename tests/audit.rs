@@ -668,3 +668,65 @@ async fn replay_matches_across_a_policy_reload_and_a_catalog_refresh() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `redact_literals`: records hold statements with their literals withheld (and the digest of
+/// the text as received); `parameters = "clear"`: Bind parameters are recorded as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn literals_can_be_withheld_and_parameters_kept_in_clear() {
+    let work = tempfile::tempdir().unwrap();
+    let key = keygen(work.path(), "redact-node");
+    let log = work.path().join("log");
+    let (mut env, _set) = start_audited(
+        "redact-node",
+        &key,
+        &log,
+        "redact_literals = true\nparameters = \"clear\"\n",
+    );
+    let bot = env.agent().await;
+    let secret = "select id from customers where email = 'secret-address@example.com'";
+    bot.simple_query(secret).await.unwrap();
+    let prepared = "select id from customers where email = $1";
+    bot.query(prepared, &[&"asked-about@example.com"])
+        .await
+        .unwrap();
+    bot.simple_query("selec nonsense").await.unwrap_err();
+    bot.simple_query("select 'flush'").await.unwrap();
+    drop(bot);
+    stop(&mut env, "INT");
+
+    let text = std::fs::read_to_string(log.join("entries")).unwrap();
+    assert!(
+        !text.contains("secret-address"),
+        "a literal reached the log"
+    );
+    let e = entries(&log);
+    let by_digest = |sql: &str| -> &Value {
+        let digest: String = <sha2::Sha256 as sha2::Digest>::digest(sql.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        e.iter()
+            .find(|r| r["statement_sha256"] == digest.as_str())
+            .expect("a statement is found by its digest")
+    };
+    let record = by_digest(secret);
+    assert_eq!(record["redacted"], true);
+    assert!(
+        record["statement"].as_str().unwrap().contains("'?'"),
+        "{record}"
+    );
+    assert!(
+        record["rewritten"].as_str().unwrap().contains("'?'"),
+        "{record}"
+    );
+    let decision = by_digest(prepared);
+    let outcome = e
+        .iter()
+        .find(|r| r["kind"] == "outcome" && r["decision"] == decision["id"])
+        .unwrap();
+    assert_eq!(outcome["parameters"][0], "asked-about@example.com");
+    assert!(e.iter().any(|r| r["statement"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("[withheld"))));
+    verify_with_cli(&log, &key);
+}

@@ -55,6 +55,23 @@ pub struct AuditConfig {
     /// returned; needs `[policies]` (the catalog is read then).
     #[serde(default)]
     pub capture_keys: Vec<String>,
+    /// Record statements with their literals replaced by `'?'` (and the SHA-256 of the text as
+    /// received), so records hold no values agents asked about.
+    #[serde(default)]
+    pub redact_literals: bool,
+    /// Bind parameters in outcome records: `digest` (SHA-256 per value, the default) or
+    /// `clear`.
+    #[serde(default)]
+    pub parameters: Parameters,
+}
+
+/// How outcome records hold Bind parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Parameters {
+    #[default]
+    Digest,
+    Clear,
 }
 
 fn default_batch_ms() -> u64 {
@@ -80,6 +97,8 @@ enum Message {
 pub struct AuditLog {
     pub node_id: String,
     pub dir: PathBuf,
+    pub redact_literals: bool,
+    pub parameters: Parameters,
     pub mode: Durability,
     pub fail_open: bool,
     sender: Mutex<mpsc::Sender<Message>>,
@@ -120,6 +139,8 @@ impl AuditLog {
         Ok(AuditLog {
             node_id: config.node_id.clone(),
             dir: config.dir.clone(),
+            redact_literals: config.redact_literals,
+            parameters: config.parameters,
             mode: config.mode,
             fail_open: config.fail_open,
             sender: Mutex::new(sender),

@@ -22,6 +22,27 @@ pub struct SessionFacts<'a> {
     /// Under enforcement: the active policy version and catalog snapshot hash (a refusal has
     /// no basis of its own; replay needs them).
     pub versions: Option<(String, String)>,
+    /// Withhold literals (`audit.redact_literals`).
+    pub redact: bool,
+}
+
+const WITHHELD: &str =
+    "[withheld: the statement does not parse, so its literals cannot be told apart]";
+
+/// `sql` as recorded: with its literals withheld when `redact`.
+fn recorded(sql: &str, redact: bool) -> String {
+    if !redact {
+        return sql.to_string();
+    }
+    rewriter::redact_literals(sql).unwrap_or_else(|| WITHHELD.to_string())
+}
+
+fn sha256(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A sortable unique id (UUIDv7).
@@ -54,17 +75,25 @@ pub fn decision(
             Protocol::Simple => "simple",
             Protocol::Extended => "extended",
         },
-        "statement": statement,
+        "statement": recorded(statement, facts.redact),
         "search_path": facts.search_path,
     });
     let fields = record.as_object_mut().expect("an object");
+    if facts.redact {
+        // Equal statements still match by digest, without the log holding their values.
+        fields.insert("statement_sha256".into(), sha256(statement).into());
+        fields.insert("redacted".into(), true.into());
+    }
     match result {
         Ok(checked) => {
             fields.insert(
                 "decision".into(),
                 if facts.enforcing { "rewrite" } else { "allow" }.into(),
             );
-            fields.insert("rewritten".into(), checked.sql.clone().into());
+            fields.insert(
+                "rewritten".into(),
+                recorded(&checked.sql, facts.redact).into(),
+            );
             if let Some(basis) = &checked.basis {
                 fields.insert("basis".into(), Value::clone(basis));
             }

@@ -21,6 +21,7 @@ mod parse;
 mod policy;
 mod protect;
 mod qualified;
+mod redact;
 mod search_path;
 mod settings;
 mod sql_filter;
@@ -36,6 +37,7 @@ pub use catalogs::allowed_functions;
 pub use error::Refusal;
 pub use policy::{Policies, TablePolicy, WriteAction, WritePolicy};
 pub use protect::Read;
+pub use redact::redact_literals;
 pub use sql_filter::render as render_filter;
 pub use verify::{postgres_reading, Reading};
 

@@ -242,6 +242,20 @@ pub fn parameter_digests(values: &[Option<&[u8]>]) -> Arc<[Option<String>]> {
         .collect()
 }
 
+/// Bind parameters in clear (`audit.parameters = "clear"`): UTF-8 text as is, other bytes
+/// (binary formats) as `\x` hex; `None` for NULL.
+pub fn parameters_in_clear(values: &[Option<&[u8]>]) -> Arc<[Option<String>]> {
+    values
+        .iter()
+        .map(|v| {
+            v.map(|bytes| match std::str::from_utf8(bytes) {
+                Ok(text) if !text.contains('\0') => text.to_string(),
+                _ => format!("\\x{}", hex(bytes)),
+            })
+        })
+        .collect()
+}
+
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

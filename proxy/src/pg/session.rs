@@ -414,8 +414,17 @@ impl<'a> Session<'a> {
                     })?;
                     if self.shared.audit.is_some() {
                         let portal = extended::bind_portal(&msg).unwrap_or_default().to_string();
-                        let parameters = extended::bind_parameters(&msg)
-                            .map(|values| outcomes::parameter_digests(&values));
+                        let clear =
+                            self.shared.audit.as_ref().is_some_and(|a| {
+                                a.parameters == crate::audit_log::Parameters::Clear
+                            });
+                        let parameters = extended::bind_parameters(&msg).map(|values| {
+                            if clear {
+                                outcomes::parameters_in_clear(&values)
+                            } else {
+                                outcomes::parameter_digests(&values)
+                            }
+                        });
                         match self.statement_decisions.get(name).cloned() {
                             Some(decision) => self.portal_decisions.insert(
                                 portal,
@@ -842,6 +851,7 @@ impl<'a> Session<'a> {
             tls: self.client.is_tls(),
             enforcing: self.shared.enforcer.is_some(),
             search_path: self.search_path.current().map(|p| &p.schemas[..]),
+            redact: audit.redact_literals,
             versions: match (&self.shared.enforcer, result.as_ref()) {
                 (Some(enforcer), Err(_)) => Some((
                     enforcer.policies.current().version.to_string(),
