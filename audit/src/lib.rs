@@ -23,6 +23,17 @@ pub use proof::{find, prove, verify_proof, ProofError, Proven};
 pub use search::{search, Hit, Query};
 pub use verify::{verify, Problem, Report};
 
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The SHA-256 of `bytes`, in hex (how records name digests and snapshots).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(bytes))
+}
+
 /// The file names of a log directory.
 pub mod layout {
     /// Canonical JSON entries, one per line.

@@ -37,14 +37,6 @@ fn recorded(sql: &str, redact: bool) -> String {
     rewriter::redact_literals(sql).unwrap_or_else(|| WITHHELD.to_string())
 }
 
-fn sha256(text: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// A sortable unique id (UUIDv7).
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
@@ -81,7 +73,10 @@ pub fn decision(
     let fields = record.as_object_mut().expect("an object");
     if facts.redact {
         // Equal statements still match by digest, without the log holding their values.
-        fields.insert("statement_sha256".into(), sha256(statement).into());
+        fields.insert(
+            "statement_sha256".into(),
+            audit::sha256_hex(statement.as_bytes()).into(),
+        );
         fields.insert("redacted".into(), true.into());
     }
     match result {

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use rewriter::Protocol;
 use serde_json::Value;
-use sha2::Digest;
 
 use crate::audit_log::{CATALOGS, POLICY_VERSIONS};
 use crate::enforce::{basis, Enforcer, Principal};
@@ -44,10 +43,7 @@ pub fn replay(dir: &Path, id: &str, store: Option<&Path>) -> anyhow::Result<bool
         .with_context(|| format!("policy version {version} from {}", store.display()))?;
     let path = dir.join(CATALOGS).join(format!("{catalog}.json"));
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    let found: String = sha2::Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let found = audit::sha256_hex(&bytes);
     anyhow::ensure!(
         found == catalog,
         "{} does not hold the catalog snapshot it is named for (its hash is {found})",

@@ -96,13 +96,7 @@ impl CatalogView {
         let bytes: Arc<[u8]> = audit::canonical(&json)
             .expect("a snapshot holds no floats")
             .into();
-        let hash = {
-            use sha2::Digest;
-            sha2::Sha256::digest(&bytes)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        };
+        let hash = audit::sha256_hex(&bytes);
         let relations = snapshot.relations.into_iter().map(relation).collect();
         let system = snapshot.system.into_iter().map(relation).collect();
         let view = CatalogView {

@@ -132,21 +132,7 @@ impl Plan {
 
 /// The values of a DataRow frame's columns (`None` for NULL).
 fn columns(frame: &[u8]) -> Option<Vec<Option<&[u8]>>> {
-    let count = i16::from_be_bytes(frame.get(5..7)?.try_into().ok()?);
-    let mut pos = 7;
-    let mut values = Vec::with_capacity(usize::try_from(count).ok()?);
-    for _ in 0..count {
-        let len = i32::from_be_bytes(frame.get(pos..pos + 4)?.try_into().ok()?);
-        pos += 4;
-        if len < 0 {
-            values.push(None);
-            continue;
-        }
-        let len = usize::try_from(len).ok()?;
-        values.push(Some(frame.get(pos..pos + len)?));
-        pos += len;
-    }
-    Some(values)
+    super::messages::read_values(frame, &mut 5)
 }
 
 /// A key value as text: text format as sent; binary integers as numbers, binary text types as
@@ -163,10 +149,7 @@ fn text(field: Field, value: &[u8]) -> String {
         (INT2, 2) => i16::from_be_bytes(value.try_into().expect("2 bytes")).to_string(),
         (INT4, 4) => i32::from_be_bytes(value.try_into().expect("4 bytes")).to_string(),
         (INT8, 8) => i64::from_be_bytes(value.try_into().expect("8 bytes")).to_string(),
-        _ => format!(
-            "\\x{}",
-            value.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        ),
+        _ => format!("\\x{}", audit::hex(value)),
     }
 }
 

@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
+use audit::hex;
 use serde_json::json;
 
 use super::captured_keys::{Keys, Plan};
@@ -254,10 +255,6 @@ pub fn parameters_in_clear(values: &[Option<&[u8]>]) -> Arc<[Option<String>]> {
             })
         })
         .collect()
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn record(decision: &str, index: usize, fields: serde_json::Value) -> Vec<u8> {

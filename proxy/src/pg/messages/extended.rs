@@ -4,7 +4,7 @@
 
 use bytes::BytesMut;
 
-use super::{put_cstr, read_cstr, write_message};
+use super::{put_cstr, read_cstr, read_i16, read_values, write_message};
 
 /// The prepared statement a Bind frame (header included) binds; `None` if malformed.
 pub fn bind_statement(frame: &[u8]) -> Option<&str> {
@@ -22,54 +22,26 @@ pub fn bind_portal(frame: &[u8]) -> Option<&str> {
 /// The parameter values of a Bind frame (header included), `None` for SQL NULL; `None` if
 /// malformed.
 pub fn bind_parameters(frame: &[u8]) -> Option<Vec<Option<&[u8]>>> {
-    let mut pos = 5;
-    read_cstr(frame, &mut pos)?;
-    read_cstr(frame, &mut pos)?;
-    let i16_at = |pos: usize| -> Option<i16> {
-        Some(i16::from_be_bytes(
-            frame.get(pos..pos + 2)?.try_into().ok()?,
-        ))
-    };
-    let formats = usize::try_from(i16_at(pos)?).ok()?;
-    pos += 2 + 2 * formats;
-    let count = usize::try_from(i16_at(pos)?).ok()?;
-    pos += 2;
-    let mut values = Vec::with_capacity(count);
-    for _ in 0..count {
-        let len = i32::from_be_bytes(frame.get(pos..pos + 4)?.try_into().ok()?);
-        pos += 4;
-        if len < 0 {
-            values.push(None);
-            continue;
-        }
-        let len = usize::try_from(len).ok()?;
-        values.push(Some(frame.get(pos..pos + len)?));
-        pos += len;
-    }
-    Some(values)
+    bind_parts(frame).map(|(values, _)| values)
 }
 
 /// The result-column format codes of a Bind frame (header included): none (all text), one
 /// (for all columns) or one per column; `None` if malformed.
 pub fn bind_result_formats(frame: &[u8]) -> Option<Vec<i16>> {
+    let (_, mut pos) = bind_parts(frame)?;
+    let results = usize::try_from(read_i16(frame, &mut pos)?).ok()?;
+    (0..results).map(|_| read_i16(frame, &mut pos)).collect()
+}
+
+/// A Bind's parameter values, and where its result formats begin.
+fn bind_parts(frame: &[u8]) -> Option<(Vec<Option<&[u8]>>, usize)> {
     let mut pos = 5;
-    read_cstr(frame, &mut pos)?;
-    read_cstr(frame, &mut pos)?;
-    let i16_at = |pos: usize| -> Option<i16> {
-        Some(i16::from_be_bytes(
-            frame.get(pos..pos + 2)?.try_into().ok()?,
-        ))
-    };
-    let formats = usize::try_from(i16_at(pos)?).ok()?;
-    pos += 2 + 2 * formats;
-    let count = usize::try_from(i16_at(pos)?).ok()?;
-    pos += 2;
-    for _ in 0..count {
-        let len = i32::from_be_bytes(frame.get(pos..pos + 4)?.try_into().ok()?);
-        pos += 4 + usize::try_from(len).unwrap_or(0);
-    }
-    let results = usize::try_from(i16_at(pos)?).ok()?;
-    (0..results).map(|i| i16_at(pos + 2 + 2 * i)).collect()
+    read_cstr(frame, &mut pos)?; // portal
+    read_cstr(frame, &mut pos)?; // statement
+    let formats = usize::try_from(read_i16(frame, &mut pos)?).ok()?;
+    pos += 2 * formats;
+    let values = read_values(frame, &mut pos)?;
+    Some((values, pos))
 }
 
 /// The portal an Execute frame (header included) runs; `None` if malformed.

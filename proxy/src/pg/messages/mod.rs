@@ -38,3 +38,29 @@ pub(crate) fn read_cstr<'a>(buf: &'a [u8], pos: &mut usize) -> Option<&'a str> {
     *pos += end + 1;
     Some(s)
 }
+
+/// Reads a big-endian int16 at `*pos`, advancing past it.
+pub(crate) fn read_i16(buf: &[u8], pos: &mut usize) -> Option<i16> {
+    let v = i16::from_be_bytes(buf.get(*pos..*pos + 2)?.try_into().ok()?);
+    *pos += 2;
+    Some(v)
+}
+
+/// Reads an int16 count and that many length-prefixed values (`-1`: NULL), as a DataRow's
+/// columns and a Bind's parameters are laid out, advancing past them.
+pub(crate) fn read_values<'a>(buf: &'a [u8], pos: &mut usize) -> Option<Vec<Option<&'a [u8]>>> {
+    let count = usize::try_from(read_i16(buf, pos)?).ok()?;
+    let mut values = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = i32::from_be_bytes(buf.get(*pos..*pos + 4)?.try_into().ok()?);
+        *pos += 4;
+        if len < 0 {
+            values.push(None);
+            continue;
+        }
+        let len = usize::try_from(len).ok()?;
+        values.push(Some(buf.get(*pos..*pos + len)?));
+        *pos += len;
+    }
+    Some(values)
+}
