@@ -730,3 +730,54 @@ async fn literals_can_be_withheld_and_parameters_kept_in_clear() {
         .is_some_and(|s| s.starts_with("[withheld"))));
     verify_with_cli(&log, &key);
 }
+
+/// `fail_open = true`: on a full disk statements keep running, unrecorded, and the outage's
+/// record says so and counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_open_lets_statements_through_and_says_so() {
+    let work = tempfile::tempdir().unwrap();
+    let key = keygen(work.path(), "open-node");
+    let mount = work.path().join("disk");
+    std::fs::create_dir(&mount).unwrap();
+    let _tmpfs = Tmpfs::mount(&mount, "1m");
+    let log = mount.join("log");
+    let (mut env, _set) = start_audited(
+        "open-node",
+        &key,
+        &log,
+        "checkpoint_ms = 100\nfail_open = true\n",
+    );
+    let bot = env.agent().await;
+    bot.simple_query("select 1").await.unwrap();
+    let filler = mount.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 2 << 20]);
+    // Every statement runs, on the same session, while nothing can be recorded.
+    for i in 0..50 {
+        let rows = bot
+            .simple_query(&format!("select {i} as n, count(*) from customers"))
+            .await
+            .unwrap();
+        assert!(!rows.is_empty());
+    }
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let outage = loop {
+        bot.simple_query("select 'after'").await.unwrap();
+        if let Some(o) = entries(&log)
+            .into_iter()
+            .find(|r| r["kind"] == "audit_outage")
+        {
+            break o;
+        }
+        assert!(Instant::now() < deadline, "the log did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(outage["fail_open"], true);
+    assert!(
+        outage["unrecorded_statements"].as_u64().unwrap() > 0,
+        "{outage}"
+    );
+    drop(bot);
+    stop(&mut env, "INT");
+    verify_with_cli(&log, &key);
+}

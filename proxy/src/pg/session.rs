@@ -324,7 +324,11 @@ impl<'a> Session<'a> {
         if let (Some(audit), false) = (&self.shared.audit, self.audit_pending.is_empty()) {
             let entries = std::mem::take(&mut self.audit_pending);
             if let Some(answer) = audit.submit(entries) {
-                if !matches!(answer.await, Ok(Ok(()))) {
+                let written = matches!(answer.await, Ok(Ok(())));
+                if !written && audit.fail_open {
+                    // The operator chose traffic over records: counted in the outage's record.
+                    audit.let_through();
+                } else if !written {
                     self.fatal_to_client(
                         crate::audit_record::UNWRITABLE_CODE,
                         crate::audit_record::UNWRITABLE_MESSAGE,
