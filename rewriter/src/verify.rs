@@ -398,6 +398,7 @@ fn read(sql: &str) -> Result<Found, Refusal> {
         Walk {
             found: &mut found,
             top: true,
+            node: None,
         }
         .deserialize(&mut de)
         .and_then(|()| de.end())
@@ -411,6 +412,16 @@ struct Walk<'f> {
     found: &'f mut Found,
     /// The root, whose `stmts` are counted.
     top: bool,
+    /// This value is the body of a node that makes PostgreSQL look up operators by name (see
+    /// [`operators`]): its operator fields are collected while the walk goes on.
+    node: Option<&'static str>,
+}
+
+/// The nodes whose operators [`operators`] reads.
+fn operator_node(key: &str) -> Option<&'static str> {
+    ["A_Expr", "SubLink", "SortBy", "CaseExpr", "JoinExpr"]
+        .into_iter()
+        .find(|n| *n == key)
 }
 
 impl<'de> DeserializeSeed<'de> for Walk<'_> {
@@ -430,6 +441,7 @@ impl<'de> JsonVisitor<'de> for Walk<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let mut name: [Option<String>; 3] = Default::default();
+        let mut operator_fields = serde_json::Map::new();
         while let Some(key) = map.next_key::<&str>()? {
             match key {
                 "catalogname" => name[0] = Some(map.next_value()?),
@@ -450,21 +462,31 @@ impl<'de> JsonVisitor<'de> for Walk<'_> {
                             Walk {
                                 found: &mut *self.found,
                                 top: false,
+                                node: None,
                             }
                             .deserialize(source)
                             .map_err(serde::de::Error::custom)?;
                         }
                     }
                 }
-                node @ ("A_Expr" | "SubLink" | "SortBy" | "CaseExpr" | "JoinExpr") => {
-                    let value: Json = map.next_value()?;
-                    self.found.operators.extend(operators(node, &value));
-                    Walk {
+                key if operator_node(key).is_some() => map.next_value_seed(Walk {
+                    found: &mut *self.found,
+                    top: false,
+                    node: operator_node(key),
+                })?,
+                // An operator node's own fields: the small ones read, the subtrees walked.
+                "name" | "operName" | "useOp" | "kind" | "subLinkType" | "isNatural"
+                    if self.node.is_some() =>
+                {
+                    operator_fields.insert(key.to_string(), map.next_value()?);
+                }
+                "arg" | "usingClause" if self.node.is_some() => {
+                    operator_fields.insert(key.to_string(), Json::Bool(true));
+                    map.next_value_seed(Walk {
                         found: &mut *self.found,
                         top: false,
-                    }
-                    .deserialize(&value)
-                    .map_err(serde::de::Error::custom)?;
+                        node: None,
+                    })?;
                 }
                 "ColumnRef" => {
                     let value: Json = map.next_value()?;
@@ -488,8 +510,13 @@ impl<'de> JsonVisitor<'de> for Walk<'_> {
                 _ => map.next_value_seed(Walk {
                     found: &mut *self.found,
                     top: false,
+                    node: None,
                 })?,
             }
+        }
+        if let Some(node) = self.node {
+            let fields = Json::Object(operator_fields);
+            self.found.operators.extend(operators(node, &fields));
         }
         if let [catalog, schema, Some(relname)] = name {
             let parts: Vec<String> = [catalog, schema, Some(relname)]
@@ -558,6 +585,7 @@ fn walk_seq<'de, A: SeqAccess<'de>>(mut seq: A, found: &mut Found) -> Result<usi
         .next_element_seed(Walk {
             found: &mut *found,
             top: false,
+            node: None,
         })?
         .is_some()
     {
@@ -570,6 +598,9 @@ fn walk_seq<'de, A: SeqAccess<'de>>(mut seq: A, found: &mut Found) -> Result<usi
 /// so choose among by argument types on the search_path), as (schema, name): an operator
 /// expression's own, `=` for `IN`, `IS DISTINCT FROM`, `NULLIF`, `CASE x WHEN`, `IN (SELECT …)`
 /// and `JOIN … USING`/`NATURAL JOIN`, the comparisons of `BETWEEN`, and `ORDER BY … USING op`.
+/// `value` holds the node's operator fields only (`name`, `operName`, `useOp`, `kind`,
+/// `subLinkType`, `isNatural`, and `true` for an `arg` or `usingClause` present), collected
+/// while the walk streams through the node.
 fn operators(node: &str, value: &Json) -> Vec<(Option<String>, String)> {
     let named = |key: &str| -> Option<(Option<String>, String)> {
         let mut parts: Vec<String> = value
