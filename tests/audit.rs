@@ -567,6 +567,11 @@ async fn replay_matches_across_a_policy_reload_and_a_catalog_refresh() {
     let bot = env.agent().await;
     let count = "select count(*) from customers";
     let first = bot.simple_query(count).await.unwrap();
+    // A statement prepared before the reload and executed on both sides of it.
+    let held = env.agent().await;
+    let prepared_sql = "select name from customers where id = $1";
+    let prepared = held.prepare(prepared_sql).await.unwrap();
+    assert_eq!(held.query(&prepared, &[&3i32]).await.unwrap().len(), 1);
     bot.simple_query("drop table customers").await.unwrap_err();
     bot.simple_query("set search_path to public").await.unwrap();
     bot.simple_query("select id from customers where id = 3")
@@ -595,6 +600,12 @@ async fn replay_matches_across_a_policy_reload_and_a_catalog_refresh() {
     }
     let bot = env.agent().await;
     let second = bot.simple_query(count).await.unwrap();
+    assert_eq!(
+        held.query(&prepared, &[&3i32]).await.unwrap().len(),
+        0,
+        "the prepared statement runs under the new version"
+    );
+    drop(held);
     assert_ne!(
         format!("{:?}", first.get(1)),
         format!("{:?}", second.get(1)),
@@ -638,6 +649,25 @@ async fn replay_matches_across_a_policy_reload_and_a_catalog_refresh() {
         version(counts[1]),
         "two policy versions"
     );
+    // Each execution of the prepared statement is an outcome of the decision it ran under:
+    // the second, of a decision made again under the new version.
+    let runs: Vec<&Value> = e
+        .iter()
+        .filter(|r| r["kind"] == "outcome")
+        .filter(|r| {
+            decisions
+                .iter()
+                .any(|d| d["id"] == r["decision"] && d["statement"] == prepared_sql)
+        })
+        .collect();
+    assert_eq!(runs.len(), 2, "two executions of the prepared statement");
+    let ran_under = |o: &Value| {
+        let d = decisions.iter().find(|d| d["id"] == o["decision"]).unwrap();
+        version(d)
+    };
+    assert_eq!(ran_under(runs[0]), version(counts[0]));
+    assert_eq!(ran_under(runs[1]), version(counts[1]));
+    assert_eq!(runs[1]["rows"], 0);
     let last = decision_of(&e, "select * from customers where id = 2");
     assert_ne!(catalog(counts[1]), catalog(last), "two catalog snapshots");
     assert_eq!(

@@ -88,6 +88,9 @@ pub struct Session<'a> {
     client_addr: std::net::SocketAddr,
     /// Decision records of the statements handled but not yet sent upstream.
     audit_pending: Vec<Vec<u8>>,
+    /// Where in `to_upstream` the first message that runs a statement (Query, Execute)
+    /// begins: in `sync` mode what precedes it goes before the records are durable.
+    hold_from: Option<usize>,
     /// Results expected upstream, matched to outcome records.
     outcomes: outcomes::Outcomes,
     /// Outcome records not yet handed to the audit log.
@@ -179,6 +182,7 @@ impl<'a> Session<'a> {
             on_behalf_of,
             client_addr,
             audit_pending: Vec::new(),
+            hold_from: None,
             outcomes: outcomes::Outcomes::default(),
             outcome_records: Vec::new(),
             statement_decisions: HashMap::new(),
@@ -320,10 +324,20 @@ impl<'a> Session<'a> {
     /// `Some`: the session ends, with this result.
     async fn pump_client(&mut self) -> Option<Result<(), SessionError>> {
         let flow = self.on_client_data();
-        // Write-ahead: in `sync` mode nothing goes upstream before its records are durable.
+        let hold = self.hold_from.take().unwrap_or(self.to_upstream.len());
+        // Write-ahead: in `sync` mode no statement runs upstream before its records are
+        // durable. Parse, Bind and Describe run none (no row is read or written): they go
+        // first, and PostgreSQL parses and plans while the records are fsynced; the first
+        // Query or Execute and all after it wait.
         if let (Some(audit), false) = (&self.shared.audit, self.audit_pending.is_empty()) {
             let entries = std::mem::take(&mut self.audit_pending);
             if let Some(answer) = audit.submit(entries) {
+                if hold > 0 {
+                    let head = self.to_upstream.split_to(hold);
+                    if let Err(e) = self.upstream.write_all(&head).await {
+                        return Some(Err(SessionError::Upstream(e)));
+                    }
+                }
                 let written = matches!(answer.await, Ok(Ok(())));
                 if !written && audit.fail_open {
                     // The operator chose traffic over records: counted in the outage's record.
@@ -403,6 +417,9 @@ impl<'a> Session<'a> {
             if self.skip_until_sync && !matches!(tag, b'S' | b'X') {
                 continue;
             }
+            if matches!(tag, b'Q' | b'E') && self.hold_from.is_none() {
+                self.hold_from = Some(self.to_upstream.len());
+            }
             match tag {
                 b'Q' => {
                     let (decision, statements) = self.on_query(&msg);
@@ -416,6 +433,25 @@ impl<'a> Session<'a> {
                     let name = extended::bind_statement(&msg).ok_or_else(|| {
                         SessionError::ClientProtocol("malformed Bind message".into())
                     })?;
+                    match self.upstream_statement(name) {
+                        Target::Passthrough => self.forward(&msg, Some(Expect::Bind)),
+                        Target::Ready => {
+                            // The Sync closing this batch reads the path back.
+                            if self
+                                .statements
+                                .get_mut(name)
+                                .is_some_and(|p| p.changes_search_path)
+                            {
+                                self.search_path.may_change();
+                            }
+                            let upstream = self.statements.upstream(name).unwrap_or_default();
+                            extended::encode_bind_renamed(&mut self.to_upstream, &msg, upstream);
+                            self.pipeline.push(Expect::Bind, Reply::Forward);
+                        }
+                        Target::Refused => {}
+                    }
+                    // After the statement is resolved: a re-rewrite under a new policy version
+                    // records a new decision, which this portal's outcomes belong to.
                     if self.shared.audit.is_some() {
                         let portal = extended::bind_portal(&msg).unwrap_or_default().to_string();
                         let clear =
@@ -442,23 +478,6 @@ impl<'a> Session<'a> {
                             ),
                             None => self.portal_decisions.remove(&portal),
                         };
-                    }
-                    match self.upstream_statement(name) {
-                        Target::Passthrough => self.forward(&msg, Some(Expect::Bind)),
-                        Target::Ready => {
-                            // The Sync closing this batch reads the path back.
-                            if self
-                                .statements
-                                .get_mut(name)
-                                .is_some_and(|p| p.changes_search_path)
-                            {
-                                self.search_path.may_change();
-                            }
-                            let upstream = self.statements.upstream(name).unwrap_or_default();
-                            extended::encode_bind_renamed(&mut self.to_upstream, &msg, upstream);
-                            self.pipeline.push(Expect::Bind, Reply::Forward);
-                        }
-                        Target::Refused => {}
                     }
                 }
                 b'D' | b'C' => {
@@ -591,6 +610,13 @@ impl<'a> Session<'a> {
             );
             let param_types = prepared.param_types.clone();
             let shape = prepared.shape;
+            // A new decision under the new version: the statement's next Executes are its
+            // outcomes, and replay decides them under the version that ran them.
+            if self.shared.audit.is_some() {
+                let sql = prepared.sql.clone();
+                let decision = self.record(Protocol::Extended, &sql, &result);
+                self.note_statement_decision(name, decision);
+            }
             let fresh = self.statements.fresh();
             let refused = match result.as_ref() {
                 // The client decodes rows by the columns it was told of at Parse: a rewrite
