@@ -344,6 +344,269 @@ impl Drop for Tmpfs {
 /// sessions keep their connections, and once space returns statements run again by themselves;
 /// the log then holds a record of the outage, every statement that ran has its record, and
 /// the log verifies.
+/// `/metrics` counts what the log records: statements by agent and decision equal the decision
+/// records, each durable append is in the fsync histogram, and sessions are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_the_log_records() {
+    let work = tempfile::tempdir().unwrap();
+    let key = keygen(work.path(), "metrics-node");
+    let log = work.path().join("log");
+    let admin = free_port();
+    let (mut env, _set) = start_audited(
+        "metrics-node",
+        &key,
+        &log,
+        &format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"),
+    );
+    let bot = env.agent().await;
+    let auditor = env.url(AUDITOR, AUDITOR_SECRET);
+    let auditor = connect(&auditor).await.unwrap();
+    for i in 0..5 {
+        bot.simple_query(&format!("select name from customers where id = {i}"))
+            .await
+            .unwrap();
+    }
+    bot.simple_query("select count(*) from customers")
+        .await
+        .unwrap();
+    bot.simple_query("select count(*) from customers")
+        .await
+        .unwrap();
+    bot.query("select id from customers where id = $1", &[&1i32])
+        .await
+        .unwrap();
+    bot.simple_query("drop table customers").await.unwrap_err();
+    bot.simple_query("truncate customers").await.unwrap_err();
+    auditor
+        .simple_query("select count(*) from customers")
+        .await
+        .unwrap();
+    auditor
+        .simple_query("delete from customers")
+        .await
+        .unwrap_err();
+
+    let (status, text) = http_get(admin, "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(metric(&text, "portcullis_sessions"), Some(2.0), "{text}");
+    let e = entries(&log);
+    for agent in [AGENT, AUDITOR] {
+        for decision in ["rewrite", "deny"] {
+            let recorded = e
+                .iter()
+                .filter(|r| {
+                    r["kind"] == "decision" && r["agent"] == agent && r["decision"] == decision
+                })
+                .count();
+            assert!(recorded > 0, "{agent} {decision}");
+            let sample =
+                format!("portcullis_statements_total{{agent=\"{agent}\",decision=\"{decision}\"}}");
+            assert_eq!(
+                metric(&text, &sample),
+                Some(recorded as f64),
+                "{sample}\n{text}"
+            );
+        }
+    }
+    // The second identical count(*) was a rewrite cache hit; derivations are cached per agent
+    // and table.
+    let hits = metric(
+        &text,
+        "portcullis_cache_lookups_total{cache=\"rewrite\",result=\"hit\"}",
+    );
+    assert!(hits.unwrap() >= 1.0, "{text}");
+    let derived = metric(
+        &text,
+        "portcullis_cache_lookups_total{cache=\"derivation\",result=\"hit\"}",
+    );
+    assert!(derived.unwrap() >= 1.0, "{text}");
+    let fsyncs = metric(&text, "portcullis_audit_fsync_seconds_count").unwrap();
+    assert!(fsyncs >= 1.0 && fsyncs <= e.len() as f64, "{text}");
+    assert_eq!(metric(&text, "portcullis_audit_writable"), Some(1.0));
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics text");
+    assert_eq!(http_get(admin, "/healthz"), (200, "ok\n".into()));
+    assert_eq!(http_get(admin, "/readyz"), (200, "ready\n".into()));
+    // Metrics show agents and counts, never statements or data.
+    assert!(!text.contains("customers"), "{text}");
+    drop((bot, auditor));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&http_get(admin, "/metrics").1, "portcullis_sessions") != Some(0.0) {
+        assert!(
+            Instant::now() < deadline,
+            "closed sessions are no longer counted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop(&mut env, "INT");
+}
+
+/// A few reads and a refusal by support-bot.
+async fn export_workload(env: &Env) {
+    let bot = env.agent().await;
+    for id in [1, 2, 3] {
+        bot.query("select id, name from customers where id = $1", &[&id])
+            .await
+            .unwrap();
+    }
+    bot.simple_query("drop table customers").await.unwrap_err();
+}
+
+/// The export table's rows of node `export-node`: index, entry as logged, checkpoint, kind.
+async fn exported(sink_db: &tokio_postgres::Client) -> Vec<tokio_postgres::Row> {
+    sink_db
+        .query(
+            "select log_index, entry_text, checkpoint, entry->>'kind' from fleet.decisions \
+             where origin = 'portcullis/export-node' order by log_index",
+            &[],
+        )
+        .await
+        .unwrap()
+}
+
+/// `[audit.export]`: every checkpointed entry lands once in a PostgreSQL table of another
+/// database, exactly as logged and with the signed checkpoint that covers it; after a restart
+/// the export resumes with nothing duplicated, and `audit search --export-url` answers as the
+/// search of the directory does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_exports_to_a_table_that_search_reads() {
+    let sink = connectors::postgres::LocalCluster::start().expect("start the sink PostgreSQL");
+    for sql in [
+        "CREATE ROLE audit_writer LOGIN PASSWORD 'writer-pw'",
+        "CREATE DATABASE audit OWNER audit_writer",
+    ] {
+        sink.psql("postgres", sql, &[]).unwrap();
+    }
+    let sink_url = format!("postgres://audit_writer@127.0.0.1:{}/audit", sink.port());
+    let work = tempfile::tempdir().unwrap();
+    let key = keygen(work.path(), "export-node");
+    let log = work.path().join("log");
+    let export = format!(
+        "checkpoint_ms = 100\n\n[audit.export]\nurl = {sink_url:?}\npassword_env = \"SINK_PW\"\ntable = \"fleet.decisions\"\ninterval_ms = 100\n"
+    );
+    sink.psql(
+        "audit",
+        "CREATE SCHEMA fleet AUTHORIZATION audit_writer",
+        &[],
+    )
+    .unwrap();
+    std::env::set_var("SINK_PW", "writer-pw");
+    let (mut env, set) = start_audited("export-node", &key, &log, &export);
+    let sink_db = connect(&format!(
+        "postgres://audit_writer:writer-pw@127.0.0.1:{}/audit",
+        sink.port()
+    ))
+    .await
+    .unwrap();
+    export_workload(&env).await;
+    // Everything logged so far is in the table once the export caught up with a checkpoint.
+    let wait_for = |want: usize| {
+        let sink_db = &sink_db;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let rows = exported(sink_db).await;
+                if rows.len() >= want {
+                    return rows;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "only {} of {want} entries exported",
+                    rows.len()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let logged = entries(&log).len();
+    wait_for(logged).await;
+    stop(&mut env, "INT");
+    drop(env);
+    drop(set);
+
+    // A second run on the same log: the export resumes after what the table holds.
+    let (mut env, _set) = start_audited("export-node", &key, &log, &export);
+    export_workload(&env).await;
+    let logged = std::fs::read_to_string(log.join("entries")).unwrap();
+    let logged: Vec<&str> = logged.lines().collect();
+    let rows = wait_for(logged.len()).await;
+    assert_eq!(rows.len(), logged.len(), "no entry exported twice");
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row.get::<_, i64>(0), i as i64);
+        assert_eq!(
+            row.get::<_, String>(1),
+            logged[i],
+            "entry {i} exactly as logged"
+        );
+        let checkpoint: String = row.get(2);
+        let size: u64 = checkpoint.lines().nth(1).unwrap().parse().unwrap();
+        assert!(checkpoint.starts_with("portcullis/export-node\n") && size > i as u64);
+        assert!(
+            checkpoint.contains("\u{2014} portcullis/export-node "),
+            "signed: {checkpoint}"
+        );
+    }
+    // The fleet's table answers as the node's directory does.
+    let search = |source: &[&str], filter: &[&str]| {
+        let mut args = vec!["audit", "search"];
+        args.extend_from_slice(source);
+        args.extend_from_slice(filter);
+        args.push("--json");
+        let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(&args)
+            .env("SINK_PW", "writer-pw")
+            .output()
+            .unwrap();
+        ok(&out)
+            .lines()
+            .map(|l| {
+                let mut v: Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("origin");
+                v
+            })
+            .collect::<Vec<_>>()
+    };
+    let dir = [log.to_str().unwrap()];
+    let table = [
+        "--export-url",
+        sink_url.as_str(),
+        "--password-env",
+        "SINK_PW",
+        "--export-table",
+        "fleet.decisions",
+    ];
+    for filter in [
+        &[][..],
+        &["--agent", AGENT][..],
+        &["--decision", "deny"][..],
+        &["--relation", "public::customers"][..],
+    ] {
+        let from_dir = search(&dir, filter);
+        assert!(!from_dir.is_empty(), "{filter:?}");
+        assert_eq!(search(&table, filter), from_dir, "{filter:?}");
+    }
+    assert_eq!(search(&table, &["--decision", "deny"]).len(), 2);
+    // A row the log does not hold at the next index (another node with this node_id): the
+    // export stops and says why, rather than skip it.
+    sink_db
+        .execute(
+            "insert into fleet.decisions (origin, log_index, entry, entry_text, checkpoint) \
+             values ('portcullis/export-node', $1, '{}', '{}', 'forged')",
+            &[&(logged.len() as i64)],
+        )
+        .await
+        .unwrap();
+    env.agent().await.simple_query("select 1").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !env
+        .proxy_log()
+        .contains("holds other entries for portcullis/export-node than its log, from index")
+    {
+        assert!(Instant::now() < deadline, "{}", env.proxy_log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop(&mut env, "INT");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_stops_statements_until_space_returns() {
     let work = tempfile::tempdir().unwrap();
@@ -352,7 +615,14 @@ async fn a_full_disk_stops_statements_until_space_returns() {
     std::fs::create_dir(&mount).unwrap();
     let _tmpfs = Tmpfs::mount(&mount, "1m");
     let log = mount.join("log");
-    let (mut env, _set) = start_audited("full-node", &key, &log, "checkpoint_ms = 100\n");
+    let admin = free_port();
+    let (mut env, _set) = start_audited(
+        "full-node",
+        &key,
+        &log,
+        &format!("checkpoint_ms = 100\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"),
+    );
+    assert_eq!(http_get(admin, "/readyz"), (200, "ready\n".into()));
     let idle = env.agent().await;
     let bot = env.agent().await;
     bot.simple_query("select 1").await.unwrap();
@@ -379,6 +649,13 @@ async fn a_full_disk_stops_statements_until_space_returns() {
     assert_eq!(sqlstate(&e), "58030", "{}", message(&e));
     let e = idle.simple_query("select 3").await.unwrap_err();
     assert_eq!(sqlstate(&e), "58030");
+    // A load balancer stops sending agents here; the process is alive.
+    let (status, body) = http_get(admin, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("audit log cannot be written"), "{body}");
+    assert_eq!(http_get(admin, "/healthz").0, 200);
+    let (_, metrics) = http_get(admin, "/metrics");
+    assert_eq!(metric(&metrics, "portcullis_audit_writable"), Some(0.0));
     // Space returns: statements run again by themselves.
     std::fs::remove_file(&filler).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -393,6 +670,7 @@ async fn a_full_disk_stops_statements_until_space_returns() {
         }
     }
     ran.push("select 'back'".into());
+    assert_eq!(http_get(admin, "/readyz").0, 200);
     drop((idle, bot));
     stop(&mut env, "INT");
     let e = entries(&log);

@@ -13,6 +13,7 @@ mod keys;
 mod log;
 mod proof;
 mod search;
+mod tail;
 mod tree;
 mod verify;
 
@@ -20,7 +21,8 @@ pub use canonical::{canonical, CanonicalError};
 pub use keys::{generate_key, verifier_key_of, KeyError};
 pub use log::{Log, LogError};
 pub use proof::{find, prove, verify_proof, ProofError, Proven};
-pub use search::{search, Hit, Query};
+pub use search::{search, search_entries, Hit, Query};
+pub use tail::{latest_checkpoint, Tail};
 pub use verify::{verify, Problem, Report};
 
 /// Lower-case hex of `bytes`.

@@ -31,13 +31,16 @@ pub struct Query {
 /// A decision record that matched, with its log index and its outcome records.
 #[derive(Debug, Clone)]
 pub struct Hit {
+    /// The log it is in, when searching several (an export table); `None` for one directory.
+    pub origin: Option<String>,
     pub index: u64,
     pub decision: Value,
     pub outcomes: Vec<Value>,
 }
 
 impl Query {
-    fn matches(&self, d: &Value) -> bool {
+    /// Whether decision record `d` matches every field but `key` (which needs its outcomes).
+    pub fn matches(&self, d: &Value) -> bool {
         let text = |key: &str| d.get(key).and_then(Value::as_str);
         let relations = || {
             d.pointer("/basis/relations")
@@ -81,19 +84,30 @@ impl Query {
 /// The decision records of the log in `dir` that match `query`, oldest first.
 pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, std::io::Error> {
     let (entries, _) = read_entries(dir)?;
+    let entries = entries.iter().enumerate().filter_map(|(i, line)| {
+        let v = serde_json::from_slice::<Value>(line).ok()?;
+        Some((None, i as u64, v))
+    });
+    Ok(search_entries(entries, query))
+}
+
+/// The decision records among `entries` (origin, index, entry; each decision before its
+/// outcomes) that match `query`, in the order given.
+pub fn search_entries(
+    entries: impl IntoIterator<Item = (Option<String>, u64, Value)>,
+    query: &Query,
+) -> Vec<Hit> {
     let mut hits: Vec<Hit> = Vec::new();
     let mut by_id = std::collections::HashMap::new();
-    for (i, line) in entries.iter().enumerate() {
-        let Ok(v) = serde_json::from_slice::<Value>(line) else {
-            continue;
-        };
+    for (origin, index, v) in entries {
         match v.get("kind").and_then(Value::as_str) {
             Some("decision") if query.matches(&v) => {
                 if let Some(id) = v.get("id").and_then(Value::as_str) {
                     by_id.insert(id.to_string(), hits.len());
                 }
                 hits.push(Hit {
-                    index: i as u64,
+                    origin,
+                    index,
                     decision: v,
                     outcomes: Vec::new(),
                 });
@@ -129,5 +143,5 @@ pub fn search(dir: &Path, query: &Query) -> Result<Vec<Hit>, std::io::Error> {
             })
         });
     }
-    Ok(hits)
+    hits
 }

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Subcommand;
 
+// Parsed once per run: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum AuditCommand {
     /// Make an Ed25519 key for a node's log: writes FILE (private, mode 0600) and FILE.pub
@@ -39,7 +41,18 @@ pub enum AuditCommand {
     },
     /// Find decision records (with their outcomes): every given filter must match
     Search {
-        dir: PathBuf,
+        /// The log directory (or search an export table with --export-url)
+        #[arg(required_unless_present = "export_url", conflicts_with = "export_url")]
+        dir: Option<PathBuf>,
+        /// Search the [audit.export] table of a fleet instead: postgres://user@host/db
+        #[arg(long)]
+        export_url: Option<String>,
+        /// The export table
+        #[arg(long, default_value = "portcullis_audit")]
+        export_table: String,
+        /// An environment variable holding the export database's password
+        #[arg(long)]
+        password_env: Option<String>,
         #[arg(long)]
         agent: Option<String>,
         /// The human the agent acted for
@@ -151,6 +164,9 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
         }
         AuditCommand::Search {
             dir,
+            export_url,
+            export_table,
+            password_env,
             agent,
             on_behalf_of,
             since,
@@ -184,12 +200,24 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
                 sqlstate,
                 key,
             };
-            let hits = audit::search(&dir, &query)
-                .with_context(|| format!("reading {}", dir.display()))?;
+            let hits = match (dir, export_url) {
+                (Some(dir), _) => audit::search(&dir, &query)
+                    .with_context(|| format!("reading {}", dir.display()))?,
+                (None, Some(url)) => crate::runtime()?.block_on(crate::audit_export::search(
+                    &url,
+                    password_env.as_deref(),
+                    &export_table,
+                    &query,
+                ))?,
+                (None, None) => unreachable!("clap requires one"),
+            };
             for hit in &hits {
                 if json {
                     let mut v = hit.decision.clone();
                     v["index"] = hit.index.into();
+                    if let Some(origin) = &hit.origin {
+                        v["origin"] = origin.as_str().into();
+                    }
                     v["outcomes"] = hit.outcomes.clone().into();
                     println!("{v}");
                     continue;
@@ -211,9 +239,13 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
                     )
                     .to_string()
                 });
+                let index = match &hit.origin {
+                    Some(origin) => format!("{origin}:{}", hit.index),
+                    None => hit.index.to_string(),
+                };
                 println!(
                     "{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                    hit.index,
+                    index,
                     time,
                     s("agent"),
                     s("decision"),

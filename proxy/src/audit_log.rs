@@ -63,6 +63,8 @@ pub struct AuditConfig {
     /// `clear`.
     #[serde(default)]
     pub parameters: Parameters,
+    /// Shipping entries to a PostgreSQL table (see `audit_export`).
+    pub export: Option<crate::audit_export::ExportConfig>,
 }
 
 /// How outcome records hold Bind parameters.
@@ -183,6 +185,9 @@ impl AuditLog {
             }
             _ => (None, None),
         };
+        crate::metrics::metrics()
+            .audit_queue
+            .inc_by(entries.len() as i64);
         let sent = self
             .sender
             .lock()
@@ -287,6 +292,9 @@ impl Writer {
                 // records (outcomes, async mode) become durable with the next fsync or
                 // checkpoint.
                 let durable = !acks.is_empty() || !self.batch.is_zero();
+                let metrics = crate::metrics::metrics();
+                metrics.audit_queue.dec_by(entries.len() as i64);
+                let began = Instant::now();
                 let result = if outage.is_some() {
                     Err("the audit log cannot be written".to_string())
                 } else {
@@ -295,6 +303,12 @@ impl Writer {
                         .map(|_| ())
                         .map_err(|e| e.to_string())
                 };
+                if result.is_ok() {
+                    if durable {
+                        metrics.audit_fsync.observe(began.elapsed().as_secs_f64());
+                    }
+                    metrics.audit_entries.inc_by(entries.len() as u64);
+                }
                 match &result {
                     Ok(()) => {
                         dirty = true;

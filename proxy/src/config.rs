@@ -23,8 +23,17 @@ pub struct Config {
     pub jwt: Option<JwtConfig>,
     /// The audit log (see `audit_log`).
     pub audit: Option<crate::audit_log::AuditConfig>,
+    /// The admin listener (see `admin`).
+    pub admin: Option<AdminConfig>,
     #[serde(default)]
     pub agents: Vec<AgentConfig>,
+}
+
+/// `[admin]`: where `/metrics`, `/healthz` and `/readyz` are served.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,6 +188,7 @@ pub struct Resolved {
     pub limits: HashMap<String, Limits>,
     pub policies: Option<PoliciesConfig>,
     pub audit: Option<crate::audit_log::AuditConfig>,
+    pub admin: Option<AdminConfig>,
     pub tokens: Option<TokenVerifier>,
     /// Token logins are accepted without TLS (`jwt.allow_plaintext`).
     pub tokens_without_tls: bool,
@@ -320,6 +330,7 @@ impl Config {
             limits,
             policies: self.policies,
             audit: self.audit,
+            admin: self.admin,
             tokens,
             tokens_without_tls,
         })
@@ -357,6 +368,11 @@ fn check_audit(a: &crate::audit_log::AuditConfig) -> Result<(), ConfigError> {
             "audit.batch_ms",
             "batch_ms must be at least 1 and checkpoint_ms at least 10",
         ));
+    }
+    if let Some(export) = &a.export {
+        export
+            .check()
+            .map_err(|e| invalid("audit.export", e.to_string()))?;
     }
     Ok(())
 }

@@ -45,6 +45,7 @@ pub async fn run(listen: SocketAddr, fixtures: PathBuf, policies: PathBuf) -> an
         tls: None,
         require_tls: false,
         audit: None,
+        admin: None,
         max_message_bytes: 64 << 20,
         max_query_bytes: 1 << 20,
         agents: AGENTS

@@ -238,9 +238,12 @@ impl Enforcer {
             .lock()
             .expect("rewrite cache")
             .get(&key, &scope, protocol, sql);
+        let metrics = crate::metrics::metrics();
         if let Some(hit) = hit {
+            metrics.rewrite_hit.inc();
             return hit;
         }
+        metrics.rewrite_miss.inc();
         let bundle = self.policies.current();
         let view = self.catalog();
         let path = search_path.map(|p| &p.schemas[..]);
@@ -506,9 +509,12 @@ impl Policies for SessionPolicies<'_> {
             self.principal.context_key.clone(),
             entity_type.clone(),
         );
+        let metrics = crate::metrics::metrics();
         if let Some(hit) = self.enforcer.rules.lock().expect("rules cache").get(&key) {
+            metrics.derivation_hit.inc();
             return Ok(hit.clone());
         }
+        metrics.derivation_miss.inc();
         self.covered(relation, &entity_type)?;
         let derived = self.row_filter("select", &entity_type)?;
         let columns: Vec<&str> = relation.columns.iter().map(|c| c.name.as_str()).collect();

@@ -1,7 +1,9 @@
 //! `portcullis`: the command line. Parses arguments, loads configuration, and runs the chosen
 //! subcommand; `anyhow` errors stop here with a readable message.
 
+mod admin;
 mod audit_cli;
+mod audit_export;
 mod audit_log;
 mod audit_record;
 mod audit_replay;
@@ -12,6 +14,7 @@ mod explain;
 mod identity;
 mod limits;
 mod mask_key;
+mod metrics;
 mod pg;
 mod policy_state;
 mod server;
@@ -31,6 +34,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy with a configuration file
@@ -281,6 +286,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
     let listen = resolved.listen;
+    let resolved_admin = resolved.admin.take();
     if resolved.tokens.is_some() && resolved.tokens_without_tls {
         tracing::warn!(
             "jwt.allow_plaintext: agents may send their tokens without TLS (development only)"
@@ -295,6 +301,15 @@ async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
         )),
         None => None,
     };
+    if let Some(config) = &audit_config {
+        if let Some(export) = &config.export {
+            tokio::spawn(audit_export::run(
+                config.dir.clone(),
+                format!("portcullis/{}", config.node_id),
+                export.clone(),
+            ));
+        }
+    }
     let mut policies = None;
     let mut hash_key = None;
     if let Some(mut p) = resolved.policies.take() {
@@ -374,10 +389,22 @@ async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
             )?));
         }
     }
+    let admin = resolved_admin;
     let shared = Arc::new(shared);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    if let Some(admin) = admin {
+        let admin_listener = tokio::net::TcpListener::bind(admin.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (admin.listen)", admin.listen))?;
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = admin::serve(admin_listener, shared).await {
+                tracing::error!("admin listener failed: {e}");
+            }
+        });
+    }
     let result = tokio::select! {
         r = server::serve(listener, shared) => r.context("listener failed"),
         _ = shutdown_signal() => {

@@ -148,6 +148,7 @@ async fn handle(tcp: TcpStream, peer: std::net::SocketAddr, shared: &Shared) {
             }
         },
     };
+    let _counted = crate::metrics::SessionGuard::open();
     let registration = shared.cancels.register(cancel);
     let mut session = Session::new(
         shared,

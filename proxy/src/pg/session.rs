@@ -86,6 +86,8 @@ pub struct Session<'a> {
     session_id: String,
     on_behalf_of: Option<String>,
     client_addr: std::net::SocketAddr,
+    /// This agent's statement counters (metrics).
+    counters: crate::metrics::AgentStatements,
     /// Decision records of the statements handled but not yet sent upstream.
     audit_pending: Vec<Vec<u8>>,
     /// Where in `to_upstream` the first message that runs a statement (Query, Execute)
@@ -181,6 +183,7 @@ impl<'a> Session<'a> {
             session_id: crate::audit_record::new_id(),
             on_behalf_of,
             client_addr,
+            counters: crate::metrics::metrics().agent(&agent),
             audit_pending: Vec::new(),
             hold_from: None,
             outcomes: outcomes::Outcomes::default(),
@@ -870,6 +873,11 @@ impl<'a> Session<'a> {
     /// Queues the decision record of `sql` (sent before the statement goes upstream); returns
     /// its id.
     fn record(&mut self, protocol: Protocol, sql: &str, result: &GateResult) -> Option<Arc<str>> {
+        self.counters.count(match result.as_ref() {
+            Ok(_) if self.shared.enforcer.is_some() => "rewrite",
+            Ok(_) => "allow",
+            Err(_) => "deny",
+        });
         let audit = self.shared.audit.as_ref()?;
         let id: Arc<str> = crate::audit_record::new_id().into();
         let facts = crate::audit_record::SessionFacts {

@@ -1,0 +1,200 @@
+//! The process's Prometheus metrics: what sessions, caches and the audit writer count, and
+//! their text exposition for the admin listener's `/metrics`.
+//!
+//! One registry per process (`metrics()`). Sessions take their agent's counters once, at
+//! login, so a statement costs an atomic add, not a label lookup.
+
+use std::sync::LazyLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatementLabels {
+    pub agent: String,
+    /// `allow`, `rewrite` or `deny`.
+    pub decision: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// `rewrite` (statement to rewrite) or `derivation` (agent and table to rules).
+    pub cache: String,
+    /// `hit` or `miss`.
+    pub result: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    statements: Family<StatementLabels, Counter>,
+    /// Sessions open now.
+    pub sessions: Gauge,
+    /// Sessions opened since start.
+    pub sessions_opened: Counter,
+    /// Audit entries handed to the writer and not yet written.
+    pub audit_queue: Gauge,
+    /// Audit entries written.
+    pub audit_entries: Counter,
+    /// The duration of each durable append (write and fdatasync).
+    pub audit_fsync: Histogram,
+    /// 1 while the audit log can be written.
+    pub audit_writable: Gauge,
+    /// Audit entries exported to the `[audit.export]` table.
+    pub audit_exported: Counter,
+    /// Cache counters, fetched once.
+    pub rewrite_hit: Counter,
+    pub rewrite_miss: Counter,
+    pub derivation_hit: Counter,
+    pub derivation_miss: Counter,
+}
+
+/// One agent's statement counters, by decision.
+#[derive(Clone)]
+pub struct AgentStatements {
+    pub allow: Counter,
+    pub rewrite: Counter,
+    pub deny: Counter,
+}
+
+impl AgentStatements {
+    pub fn count(&self, decision: &str) {
+        match decision {
+            "allow" => self.allow.inc(),
+            "rewrite" => self.rewrite.inc(),
+            _ => self.deny.inc(),
+        };
+    }
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("portcullis");
+        let statements = Family::<StatementLabels, Counter>::default();
+        registry.register(
+            "statements",
+            "Statements agents sent, by agent and decision (allow, rewrite, deny)",
+            statements.clone(),
+        );
+        let cache = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "cache_lookups",
+            "Rewrite and derivation cache lookups, by cache and result (hit, miss)",
+            cache.clone(),
+        );
+        let sessions = Gauge::default();
+        registry.register("sessions", "Agent sessions open now", sessions.clone());
+        let sessions_opened = Counter::default();
+        registry.register(
+            "sessions_opened",
+            "Agent sessions opened since start",
+            sessions_opened.clone(),
+        );
+        let audit_queue = Gauge::default();
+        registry.register(
+            "audit_queue_depth",
+            "Audit entries waiting for the writer",
+            audit_queue.clone(),
+        );
+        let audit_entries = Counter::default();
+        registry.register(
+            "audit_entries",
+            "Audit entries written",
+            audit_entries.clone(),
+        );
+        let audit_fsync = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        registry.register(
+            "audit_fsync_seconds",
+            "Durable audit appends (one write and one fdatasync for a group of entries)",
+            audit_fsync.clone(),
+        );
+        let audit_writable = Gauge::default();
+        registry.register(
+            "audit_writable",
+            "1 while the audit log can be written, 0 while statements are refused (or let through under fail_open)",
+            audit_writable.clone(),
+        );
+        let audit_exported = Counter::default();
+        registry.register(
+            "audit_exported",
+            "Audit entries exported to the [audit.export] table",
+            audit_exported.clone(),
+        );
+        let counter = |name: &str, result: &str| {
+            cache
+                .get_or_create(&CacheLabels {
+                    cache: name.into(),
+                    result: result.into(),
+                })
+                .clone()
+        };
+        Metrics {
+            rewrite_hit: counter("rewrite", "hit"),
+            rewrite_miss: counter("rewrite", "miss"),
+            derivation_hit: counter("derivation", "hit"),
+            derivation_miss: counter("derivation", "miss"),
+            registry,
+            statements,
+            sessions,
+            sessions_opened,
+            audit_queue,
+            audit_entries,
+            audit_fsync,
+            audit_writable,
+            audit_exported,
+        }
+    }
+
+    /// The statement counters of `agent`.
+    pub fn agent(&self, agent: &str) -> AgentStatements {
+        let get = |decision: &str| {
+            self.statements
+                .get_or_create(&StatementLabels {
+                    agent: agent.into(),
+                    decision: decision.into(),
+                })
+                .clone()
+        };
+        AgentStatements {
+            allow: get("allow"),
+            rewrite: get("rewrite"),
+            deny: get("deny"),
+        }
+    }
+
+    /// The OpenMetrics text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String does not fail");
+        text
+    }
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+/// A session counted in `sessions` for as long as it lives.
+pub struct SessionGuard(());
+
+impl SessionGuard {
+    pub fn open() -> SessionGuard {
+        let m = metrics();
+        m.sessions.inc();
+        m.sessions_opened.inc();
+        SessionGuard(())
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        metrics().sessions.dec();
+    }
+}
