@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
+use connectors::postgres::fixtures::UPSTREAM_USER;
 use serde_json::Value;
 
 fn portcullis(args: &[&str]) -> std::process::Output {
@@ -769,11 +770,36 @@ async fn captured_keys_say_exactly_who_saw_a_row() {
     returned.push((sql, ids(bot.simple_query(sql).await.unwrap(), 1)));
     let sql = "select id from customers order by id";
     returned.push((sql, ids(auditor.simple_query(sql).await.unwrap(), 0)));
+    // Rows far larger than any buffer, the key after the large value: read as they pass.
+    let sql = "select repeat(name, 40000) as big, id from customers where id in (1, 2, 3, 11) \
+               order by id";
+    let big = bot.simple_query(sql).await.unwrap();
+    assert!(big
+        .iter()
+        .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r)
+        if r.get(0).is_some_and(|v| v.len() > 100_000))));
+    returned.push((sql, ids(big, 1)));
     let prepared = "select name, id from customers where id = $1";
     let visible: i32 = returned[0].1[0].parse().unwrap();
     let rows = bot.query(prepared, &[&visible]).await.unwrap();
     assert_eq!(rows.len(), 1);
     bot.simple_query("select ssn from customers").await.unwrap();
+    // The table made anew (a new OID under the same name): after the catalog refresh its keys
+    // are captured again.
+    env.direct()
+        .await
+        .batch_execute(&format!(
+            "alter table customers rename to customers_before; \
+             create table customers (like customers_before including all); \
+             insert into customers select * from customers_before; \
+             grant select on customers to \"{UPSTREAM_USER}\""
+        ))
+        .await
+        .unwrap();
+    refresh_catalog(&env);
+    let bot = env.agent().await;
+    let sql = "select id, 'anew' from customers where id in (3, 6) order by id";
+    returned.push((sql, ids(bot.simple_query(sql).await.unwrap(), 0)));
     bot.simple_query("select 'flush'").await.unwrap();
     drop((bot, auditor));
     stop(&mut env, "INT");
@@ -802,7 +828,7 @@ async fn captured_keys_say_exactly_who_saw_a_row() {
         "no key column returned"
     );
 
-    // Who saw customer `visible`: support-bot three times, the auditor once.
+    // Who saw customer `visible`: support-bot five times, the auditor once.
     let dir = log.to_str().unwrap();
     let who = ok(&portcullis(&[
         "audit",
@@ -812,7 +838,8 @@ async fn captured_keys_say_exactly_who_saw_a_row() {
         &format!("public.customers={visible}"),
     ]));
     let agents: Vec<&str> = who.lines().map(|l| l.split('\t').nth(2).unwrap()).collect();
-    assert_eq!(agents.iter().filter(|a| **a == AGENT).count(), 3, "{who}");
+    assert_eq!(visible, 3);
+    assert_eq!(agents.iter().filter(|a| **a == AGENT).count(), 5, "{who}");
     assert_eq!(agents.iter().filter(|a| **a == AUDITOR).count(), 1, "{who}");
     // A customer no statement of support-bot returned: support-bot has no record of it.
     let hidden = returned[2]

@@ -339,6 +339,7 @@ async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
         tokio::spawn(policy_state::watch(state.clone(), interval, hup));
         policies = Some(state);
     }
+    let mut captured = None;
     let enforcer = match &policies {
         Some(state) => {
             let snapshot =
@@ -356,11 +357,22 @@ async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
             }
             let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
                 .context("listening for SIGHUP")?;
+            if let Some(names) = audit_config
+                .as_ref()
+                .map(|c| &c.capture_keys)
+                .filter(|n| !n.is_empty())
+            {
+                captured = Some(Arc::new(
+                    pg::captured_keys::CapturedKeys::new(names, &enforcer.catalog().primary_keys)
+                        .map_err(anyhow::Error::msg)?,
+                ));
+            }
             tokio::spawn(refresh_catalog_on_hup(
                 enforcer.clone(),
                 resolved.upstream.clone(),
                 hup,
                 audit.clone(),
+                captured.clone(),
             ));
             Some(enforcer)
         }
@@ -377,18 +389,14 @@ async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
         shared.enforce(policies, enforcer, &key);
     }
     shared.audit = audit.clone();
-    if let Some(config) = &audit_config {
-        if !config.capture_keys.is_empty() {
-            let enforcer = shared
-                .enforcer
-                .as_ref()
-                .context("audit.capture_keys needs [policies] (the catalog is read then)")?;
-            shared.captured = Some(Arc::new(capture_keys(
-                &config.capture_keys,
-                &enforcer.catalog().primary_keys,
-            )?));
-        }
+    if audit_config
+        .as_ref()
+        .is_some_and(|c| !c.capture_keys.is_empty())
+        && captured.is_none()
+    {
+        anyhow::bail!("audit.capture_keys needs [policies] (the catalog is read then)");
     }
+    shared.captured = captured;
     let admin = resolved_admin;
     let shared = Arc::new(shared);
     let listener = tokio::net::TcpListener::bind(listen)
@@ -419,25 +427,6 @@ async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
     result
 }
 
-/// The tables of `audit.capture_keys`, each with its OID and primary key from the catalog.
-fn capture_keys(
-    names: &[String],
-    primary_keys: &[(String, String, u32, Vec<i16>)],
-) -> anyhow::Result<pg::captured_keys::CapturedTables> {
-    let mut tables = Vec::new();
-    for name in names {
-        let (schema, table) = name.split_once('.').unwrap_or(("public", name));
-        let (_, _, oid, key) = primary_keys
-            .iter()
-            .find(|(s, t, _, _)| s == schema && t == table)
-            .with_context(|| {
-                format!("audit.capture_keys: {name} is not a table with a primary key")
-            })?;
-        tables.push((*oid, format!("{schema}.{table}"), key.clone()));
-    }
-    Ok(pg::captured_keys::CapturedTables::new(tables))
-}
-
 /// SIGHUP re-reads the upstream catalog (as it reloads the policy set): relations created or
 /// altered since start become known. A failed read keeps the previous catalog.
 /// Keeps the enforcer's current catalog snapshot in the audit log's directory (by hash).
@@ -457,12 +446,21 @@ async fn refresh_catalog_on_hup(
     upstream: connectors::postgres::UpstreamConfig,
     mut hup: tokio::signal::unix::Signal,
     audit: Option<Arc<audit_log::AuditLog>>,
+    captured: Option<Arc<pg::captured_keys::CapturedKeys>>,
 ) {
     while hup.recv().await.is_some() {
         match connectors::postgres::catalog::snapshot(&upstream.tokio_config()).await {
             Ok(snapshot) => {
                 let relations = snapshot.relations.len();
                 enforcer.refresh_catalog(snapshot);
+                if let Some(captured) = &captured {
+                    for name in captured.refresh(&enforcer.catalog().primary_keys) {
+                        tracing::error!(
+                            "audit.capture_keys: {name} is no longer a table with a primary key; \
+                             the keys of its rows are not captured until it is back"
+                        );
+                    }
+                }
                 if let Some(audit) = &audit {
                     if let Err(e) = keep_catalog(audit, &enforcer).await {
                         tracing::error!("{e:#}");

@@ -51,7 +51,7 @@ pub struct Shared {
     /// The audit log, when `[audit]` is configured (started by `serve`).
     pub audit: Option<Arc<crate::audit_log::AuditLog>>,
     /// The tables whose returned keys outcome records capture (`audit.capture_keys`).
-    pub captured: Option<Arc<crate::pg::captured_keys::CapturedTables>>,
+    pub captured: Option<Arc<crate::pg::captured_keys::CapturedKeys>>,
 }
 
 impl Shared {

@@ -7,10 +7,69 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use sha2::{Digest, Sha256};
+
 /// The captured tables: by OID, their name (`schema.table`) and key column numbers.
 #[derive(Debug, Default)]
 pub struct CapturedTables {
     tables: HashMap<u32, (Arc<str>, Vec<i16>)>,
+}
+
+/// `audit.capture_keys` as configured, resolved against the current catalog: found again by
+/// name at each catalog refresh (a table dropped and created anew has a new OID).
+#[derive(Debug)]
+pub struct CapturedKeys {
+    names: Vec<String>,
+    tables: std::sync::RwLock<Arc<CapturedTables>>,
+}
+
+/// A catalog's tables with primary keys: (schema, table, OID, key column numbers).
+pub type PrimaryKeys = [(String, String, u32, Vec<i16>)];
+
+impl CapturedKeys {
+    /// Resolves `names` (`schema.table`, or `table` in `public`); an error names one that is
+    /// not a table with a primary key.
+    pub fn new(names: &[String], primary_keys: &PrimaryKeys) -> Result<CapturedKeys, String> {
+        let (tables, missing) = resolve(names, primary_keys);
+        if let Some(name) = missing.first() {
+            return Err(format!(
+                "audit.capture_keys: {name} is not a table with a primary key"
+            ));
+        }
+        Ok(CapturedKeys {
+            names: names.to_vec(),
+            tables: std::sync::RwLock::new(Arc::new(tables)),
+        })
+    }
+
+    /// Resolves the names again against a refreshed catalog; returns those no longer found
+    /// (their keys are not captured until they are back).
+    pub fn refresh(&self, primary_keys: &PrimaryKeys) -> Vec<String> {
+        let (tables, missing) = resolve(&self.names, primary_keys);
+        *self.tables.write().expect("captured tables lock") = Arc::new(tables);
+        missing
+    }
+
+    /// The tables as now resolved.
+    pub fn current(&self) -> Arc<CapturedTables> {
+        self.tables.read().expect("captured tables lock").clone()
+    }
+}
+
+fn resolve(names: &[String], primary_keys: &PrimaryKeys) -> (CapturedTables, Vec<String>) {
+    let mut tables = Vec::new();
+    let mut missing = Vec::new();
+    for name in names {
+        let (schema, table) = name.split_once('.').unwrap_or(("public", name));
+        match primary_keys
+            .iter()
+            .find(|(s, t, _, _)| s == schema && t == table)
+        {
+            Some((_, _, oid, key)) => tables.push((*oid, format!("{schema}.{table}"), key.clone())),
+            None => missing.push(name.clone()),
+        }
+    }
+    (CapturedTables::new(tables), missing)
 }
 
 /// Which columns of one result to read, per captured table whose key it holds.
@@ -113,15 +172,24 @@ impl Plan {
         }
     }
 
-    /// Reads the key columns of one whole DataRow frame (header included) into `keys`.
-    pub fn read(&self, row: &[u8], keys: &mut Keys) {
-        let Some(values) = columns(row) else {
-            return;
-        };
+    /// Whether column `index` holds part of a captured key.
+    fn wants(&self, index: usize) -> bool {
+        self.tables
+            .iter()
+            .any(|(_, fields)| fields.iter().any(|f| f.index == index))
+    }
+
+    /// Adds the keys of a row scanned whole to `keys`.
+    fn collect(&self, scan: &RowScan, keys: &mut Keys) {
         for (table, fields) in &self.tables {
             let key: Option<Vec<String>> = fields
                 .iter()
-                .map(|f| values.get(f.index).copied().flatten().map(|v| text(*f, v)))
+                .map(|f| {
+                    scan.value(f.index).map(|held| match held {
+                        Held::Bytes(v) => text(*f, v),
+                        Held::Digest(d) => format!("sha256:{}", audit::hex(&d.clone().finalize())),
+                    })
+                })
                 .collect();
             if let Some(key) = key {
                 keys.entry(table.to_string()).or_default().push(key);
@@ -130,9 +198,161 @@ impl Plan {
     }
 }
 
-/// The values of a DataRow frame's columns (`None` for NULL).
-fn columns(frame: &[u8]) -> Option<Vec<Option<&[u8]>>> {
-    super::messages::read_values(frame, &mut 5)
+/// Reads a DataRow's key columns as its bytes are forwarded, in chunks of any size (the frame
+/// from its tag on), keeping only the key values: a row of any size is read without being
+/// buffered. Reused from row to row.
+#[derive(Debug, Default)]
+pub struct RowScan {
+    /// A fixed-size field being assembled: the tag, length and column count (7 bytes), or a
+    /// value's length (4).
+    field: Vec<u8>,
+    phase: Phase,
+    column: usize,
+    columns: usize,
+    /// The key columns' values so far, by column (`None`: NULL).
+    values: Vec<(usize, Option<Held>)>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    #[default]
+    Header,
+    Length,
+    Value {
+        remaining: usize,
+        keep: bool,
+    },
+    /// Every column read: the keys are taken.
+    Complete,
+    /// Keys taken, or not a well-formed DataRow: nothing more is read.
+    Finished,
+}
+
+/// A key value, or the digest of one too long to hold.
+#[derive(Debug)]
+enum Held {
+    Bytes(Vec<u8>),
+    Digest(Sha256),
+}
+
+/// A key value longer than this is recorded as its SHA-256 (`sha256:<hex>`) rather than held.
+const MAX_KEY_VALUE: usize = 64 * 1024;
+
+impl RowScan {
+    /// Starts a new row.
+    pub fn reset(&mut self) {
+        self.field.clear();
+        self.phase = Phase::Header;
+        self.column = 0;
+        self.columns = 0;
+        self.values.clear();
+    }
+
+    /// Feeds the row's next bytes; once it has been read whole, adds its keys (per `plan`) to
+    /// `keys` and returns `true`.
+    pub fn feed(&mut self, mut bytes: &[u8], plan: &Plan, keys: &mut Keys) -> bool {
+        loop {
+            match self.phase {
+                Phase::Complete => {
+                    plan.collect(self, keys);
+                    self.phase = Phase::Finished;
+                    return true;
+                }
+                Phase::Finished => return false,
+                _ if bytes.is_empty() => return false,
+                Phase::Header | Phase::Length => {
+                    let need = if self.phase == Phase::Header { 7 } else { 4 };
+                    let take = (need - self.field.len()).min(bytes.len());
+                    self.field.extend_from_slice(&bytes[..take]);
+                    bytes = &bytes[take..];
+                    if self.field.len() < need {
+                        return false;
+                    }
+                    if self.phase == Phase::Header {
+                        let count = i16::from_be_bytes([self.field[5], self.field[6]]);
+                        let data_row = self.field[0] == b'D';
+                        self.field.clear();
+                        match usize::try_from(count) {
+                            Ok(count) if data_row => {
+                                self.columns = count;
+                                self.column = 0;
+                                self.phase = if count == 0 {
+                                    Phase::Complete
+                                } else {
+                                    Phase::Length
+                                };
+                            }
+                            _ => self.phase = Phase::Finished,
+                        }
+                        continue;
+                    }
+                    let length =
+                        i32::from_be_bytes(self.field[..4].try_into().expect("four bytes"));
+                    self.field.clear();
+                    let keep = plan.wants(self.column);
+                    match usize::try_from(length) {
+                        // -1: NULL.
+                        Err(_) => {
+                            if keep {
+                                self.values.push((self.column, None));
+                            }
+                            self.next_column();
+                        }
+                        Ok(remaining) => {
+                            if keep {
+                                let held = if remaining > MAX_KEY_VALUE {
+                                    Held::Digest(Sha256::new())
+                                } else {
+                                    Held::Bytes(Vec::with_capacity(remaining))
+                                };
+                                self.values.push((self.column, Some(held)));
+                            }
+                            self.phase = Phase::Value { remaining, keep };
+                            if remaining == 0 {
+                                self.next_column();
+                            }
+                        }
+                    }
+                }
+                Phase::Value { remaining, keep } => {
+                    let take = remaining.min(bytes.len());
+                    if keep {
+                        match self.values.last_mut() {
+                            Some((_, Some(Held::Bytes(v)))) => v.extend_from_slice(&bytes[..take]),
+                            Some((_, Some(Held::Digest(d)))) => d.update(&bytes[..take]),
+                            _ => {}
+                        }
+                    }
+                    bytes = &bytes[take..];
+                    if remaining == take {
+                        self.next_column();
+                    } else {
+                        self.phase = Phase::Value {
+                            remaining: remaining - take,
+                            keep,
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    fn next_column(&mut self) {
+        self.column += 1;
+        self.phase = if self.column >= self.columns {
+            Phase::Complete
+        } else {
+            Phase::Length
+        };
+    }
+
+    /// A key column's value (`None` for NULL or a column not read).
+    fn value(&self, index: usize) -> Option<&Held> {
+        self.values
+            .iter()
+            .find(|(i, _)| *i == index)
+            .and_then(|(_, v)| v.as_ref())
+    }
 }
 
 /// A key value as text: text format as sent; binary integers as numbers, binary text types as
@@ -193,6 +413,57 @@ mod tests {
         frame(b'D', &body)
     }
 
+    /// Reads a row's keys as forwarded in one piece, and again a byte at a time and in
+    /// chunks of 3: all three must agree.
+    fn read(plan: &Plan, row: &[u8], keys: &mut Keys) {
+        let mut scan = RowScan::default();
+        let mut whole = Keys::new();
+        scan.reset();
+        assert!(scan.feed(row, plan, &mut whole) || whole.is_empty());
+        for chunk in [1, 3] {
+            let mut pieces = Keys::new();
+            scan.reset();
+            let done: Vec<bool> = row
+                .chunks(chunk)
+                .map(|c| scan.feed(c, plan, &mut pieces))
+                .collect();
+            assert_eq!(pieces, whole, "in chunks of {chunk}");
+            assert!(done.iter().filter(|d| **d).count() <= 1);
+        }
+        for (table, rows) in whole {
+            keys.entry(table).or_default().extend(rows);
+        }
+    }
+
+    #[test]
+    fn rows_of_any_size_are_read_as_they_pass() {
+        let tables = CapturedTables::new([(100, "public.docs".into(), vec![2])]);
+        let plan = tables
+            .plan(&row_description(&[
+                ("body", 100, 1, 25, 0),
+                ("id", 100, 2, 25, 0),
+            ]))
+            .unwrap();
+        // A megabyte body before the key, and a key too long to hold.
+        let body = vec![b'x'; 1 << 20];
+        let long_key = vec![b'k'; MAX_KEY_VALUE + 1];
+        let mut keys = Keys::new();
+        read(&plan, &data_row(&[Some(&body), Some(b"doc-1")]), &mut keys);
+        read(&plan, &data_row(&[None, Some(&long_key)]), &mut keys);
+        assert_eq!(keys["public.docs"][0], vec!["doc-1".to_string()]);
+        assert_eq!(
+            keys["public.docs"][1],
+            vec![format!("sha256:{}", audit::sha256_hex(&long_key))]
+        );
+        // Not a DataRow, or a negative column count: nothing is read.
+        let mut keys = Keys::new();
+        let mut other = data_row(&[Some(b"x"), Some(b"doc-2")]);
+        other[0] = b'T';
+        read(&plan, &other, &mut keys);
+        read(&plan, &frame(b'D', &(-1i16).to_be_bytes()), &mut keys);
+        assert!(keys.is_empty());
+    }
+
     #[test]
     fn keys_are_read_from_the_described_columns_only() {
         let tables = CapturedTables::new([
@@ -208,7 +479,8 @@ mod tests {
         ]);
         let plan = tables.plan(&rd).unwrap();
         let mut keys = Keys::new();
-        plan.read(
+        read(
+            &plan,
             &data_row(&[
                 Some(b"Ann"),
                 Some(b"***"),
@@ -217,7 +489,11 @@ mod tests {
             ]),
             &mut keys,
         );
-        plan.read(&data_row(&[Some(b"Bo"), None, None, None]), &mut keys);
+        read(
+            &plan,
+            &data_row(&[Some(b"Bo"), None, None, None]),
+            &mut keys,
+        );
         assert_eq!(keys["public.customers"], vec![vec!["7".to_string()]]);
         assert!(!keys.contains_key("public.pairs"));
         assert!(tables
@@ -225,10 +501,11 @@ mod tests {
             .is_none());
         let both = row_description(&[("b", 200, 2, 25, 0), ("a", 200, 1, 23, 0)]);
         let mut keys = Keys::new();
-        tables
-            .plan(&both)
-            .unwrap()
-            .read(&data_row(&[Some(b"x"), Some(b"1")]), &mut keys);
+        read(
+            &tables.plan(&both).unwrap(),
+            &data_row(&[Some(b"x"), Some(b"1")]),
+            &mut keys,
+        );
         assert_eq!(
             keys["public.pairs"],
             vec![vec!["1".to_string(), "x".to_string()]]

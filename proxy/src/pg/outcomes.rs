@@ -15,7 +15,7 @@ use std::time::Instant;
 use audit::hex;
 use serde_json::json;
 
-use super::captured_keys::{Keys, Plan};
+use super::captured_keys::{Keys, Plan, RowScan};
 use sha2::{Digest, Sha256};
 
 enum Expected {
@@ -45,6 +45,9 @@ pub struct Outcomes {
     failed: bool,
     /// Keys read from the current statement's rows.
     keys: Keys,
+    /// The row being forwarded, read for its keys (when its statement has a plan).
+    scan: RowScan,
+    scanning: bool,
 }
 
 impl Outcomes {
@@ -82,24 +85,6 @@ impl Outcomes {
         }
     }
 
-    /// Whether the rows now arriving have key columns to read (whole rows are needed).
-    pub fn wants_rows(&self) -> bool {
-        matches!(
-            self.queue.front(),
-            Some(Expected::Statement { plan: Some(_), .. })
-        ) && !self.failed
-    }
-
-    /// A whole DataRow of the current statement: its key columns are read.
-    pub fn read_keys(&mut self, row: &[u8]) {
-        if let Some(Expected::Statement {
-            plan: Some(plan), ..
-        }) = self.queue.front()
-        {
-            plan.read(row, &mut self.keys);
-        }
-    }
-
     /// A Sync (or any message whose answer is a ReadyForQuery alone).
     pub fn sync(&mut self) {
         self.queue.push_back(Expected::Ready);
@@ -129,8 +114,22 @@ impl Outcomes {
     pub fn row_bytes(&mut self, bytes: &[u8], starts: bool) {
         if starts {
             self.rows += 1;
+            self.scan.reset();
+            self.scanning = !self.failed;
         }
         self.digest.get_or_insert_with(Sha256::new).update(bytes);
+        if self.scanning {
+            match self.queue.front() {
+                Some(Expected::Statement {
+                    plan: Some(plan), ..
+                }) => {
+                    if self.scan.feed(bytes, plan, &mut self.keys) {
+                        self.scanning = false;
+                    }
+                }
+                _ => self.scanning = false,
+            }
+        }
     }
 
     /// CommandComplete (`tag`), EmptyQueryResponse (`None`) or PortalSuspended: the front

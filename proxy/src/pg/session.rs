@@ -48,6 +48,10 @@ const REFUSAL_SQL: &str = "PORTCULLIS_REFUSED";
 /// Largest ParameterStatus/ReadyForQuery the proxy buffers to inspect.
 const MAX_INSPECTED: usize = 64 * 1024;
 
+/// Largest RowDescription read for captured keys: PostgreSQL's 1664 result columns with
+/// 63-byte names take about 136 KiB, so every description it sends fits.
+const MAX_ROW_DESCRIPTION: usize = 256 * 1024;
+
 /// Largest upstream ErrorResponse the proxy buffers to redact; a larger one is replaced whole.
 const MAX_ERROR: usize = 1024 * 1024;
 
@@ -999,7 +1003,8 @@ impl<'a> Session<'a> {
                 // Captured keys: a RowDescription says which columns hold them, for the
                 // statement whose rows follow or for a described prepared statement.
                 b't' | b'T' | b'n' if self.shared.captured.is_some() => {
-                    if tag == b'T' && size <= MAX_INSPECTED && self.from_upstream.len() < size {
+                    if tag == b'T' && size <= MAX_ROW_DESCRIPTION && self.from_upstream.len() < size
+                    {
                         return Ok(());
                     }
                     match self.account(tag)? {
@@ -1009,8 +1014,8 @@ impl<'a> Session<'a> {
                                 b't' => self.described = self.describing.pop_front(),
                                 b'T' => {
                                     let plan = self.shared.captured.as_ref().and_then(|c| {
-                                        (size <= MAX_INSPECTED)
-                                            .then(|| c.plan(&self.from_upstream[..size]))
+                                        (size <= MAX_ROW_DESCRIPTION)
+                                            .then(|| c.current().plan(&self.from_upstream[..size]))
                                             .flatten()
                                     });
                                     match self.described.take() {
@@ -1033,21 +1038,6 @@ impl<'a> Session<'a> {
                                     }
                                 }
                             }
-                            self.passthrough = size;
-                        }
-                    }
-                }
-                // A row whose key columns are captured is read whole (up to MAX_INSPECTED).
-                b'D' if self.outcomes.wants_rows() && size <= MAX_INSPECTED => {
-                    if self.from_upstream.len() < size {
-                        return Ok(());
-                    }
-                    match self.account(tag)? {
-                        Action::Drop => self.dropping = size,
-                        _ => {
-                            self.outcomes.read_keys(&self.from_upstream[..size]);
-                            self.passthrough_row = true;
-                            self.outcomes.row_bytes(&[], true);
                             self.passthrough = size;
                         }
                     }
