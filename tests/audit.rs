@@ -784,6 +784,19 @@ async fn captured_keys_say_exactly_who_saw_a_row() {
     let rows = bot.query(prepared, &[&visible]).await.unwrap();
     assert_eq!(rows.len(), 1);
     bot.simple_query("select ssn from customers").await.unwrap();
+    // COPY output names no column's table: its outcome says its keys were not captured, and
+    // digests the CopyData as forwarded.
+    let copy = "copy (select id from customers where id in (3, 6)) to stdout";
+    let stream = bot.copy_out(copy).await.unwrap();
+    let chunks: Vec<bytes::Bytes> = futures_util::TryStreamExt::try_collect(stream)
+        .await
+        .unwrap();
+    let mut forwarded = Vec::new();
+    for chunk in &chunks {
+        forwarded.push(b'd');
+        forwarded.extend_from_slice(&(chunk.len() as i32 + 4).to_be_bytes());
+        forwarded.extend_from_slice(chunk);
+    }
     // The table made anew (a new OID under the same name): after the catalog refresh its keys
     // are captured again.
     env.direct()
@@ -827,6 +840,14 @@ async fn captured_keys_say_exactly_who_saw_a_row() {
         keys_of("select ssn from customers").is_empty(),
         "no key column returned"
     );
+    let copied = e
+        .iter()
+        .find(|r| r["kind"] == "outcome" && r["decision"] == decision_of(&e, copy)["id"])
+        .unwrap();
+    assert_eq!(copied["copy"], true);
+    assert_eq!(copied["keys_captured"], false);
+    assert_eq!(copied["rows"], 2);
+    assert_eq!(copied["digest"], audit::sha256_hex(&forwarded).as_str());
 
     // Who saw customer `visible`: support-bot five times, the auditor once.
     let dir = log.to_str().unwrap();

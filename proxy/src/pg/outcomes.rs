@@ -48,6 +48,10 @@ pub struct Outcomes {
     /// The row being forwarded, read for its keys (when its statement has a plan).
     scan: RowScan,
     scanning: bool,
+    /// The current statement is a COPY TO STDOUT: its CopyData is digested, its row count
+    /// comes from its tag; `Some(true)` when keys were to be captured (COPY output names no
+    /// columns' tables, so they are not).
+    copy: Option<bool>,
 }
 
 impl Outcomes {
@@ -111,6 +115,18 @@ impl Outcomes {
 
     /// Bytes of a DataRow forwarded to the client (a whole message or a part of it);
     /// `starts` when they begin a new row.
+    /// A CopyOutResponse: the statement's rows come as CopyData (`capturing`: keys were to be
+    /// captured, and cannot be).
+    pub fn copy_out(&mut self, capturing: bool) {
+        self.copy = Some(capturing);
+    }
+
+    /// A CopyData message begins: its bytes (as forwarded, through `row_bytes`) are digested.
+    pub fn copy_data(&mut self) {
+        self.digest.get_or_insert_with(Sha256::new);
+        self.scanning = false;
+    }
+
     pub fn row_bytes(&mut self, bytes: &[u8], starts: bool) {
         if starts {
             self.rows += 1;
@@ -180,11 +196,24 @@ impl Outcomes {
         self.rows = 0;
         self.digest = None;
         self.keys.clear();
+        self.copy = None;
         records
     }
 
     fn finish(&mut self, result: serde_json::Value) -> Option<Vec<u8>> {
-        let rows = std::mem::take(&mut self.rows);
+        let mut rows = std::mem::take(&mut self.rows);
+        let copy = self.copy.take();
+        if copy.is_some() {
+            // "COPY n": the rows it wrote.
+            if let Some(n) = result
+                .get("tag")
+                .and_then(|t| t.as_str())
+                .and_then(|t| t.strip_prefix("COPY "))
+                .and_then(|n| n.parse().ok())
+            {
+                rows = n;
+            }
+        }
         let digest = self.digest.take();
         let keys = std::mem::take(&mut self.keys);
         if self.failed {
@@ -226,6 +255,13 @@ impl Outcomes {
                 }
                 if !keys.is_empty() {
                     map.insert("keys".into(), json!(keys));
+                }
+                if let Some(capturing) = copy {
+                    map.insert("copy".into(), true.into());
+                    if capturing {
+                        // Say so, rather than let "no keys" read as "no captured rows".
+                        map.insert("keys_captured".into(), false.into());
+                    }
                 }
                 Some(record(&decision, index, fields))
             }

@@ -1146,9 +1146,19 @@ impl<'a> Session<'a> {
                 _ => match self.account(tag)? {
                     Action::Drop => self.dropping = size,
                     _ => {
-                        if tag == b'D' && self.shared.audit.is_some() {
-                            self.passthrough_row = true;
-                            self.outcomes.row_bytes(&[], true);
+                        if self.shared.audit.is_some() {
+                            match tag {
+                                b'D' => {
+                                    self.passthrough_row = true;
+                                    self.outcomes.row_bytes(&[], true);
+                                }
+                                b'H' => self.outcomes.copy_out(self.shared.captured.is_some()),
+                                b'd' => {
+                                    self.passthrough_row = true;
+                                    self.outcomes.copy_data();
+                                }
+                                _ => {}
+                            }
                         }
                         self.passthrough = size;
                     }
