@@ -90,6 +90,10 @@ impl Tail {
             out.push(line);
             self.next += 1;
         }
+        // Forget what was read ahead: bytes past the checkpoint may yet be cut (a failed
+        // append) and written again differently.
+        let position = reader.stream_position()?;
+        reader.seek(SeekFrom::Start(position))?;
         Ok(out)
     }
 }

@@ -57,8 +57,8 @@ pub enum ExportError {
     #[error("reading the audit log: {0}")]
     Log(#[from] std::io::Error),
     #[error(
-        "the export table holds other entries for {origin} than its log, from index {index} on \
-         (two nodes with one node_id, or an edited table): export stopped"
+        "the export table holds other entries for {origin} than its log, at index {index} \
+         (two nodes with one node_id, a log replaced, or an edited table): export stopped"
     )]
     Diverged { origin: String, index: u64 },
 }
@@ -107,6 +107,12 @@ pub async fn run(dir: PathBuf, origin: String, config: ExportConfig) {
     loop {
         match export(&dir, &origin, &config).await {
             Ok(()) => pause = Duration::from_secs(1),
+            Err(e @ ExportError::Diverged { .. }) => {
+                // Retrying would skip past the foreign rows: an operator must look.
+                tracing::error!("audit export: {e}");
+                crate::metrics::metrics().audit_export_stopped.set(1);
+                return;
+            }
             Err(e) => {
                 warn!("audit export: {e}; retrying in {}s", pause.as_secs());
                 tokio::time::sleep(pause).await;
@@ -123,7 +129,7 @@ async fn export(
     config: &ExportConfig,
 ) -> Result<(), ExportError> {
     let table = quoted_table(&config.table)?;
-    let (client, connection) = connection(&config.url, config.password_env.as_deref())?
+    let (mut client, connection) = connection(&config.url, config.password_env.as_deref())?
         .connect(NoTls)
         .await?;
     tokio::spawn(async move {
@@ -139,6 +145,35 @@ async fn export(
         )
         .await?
         .get(0);
+    // The table's last entry of this origin must be the log's own: a second node with this
+    // node_id, or a log replaced under the same name, is caught here, not skipped over.
+    if next > 0 {
+        let last: String = client
+            .query_one(
+                &format!("SELECT entry_text FROM {table} WHERE origin = $1 AND log_index = $2"),
+                &[&origin, &(next - 1)],
+            )
+            .await?
+            .get(0);
+        let d = dir.to_path_buf();
+        let index = (next - 1) as u64;
+        let ours =
+            tokio::task::spawn_blocking(move || audit::Tail::new(&d, index).read(index + 1, 1))
+                .await
+                .expect("reading an entry does not panic");
+        let matches = match ours {
+            Ok(entries) => entries.first().is_some_and(|e| e == last.as_bytes()),
+            // The log holds fewer entries than the table.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
+            Err(e) => return Err(e.into()),
+        };
+        if !matches {
+            return Err(ExportError::Diverged {
+                origin: origin.into(),
+                index,
+            });
+        }
+    }
     info!(
         origin,
         table = config.table,
@@ -188,20 +223,24 @@ async fn export(
                     .into_iter()
                     .map(|e| String::from_utf8_lossy(&e).into_owned())
                     .collect();
-                let inserted = client
+                // One transaction: a batch that meets a foreign row leaves nothing behind.
+                let transaction = client.transaction().await?;
+                let inserted = transaction
                     .execute(&insert, &[&origin, &note, &indexes, &texts])
                     .await?;
                 if inserted < texts.len() as u64 {
-                    let row = client
+                    let row = transaction
                         .query_one(&differing, &[&origin, &indexes, &texts])
                         .await?;
                     if let Some(index) = row.get::<_, Option<i64>>(0) {
+                        transaction.rollback().await?;
                         return Err(ExportError::Diverged {
                             origin: origin.into(),
                             index: index as u64,
                         });
                     }
                 }
+                transaction.commit().await?;
                 crate::metrics::metrics()
                     .audit_exported
                     .inc_by(texts.len() as u64);

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub audit_writable: Gauge,
     /// Audit entries exported to the `[audit.export]` table.
     pub audit_exported: Counter,
+    /// 1 once the export stopped because the table holds other entries than the log.
+    pub audit_export_stopped: Gauge,
     /// Cache counters, fetched once.
     pub rewrite_hit: Counter,
     pub rewrite_miss: Counter,
@@ -123,6 +125,12 @@ impl Metrics {
             "Audit entries exported to the [audit.export] table",
             audit_exported.clone(),
         );
+        let audit_export_stopped = Gauge::default();
+        registry.register(
+            "audit_export_stopped",
+            "1 once the audit export stopped: the table holds other entries than the log",
+            audit_export_stopped.clone(),
+        );
         let counter = |name: &str, result: &str| {
             cache
                 .get_or_create(&CacheLabels {
@@ -145,6 +153,7 @@ impl Metrics {
             audit_fsync,
             audit_writable,
             audit_exported,
+            audit_export_stopped,
         }
     }
 

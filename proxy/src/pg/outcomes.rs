@@ -28,6 +28,8 @@ enum Expected {
         parameters: Option<Arc<[Option<String>]>>,
         /// Which key columns to read from its rows (see `captured_keys`).
         plan: Option<Plan>,
+        /// The portal it executes (extended protocol).
+        portal: Option<Box<str>>,
     },
     /// A statement that is not audited (its decision was not recorded): skip its result.
     Unaudited,
@@ -58,7 +60,7 @@ impl Outcomes {
     /// A simple Query of `statements` statements (recorded as `decision`, or not audited).
     pub fn query(&mut self, decision: Option<&Arc<str>>, statements: usize) {
         for index in 0..statements {
-            self.push(decision, index, None, None);
+            self.push(decision, index, None, None, None);
         }
         self.queue.push_back(Expected::Ready);
     }
@@ -70,22 +72,32 @@ impl Outcomes {
         decision: Option<&Arc<str>>,
         parameters: Option<Arc<[Option<String>]>>,
         plan: Option<Plan>,
+        portal: &str,
     ) {
-        self.push(decision, 0, parameters, plan);
+        self.push(decision, 0, parameters, plan, Some(portal.into()));
     }
 
-    /// A RowDescription for the statement whose result comes next: `false` when no statement
-    /// is expected (it answers a Describe of a prepared statement).
-    pub fn describe(&mut self, new: Option<Plan>) -> bool {
-        match self.queue.front_mut() {
-            Some(Expected::Statement { plan, .. }) => {
-                if new.is_some() {
-                    *plan = new;
-                }
-                true
+    /// A RowDescription of a simple Query's statement whose result comes next.
+    pub fn describe(&mut self, new: Option<Plan>) {
+        if let Some(Expected::Statement { plan, .. }) = self.queue.front_mut() {
+            *plan = new;
+        }
+    }
+
+    /// A RowDescription (or NoData: `None`) answering a Describe of `portal`: the plan of the
+    /// Executes of that portal already sent, whose rows come after it.
+    pub fn describe_portal(&mut self, name: &str, new: Option<Plan>) {
+        for expected in self.queue.iter_mut() {
+            match expected {
+                Expected::Statement {
+                    plan,
+                    portal: Some(p),
+                    ..
+                } if &**p == name => *plan = new.clone(),
+                // A Ready ends the batch: later Executes belong to later Binds.
+                Expected::Ready => break,
+                _ => {}
             }
-            Some(Expected::Unaudited) => true,
-            _ => false,
         }
     }
 
@@ -100,6 +112,7 @@ impl Outcomes {
         index: usize,
         parameters: Option<Arc<[Option<String>]>>,
         plan: Option<Plan>,
+        portal: Option<Box<str>>,
     ) {
         self.queue.push_back(match decision {
             Some(d) => Expected::Statement {
@@ -108,13 +121,12 @@ impl Outcomes {
                 since: Instant::now(),
                 parameters,
                 plan,
+                portal,
             },
             None => Expected::Unaudited,
         });
     }
 
-    /// Bytes of a DataRow forwarded to the client (a whole message or a part of it);
-    /// `starts` when they begin a new row.
     /// A CopyOutResponse: the statement's rows come as CopyData (`capturing`: keys were to be
     /// captured, and cannot be).
     pub fn copy_out(&mut self, capturing: bool) {
@@ -127,6 +139,8 @@ impl Outcomes {
         self.scanning = false;
     }
 
+    /// Bytes of a DataRow (or CopyData) forwarded to the client, a whole message or a part
+    /// of it; `starts` when they begin a new row.
     pub fn row_bytes(&mut self, bytes: &[u8], starts: bool) {
         if starts {
             self.rows += 1;
@@ -350,9 +364,10 @@ mod tests {
             Some(&d),
             Some(parameter_digests(&[Some(b"42"), None])),
             None,
+            "",
         );
-        o.execute(None, None, None);
-        o.execute(Some(&d), None, None);
+        o.execute(None, None, None, "");
+        o.execute(Some(&d), None, None, "");
         o.sync();
         let first = parse(&o.complete(Some("SELECT 0")).unwrap());
         assert_eq!(first["parameters"][0], hex(&Sha256::digest(b"42")));
@@ -362,8 +377,8 @@ mod tests {
         assert!(o.error(Some("23505")).is_some());
         assert!(o.ready().is_empty());
         // A Bind's error is its Execute's outcome; the Executes after it did not run.
-        o.execute(Some(&d), None, None);
-        o.execute(Some(&d), None, None);
+        o.execute(Some(&d), None, None, "");
+        o.execute(Some(&d), None, None, "");
         o.sync();
         let failed = parse(&o.error(Some("22P02")).unwrap());
         assert_eq!(failed["error"], "22P02");

@@ -118,6 +118,13 @@ impl Pipeline {
         std::mem::take(&mut self.lost)
     }
 
+    /// Whether the reply now arriving answers a client's Describe.
+    pub fn front_is_describe(&self) -> bool {
+        self.queue
+            .front()
+            .is_some_and(|p| p.expect == Expect::Describe && p.reply == Reply::Forward)
+    }
+
     /// Whether the reply now arriving is to a read of the proxy's own.
     pub fn front_is_read(&self) -> bool {
         self.queue.front().is_some_and(|p| p.reply == Reply::Read)

@@ -94,8 +94,9 @@ pub struct Session<'a> {
     counters: crate::metrics::AgentStatements,
     /// Decision records of the statements handled but not yet sent upstream.
     audit_pending: Vec<Vec<u8>>,
-    /// Where in `to_upstream` the first message that runs a statement (Query, Execute)
-    /// begins: in `sync` mode what precedes it goes before the records are durable.
+    /// Where in `to_upstream` the first Query, Bind or Execute begins: in `sync` mode what
+    /// precedes it (Parse, Describe of a statement, Close, Flush) goes before the records are
+    /// durable.
     hold_from: Option<usize>,
     /// Results expected upstream, matched to outcome records.
     outcomes: outcomes::Outcomes,
@@ -109,6 +110,10 @@ pub struct Session<'a> {
     statement_plans: HashMap<String, captured_keys::Plan>,
     /// Statements described (Describe S) whose description has not come back yet.
     describing: std::collections::VecDeque<String>,
+    /// Portals described (Describe P) whose description has not come back yet.
+    describing_portals: std::collections::VecDeque<String>,
+    /// Key columns to read from each portal's rows (from its Describe), by client name.
+    portal_plans: HashMap<String, captured_keys::Plan>,
     /// The statement whose Describe is being answered (after its ParameterDescription).
     described: Option<String>,
     /// The DataRow being forwarded is counted in an outcome.
@@ -196,6 +201,8 @@ impl<'a> Session<'a> {
             portal_decisions: HashMap::new(),
             statement_plans: HashMap::new(),
             describing: std::collections::VecDeque::new(),
+            describing_portals: std::collections::VecDeque::new(),
+            portal_plans: HashMap::new(),
             described: None,
             passthrough_row: false,
             agent,
@@ -333,9 +340,9 @@ impl<'a> Session<'a> {
         let flow = self.on_client_data();
         let hold = self.hold_from.take().unwrap_or(self.to_upstream.len());
         // Write-ahead: in `sync` mode no statement runs upstream before its records are
-        // durable. Parse, Bind and Describe run none (no row is read or written): they go
-        // first, and PostgreSQL parses and plans while the records are fsynced; the first
-        // Query or Execute and all after it wait.
+        // durable. A Parse runs nothing (parse analysis reads no row and calls no user code):
+        // it goes first, and PostgreSQL parses while the records are fsynced. The first Bind
+        // (planning may evaluate functions), Query or Execute and all after it wait.
         if let (Some(audit), false) = (&self.shared.audit, self.audit_pending.is_empty()) {
             let entries = std::mem::take(&mut self.audit_pending);
             if let Some(answer) = audit.submit(entries) {
@@ -424,7 +431,7 @@ impl<'a> Session<'a> {
             if self.skip_until_sync && !matches!(tag, b'S' | b'X') {
                 continue;
             }
-            if matches!(tag, b'Q' | b'E') && self.hold_from.is_none() {
+            if matches!(tag, b'Q' | b'B' | b'E') && self.hold_from.is_none() {
                 self.hold_from = Some(self.to_upstream.len());
             }
             match tag {
@@ -461,6 +468,8 @@ impl<'a> Session<'a> {
                     // records a new decision, which this portal's outcomes belong to.
                     if self.shared.audit.is_some() {
                         let portal = extended::bind_portal(&msg).unwrap_or_default().to_string();
+                        // A new portal under this name: its old description is gone.
+                        self.portal_plans.remove(&portal);
                         let clear =
                             self.shared.audit.as_ref().is_some_and(|a| {
                                 a.parameters == crate::audit_log::Parameters::Clear
@@ -491,8 +500,11 @@ impl<'a> Session<'a> {
                     let (kind, name) = extended::target(&msg).ok_or_else(|| {
                         SessionError::ClientProtocol("malformed Describe or Close message".into())
                     })?;
-                    if tag == b'D' && kind == b'S' && self.shared.captured.is_some() {
-                        self.describing.push_back(name.to_string());
+                    if tag == b'D' && self.shared.captured.is_some() {
+                        match kind {
+                            b'S' => self.describing.push_back(name.to_string()),
+                            _ => self.describing_portals.push_back(name.to_string()),
+                        }
                     }
                     // What the audit log remembers of a closed statement or portal goes too.
                     if tag == b'C' && kind == b'S' {
@@ -500,6 +512,7 @@ impl<'a> Session<'a> {
                         self.statement_plans.remove(name);
                     } else if tag == b'C' {
                         self.portal_decisions.remove(name);
+                        self.portal_plans.remove(name);
                     }
                     if kind != b'S' || self.shared.enforcer.is_none() {
                         let expect = if tag == b'C' {
@@ -526,15 +539,20 @@ impl<'a> Session<'a> {
                         let bound = extended::execute_portal(&msg)
                             .and_then(|portal| self.portal_decisions.get(portal))
                             .cloned();
+                        let portal = extended::execute_portal(&msg).unwrap_or_default();
                         match bound {
+                            // The portal's own description (its formats included), else its
+                            // statement's with the formats its Bind asked for.
                             Some(b) => {
-                                let plan = self
-                                    .statement_plans
-                                    .get(&b.statement)
-                                    .map(|p| p.with_formats(&b.formats));
-                                self.outcomes.execute(Some(&b.decision), b.parameters, plan)
+                                let plan = self.portal_plans.get(portal).cloned().or_else(|| {
+                                    self.statement_plans
+                                        .get(&b.statement)
+                                        .map(|p| p.with_formats(&b.formats))
+                                });
+                                self.outcomes
+                                    .execute(Some(&b.decision), b.parameters, plan, portal)
                             }
-                            None => self.outcomes.execute(None, None, None),
+                            None => self.outcomes.execute(None, None, None, portal),
                         }
                     }
                     self.forward(&msg, Some(Expect::Execute))
@@ -607,6 +625,15 @@ impl<'a> Session<'a> {
         };
         let path = self.search_path.version();
         if prepared.generation != generation || prepared.search_path != path {
+            // Deciding again is a decision: not while the log cannot record it.
+            if !self.audit_allows() {
+                let fresh = self.statements.fresh();
+                self.inject_parse(&fresh, Self::audit_refusal());
+                return Target::Refused;
+            }
+            let Some(prepared) = self.statements.get_mut(name) else {
+                return Target::Refused;
+            };
             prepared.generation = generation;
             prepared.search_path = path;
             let result = enforcer.rewrite(
@@ -695,10 +722,12 @@ impl<'a> Session<'a> {
             self.inject_query(too_long(self.shared.max_query_bytes));
             return (None, 0);
         }
-        // A simple Query drops the unnamed prepared statement, as in PostgreSQL.
+        // A simple Query drops the unnamed prepared statement and portal, as in PostgreSQL.
         if let Some(upstream) = self.statements.remove("") {
             self.statements.insert_orphan(upstream);
         }
+        self.statement_plans.remove("");
+        self.portal_plans.remove("");
         if !self.audit_allows() {
             self.inject_query(Self::audit_refusal());
             return (None, 0);
@@ -753,7 +782,11 @@ impl<'a> Session<'a> {
 
     fn on_parse(&mut self, msg: &[u8]) -> Result<(), SessionError> {
         let parse = match query::decode_parse(msg) {
-            Ok(p) => p,
+            Ok(p) => {
+                // A new statement under this name: the old one's description is gone.
+                self.statement_plans.remove(p.name);
+                p
+            }
             Err(ParseDecodeError::Encoding) => {
                 self.inject_parse("", invalid_text());
                 return Ok(());
@@ -995,6 +1028,7 @@ impl<'a> Session<'a> {
                             self.outcome_records.extend(records);
                             // Describes an error made the backend skip never answer.
                             self.describing.clear();
+                            self.describing_portals.clear();
                             self.described = None;
                         }
                     }
@@ -1007,6 +1041,8 @@ impl<'a> Session<'a> {
                     {
                         return Ok(());
                     }
+                    // A Describe's answer (else a simple Query's RowDescription).
+                    let describes = self.pipeline.front_is_describe();
                     match self.account(tag)? {
                         Action::Drop => self.dropping = size,
                         _ => {
@@ -1027,16 +1063,17 @@ impl<'a> Session<'a> {
                                                 self.statement_plans.remove(&name);
                                             }
                                         },
-                                        None => {
-                                            self.outcomes.describe(plan);
-                                        }
+                                        None if describes => self.describe_portal(plan),
+                                        None => self.outcomes.describe(plan),
                                     }
                                 }
-                                _ => {
-                                    if let Some(name) = self.described.take() {
+                                _ => match self.described.take() {
+                                    Some(name) => {
                                         self.statement_plans.remove(&name);
                                     }
-                                }
+                                    None if describes => self.describe_portal(None),
+                                    None => {}
+                                },
                             }
                             self.passthrough = size;
                         }
@@ -1165,6 +1202,18 @@ impl<'a> Session<'a> {
                 },
             }
         }
+    }
+
+    /// The answer to the oldest outstanding Describe of a portal: its rows' key columns.
+    fn describe_portal(&mut self, plan: Option<captured_keys::Plan>) {
+        let Some(name) = self.describing_portals.pop_front() else {
+            return;
+        };
+        self.outcomes.describe_portal(&name, plan.clone());
+        match plan {
+            Some(p) => self.portal_plans.insert(name, p),
+            None => self.portal_plans.remove(&name),
+        };
     }
 
     fn account(&mut self, tag: u8) -> Result<Action, SessionError> {
