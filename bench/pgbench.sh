@@ -182,7 +182,7 @@ SECTION=$(mktemp)
   done
   echo
   echo "Group commit (entries per fdatasync, over the whole run): sync ${BATCH[sync]}; batch ${BATCH[batch]}; async ${BATCH[async]}."
-  printf 'Sync mode, from its /metrics: %.3f ms per durable append (write + fdatasync, under this load), %.2f statements per append.\n' "$FSYNC_MS" "$PER_FSYNC"
+  printf 'Sync mode, from its /metrics: %.3f ms per durable append (write + fdatasync, under this load), %.2f decision records per append.\n' "$FSYNC_MS" "$PER_FSYNC"
   echo
   echo "Raw tps per round:"
   echo
