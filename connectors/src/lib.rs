@@ -4,3 +4,4 @@
 //!   credentials, and throwaway local clusters for the demo and the tests.
 
 pub mod postgres;
+pub mod vector;
