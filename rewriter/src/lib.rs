@@ -27,6 +27,7 @@ mod settings;
 mod sql_filter;
 mod statements;
 mod table_shorthand;
+mod vector_filter;
 mod verify;
 mod write_ctes;
 mod writes;
@@ -39,6 +40,7 @@ pub use policy::{Policies, TablePolicy, WriteAction, WritePolicy};
 pub use protect::Read;
 pub use redact::redact_literals;
 pub use sql_filter::render as render_filter;
+pub use vector_filter::{qdrant_filter, VectorFilterError};
 pub use verify::{postgres_reading, Reading};
 
 use sqlparser::ast::Statement;
