@@ -28,6 +28,7 @@ mod sql_filter;
 mod statements;
 mod table_shorthand;
 mod vector_filter;
+mod vector_request;
 mod verify;
 mod write_ctes;
 mod writes;
@@ -41,6 +42,9 @@ pub use protect::Read;
 pub use redact::redact_literals;
 pub use sql_filter::render as render_filter;
 pub use vector_filter::{qdrant_filter, VectorFilterError};
+pub use vector_request::{
+    and_filter, ids_filter, restrict_filtered, restrict_query, VectorRefusal,
+};
 pub use verify::{postgres_reading, Reading};
 
 use sqlparser::ast::Statement;

@@ -1,0 +1,209 @@
+//! Rewriting Qdrant REST requests so that they can only reach the points policy allows: the
+//! policy's filter (see `vector_filter`) is ANDed into the request's own filter and into every
+//! prefetch at every depth; requests that name points by id are turned into filters on those
+//! ids and the policy. What this rewriter does not understand is refused, never forwarded:
+//! query kinds that take example points by id, `lookup_from` (points of another collection),
+//! score formulas, and any key it does not know.
+//!
+//! The rewritten body is a fresh JSON value; the shim forwards its serialization, never the
+//! client's bytes, so Qdrant parses exactly what was checked here.
+
+use serde_json::{json, Map, Value};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VectorRefusal {
+    #[error("{0} is not supported under policy enforcement")]
+    Unsupported(String),
+    #[error("malformed request: {0}")]
+    Malformed(String),
+}
+
+fn malformed(what: impl Into<String>) -> VectorRefusal {
+    VectorRefusal::Malformed(what.into())
+}
+
+/// `client AND policy`. The client's filter is kept whole as a nested filter, so its own
+/// `should`/`min_should` mean what they meant.
+pub fn and_filter(client: Option<&Value>, policy: &Value) -> Result<Value, VectorRefusal> {
+    match client {
+        None | Some(Value::Null) => Ok(json!({ "must": [policy] })),
+        Some(Value::Object(map)) if map.is_empty() => Ok(json!({ "must": [policy] })),
+        Some(f @ Value::Object(_)) => Ok(json!({ "must": [f, policy] })),
+        Some(other) => Err(malformed(format!("filter must be an object, not {other}"))),
+    }
+}
+
+/// Keys of a universal query (and of its prefetches) this rewriter understands.
+const QUERY_KEYS: &[&str] = &[
+    "prefetch",
+    "query",
+    "using",
+    "filter",
+    "params",
+    "score_threshold",
+    "limit",
+    "offset",
+    "with_vector",
+    "with_payload",
+];
+
+fn object_mut<'a>(
+    body: &'a mut Value,
+    what: &str,
+) -> Result<&'a mut Map<String, Value>, VectorRefusal> {
+    body.as_object_mut()
+        .ok_or_else(|| malformed(format!("{what} must be an object")))
+}
+
+/// A universal query (`POST …/points/query`, one entry of `…/query/batch`).
+pub fn restrict_query(body: &mut Value, policy: &Value) -> Result<(), VectorRefusal> {
+    restrict_query_level(body, policy, 0)
+}
+
+const MAX_DEPTH: usize = 16;
+
+fn restrict_query_level(
+    body: &mut Value,
+    policy: &Value,
+    depth: usize,
+) -> Result<(), VectorRefusal> {
+    if depth > MAX_DEPTH {
+        return Err(malformed("prefetch nested too deep"));
+    }
+    let map = object_mut(body, "a query")?;
+    for key in map.keys() {
+        if !QUERY_KEYS.contains(&key.as_str()) {
+            return Err(VectorRefusal::Unsupported(format!("the query key {key:?}")));
+        }
+    }
+    if let Some(query) = map.get("query") {
+        check_query(query)?;
+    }
+    let filter = and_filter(map.get("filter"), policy)?;
+    map.insert("filter".into(), filter);
+    match map.get_mut("prefetch") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(prefetches)) => {
+            for p in prefetches {
+                restrict_query_level(p, policy, depth + 1)?;
+            }
+        }
+        Some(one @ Value::Object(_)) => restrict_query_level(one, policy, depth + 1)?,
+        Some(other) => {
+            return Err(malformed(format!(
+                "prefetch must be an object or a list, not {other}"
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// What a query may score by: vectors sent by the client, fusion of prefetches, MMR over a
+/// vector, sampling, and ordering. Not example points by id (which could be hidden points).
+fn check_query(query: &Value) -> Result<(), VectorRefusal> {
+    match query {
+        Value::Array(_) => Ok(()),
+        Value::Number(_) | Value::String(_) => Err(VectorRefusal::Unsupported(
+            "a query by point id (send the vector)".into(),
+        )),
+        Value::Object(map) => {
+            if map.contains_key("indices") && map.contains_key("values") && map.len() == 2 {
+                return Ok(());
+            }
+            let Some((kind, inner)) = map.iter().next() else {
+                return Err(malformed("an empty query"));
+            };
+            match (kind.as_str(), map.len()) {
+                ("nearest", 1) => check_vector(inner),
+                ("nearest", 2) if map.contains_key("mmr") => check_vector(&map["nearest"]),
+                ("mmr", 2) if map.contains_key("nearest") => check_vector(&map["nearest"]),
+                ("fusion" | "rrf" | "sample", 1) => Ok(()),
+                _ => Err(VectorRefusal::Unsupported(format!(
+                    "the query kind {kind:?}"
+                ))),
+            }
+        }
+        other => Err(malformed(format!("query {other}"))),
+    }
+}
+
+fn check_vector(v: &Value) -> Result<(), VectorRefusal> {
+    match v {
+        Value::Array(_) => Ok(()),
+        Value::Object(m) if m.contains_key("indices") && m.contains_key("values") => Ok(()),
+        Value::Number(_) | Value::String(_) => Err(VectorRefusal::Unsupported(
+            "a query by point id (send the vector)".into(),
+        )),
+        other => Err(VectorRefusal::Unsupported(format!(
+            "the query vector {other}"
+        ))),
+    }
+}
+
+/// A request whose points are chosen by a `filter` key (scroll, count, facet, delete by
+/// filter).
+pub fn restrict_filtered(body: &mut Value, policy: &Value) -> Result<(), VectorRefusal> {
+    let map = object_mut(body, "the body")?;
+    let filter = and_filter(map.get("filter"), policy)?;
+    map.insert("filter".into(), filter);
+    Ok(())
+}
+
+/// The filter for points named by id that policy allows: `has_id AND policy`.
+pub fn ids_filter(ids: &Value, policy: &Value) -> Result<Value, VectorRefusal> {
+    let Value::Array(list) = ids else {
+        return Err(malformed("point ids must be a list"));
+    };
+    if !list.iter().all(|id| id.is_u64() || id.is_string()) {
+        return Err(malformed("a point id is an unsigned integer or a UUID"));
+    }
+    Ok(json!({ "must": [{ "has_id": ids }, policy] }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Value {
+        json!({"must": [{"key": "tenant", "match": {"value": "a"}}]})
+    }
+
+    #[test]
+    fn every_prefetch_at_every_depth_is_restricted() {
+        let mut q = json!({
+            "prefetch": [
+                {"query": [1.0], "prefetch": {"query": [2.0]}},
+                {"query": [3.0], "filter": {"should": [{"is_empty": {"key": "x"}}]}},
+            ],
+            "query": {"fusion": "rrf"},
+        });
+        restrict_query(&mut q, &policy()).unwrap();
+        assert_eq!(q["filter"], json!({"must": [policy()]}));
+        assert_eq!(q["prefetch"][0]["filter"], json!({"must": [policy()]}));
+        assert_eq!(
+            q["prefetch"][0]["prefetch"]["filter"],
+            json!({"must": [policy()]})
+        );
+        assert_eq!(
+            q["prefetch"][1]["filter"],
+            json!({"must": [{"should": [{"is_empty": {"key": "x"}}]}, policy()]})
+        );
+    }
+
+    #[test]
+    fn what_names_other_points_is_refused() {
+        for q in [
+            json!({"query": 7}),
+            json!({"query": {"nearest": "5c56c793-69f3-4fbf-87e6-c4bf54c28c26"}}),
+            json!({"query": {"recommend": {"positive": [1]}}}),
+            json!({"query": {"discover": {"target": 1, "context": []}}}),
+            json!({"query": [1.0], "lookup_from": {"collection": "other"}}),
+            json!({"prefetch": {"query": 3}, "query": {"fusion": "rrf"}}),
+            json!({"query": {"formula": {"sum": []}}}),
+            json!({"query": [1.0], "surprise": true}),
+        ] {
+            let mut body = q.clone();
+            assert!(restrict_query(&mut body, &policy()).is_err(), "{q}");
+        }
+    }
+}
