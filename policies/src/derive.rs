@@ -234,8 +234,12 @@ fn translate(e: &Expr, on_error: &Option<Filter>) -> Result<Filter, String> {
             op: CmpOp::Eq,
             value: Value::Bool(true),
         }),
-        Expr::HasAttr { expr, attrs } if attrs.len() == 1 && is_resource(expr) => {
-            Ok(Filter::Present(attrs.first().to_string()))
+        // `resource has a`, `resource has a.b`, `resource.a has b`: nested record fields (vector
+        // payloads) are dotted paths.
+        Expr::HasAttr { expr, attrs } if is_resource(expr) || resource_attr(expr).is_some() => {
+            let mut path: Vec<String> = resource_attr(expr).into_iter().collect();
+            path.extend(attrs.iter().map(|a| a.to_string()));
+            Ok(Filter::Present(path.join(".")))
         }
         Expr::Like { expr, pattern } => {
             let attr =
@@ -356,9 +360,12 @@ fn is_resource(e: &Expr) -> bool {
     matches!(e, Expr::Var(Var::Resource))
 }
 
+/// The resource attribute `e` reads: `resource.a` is `a`, and a field of a record attribute,
+/// `resource.metadata.tenant`, is the dotted path `metadata.tenant`.
 fn resource_attr(e: &Expr) -> Option<String> {
     match e {
         Expr::GetAttr { expr, attr } if is_resource(expr) => Some(attr.to_string()),
+        Expr::GetAttr { expr, attr } => resource_attr(expr).map(|path| format!("{path}.{attr}")),
         _ => None,
     }
 }

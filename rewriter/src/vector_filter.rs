@@ -41,12 +41,12 @@ fn should(parts: Vec<Value>) -> Value {
     json!({ "should": parts })
 }
 
-fn present(attr: &str) -> Value {
-    json!({ "must_not": [{ "is_empty": { "key": attr } }] })
+fn present(attr: &str) -> Result<Value, VectorFilterError> {
+    Ok(json!({ "must_not": [{ "is_empty": { "key": key(attr)? } }] }))
 }
 
-fn absent(attr: &str) -> Value {
-    json!({ "is_empty": { "key": attr } })
+fn absent(attr: &str) -> Result<Value, VectorFilterError> {
+    Ok(json!({ "is_empty": { "key": key(attr)? } }))
 }
 
 fn scalar(value: &IrValue) -> Result<Value, VectorFilterError> {
@@ -59,8 +59,27 @@ fn scalar(value: &IrValue) -> Result<Value, VectorFilterError> {
     }
 }
 
+/// A payload key: dotted segments that are plain identifiers, so that Qdrant's path syntax
+/// (`a.b`, `a[]`, `"quoted"`) reads it as the policy meant.
+fn key(attr: &str) -> Result<&str, VectorFilterError> {
+    let plain = |s: &str| {
+        s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    if attr.split('.').all(plain) {
+        Ok(attr)
+    } else {
+        Err(VectorFilterError::Untranslatable(format!(
+            "the payload field name {attr:?}"
+        )))
+    }
+}
+
 /// The field equals (or, for an array, holds) `value`.
 fn matches(attr: &str, value: &IrValue) -> Result<Value, VectorFilterError> {
+    let attr = key(attr)?;
     Ok(json!({ "key": attr, "match": { "value": scalar(value)? } }))
 }
 
@@ -86,7 +105,7 @@ fn range(attr: &str, op: CmpOp, value: &IrValue) -> Result<Value, VectorFilterEr
         CmpOp::GtEq => "gte",
         CmpOp::Eq | CmpOp::NotEq => unreachable!("equality is a match"),
     };
-    Ok(json!({ "key": attr, "range": { bound: n } }))
+    Ok(json!({ "key": key(attr)?, "range": { bound: n } }))
 }
 
 /// A `like` pattern without wildcards is an equality; with them, Qdrant has no equivalent.
@@ -123,7 +142,7 @@ fn translate(filter: &Filter, negated: bool) -> Result<Value, VectorFilterError>
             match op {
                 CmpOp::Eq => must(vec![matches(attr, value)?]),
                 CmpOp::NotEq => json!({
-                    "must": [present(attr)],
+                    "must": [present(attr)?],
                     "must_not": [matches(attr, value)?],
                 }),
                 _ => must(vec![range(attr, op, value)?]),
@@ -131,28 +150,28 @@ fn translate(filter: &Filter, negated: bool) -> Result<Value, VectorFilterError>
         }
         (Filter::InSet { attr, values }, false) => matches_any(attr, values)?,
         (Filter::InSet { attr, values }, true) => json!({
-            "must": [present(attr)],
+            "must": [present(attr)?],
             "must_not": [matches_any(attr, values)?],
         }),
-        (Filter::Present(attr), false) => present(attr),
-        (Filter::Present(attr), true) => must(vec![absent(attr)]),
+        (Filter::Present(attr), false) => present(attr)?,
+        (Filter::Present(attr), true) => must(vec![absent(attr)?]),
         (Filter::SetContains { attr, value }, false) => must(vec![matches(attr, value)?]),
         (Filter::SetContains { attr, value }, true) => json!({
-            "must": [present(attr)],
+            "must": [present(attr)?],
             "must_not": [matches(attr, value)?],
         }),
         (Filter::SetContainsAny { attr, values }, false) => matches_any(attr, values)?,
         (Filter::SetContainsAny { attr, values }, true) => json!({
-            "must": [present(attr)],
+            "must": [present(attr)?],
             "must_not": [matches_any(attr, values)?],
         }),
         (Filter::SetContainsAll { attr, values }, false) => must(
-            std::iter::once(Ok(present(attr)))
+            std::iter::once(present(attr))
                 .chain(values.iter().map(|v| matches(attr, v)))
                 .collect::<Result<_, _>>()?,
         ),
         (Filter::SetContainsAll { attr, values }, true) => must(vec![
-            present(attr),
+            present(attr)?,
             should(
                 values
                     .iter()
@@ -197,6 +216,19 @@ mod tests {
                 "must_not": [{"key": "metadata.tenant", "match": {"value": "a"}}],
             })
         );
+    }
+
+    #[test]
+    fn only_plain_field_paths_are_keys() {
+        let eq = |attr: &str| Filter::Compare {
+            attr: attr.into(),
+            op: CmpOp::Eq,
+            value: IrValue::Long(1),
+        };
+        assert!(qdrant_filter(&eq("metadata.tenant_id")).is_ok());
+        for attr in ["a b", "a[]", "\"a\"", "a..b", "", "1a"] {
+            assert!(qdrant_filter(&eq(attr)).is_err(), "{attr}");
+        }
     }
 
     #[test]
