@@ -7,6 +7,7 @@
 #![cfg(feature = "embedded-vector")]
 
 use std::collections::BTreeSet;
+use std::path::Path;
 
 use connectors::vector::embedded::Embedded;
 use connectors::vector::Request;
@@ -234,6 +235,8 @@ fn qdrant_admits_exactly_what_the_filter_ir_admits() {
         cases: 1000,
         ..Config::default()
     });
+    // Every filter and what the engine admitted, for qdrant-client's local mode below.
+    let cases = std::cell::RefCell::new(Vec::new());
     runner
         .run(&filter(), |f| {
             let qdrant = rewriter::qdrant_filter(&f).expect("every generated filter translates");
@@ -263,7 +266,42 @@ fn qdrant_admits_exactly_what_the_filter_ir_admits() {
                 got.difference(&want).collect::<Vec<_>>(),
                 want.difference(&got).collect::<Vec<_>>()
             );
+            cases
+                .borrow_mut()
+                .push(json!({"filter": qdrant, "ids": got}));
             Ok(())
         })
         .unwrap();
+
+    // The same filters in qdrant-client's local mode (its Python implementation of Qdrant's
+    // filter rules): a remote Qdrant and the Python clients read them as the engine does.
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} not found: run `bash tests/setup.sh` first",
+        python.display()
+    );
+    let input = dir.path().join("cases.json");
+    let payloads: Vec<Value> = rows
+        .iter()
+        .map(|(id, payload, _)| json!({"id": id, "payload": payload}))
+        .collect();
+    std::fs::write(
+        &input,
+        serde_json::to_vec(&json!({"payloads": payloads, "cases": cases.into_inner()})).unwrap(),
+    )
+    .unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/clients/python/qdrant_local_filters.py");
+    let out = std::process::Command::new(&python)
+        .arg(&script)
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
