@@ -112,9 +112,11 @@ fn crafted_requests_reach_only_allowed_points() {
     );
     assert_eq!(got, all_a);
 
-    // Count and scroll as oracles for a hidden tenant.
-    let mut count = json!({"filter": {"must": [{"key": "tenant", "match": {"value": "b"}}]}});
-    rewriter::restrict_filtered(&mut count, &policy()).unwrap();
+    // Count and scroll as oracles for a hidden tenant (an estimated count would come from
+    // index statistics over every point: counts are made exact).
+    let mut count =
+        json!({"filter": {"must": [{"key": "tenant", "match": {"value": "b"}}]}, "exact": false});
+    rewriter::restrict_count(&mut count, &policy()).unwrap();
     let counted = store
         .call_blocking(Request::Count {
             collection: C.into(),
@@ -141,6 +143,16 @@ fn crafted_requests_reach_only_allowed_points() {
         })
         .unwrap();
     assert_eq!(ids(&got["points"]), BTreeSet::from([1]));
+
+    // A write naming hidden ids beside a filter (Qdrant would ignore the filter) is refused,
+    // and the engine never reads such a body as ids alone.
+    let mut by_ids = json!({"points": [5], "filter": {"must": []}});
+    assert!(rewriter::restrict_filtered(&mut by_ids, &policy()).is_err());
+    let both = store.call_blocking(Request::Delete {
+        collection: C.into(),
+        body: json!({"points": [5], "filter": policy()}),
+    });
+    assert!(both.is_err(), "{both:?}");
 
     // Deleting everything deletes only what policy allows.
     let mut delete = json!({"filter": {"must": []}});

@@ -126,7 +126,7 @@ pub(crate) fn residuals(
     let request = PartialRequest::new(
         PartialEntityUid::from_concrete(principal.clone()),
         action,
-        PartialEntityUid::new(resource_type, None),
+        PartialEntityUid::new(resource_type.clone(), None),
         Some(context),
         &bundle.schema,
     )
@@ -138,6 +138,9 @@ pub(crate) fn residuals(
         .tpe(&request, &entities, &bundle.schema)
         .map_err(|e| DeriveError::Evaluation(e.to_string()))?;
 
+    // Nested attribute paths are vector payload fields: a table has flat columns (and a path
+    // through an entity is not a column either), so there they stay untranslatable.
+    let nested = resource_type.namespace() == "vectors";
     let mut out = Residuals {
         permits: Vec::new(),
         forbids: Vec::new(),
@@ -167,6 +170,15 @@ pub(crate) fn residuals(
             // The whole condition errors for every row: the policy never applies.
             continue;
         }
+        let condition = |clauses, on_error| {
+            condition(clauses, on_error).and_then(|f: Filter| {
+                if !nested && mentions_path(&f) {
+                    Err("a nested attribute of a table".to_string())
+                } else {
+                    Ok(f)
+                }
+            })
+        };
         match policy.effect() {
             Effect::Permit => match condition(clauses, None) {
                 Ok(Filter::False) => {}
@@ -199,6 +211,22 @@ pub(crate) fn action_uid(action: &str) -> Result<EntityUid, DeriveError> {
 
 fn quote(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// Whether a filter names a dotted attribute path.
+fn mentions_path(f: &Filter) -> bool {
+    match f {
+        Filter::True | Filter::False => false,
+        Filter::And(parts) | Filter::Or(parts) => parts.iter().any(mentions_path),
+        Filter::Not(inner) => mentions_path(inner),
+        Filter::Compare { attr, .. }
+        | Filter::InSet { attr, .. }
+        | Filter::Present(attr)
+        | Filter::SetContains { attr, .. }
+        | Filter::SetContainsAny { attr, .. }
+        | Filter::SetContainsAll { attr, .. }
+        | Filter::Like { attr, .. } => attr.contains('.'),
+    }
 }
 
 /// The conjunction of a policy's clauses.
@@ -237,6 +265,9 @@ fn translate(e: &Expr, on_error: &Option<Filter>) -> Result<Filter, String> {
         // `resource has a`, `resource has a.b`, `resource.a has b`: nested record fields (vector
         // payloads) are dotted paths.
         Expr::HasAttr { expr, attrs } if is_resource(expr) || resource_attr(expr).is_some() => {
+            if attrs.iter().any(|a| a.contains('.')) {
+                return Err("an attribute name with a dot in it".into());
+            }
             let mut path: Vec<String> = resource_attr(expr).into_iter().collect();
             path.extend(attrs.iter().map(|a| a.to_string()));
             Ok(Filter::Present(path.join(".")))
@@ -364,6 +395,8 @@ fn is_resource(e: &Expr) -> bool {
 /// `resource.metadata.tenant`, is the dotted path `metadata.tenant`.
 fn resource_attr(e: &Expr) -> Option<String> {
     match e {
+        // A name with a dot in it would read as a path: not translatable.
+        Expr::GetAttr { attr, .. } if attr.contains('.') => None,
         Expr::GetAttr { expr, attr } if is_resource(expr) => Some(attr.to_string()),
         Expr::GetAttr { expr, attr } => resource_attr(expr).map(|path| format!("{path}.{attr}")),
         _ => None,
@@ -587,6 +620,48 @@ mod tests {
         assert_eq!(parse_duration("1s1d"), None);
         assert_eq!(parse_duration("1x"), None);
         assert_eq!(parse_duration(""), None);
+    }
+
+    /// Record attributes are payload paths for vector collections only: on a table the same
+    /// policy is not translated (its permit grants nothing), as before nested paths existed.
+    #[test]
+    fn nested_paths_only_for_vector_collections() {
+        use crate::source::{SourceFile, SourceKind};
+        let schema = "entity Agent;\n\
+            namespace public { entity t { meta: { x: Long } }; }\n\
+            namespace vectors { entity t { meta: { x: Long } }; }\n\
+            action search appliesTo { principal: [Agent], resource: [public::t, vectors::t] };\n";
+        let policy =
+            "@id(\"p\")\npermit (principal, action, resource) when { resource.meta.x == 1 };\n";
+        let bundle = crate::load::load_sources(vec![
+            SourceFile {
+                kind: SourceKind::Schema,
+                name: "s.cedarschema".into(),
+                text: schema.into(),
+            },
+            SourceFile {
+                kind: SourceKind::Policies,
+                name: "p.cedar".into(),
+                text: policy.into(),
+            },
+            SourceFile {
+                kind: SourceKind::Entities,
+                name: "entities.json".into(),
+                text: "[]".into(),
+            },
+        ])
+        .unwrap();
+        let agent: EntityUid = "Agent::\"a\"".parse().unwrap();
+        let derive = |ty| derive(&bundle, &agent, "search", ty, Context::empty()).unwrap();
+        assert_eq!(
+            derive("vectors::t").filter,
+            Filter::Compare {
+                attr: "meta.x".into(),
+                op: CmpOp::Eq,
+                value: Value::Long(1)
+            }
+        );
+        assert_eq!(derive("public::t").filter, Filter::False);
     }
 
     #[test]

@@ -105,6 +105,12 @@ fn range(attr: &str, op: CmpOp, value: &IrValue) -> Result<Value, VectorFilterEr
         CmpOp::GtEq => "gte",
         CmpOp::Eq | CmpOp::NotEq => unreachable!("equality is a match"),
     };
+    // Qdrant compares ranges as f64: beyond 2^53 a bound would be rounded.
+    if n.unsigned_abs() > 1 << 53 {
+        return Err(VectorFilterError::Untranslatable(format!(
+            "a range bound beyond 2^53 ({n})"
+        )));
+    }
     Ok(json!({ "key": key(attr)?, "range": { bound: n } }))
 }
 

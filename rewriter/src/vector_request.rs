@@ -140,12 +140,26 @@ fn check_vector(v: &Value) -> Result<(), VectorRefusal> {
     }
 }
 
-/// A request whose points are chosen by a `filter` key (scroll, count, facet, delete by
-/// filter).
+/// A request whose points are chosen by a `filter` key (scroll, facet, delete by filter). A
+/// body that also names points by id is refused: Qdrant ignores the filter of a write that
+/// names ids (those go through [`ids_filter`]).
 pub fn restrict_filtered(body: &mut Value, policy: &Value) -> Result<(), VectorRefusal> {
     let map = object_mut(body, "the body")?;
+    if map.contains_key("points") {
+        return Err(VectorRefusal::Unsupported(
+            "a filtered request that also names points by id".into(),
+        ));
+    }
     let filter = and_filter(map.get("filter"), policy)?;
     map.insert("filter".into(), filter);
+    Ok(())
+}
+
+/// A count: filtered, and always exact (an estimate is computed from index statistics over
+/// every point, hidden ones included).
+pub fn restrict_count(body: &mut Value, policy: &Value) -> Result<(), VectorRefusal> {
+    restrict_filtered(body, policy)?;
+    object_mut(body, "the body")?.insert("exact".into(), Value::Bool(true));
     Ok(())
 }
 
@@ -188,6 +202,15 @@ mod tests {
             q["prefetch"][1]["filter"],
             json!({"must": [{"should": [{"is_empty": {"key": "x"}}]}, policy()]})
         );
+    }
+
+    #[test]
+    fn filtered_writes_cannot_name_ids_and_counts_are_exact() {
+        let mut delete = json!({"points": [5], "filter": {"must": []}});
+        assert!(restrict_filtered(&mut delete, &policy()).is_err());
+        let mut count = json!({"exact": false});
+        restrict_count(&mut count, &policy()).unwrap();
+        assert_eq!(count["exact"], true);
     }
 
     #[test]

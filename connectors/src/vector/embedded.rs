@@ -169,11 +169,13 @@ impl Embedded {
             }
             Request::Delete { collection, body } => {
                 let operation = match read::<rest::PointsSelector>(&body)? {
-                    rest::PointsSelector::Ids { points } => {
-                        PointOperations::DeletePoints { ids: points }
+                    rest::PointsSelector::Ids(ids) => {
+                        rest::no_shard_key(&ids.shard_key)?;
+                        PointOperations::DeletePoints { ids: ids.points }
                     }
-                    rest::PointsSelector::Filter { filter } => {
-                        PointOperations::DeletePointsByFilter(filter)
+                    rest::PointsSelector::Filter(f) => {
+                        rest::no_shard_key(&f.shard_key)?;
+                        PointOperations::DeletePointsByFilter(f.filter)
                     }
                 };
                 self.update(&collection, UpdateOperation::PointOperation(operation))

@@ -398,12 +398,27 @@ pub struct RetrieveBody {
     pub shard_key: Option<Value>,
 }
 
-/// `POST /collections/{c}/points/delete`: by ids or by filter.
+/// `POST /collections/{c}/points/delete`: by ids or by filter, never both (a body with both
+/// would be read as ids alone).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum PointsSelector {
-    Ids { points: Vec<PointId> },
-    Filter { filter: Filter },
+    Ids(PointIds),
+    Filter(PointsFilter),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PointIds {
+    pub points: Vec<PointId>,
+    pub shard_key: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PointsFilter {
+    pub filter: Filter,
+    pub shard_key: Option<Value>,
 }
 
 /// `PUT /collections/{c}/index`.
