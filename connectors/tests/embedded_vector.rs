@@ -227,6 +227,101 @@ fn collections_points_and_queries_speak_qdrant_rest() {
         "{unknown:?}"
     );
 
+    // Every reply shape parses with qdrant-client's own response models.
+    let mut replies = serde_json::Map::new();
+    let mut add = |model: &str, value: Value| {
+        replies
+            .entry(model.to_string())
+            .or_insert_with(|| json!([]))
+            .as_array_mut()
+            .unwrap()
+            .push(value);
+    };
+    add(
+        "CollectionInfo",
+        call(&store, Request::GetCollection { collection: c() }),
+    );
+    add(
+        "CollectionsResponse",
+        call(&store, Request::ListCollections),
+    );
+    add(
+        "CollectionExistence",
+        call(&store, Request::CollectionExists { collection: c() }),
+    );
+    add(
+        "QueryResponse",
+        call(
+            &store,
+            Request::Query {
+                collection: c(),
+                body: json!({"query": [0.0, 0.0, 1.0, 0.0], "with_payload": true, "with_vector": true}),
+            },
+        ),
+    );
+    add(
+        "ScrollResult",
+        call(
+            &store,
+            Request::Scroll {
+                collection: c(),
+                body: json!({"limit": 1, "with_vector": true}),
+            },
+        ),
+    );
+    add(
+        "CountResult",
+        call(
+            &store,
+            Request::Count {
+                collection: c(),
+                body: json!({}),
+            },
+        ),
+    );
+    add(
+        "UpdateResult",
+        call(
+            &store,
+            Request::SetPayload {
+                collection: c(),
+                body: json!({"payload": {"seen": 1}, "points": [2]}),
+            },
+        ),
+    );
+    add(
+        "Record[]",
+        call(
+            &store,
+            Request::Retrieve {
+                collection: c(),
+                body: json!({"ids": [2, 4], "with_vector": true}),
+            },
+        ),
+    );
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} not found: run `bash tests/setup.sh` first",
+        python.display()
+    );
+    let file = dir.path().join("replies.json");
+    std::fs::write(&file, serde_json::to_vec(&Value::Object(replies)).unwrap()).unwrap();
+    let out = std::process::Command::new(&python)
+        .arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../tests/clients/python/qdrant_reply_models.py"),
+        )
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Reopened from disk: every acknowledged write is there.
     drop(store);
     let store = Embedded::open(dir.path()).unwrap();
