@@ -4,6 +4,9 @@
 
 #![cfg(feature = "embedded-vector")]
 
+mod common;
+
+use common::run_python_check;
 use connectors::vector::embedded::Embedded;
 use connectors::vector::{Request, VectorError};
 use serde_json::{json, Value};
@@ -299,28 +302,9 @@ fn collections_points_and_queries_speak_qdrant_rest() {
             },
         ),
     );
-    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    assert!(
-        python.is_file(),
-        "{} not found: run `bash tests/setup.sh` first",
-        python.display()
-    );
     let file = dir.path().join("replies.json");
     std::fs::write(&file, serde_json::to_vec(&Value::Object(replies)).unwrap()).unwrap();
-    let out = std::process::Command::new(&python)
-        .arg(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../tests/clients/python/qdrant_reply_models.py"),
-        )
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_python_check("qdrant_reply_models.py", &file);
 
     // Reopened from disk: every acknowledged write is there.
     drop(store);

@@ -6,9 +6,11 @@
 
 #![cfg(feature = "embedded-vector")]
 
-use std::collections::BTreeSet;
-use std::path::Path;
+mod common;
 
+use std::collections::BTreeSet;
+
+use common::{point_ids, run_python_check};
 use connectors::vector::embedded::Embedded;
 use connectors::vector::Request;
 use policies::{CmpOp, Filter, Pattern, Row, RowValue, Value as IrValue};
@@ -246,12 +248,7 @@ fn qdrant_admits_exactly_what_the_filter_ir_admits() {
                     body: json!({"filter": qdrant, "limit": 10_000, "with_payload": false}),
                 })
                 .map_err(|e| TestCaseError::fail(format!("{e}: {qdrant}")))?;
-            let got: BTreeSet<u64> = found["points"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| p["id"].as_u64().unwrap())
-                .collect();
+            let got = point_ids(&found["points"]);
             let want: BTreeSet<u64> = rows
                 .iter()
                 .filter(|(_, _, row)| f.eval(row) == Some(true))
@@ -275,12 +272,6 @@ fn qdrant_admits_exactly_what_the_filter_ir_admits() {
 
     // The same filters in qdrant-client's local mode (its Python implementation of Qdrant's
     // filter rules): a remote Qdrant and the Python clients read them as the engine does.
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    assert!(
-        python.is_file(),
-        "{} not found: run `bash tests/setup.sh` first",
-        python.display()
-    );
     let input = dir.path().join("cases.json");
     let payloads: Vec<Value> = rows
         .iter()
@@ -291,17 +282,5 @@ fn qdrant_admits_exactly_what_the_filter_ir_admits() {
         serde_json::to_vec(&json!({"payloads": payloads, "cases": cases.into_inner()})).unwrap(),
     )
     .unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/clients/python/qdrant_local_filters.py");
-    let out = std::process::Command::new(&python)
-        .arg(&script)
-        .arg(&input)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_python_check("qdrant_local_filters.py", &input);
 }

@@ -3,8 +3,11 @@
 
 #![cfg(feature = "embedded-vector")]
 
+mod common;
+
 use std::collections::BTreeSet;
 
+use common::point_ids;
 use connectors::vector::embedded::Embedded;
 use connectors::vector::Request;
 use policies::{CmpOp, Filter, Value as IrValue};
@@ -50,15 +53,6 @@ fn policy() -> Value {
     .unwrap()
 }
 
-fn ids(points: &Value) -> BTreeSet<u64> {
-    points
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["id"].as_u64().unwrap())
-        .collect()
-}
-
 fn query(store: &Embedded, mut body: Value) -> BTreeSet<u64> {
     rewriter::restrict_query(&mut body, &policy()).unwrap();
     let found = store
@@ -67,7 +61,7 @@ fn query(store: &Embedded, mut body: Value) -> BTreeSet<u64> {
             body,
         })
         .unwrap();
-    ids(&found["points"])
+    point_ids(&found["points"])
 }
 
 fn visible(ids: &BTreeSet<u64>) -> bool {
@@ -132,7 +126,7 @@ fn crafted_requests_reach_only_allowed_points() {
             body: scroll,
         })
         .unwrap();
-    assert_eq!(ids(&scrolled["points"]), all_a);
+    assert_eq!(point_ids(&scrolled["points"]), all_a);
 
     // Retrieving guessed ids: only the visible ones come back.
     let filter = rewriter::ids_filter(&json!([1, 5, 9, 77]), &policy()).unwrap();
@@ -142,7 +136,7 @@ fn crafted_requests_reach_only_allowed_points() {
             body: json!({"filter": filter, "limit": 100}),
         })
         .unwrap();
-    assert_eq!(ids(&got["points"]), BTreeSet::from([1]));
+    assert_eq!(point_ids(&got["points"]), BTreeSet::from([1]));
 
     // A write naming hidden ids beside a filter (Qdrant would ignore the filter) is refused,
     // and the engine never reads such a body as ids alone.
@@ -169,5 +163,5 @@ fn crafted_requests_reach_only_allowed_points() {
             body: json!({"limit": 100}),
         })
         .unwrap();
-    assert_eq!(ids(&rest["points"]), (5..=9).collect());
+    assert_eq!(point_ids(&rest["points"]), (5..=9).collect());
 }

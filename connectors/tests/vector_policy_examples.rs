@@ -5,11 +5,14 @@
 
 #![cfg(feature = "embedded-vector")]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::str::FromStr;
 
 use cedar_policy::{Context, EntityUid, RestrictedExpression};
+use common::point_ids;
 use connectors::vector::embedded::Embedded;
 use connectors::vector::Request;
 use serde_json::{json, Value};
@@ -81,12 +84,7 @@ fn rag_example_cases_hold_in_qdrant() {
                 body: json!({"filter": filter, "limit": 100}),
             })
             .unwrap();
-        let got: BTreeSet<u64> = found["points"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["id"].as_u64().unwrap())
-            .collect();
+        let got = point_ids(&found["points"]);
         assert_eq!(got, want, "{name}: filter {filter}");
         checked += rows.len();
     }
@@ -167,11 +165,6 @@ fn nested_payload_fields_are_cedar_records() {
             body: json!({"filter": filter, "limit": 100}),
         })
         .unwrap();
-    let got: BTreeSet<u64> = found["points"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["id"].as_u64().unwrap())
-        .collect();
+    let got = point_ids(&found["points"]);
     assert_eq!(got, BTreeSet::from([1, 2]), "filter {filter}");
 }

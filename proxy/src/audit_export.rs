@@ -12,6 +12,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use rewriter::quote_ident;
 use serde::Deserialize;
 use tokio_postgres::NoTls;
 use tracing::{info, warn};
@@ -71,7 +72,7 @@ pub fn quoted_table(table: &str) -> Result<String, ExportError> {
     }
     Ok(parts
         .iter()
-        .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
+        .map(|p| quote_ident(p))
         .collect::<Vec<_>>()
         .join("."))
 }
@@ -255,7 +256,7 @@ async fn export(
 fn create_table(table: &str, name: &str) -> String {
     let index = |suffix: &str| {
         let base = name.rsplit('.').next().unwrap_or(name);
-        format!("\"{}\"", format!("{base}_{suffix}").replace('"', "\"\""))
+        quote_ident(&format!("{base}_{suffix}"))
     };
     format!(
         "CREATE TABLE IF NOT EXISTS {table} (

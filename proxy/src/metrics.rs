@@ -76,60 +76,74 @@ impl Metrics {
     fn new() -> Metrics {
         let mut registry = Registry::with_prefix("portcullis");
         let statements = Family::<StatementLabels, Counter>::default();
-        registry.register(
+        add(
+            &mut registry,
             "statements",
             "Statements agents sent, by agent and decision (allow, rewrite, deny)",
-            statements.clone(),
+            &statements,
         );
         let cache = Family::<CacheLabels, Counter>::default();
-        registry.register(
+        add(
+            &mut registry,
             "cache_lookups",
             "Rewrite and derivation cache lookups, by cache and result (hit, miss)",
-            cache.clone(),
+            &cache,
         );
         let sessions = Gauge::default();
-        registry.register("sessions", "Agent sessions open now", sessions.clone());
+        add(
+            &mut registry,
+            "sessions",
+            "Agent sessions open now",
+            &sessions,
+        );
         let sessions_opened = Counter::default();
-        registry.register(
+        add(
+            &mut registry,
             "sessions_opened",
             "Agent sessions opened since start",
-            sessions_opened.clone(),
+            &sessions_opened,
         );
         let audit_queue = Gauge::default();
-        registry.register(
+        add(
+            &mut registry,
             "audit_queue_depth",
             "Audit entries waiting for the writer",
-            audit_queue.clone(),
+            &audit_queue,
         );
         let audit_entries = Counter::default();
-        registry.register(
+        add(
+            &mut registry,
             "audit_entries",
             "Audit entries written",
-            audit_entries.clone(),
+            &audit_entries,
         );
         let audit_fsync = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
-        registry.register(
+        add(
+            &mut registry,
             "audit_fsync_seconds",
             "Durable audit appends (one write and one fdatasync for a group of entries)",
-            audit_fsync.clone(),
+            &audit_fsync,
         );
         let audit_writable = Gauge::default();
-        registry.register(
+        add(
+            &mut registry,
             "audit_writable",
             "1 while the audit log can be written, 0 while statements are refused (or let through under fail_open)",
-            audit_writable.clone(),
+            &audit_writable,
         );
         let audit_exported = Counter::default();
-        registry.register(
+        add(
+            &mut registry,
             "audit_exported",
             "Audit entries exported to the [audit.export] table",
-            audit_exported.clone(),
+            &audit_exported,
         );
         let audit_export_stopped = Gauge::default();
-        registry.register(
+        add(
+            &mut registry,
             "audit_export_stopped",
             "1 once the audit export stopped: the table holds other entries than the log",
-            audit_export_stopped.clone(),
+            &audit_export_stopped,
         );
         let counter = |name: &str, result: &str| {
             cache
@@ -181,6 +195,16 @@ impl Metrics {
             .expect("writing to a String does not fail");
         text
     }
+}
+
+/// Registers a clone of `metric` (the registry keeps one handle, the caller the other).
+fn add<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: &M,
+) {
+    registry.register(name, help, metric.clone());
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);

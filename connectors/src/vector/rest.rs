@@ -292,23 +292,23 @@ fn scoring(
     }))
 }
 
-/// Sharding keys name shards this store does not have.
-pub fn no_shard_key(shard_key: &Option<Value>) -> Result<(), VectorError> {
-    match shard_key {
+/// A request key this store does not support (`shard_key`: shards it does not have;
+/// `lookup_from`: points of another collection) must be absent.
+fn absent_key(name: &str, value: &Option<Value>) -> Result<(), VectorError> {
+    match value {
         None => Ok(()),
-        Some(_) => Err(bad(
-            "shard_key is not supported by the embedded vector store",
-        )),
+        Some(_) => Err(bad(format!(
+            "{name} is not supported by the embedded vector store"
+        ))),
     }
 }
 
+pub fn no_shard_key(shard_key: &Option<Value>) -> Result<(), VectorError> {
+    absent_key("shard_key", shard_key)
+}
+
 fn no_lookup(lookup_from: &Option<Value>) -> Result<(), VectorError> {
-    match lookup_from {
-        None => Ok(()),
-        Some(_) => Err(bad(
-            "lookup_from is not supported by the embedded vector store",
-        )),
-    }
+    absent_key("lookup_from", lookup_from)
 }
 
 fn prefetch(body: PrefetchBody) -> Result<Prefetch, VectorError> {
