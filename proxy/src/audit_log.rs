@@ -185,9 +185,9 @@ impl AuditLog {
             }
             _ => (None, None),
         };
-        crate::metrics::metrics()
-            .audit_queue
-            .inc_by(entries.len() as i64);
+        let queued = entries.len() as i64;
+        let queue = &crate::metrics::metrics().audit_queue;
+        queue.inc_by(queued);
         let sent = self
             .sender
             .lock()
@@ -195,6 +195,7 @@ impl AuditLog {
             .send(Message::Append(entries, ack));
         if sent.is_err() {
             // The writer is gone (shutting down): nothing can be recorded any more.
+            queue.dec_by(queued);
             self.healthy.store(false, Ordering::Release);
         }
         answer
