@@ -106,14 +106,14 @@ fn nested_payload_fields_are_cedar_records() {
             SourceKind::Schema,
             "kb.cedarschema",
             "entity Agent { tenant: String };\n\
-             namespace vectors { entity kb { page_content: String, metadata: { tenant: String, public?: Bool } }; }\n\
-             action search appliesTo { principal: [Agent], resource: [vectors::kb] };\n",
+             namespace qdrant { entity kb { page_content: String, metadata: { tenant: String, public?: Bool } }; }\n\
+             action search appliesTo { principal: [Agent], resource: [qdrant::kb] };\n",
         ),
         source(
             SourceKind::Policies,
             "kb.cedar",
             "@id(\"own-tenant-or-public\")\n\
-             permit (principal, action == Action::\"search\", resource is vectors::kb)\n\
+             permit (principal, action == Action::\"search\", resource is qdrant::kb)\n\
              when { resource.metadata.tenant == principal.tenant ||\n\
                     (resource.metadata has public && resource.metadata.public) };\n",
         ),
@@ -128,7 +128,7 @@ fn nested_payload_fields_are_cedar_records() {
         &bundle,
         &uid("Agent", "a-bot"),
         "search",
-        "vectors::kb",
+        "qdrant::kb",
         Context::empty(),
     )
     .unwrap();

@@ -27,6 +27,8 @@ use crate::load::PolicyBundle;
 
 /// The action whose requests decide column rules.
 pub const READ_COLUMN: &str = "read_column";
+/// The action whose requests decide payload field rules of vector collections.
+pub const READ_FIELD: &str = "read_field";
 
 /// How a hidden value is shown. Every mask keeps the column's type (see `docs/policies.md`
 /// for what each produces per type).
@@ -125,16 +127,7 @@ pub struct ColumnRules {
 /// Whether column rules are in force for `resource_type` (the schema declares `read_column`
 /// for it).
 pub fn has_column_rules(bundle: &PolicyBundle, resource_type: &str) -> bool {
-    let (Ok(action), Ok(ty)) = (
-        action_uid(READ_COLUMN),
-        resource_type.parse::<EntityTypeName>(),
-    ) else {
-        return false;
-    };
-    bundle
-        .schema
-        .resources_for_action(&action)
-        .is_some_and(|mut r| r.any(|t| *t == ty))
+    action_applies(bundle, READ_COLUMN, resource_type)
 }
 
 /// The rules for `columns` of `resource_type`, or `None` when the table has no column rules
@@ -146,7 +139,57 @@ pub fn derive_columns(
     columns: &[&str],
     context: &Context,
 ) -> Result<Option<ColumnRules>, DeriveError> {
-    if !has_column_rules(bundle, resource_type) {
+    derive_rules(
+        bundle,
+        principal,
+        (READ_COLUMN, "column"),
+        resource_type,
+        columns,
+        context,
+    )
+}
+
+/// The rules for payload `fields` (dotted paths) of the vector collection `resource_type`,
+/// decided by `Action::"read_field"` with `context.field`, as [`derive_columns`] decides
+/// columns; `None` when the collection has no field rules (every field readable).
+pub fn derive_fields(
+    bundle: &PolicyBundle,
+    principal: &EntityUid,
+    resource_type: &str,
+    fields: &[&str],
+    context: &Context,
+) -> Result<Option<ColumnRules>, DeriveError> {
+    derive_rules(
+        bundle,
+        principal,
+        (READ_FIELD, "field"),
+        resource_type,
+        fields,
+        context,
+    )
+}
+
+/// Whether `action` applies to `resource_type` in the schema.
+pub fn action_applies(bundle: &PolicyBundle, action: &str, resource_type: &str) -> bool {
+    let (Ok(action), Ok(ty)) = (action_uid(action), resource_type.parse::<EntityTypeName>()) else {
+        return false;
+    };
+    bundle
+        .schema
+        .resources_for_action(&action)
+        .is_some_and(|mut r| r.any(|t| *t == ty))
+}
+
+/// Column or field rules: `(action, context key)` names the per-name request.
+fn derive_rules(
+    bundle: &PolicyBundle,
+    principal: &EntityUid,
+    (action, context_key): (&str, &str),
+    resource_type: &str,
+    columns: &[&str],
+    context: &Context,
+) -> Result<Option<ColumnRules>, DeriveError> {
+    if !action_applies(bundle, action, resource_type) {
         return Ok(None);
     }
     let mut rules = ColumnRules {
@@ -158,11 +201,11 @@ pub fn derive_columns(
         let context = context
             .clone()
             .merge([(
-                "column".to_string(),
+                context_key.to_string(),
                 RestrictedExpression::new_string(column.to_string()),
             )])
             .map_err(|e| DeriveError::Request(format!("context: {e}")))?;
-        let parts = residuals(bundle, principal, READ_COLUMN, resource_type, context)?;
+        let parts = residuals(bundle, principal, action, resource_type, context)?;
         let permit = Filter::or(parts.permits.iter().map(|(_, f)| f.clone()).collect());
         let readable = Filter::and(
             std::iter::once(permit.clone())
@@ -230,13 +273,13 @@ pub(crate) fn check_mask_annotation(policy: &cedar_policy::Policy) -> Option<Str
             "@mask belongs on a forbid policy (it names how a forbidden value is shown)".into(),
         );
     }
-    let read_column = action_uid(READ_COLUMN).ok()?;
-    let about_columns = match policy.action_constraint() {
-        cedar_policy::ActionConstraint::Eq(a) => a == read_column,
-        cedar_policy::ActionConstraint::In(list) => list.iter().all(|a| *a == read_column),
+    let readers = [action_uid(READ_COLUMN).ok()?, action_uid(READ_FIELD).ok()?];
+    let about_values = match policy.action_constraint() {
+        cedar_policy::ActionConstraint::Eq(a) => readers.contains(&a),
+        cedar_policy::ActionConstraint::In(list) => list.iter().all(|a| readers.contains(a)),
         cedar_policy::ActionConstraint::Any => false,
     };
-    (!about_columns).then(|| {
-        "@mask belongs on a policy whose action is only Action::\"read_column\"".to_string()
+    (!about_values).then(|| {
+        "@mask belongs on a policy whose action is only Action::\"read_column\" or Action::\"read_field\"".to_string()
     })
 }

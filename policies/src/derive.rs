@@ -140,7 +140,7 @@ pub(crate) fn residuals(
 
     // Nested attribute paths are vector payload fields: a table has flat columns (and a path
     // through an entity is not a column either), so there they stay untranslatable.
-    let nested = resource_type.namespace() == "vectors";
+    let nested = resource_type.namespace() == "qdrant";
     let mut out = Residuals {
         permits: Vec::new(),
         forbids: Vec::new(),
@@ -629,8 +629,8 @@ mod tests {
         use crate::source::{SourceFile, SourceKind};
         let schema = "entity Agent;\n\
             namespace public { entity t { meta: { x: Long } }; }\n\
-            namespace vectors { entity t { meta: { x: Long } }; }\n\
-            action search appliesTo { principal: [Agent], resource: [public::t, vectors::t] };\n";
+            namespace qdrant { entity t { meta: { x: Long } }; }\n\
+            action search appliesTo { principal: [Agent], resource: [public::t, qdrant::t] };\n";
         let policy =
             "@id(\"p\")\npermit (principal, action, resource) when { resource.meta.x == 1 };\n";
         let bundle = crate::load::load_sources(vec![
@@ -654,7 +654,7 @@ mod tests {
         let agent: EntityUid = "Agent::\"a\"".parse().unwrap();
         let derive = |ty| derive(&bundle, &agent, "search", ty, Context::empty()).unwrap();
         assert_eq!(
-            derive("vectors::t").filter,
+            derive("qdrant::t").filter,
             Filter::Compare {
                 attr: "meta.x".into(),
                 op: CmpOp::Eq,

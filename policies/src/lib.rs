@@ -13,6 +13,7 @@ mod derive;
 mod diagnostics;
 mod filter;
 mod load;
+mod payload;
 pub mod policy_tests;
 pub mod schema_import;
 mod source;
@@ -20,11 +21,15 @@ mod store;
 mod version;
 
 pub use cache::DerivationCache;
-pub use columns::{derive_columns, has_column_rules, ColumnRule, ColumnRules, Mask, READ_COLUMN};
+pub use columns::{
+    action_applies, derive_columns, derive_fields, has_column_rules, ColumnRule, ColumnRules, Mask,
+    READ_COLUMN, READ_FIELD,
+};
 pub use derive::{civil_from_days, derive, Check, DeriveError, Derived};
 pub use diagnostics::Diagnostic;
 pub use filter::{CmpOp, Filter, Pattern, Row, RowValue, Value};
 pub use load::{load_dir, load_sources, LoadError, PolicyBundle};
+pub use payload::{Field, FieldType, PayloadError, PayloadSchema};
 pub use source::{SourceFile, SourceKind};
 pub use store::{StoreError, VersionStore};
 pub use version::Version;

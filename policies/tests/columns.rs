@@ -181,7 +181,7 @@ fn tables_without_read_column_have_no_column_rules() {
     let rules = derive_columns(
         &b,
         &agent("rag-bot"),
-        "vectors::support_docs",
+        "qdrant::support_docs",
         &["title"],
         &Context::empty(),
     )

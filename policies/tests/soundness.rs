@@ -146,7 +146,7 @@ fn rows(table: &str) -> BoxedStrategy<GenRow> {
                 )
                 .boxed()
         }
-        "vectors::support_docs" => (
+        "qdrant::support_docs" => (
             long(0..4),
             proptest::sample::subsequence(&["support", "billing", "legal", "hr"][..], 0..=4),
             string(&["public", "internal", "restricted"]),
@@ -393,7 +393,7 @@ fn rag_filters_agree_with_cedar_on_every_generated_point() {
         &example("rag"),
         &["rag-bot", "compliance-bot", "ingestor"],
         &[None, Some("carol")],
-        &["vectors::support_docs"],
+        &["qdrant::support_docs"],
         &["search", "upsert"],
         200,
     );

@@ -25,6 +25,8 @@ pub struct Config {
     pub audit: Option<crate::audit_log::AuditConfig>,
     /// The admin listener (see `admin`).
     pub admin: Option<AdminConfig>,
+    /// The Qdrant API for RAG pipelines (see `vector`).
+    pub vector: Option<crate::vector::VectorConfig>,
     #[serde(default)]
     pub agents: Vec<AgentConfig>,
 }
@@ -189,6 +191,7 @@ pub struct Resolved {
     pub policies: Option<PoliciesConfig>,
     pub audit: Option<crate::audit_log::AuditConfig>,
     pub admin: Option<AdminConfig>,
+    pub vector: Option<crate::vector::VectorConfig>,
     pub tokens: Option<TokenVerifier>,
     /// Token logins are accepted without TLS (`jwt.allow_plaintext`).
     pub tokens_without_tls: bool,
@@ -228,6 +231,23 @@ impl Config {
         }
         if let Some(a) = &self.audit {
             check_audit(a)?;
+        }
+        if let Some(v) = &self.vector {
+            if self.policies.is_none() {
+                return Err(invalid(
+                    "vector",
+                    "needs [policies]: the vector shim always enforces policy",
+                ));
+            }
+            if v.store.is_none() {
+                return Err(invalid(
+                    "vector.store",
+                    "set the embedded store's directory",
+                ));
+            }
+            if v.max_body_bytes < 1024 {
+                return Err(invalid("vector.max_body_bytes", "must be at least 1024"));
+            }
         }
         let pg = self.postgres;
         let mut upstream = UpstreamConfig::from_url(&pg.upstream.0)
@@ -331,6 +351,7 @@ impl Config {
             policies: self.policies,
             audit: self.audit,
             admin: self.admin,
+            vector: self.vector,
             tokens,
             tokens_without_tls,
         })

@@ -46,6 +46,7 @@ pub async fn run(listen: SocketAddr, fixtures: PathBuf, policies: PathBuf) -> an
         require_tls: false,
         audit: None,
         admin: None,
+        vector: None,
         max_message_bytes: 64 << 20,
         max_query_bytes: 1 << 20,
         agents: AGENTS

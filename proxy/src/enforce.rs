@@ -68,8 +68,13 @@ impl Principal {
         })
     }
 
-    fn context(&self) -> Context {
+    pub(crate) fn context(&self) -> Context {
         self.context.clone()
+    }
+
+    /// Agent and context as one key (what caches of per-principal results are keyed by).
+    pub(crate) fn scope(&self) -> &str {
+        &self.scope
     }
 }
 

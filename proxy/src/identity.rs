@@ -87,14 +87,21 @@ impl TokenVerifier {
 
     /// Verifies `token` for `agent`; returns the human it acts for, if any.
     pub fn verify(&self, token: &str, agent: &str) -> Result<Option<String>, TokenError> {
-        let claims = decode::<Claims>(token, &self.key, &self.validation)?.claims;
-        if claims.sub != agent {
-            return Err(TokenError::WrongSubject(claims.sub));
+        let (sub, on_behalf_of) = self.verify_any(token)?;
+        if sub != agent {
+            return Err(TokenError::WrongSubject(sub));
         }
+        Ok(on_behalf_of)
+    }
+
+    /// Verifies `token` for whichever agent its `sub` names (the vector shim, whose clients
+    /// send only a token); returns the agent and the human it acts for, if any.
+    pub fn verify_any(&self, token: &str) -> Result<(String, Option<String>), TokenError> {
+        let claims = decode::<Claims>(token, &self.key, &self.validation)?.claims;
         if claims.on_behalf_of.as_deref() == Some("") {
             return Err(TokenError::EmptyDelegation);
         }
-        Ok(claims.on_behalf_of)
+        Ok((claims.sub, claims.on_behalf_of))
     }
 }
 

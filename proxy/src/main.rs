@@ -19,6 +19,7 @@ mod pg;
 mod policy_state;
 mod server;
 mod tls;
+mod vector;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -384,6 +385,8 @@ async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
             None
         }
     };
+    let vector_config = resolved.vector.take();
+    let vector_hash_key = hash_key.clone().unwrap_or_default();
     let mut shared = server::Shared::new(resolved)?;
     if let (Some(policies), Some(enforcer), Some(key)) = (policies, enforcer, hash_key) {
         shared.enforce(policies, enforcer, &key);
@@ -410,6 +413,22 @@ async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
         tokio::spawn(async move {
             if let Err(e) = admin::serve(admin_listener, shared).await {
                 tracing::error!("admin listener failed: {e}");
+            }
+        });
+    }
+    if let Some(config) = vector_config {
+        let listen = config.listen;
+        let vector_listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen} (vector.listen)"))?;
+        let shared = shared.clone();
+        let shim = tokio::task::spawn_blocking(move || {
+            vector::Shim::open(config, shared, vector_hash_key)
+        })
+        .await??;
+        tokio::spawn(async move {
+            if let Err(e) = vector::serve(vector_listener, Arc::new(shim)).await {
+                tracing::error!("vector listener failed: {e}");
             }
         });
     }

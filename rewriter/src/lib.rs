@@ -43,7 +43,8 @@ pub use redact::redact_literals;
 pub use sql_filter::render as render_filter;
 pub use vector_filter::{qdrant_filter, VectorFilterError};
 pub use vector_request::{
-    and_filter, ids_filter, restrict_count, restrict_filtered, restrict_query, VectorRefusal,
+    and_filter, field_path, filter_fields, ids_filter, order_by_field, project_payload,
+    restrict_count, restrict_filtered, restrict_query, Projected, VectorRefusal,
 };
 pub use verify::{postgres_reading, Reading};
 

@@ -174,6 +174,148 @@ pub fn ids_filter(ids: &Value, policy: &Value) -> Result<Value, VectorRefusal> {
     Ok(json!({ "must": [{ "has_id": ids }, policy] }))
 }
 
+/// The payload fields (dotted paths, array markers dropped) a client's filter reads: every
+/// condition's `key`, with `nested` conditions' keys under their parent's. A filter on a
+/// field the agent may not read is an oracle for its values, so the shim checks these.
+/// Keys Qdrant would read as quoted or indexed paths are refused rather than interpreted.
+pub fn filter_fields(filter: &Value) -> Result<Vec<String>, VectorRefusal> {
+    let mut out = Vec::new();
+    collect_fields(filter, "", &mut out, 0)?;
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+fn collect_fields(
+    v: &Value,
+    prefix: &str,
+    out: &mut Vec<String>,
+    depth: usize,
+) -> Result<(), VectorRefusal> {
+    if depth > 64 {
+        return Err(malformed("filter nested too deep"));
+    }
+    match v {
+        Value::Array(items) => {
+            for i in items {
+                collect_fields(i, prefix, out, depth + 1)?;
+            }
+        }
+        Value::Object(map) => {
+            if let Some(nested) = map.get("nested") {
+                let key = nested
+                    .get("key")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| malformed("a nested condition without a key"))?;
+                let path = field_path(prefix, key)?;
+                out.push(path.clone());
+                if let Some(inner) = nested.get("filter") {
+                    collect_fields(inner, &path, out, depth + 1)?;
+                }
+            }
+            for (k, value) in map {
+                match (k.as_str(), value) {
+                    ("nested", _) => {}
+                    ("key", Value::String(key)) => out.push(field_path(prefix, key)?),
+                    ("key", other) => return Err(malformed(format!("a key {other}"))),
+                    _ => collect_fields(value, prefix, out, depth + 1)?,
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `prefix.key` as a dotted path, with Qdrant's `[]` and `[n]` array steps dropped.
+pub fn field_path(prefix: &str, key: &str) -> Result<String, VectorRefusal> {
+    let mut parts = Vec::new();
+    if !prefix.is_empty() {
+        parts.push(prefix.to_string());
+    }
+    for part in key.split('.') {
+        let name = part.split('[').next().unwrap_or("");
+        let rest = &part[name.len()..];
+        let steps_ok = rest.is_empty()
+            || rest.split_inclusive(']').all(|s| {
+                s.starts_with('[')
+                    && s.ends_with(']')
+                    && s[1..s.len() - 1].chars().all(|c| c.is_ascii_digit())
+            });
+        if name.is_empty()
+            || !steps_ok
+            || !name
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(VectorRefusal::Unsupported(format!(
+                "the payload key {key:?} (use plain dotted names)"
+            )));
+        }
+        parts.push(name.to_string());
+    }
+    Ok(parts.join("."))
+}
+
+/// The field a scroll's `order_by` sorts by, if any: sorting by a field reveals its order.
+pub fn order_by_field(body: &Value) -> Result<Option<String>, VectorRefusal> {
+    match body.get("order_by") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(key)) => field_path("", key).map(Some),
+        Some(Value::Object(o)) => match o.get("key") {
+            Some(Value::String(key)) => field_path("", key).map(Some),
+            _ => Err(malformed("order_by without a key")),
+        },
+        Some(other) => Err(malformed(format!("order_by {other}"))),
+    }
+}
+
+/// Projects a payload in place: `decide(path, value)` says, for each leaf (dotted path; a
+/// list is a leaf), whether to keep it (`Keep`), replace it, or drop it. Objects are walked
+/// into; an object left empty by the projection stays (empty).
+pub fn project_payload(
+    payload: &mut Map<String, Value>,
+    decide: &mut dyn FnMut(&str, &Value) -> Projected,
+) {
+    project_level(payload, "", decide, 0);
+}
+
+/// What the projection does with one payload value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Projected {
+    Keep,
+    Replace(Value),
+    Drop,
+}
+
+fn project_level(
+    map: &mut Map<String, Value>,
+    prefix: &str,
+    decide: &mut dyn FnMut(&str, &Value) -> Projected,
+    depth: usize,
+) {
+    let keys: Vec<String> = map.keys().cloned().collect();
+    for key in keys {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        let value = map.get_mut(&key).expect("a key of this map");
+        if let (Value::Object(inner), true) = (&mut *value, depth < 32) {
+            project_level(inner, &path, decide, depth + 1);
+            continue;
+        }
+        match decide(&path, value) {
+            Projected::Keep => {}
+            Projected::Replace(v) => *value = v,
+            Projected::Drop => {
+                map.remove(&key);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,5 +370,36 @@ mod tests {
             let mut body = q.clone();
             assert!(restrict_query(&mut body, &policy()).is_err(), "{q}");
         }
+    }
+    #[test]
+    fn filter_fields_are_every_key_with_nested_ones_under_their_parent() {
+        let f = json!({"should": [
+            {"key": "a.b[]", "match": {"value": 1}},
+            {"nested": {"key": "items[]", "filter": {"must": [{"key": "sku", "match": {"value": "x"}}]}}},
+            {"min_should": {"conditions": [{"is_empty": {"key": "c"}}], "min_count": 1}},
+            {"has_id": [1]},
+        ]});
+        assert_eq!(
+            filter_fields(&f).unwrap(),
+            vec!["a.b", "c", "items", "items.sku"]
+        );
+        assert!(
+            filter_fields(&json!({"must": [{"key": "\"a.b\"", "match": {"value": 1}}]})).is_err()
+        );
+        assert!(filter_fields(&json!({"must": [{"key": "a[x]", "match": {"value": 1}}]})).is_err());
+    }
+
+    #[test]
+    fn projection_walks_objects_and_decides_leaves() {
+        let mut p = json!({"a": 1, "m": {"t": 2, "s": "x"}, "l": [1, 2]});
+        let Value::Object(map) = &mut p else {
+            unreachable!()
+        };
+        project_payload(map, &mut |path, _| match path {
+            "a" => Projected::Drop,
+            "m.s" => Projected::Replace(Value::Null),
+            _ => Projected::Keep,
+        });
+        assert_eq!(p, json!({"m": {"t": 2, "s": null}, "l": [1, 2]}));
     }
 }

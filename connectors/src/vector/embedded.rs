@@ -162,10 +162,7 @@ impl Embedded {
             }
             Request::Upsert { collection, body } => {
                 let operation = upsert_operation(body)?;
-                self.update(
-                    &collection,
-                    UpdateOperation::PointOperation(PointOperations::UpsertPoints(operation)),
-                )
+                self.update(&collection, UpdateOperation::PointOperation(operation))
             }
             Request::Delete { collection, body } => {
                 let operation = match read::<rest::PointsSelector>(&body)? {
@@ -323,11 +320,13 @@ fn bad_or_internal(e: qdrant_edge::OperationError) -> VectorError {
     }
 }
 
-/// Upsert bodies: `{"points": [...]}` or `{"batch": {...}}`, with Qdrant's other keys
-/// (`shard_key`, `update_filter`, `update_mode`) not supported here.
-fn upsert_operation(mut body: Value) -> Result<PointInsertOperations, VectorError> {
+/// Upsert bodies: `{"points": [...]}` or `{"batch": {...}}`. An `update_filter` makes it
+/// conditional: an existing point is overwritten only if it matches the filter (new points are
+/// inserted). `shard_key` and `update_mode` are not supported here.
+fn upsert_operation(mut body: Value) -> Result<PointOperations, VectorError> {
+    let mut condition = None;
     if let Some(map) = body.as_object_mut() {
-        for key in ["shard_key", "update_filter", "update_mode"] {
+        for key in ["shard_key", "update_mode"] {
             if map.get(key).is_some_and(|v| !v.is_null()) {
                 return Err(VectorError::BadRequest(format!(
                     "{key} is not supported by the embedded vector store"
@@ -335,8 +334,22 @@ fn upsert_operation(mut body: Value) -> Result<PointInsertOperations, VectorErro
             }
             map.remove(key);
         }
+        condition = match map.remove("update_filter") {
+            None | Some(Value::Null) => None,
+            Some(f) => Some(read::<qdrant_edge::Filter>(&f)?),
+        };
     }
-    read(&body)
+    let points: PointInsertOperations = read(&body)?;
+    Ok(match condition {
+        None => PointOperations::UpsertPoints(points),
+        Some(condition) => {
+            PointOperations::UpsertPointsConditional(qdrant_edge::ConditionalInsertOperation {
+                points_op: points,
+                condition,
+                update_mode: None,
+            })
+        }
+    })
 }
 
 /// `GET /collections/{c}`: the fields Qdrant's clients read (and validate).

@@ -72,6 +72,30 @@ impl Verifier {
         .expect("postgres-protocol produces valid verifiers")
     }
 
+    /// Whether `password` is the secret this verifier was made from (the same SASLprep and
+    /// PBKDF2 as a SCRAM exchange). Costs the verifier's iterations: the vector shim, whose
+    /// clients send a plaintext API key, remembers keys it has checked.
+    pub fn check_password(&self, password: &str) -> bool {
+        let normalized = match stringprep::saslprep(password) {
+            Ok(p) => p.into_owned(),
+            Err(_) => password.to_string(),
+        };
+        let pw = normalized.as_bytes();
+        let mut first = self.salt.clone();
+        first.extend_from_slice(&1u32.to_be_bytes());
+        let mut u = hmac(pw, &first);
+        let mut salted = u;
+        for _ in 1..self.iterations {
+            u = hmac(pw, &u);
+            for (s, x) in salted.iter_mut().zip(u) {
+                *s ^= x;
+            }
+        }
+        let client_key = hmac(&salted, b"Client Key");
+        let stored: [u8; 32] = Sha256::digest(client_key).into();
+        constant_time_eq(&stored, &self.stored_key)
+    }
+
     /// A verifier no secret matches, with a salt derived from `name` and `instance_key`, so that
     /// unknown agents see the same exchange (stable salt, same iterations) as known ones.
     pub fn decoy(name: &str, instance_key: &[u8; 32]) -> Self {
@@ -241,5 +265,15 @@ mod tests {
         let k = [7u8; 32];
         assert_eq!(Verifier::decoy("a", &k).salt, Verifier::decoy("a", &k).salt);
         assert_ne!(Verifier::decoy("a", &k).salt, Verifier::decoy("b", &k).salt);
+    }
+
+    #[test]
+    fn a_plaintext_secret_checks_against_its_verifier() {
+        let v = Verifier::from_secret("s3cret-ü");
+        assert!(v.check_password("s3cret-ü"));
+        assert!(!v.check_password("s3cret-u"));
+        assert!(!v.check_password(""));
+        let decoy = Verifier::decoy("nobody", &[7; 32]);
+        assert!(!decoy.check_password("s3cret-ü"));
     }
 }

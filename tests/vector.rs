@@ -1,0 +1,699 @@
+//! The vector shim end to end: the real `portcullis` binary serving Qdrant's REST API over the
+//! embedded engine, under the RAG example policy set (`policies/examples/rag`), with the audit
+//! log on. Agents: `ingestor` and `ingestor-t2` write tenant 1 and tenant 2 documents;
+//! `rag-bot` (tenant 1, groups support and billing), `rag-bot-t2` (tenant 2) and
+//! `compliance-bot` (tenant 1, legal, sees restricted documents and internal notes) read.
+//!
+//! Each adversarial request asserts the exact safe outcome: the points policy admits, or the
+//! refusal, never a hidden point, its count, or a hidden field's value.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{copy_files, repo_root, Env, Options};
+use serde_json::{json, Value};
+
+const AGENTS: &[&str] = &[
+    "rag-bot",
+    "rag-bot-t2",
+    "compliance-bot",
+    "ingestor",
+    "ingestor-t2",
+];
+
+fn secret(agent: &str) -> String {
+    format!("{agent}-secret")
+}
+
+struct Shim {
+    env: Env,
+    port: u16,
+    log: PathBuf,
+    _work: tempfile::TempDir,
+}
+
+fn start() -> Shim {
+    let work = tempfile::tempdir().unwrap();
+    let set = work.path().join("policies");
+    std::fs::create_dir(&set).unwrap();
+    copy_files("policies/examples/rag", &set);
+    let key = work.path().join("audit.key");
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["audit", "keygen", "--node-id", "vec-node", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let log = work.path().join("audit");
+    let port = common::free_port();
+    let agents: String = AGENTS
+        .iter()
+        .map(|a| format!("[[agents]]\nid = {a:?}\nsecret = {:?}\n\n", secret(a)))
+        .collect();
+    let env = Env::start_with(Options {
+        postgres_extra: format!(
+            "[policies]\ndir = {:?}\n\n[audit]\ndir = {:?}\nkey_file = {:?}\nnode_id = \"vec-node\"\n\n\
+             [vector]\nlisten = \"127.0.0.1:{port}\"\nstore = {:?}\n\n{agents}",
+            set.display().to_string(),
+            log.display().to_string(),
+            key.display().to_string(),
+            work.path().join("vectors").display().to_string(),
+        ),
+    });
+    Shim {
+        env,
+        port,
+        log,
+        _work: work,
+    }
+}
+
+/// One HTTP/1.1 request with a JSON body: the status and the JSON reply.
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    api_key: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let key = api_key
+        .map(|k| format!("api-key: {k}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{key}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let value = serde_json::from_str(body).unwrap_or(Value::String(body.to_string()));
+    (status, value)
+}
+
+impl Shim {
+    fn call(&self, agent: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let key = format!("{agent}:{}", secret(agent));
+        http(self.port, method, path, Some(&key), body.as_ref())
+    }
+
+    /// A call that must succeed: its `result`.
+    fn ok(&self, agent: &str, method: &str, path: &str, body: Value) -> Value {
+        let (status, reply) = self.call(agent, method, path, Some(body));
+        assert_eq!(status, 200, "{agent} {method} {path}: {reply}");
+        assert_eq!(reply["status"], "ok", "{reply}");
+        reply["result"].clone()
+    }
+
+    /// A call that policy must refuse with 403; the error message.
+    fn refused(&self, agent: &str, method: &str, path: &str, body: Value) -> String {
+        let (status, reply) = self.call(agent, method, path, Some(body.clone()));
+        assert_eq!(status, 403, "{agent} {method} {path} {body}: {reply}");
+        reply["status"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    fn entries(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.log.join("entries"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+fn ids(points: &Value) -> BTreeSet<u64> {
+    points
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list of points: {points}"))
+        .iter()
+        .map(|p| p["id"].as_u64().unwrap())
+        .collect()
+}
+
+fn set(v: &[u64]) -> BTreeSet<u64> {
+    v.iter().copied().collect()
+}
+
+const DIM: usize = 4;
+
+fn vector(i: u64) -> Value {
+    json!([1.0, (i as f64) / 10.0, 0.5, -((i % 3) as f64)])
+}
+
+/// Documents: (id, tenant, groups, classification).
+const DOCS: &[(u64, i64, &[&str], &str)] = &[
+    (1, 1, &["support"], "internal"),
+    (2, 1, &["billing"], "public"),
+    (3, 1, &["legal"], "internal"),
+    (4, 1, &["support", "legal"], "restricted"),
+    (5, 1, &["hr"], "internal"),
+];
+const DOCS_T2: &[(u64, i64, &[&str], &str)] = &[
+    (11, 2, &["support"], "internal"),
+    (12, 2, &["support"], "public"),
+];
+
+fn point(id: u64, tenant: i64, groups: &[&str], class: &str) -> Value {
+    json!({
+        "id": id,
+        "vector": vector(id),
+        "payload": {
+            "tenant_id": tenant,
+            "acl_groups": groups,
+            "classification": class,
+            "title": format!("doc {id}"),
+            "body": format!("text of {id}"),
+            "internal_notes": format!("secret note {id}"),
+        }
+    })
+}
+
+/// rag-bot may see 1 and 2 (its groups, not restricted); compliance-bot 3 and 4 (legal) and 1
+/// (support); rag-bot-t2 sees 11 and 12.
+fn load(s: &Shim) {
+    s.ok(
+        "ingestor",
+        "PUT",
+        "/collections/support_docs",
+        json!({ "vectors": { "size": DIM, "distance": "Cosine" } }),
+    );
+    let points: Vec<Value> = DOCS
+        .iter()
+        .map(|(i, t, g, c)| point(*i, *t, g, c))
+        .collect();
+    s.ok(
+        "ingestor",
+        "PUT",
+        "/collections/support_docs/points?wait=true",
+        json!({ "points": points }),
+    );
+    let points: Vec<Value> = DOCS_T2
+        .iter()
+        .map(|(i, t, g, c)| point(*i, *t, g, c))
+        .collect();
+    s.ok(
+        "ingestor-t2",
+        "PUT",
+        "/collections/support_docs/points?wait=true",
+        json!({ "points": points }),
+    );
+}
+
+#[test]
+fn reads_return_only_what_policy_admits_and_never_a_hidden_field() {
+    let s = start();
+    load(&s);
+    let q = "/collections/support_docs/points/query";
+    // A `should` that matches everything still meets the policy.
+    let everything = json!({"should": [{"is_empty": {"key": "nothing"}}, {"key": "tenant_id", "match": {"value": 2}}]});
+    let r = s.ok(
+        "rag-bot",
+        "POST",
+        q,
+        json!({"query": vector(1), "filter": everything, "limit": 100, "with_payload": true}),
+    );
+    assert_eq!(ids(&r["points"]), set(&[1, 2]));
+    // Fields: no internal notes for rag-bot; compliance-bot gets them.
+    for p in r["points"].as_array().unwrap() {
+        assert!(p["payload"].get("internal_notes").is_none(), "{p}");
+        assert_eq!(p["payload"]["title"], format!("doc {}", p["id"]));
+    }
+    let r = s.ok(
+        "compliance-bot",
+        "POST",
+        q,
+        json!({"query": vector(1), "limit": 100, "with_payload": true}),
+    );
+    assert_eq!(ids(&r["points"]), set(&[1, 3, 4]));
+    assert!(r["points"][0]["payload"]["internal_notes"].is_string());
+    let t2 = s.ok(
+        "rag-bot-t2",
+        "POST",
+        q,
+        json!({"query": vector(1), "limit": 100}),
+    );
+    assert_eq!(ids(&t2["points"]), set(&[11, 12]));
+
+    // Prefetch without a filter, nested, fused: only visible points anywhere.
+    let fused = json!({
+        "prefetch": [
+            {"query": vector(3), "limit": 100},
+            {"prefetch": {"query": vector(4), "limit": 100}, "query": vector(5), "limit": 100},
+        ],
+        "query": {"fusion": "rrf"},
+        "limit": 100,
+    });
+    assert_eq!(
+        ids(&s.ok("rag-bot", "POST", q, fused)["points"]),
+        set(&[1, 2])
+    );
+    // MMR over the visible points.
+    let mmr = json!({"query": {"nearest": vector(2), "mmr": {"diversity": 0.5, "candidates_limit": 10}}, "limit": 10});
+    assert_eq!(
+        ids(&s.ok("rag-bot", "POST", q, mmr)["points"]),
+        set(&[1, 2])
+    );
+    // Batch and legacy search.
+    let batch = s.ok("rag-bot", "POST", "/collections/support_docs/points/query/batch",
+        json!({"searches": [{"query": vector(1), "limit": 100}, {"query": vector(4), "limit": 100}]}));
+    assert_eq!(ids(&batch[0]["points"]), set(&[1, 2]));
+    assert_eq!(ids(&batch[1]["points"]), set(&[1, 2]));
+    let legacy = s.ok(
+        "rag-bot",
+        "POST",
+        "/collections/support_docs/points/search",
+        json!({"vector": vector(1), "limit": 100, "with_payload": true}),
+    );
+    assert_eq!(ids(&legacy), set(&[1, 2]));
+
+    // Retrieve and get by guessed ids: hidden and missing answer alike.
+    let got = s.ok(
+        "rag-bot",
+        "POST",
+        "/collections/support_docs/points",
+        json!({"ids": [1, 2, 3, 4, 5, 11, 99], "with_payload": true}),
+    );
+    assert_eq!(ids(&got), set(&[1, 2]));
+    assert!(got
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["payload"].get("internal_notes").is_none()));
+    let (hidden, hidden_reply) =
+        s.call("rag-bot", "GET", "/collections/support_docs/points/3", None);
+    let (missing, missing_reply) = s.call(
+        "rag-bot",
+        "GET",
+        "/collections/support_docs/points/99",
+        None,
+    );
+    assert_eq!((hidden, missing), (404, 404));
+    assert_eq!(
+        hidden_reply["status"]["error"]
+            .as_str()
+            .unwrap()
+            .replace('3', "N"),
+        missing_reply["status"]["error"]
+            .as_str()
+            .unwrap()
+            .replace("99", "N"),
+    );
+    assert_eq!(
+        s.ok(
+            "rag-bot",
+            "GET",
+            "/collections/support_docs/points/2",
+            json!({})
+        )["id"],
+        2
+    );
+
+    // Scroll and count see the same points; counts are exact and never include hidden ones.
+    let scrolled = s.ok(
+        "rag-bot",
+        "POST",
+        "/collections/support_docs/points/scroll",
+        json!({"limit": 100}),
+    );
+    assert_eq!(ids(&scrolled["points"]), set(&[1, 2]));
+    let c = s.ok(
+        "rag-bot",
+        "POST",
+        "/collections/support_docs/points/count",
+        json!({"exact": false}),
+    );
+    assert_eq!(c["count"], 2);
+    let info = s.ok("rag-bot", "GET", "/collections/support_docs", json!({}));
+    assert_eq!(info["points_count"], 2, "{info}");
+
+    // Oracles and what names other points: refused.
+    let m = s.refused("rag-bot", "POST", q, json!({"query": vector(1), "filter": {"must": [{"key": "internal_notes", "match": {"text": "secret"}}]}}));
+    assert!(m.contains("internal_notes"), "{m}");
+    s.refused("rag-bot", "POST", "/collections/support_docs/points/count", json!({"filter": {"must": [{"key": "internal_notes", "match": {"value": "secret note 3"}}]}}));
+    s.refused(
+        "rag-bot",
+        "POST",
+        "/collections/support_docs/points/scroll",
+        json!({"order_by": "internal_notes", "limit": 10}),
+    );
+    s.refused(
+        "rag-bot",
+        "POST",
+        "/collections/support_docs/points/scroll",
+        json!({"order_by": {"key": "internal_notes"}, "limit": 10}),
+    );
+    s.refused("rag-bot", "POST", q, json!({"query": 3}));
+    s.refused(
+        "rag-bot",
+        "POST",
+        q,
+        json!({"query": {"recommend": {"positive": [3]}}}),
+    );
+    s.refused(
+        "rag-bot",
+        "POST",
+        q,
+        json!({"query": {"discover": {"target": 3, "context": [{"positive": 4, "negative": 1}]}}}),
+    );
+    s.refused(
+        "rag-bot",
+        "POST",
+        q,
+        json!({"query": vector(1), "lookup_from": {"collection": "support_docs"}}),
+    );
+    s.refused(
+        "rag-bot",
+        "POST",
+        q,
+        json!({"prefetch": {"query": 4}, "query": {"fusion": "rrf"}}),
+    );
+    let (status, reply) = s.call(
+        "rag-bot",
+        "POST",
+        "/collections/support_docs/facet",
+        Some(json!({"key": "classification"})),
+    );
+    assert_eq!(status, 403, "{reply}");
+    assert!(reply["status"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("/collections/support_docs/facet"));
+    // No right to manage or write.
+    s.refused(
+        "rag-bot",
+        "PUT",
+        "/collections/other",
+        json!({"vectors": {"size": 4, "distance": "Dot"}}),
+    );
+    s.refused("rag-bot", "DELETE", "/collections/support_docs", json!({}));
+    s.refused(
+        "rag-bot",
+        "PUT",
+        "/collections/support_docs/points",
+        json!({"points": [point(1, 1, &["support"], "public")]}),
+    );
+    // A collection no policy mentions is refused, and not listed.
+    s.ok("ingestor", "GET", "/collections", json!({}));
+    let listed = s.ok("rag-bot", "GET", "/collections", json!({}));
+    assert_eq!(listed["collections"], json!([{"name": "support_docs"}]));
+
+    // Authentication: unknown agent, wrong secret and no key get the same 401.
+    let (a, ra) = http(s.port, "GET", "/collections", Some("nobody:x"), None);
+    let (b, rb) = http(s.port, "GET", "/collections", Some("rag-bot:wrong"), None);
+    let (c, rc) = http(s.port, "GET", "/collections", None, None);
+    assert_eq!((a, b, c), (401, 401, 401));
+    assert_eq!(ra["status"], rb["status"]);
+    assert_eq!(rb["status"], rc["status"]);
+
+    // The audit log: each retrieval names exactly the points it returned.
+    let entries = s.entries();
+    let queries: Vec<&Value> = entries
+        .iter()
+        .filter(|e| {
+            e["protocol"] == "qdrant" && e["agent"] == "rag-bot" && e["decision"] == "rewrite"
+        })
+        .collect();
+    assert!(queries.len() >= 8, "{} qdrant records", queries.len());
+    for e in &queries {
+        for p in e["returned"].as_array().into_iter().flatten() {
+            let id = p["id"].as_u64().unwrap();
+            assert!([1, 2].contains(&id), "a hidden point in the record: {e}");
+        }
+        assert!(e["basis"]["policy_version"].is_string());
+    }
+    let first = queries
+        .iter()
+        .find(|e| e["statement"] == format!("POST {q}"))
+        .unwrap();
+    let relation = &first["basis"]["relations"][0];
+    assert_eq!(relation["relation"], "qdrant::support_docs");
+    assert_eq!(relation["hidden"], json!(["internal_notes"]));
+    assert!(relation["policies"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("docs-by-acl-group")));
+    assert!(first["payload_sha256"].is_string());
+    let denied = entries
+        .iter()
+        .filter(|e| e["protocol"] == "qdrant" && e["decision"] == "deny")
+        .count();
+    assert!(denied >= 10, "{denied} deny records");
+}
+
+#[test]
+fn writes_are_checked_against_the_write_policy_and_cannot_reach_hidden_points() {
+    let s = start();
+    load(&s);
+    let points = "/collections/support_docs/points";
+    // A payload the policy would not let this agent write, or of the wrong type.
+    let m = s.refused(
+        "ingestor",
+        "PUT",
+        points,
+        json!({"points": [point(20, 2, &["support"], "internal")]}),
+    );
+    assert!(m.contains("point 20"), "{m}");
+    for bad in [
+        json!({"tenant_id": 1, "acl_groups": "support", "classification": "internal", "title": "t"}),
+        json!({"tenant_id": 1.5, "acl_groups": ["support"], "classification": "internal", "title": "t"}),
+        json!({"tenant_id": 1, "acl_groups": ["support", null], "classification": "internal", "title": "t"}),
+        json!({"tenant_id": 1, "acl_groups": ["support"], "classification": ["public", "restricted"], "title": "t"}),
+        json!({"tenant_id": 1, "acl_groups": ["support"], "title": "t"}),
+    ] {
+        s.refused(
+            "ingestor",
+            "PUT",
+            points,
+            json!({"points": [{"id": 21, "vector": vector(21), "payload": bad}]}),
+        );
+    }
+    // Over a point of another tenant: refused, and that point is unchanged.
+    let m = s.refused(
+        "ingestor",
+        "PUT",
+        points,
+        json!({"points": [point(11, 1, &["support"], "internal")]}),
+    );
+    assert!(m.contains("may not overwrite"), "{m}");
+    s.refused("ingestor", "PUT", points, json!({"batch": {"ids": [12], "vectors": [vector(12)], "payloads": [{"tenant_id": 1, "acl_groups": ["support"], "classification": "internal", "title": "x"}]}}));
+    s.refused(
+        "ingestor",
+        "PUT",
+        points,
+        json!({"points": [point(30, 1, &["support"], "internal")], "update_filter": {"must": []}}),
+    );
+    let t2 = s.ok(
+        "rag-bot-t2",
+        "POST",
+        points,
+        json!({"ids": [11, 12], "with_payload": true}),
+    );
+    assert_eq!(ids(&t2), set(&[11, 12]));
+    assert!(t2
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["payload"]["tenant_id"] == 2));
+    // Its own tenant's point: overwritten.
+    s.ok(
+        "ingestor",
+        "PUT",
+        points,
+        json!({"points": [point(5, 1, &["support"], "public")]}),
+    );
+    assert_eq!(
+        ids(&s.ok("rag-bot", "POST", points, json!({"ids": [5]}))),
+        set(&[5])
+    );
+
+    // Payload edits by filter or ids touch only writable points, and never a policy field.
+    s.ok(
+        "ingestor",
+        "POST",
+        "/collections/support_docs/points/payload",
+        json!({"payload": {"title": "edited"}, "filter": {"must": []}}),
+    );
+    let t2 = s.ok(
+        "rag-bot-t2",
+        "POST",
+        points,
+        json!({"ids": [11, 12], "with_payload": true}),
+    );
+    assert!(
+        t2.as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["payload"]["title"] != "edited"),
+        "{t2}"
+    );
+    let t1 = s.ok(
+        "rag-bot",
+        "POST",
+        points,
+        json!({"ids": [1, 2], "with_payload": true}),
+    );
+    assert!(
+        t1.as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["payload"]["title"] == "edited"),
+        "{t1}"
+    );
+    s.ok(
+        "ingestor",
+        "POST",
+        "/collections/support_docs/points/payload",
+        json!({"payload": {"title": "by id"}, "points": [11, 1]}),
+    );
+    assert_eq!(
+        s.ok(
+            "rag-bot-t2",
+            "GET",
+            "/collections/support_docs/points/11",
+            json!({})
+        )["payload"]["title"],
+        "doc 11"
+    );
+    let m = s.refused(
+        "ingestor",
+        "POST",
+        "/collections/support_docs/points/payload",
+        json!({"payload": {"tenant_id": 2}, "points": [1]}),
+    );
+    assert!(m.contains("tenant_id"), "{m}");
+    s.refused(
+        "ingestor",
+        "POST",
+        "/collections/support_docs/points/payload",
+        json!({"payload": {"acl_groups": "support"}, "points": [1]}),
+    );
+    s.refused(
+        "ingestor",
+        "POST",
+        "/collections/support_docs/points/payload/delete",
+        json!({"keys": ["classification"], "points": [1]}),
+    );
+    s.ok(
+        "ingestor",
+        "POST",
+        "/collections/support_docs/points/payload/delete",
+        json!({"keys": ["internal_notes"], "filter": {"must": []}}),
+    );
+    let c = s.ok(
+        "compliance-bot",
+        "POST",
+        points,
+        json!({"ids": [1], "with_payload": true}),
+    );
+    assert!(c[0]["payload"].get("internal_notes").is_none(), "{c}");
+
+    // Deletes: by filter matching everything and by ids, only the agent's tenant goes.
+    s.ok(
+        "ingestor",
+        "POST",
+        "/collections/support_docs/points/delete",
+        json!({"points": [1, 11]}),
+    );
+    assert_eq!(
+        ids(&s.ok("rag-bot-t2", "POST", points, json!({"ids": [11, 12]}))),
+        set(&[11, 12])
+    );
+    s.ok(
+        "ingestor",
+        "POST",
+        "/collections/support_docs/points/delete",
+        json!({"filter": {"must": []}}),
+    );
+    assert_eq!(
+        s.ok(
+            "rag-bot",
+            "POST",
+            "/collections/support_docs/points/count",
+            json!({})
+        )["count"],
+        0
+    );
+    assert_eq!(
+        s.ok(
+            "rag-bot-t2",
+            "POST",
+            "/collections/support_docs/points/count",
+            json!({})
+        )["count"],
+        2
+    );
+
+    // Every write was recorded before it ran, with the ids it wrote.
+    let upserts: Vec<Value> = s
+        .entries()
+        .into_iter()
+        .filter(|e| {
+            e["protocol"] == "qdrant"
+                && e["statement"] == format!("PUT {points}")
+                && e["decision"] == "rewrite"
+        })
+        .collect();
+    assert!(
+        upserts
+            .iter()
+            .any(|e| e["written"] == json!([5]) && e["agent"] == "ingestor"),
+        "{upserts:?}"
+    );
+}
+
+/// qdrant-client and LangChain's QdrantVectorStore, used as their docs show, as an ingestion
+/// agent and two readers with different rights over one collection.
+#[test]
+fn python_clients_through_the_shim() {
+    let s = start();
+    let script = repo_root().join("tests/clients/python/qdrant_shim_clients.py");
+    let python = python();
+    let out = Command::new(&python)
+        .arg(&script)
+        .env("QDRANT_SHIM_URL", format!("http://127.0.0.1:{}", s.port))
+        .envs(AGENTS.iter().map(|a| {
+            (
+                format!("KEY_{}", a.replace('-', "_").to_uppercase()),
+                format!("{a}:{}", secret(a)),
+            )
+        }))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("qdrant shim clients ok"),
+        "{stdout}\n{stderr}\n{}",
+        s.env.proxy_log()
+    );
+    assert!(
+        !stderr.contains("incompatible"),
+        "the client warned about the version: {stderr}"
+    );
+}
+
+fn python() -> PathBuf {
+    let p = repo_root().join(".venv/bin/python");
+    assert!(
+        p.is_file(),
+        "{} not found: run `bash tests/setup.sh` first",
+        p.display()
+    );
+    p
+}
