@@ -412,6 +412,32 @@ fn reads_return_only_what_policy_admits_and_never_a_hidden_field() {
     s.ok("ingestor", "GET", "/collections", json!({}));
     let listed = s.ok("rag-bot", "GET", "/collections", json!({}));
     assert_eq!(listed["collections"], json!([{"name": "support_docs"}]));
+    let m = s.refused(
+        "ingestor",
+        "PUT",
+        "/collections/no_policy_mentions_me",
+        json!({"vectors": {"size": 4, "distance": "Dot"}}),
+    );
+    assert!(m.contains("qdrant::no_policy_mentions_me"), "{m}");
+
+    // Sparse scoring with IDF uses statistics over hidden points: refused under a filter.
+    s.ok(
+        "ingestor",
+        "PUT",
+        "/collections/notes",
+        json!({"vectors": {"d": {"size": DIM, "distance": "Dot"}}, "sparse_vectors": {"s": {"modifier": "idf"}}}),
+    );
+    let sparse =
+        json!({"query": {"indices": [1, 7], "values": [1.0, 2.0]}, "using": "s", "limit": 5});
+    let m = s.refused(
+        "rag-bot",
+        "POST",
+        "/collections/notes/points/query",
+        sparse.clone(),
+    );
+    assert!(m.contains("IDF"), "{m}");
+    let nested = json!({"prefetch": [sparse], "query": {"fusion": "rrf"}});
+    s.refused("rag-bot", "POST", "/collections/notes/points/query", nested);
 
     // Authentication: unknown agent, wrong secret and no key get the same 401.
     let (a, ra) = http(s.port, "GET", "/collections", Some("nobody:x"), None);
@@ -657,35 +683,38 @@ fn writes_are_checked_against_the_write_policy_and_cannot_reach_hidden_points() 
     );
 }
 
-/// qdrant-client and LangChain's QdrantVectorStore, used as their docs show, as an ingestion
-/// agent and two readers with different rights over one collection.
+/// qdrant-client, LangChain's and LlamaIndex's QdrantVectorStore, used as their docs show, as an
+/// ingestion agent and two readers with different rights over the same collections.
 #[test]
 fn python_clients_through_the_shim() {
     let s = start();
-    let script = repo_root().join("tests/clients/python/qdrant_shim_clients.py");
-    let python = python();
-    let out = Command::new(&python)
-        .arg(&script)
-        .env("QDRANT_SHIM_URL", format!("http://127.0.0.1:{}", s.port))
-        .envs(AGENTS.iter().map(|a| {
-            (
-                format!("KEY_{}", a.replace('-', "_").to_uppercase()),
-                format!("{a}:{}", secret(a)),
-            )
-        }))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("qdrant shim clients ok"),
-        "{stdout}\n{stderr}\n{}",
-        s.env.proxy_log()
-    );
-    assert!(
-        !stderr.contains("incompatible"),
-        "the client warned about the version: {stderr}"
-    );
+    for (script, marker) in [
+        ("qdrant_shim_clients.py", "qdrant shim clients ok"),
+        ("llamaindex_qdrant_shim.py", "llamaindex qdrant shim ok"),
+    ] {
+        let out = Command::new(python())
+            .arg(repo_root().join("tests/clients/python").join(script))
+            .env("QDRANT_SHIM_URL", format!("http://127.0.0.1:{}", s.port))
+            .envs(AGENTS.iter().map(|a| {
+                (
+                    format!("KEY_{}", a.replace('-', "_").to_uppercase()),
+                    format!("{a}:{}", secret(a)),
+                )
+            }))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains(marker),
+            "{script}:\n{stdout}\n{stderr}\n{}",
+            s.env.proxy_log()
+        );
+        assert!(
+            !stderr.contains("incompatible"),
+            "the client warned about the version: {stderr}"
+        );
+    }
 }
 
 fn python() -> PathBuf {

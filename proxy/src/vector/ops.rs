@@ -455,6 +455,9 @@ async fn query(
     readable_filter(p, &body)?;
     rewriter::restrict_query(&mut body, &rule.qdrant)?;
     vectors_asked(p, &mut body)?;
+    if rule.derived.filter != Filter::True && has_sparse_query(&body, 0) {
+        no_idf(shim, collection).await?;
+    }
     trace.rewritten(&body);
     let mut r = shim
         .backend
@@ -465,6 +468,40 @@ async fn query(
         .await?;
     project_points(shim, p, &mut r["points"], trace);
     Ok(r)
+}
+
+/// Whether a query (or one of its prefetches) scores by a sparse vector.
+fn has_sparse_query(body: &Value, depth: usize) -> bool {
+    let sparse = |v: &Value| v.get("indices").is_some() && v.get("values").is_some();
+    let query = &body["query"];
+    depth < 32
+        && (sparse(query)
+            || sparse(&query["nearest"])
+            || match &body["prefetch"] {
+                Value::Array(ps) => ps.iter().any(|p| has_sparse_query(p, depth + 1)),
+                p @ Value::Object(_) => has_sparse_query(p, depth + 1),
+                _ => false,
+            })
+}
+
+/// Refuses sparse scoring with the IDF modifier: its statistics are taken over every point of
+/// the collection, so scores would tell which terms hidden points hold.
+async fn no_idf(shim: &Shim, collection: &str) -> Result<(), ShimError> {
+    let info = shim
+        .backend
+        .call(Request::GetCollection {
+            collection: collection.to_string(),
+        })
+        .await?;
+    let idf = info["config"]["params"]["sparse_vectors"]
+        .as_object()
+        .is_some_and(|s| s.values().any(|v| v["modifier"] == "idf"));
+    if idf {
+        return Err(ShimError::Forbidden(
+            "sparse vectors with the IDF modifier score with statistics over points this agent may not see; create the collection without it".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Points by id under the `search` policy: a scroll over `has_id AND policy`.
@@ -515,6 +552,12 @@ fn readable_filter(p: &CollectionPolicy, body: &Value) -> Result<(), ShimError> 
 }
 
 fn readable(p: &CollectionPolicy, field: &str, doing: &str) -> Result<(), ShimError> {
+    if field == NODE_CONTENT {
+        // The blob repeats every metadata field: matching its text would read hidden ones.
+        return Err(ShimError::Forbidden(format!(
+            "{doing} {NODE_CONTENT}, which holds fields this agent may not read"
+        )));
+    }
     match p.field(field) {
         ColumnRule::Visible => Ok(()),
         _ => Err(ShimError::Forbidden(format!(
@@ -640,12 +683,17 @@ fn project_points(shim: &Shim, p: &CollectionPolicy, points: &mut Value, trace: 
     trace.payload_digest(digest);
 }
 
+/// LlamaIndex's serialized node: its text and, again, its metadata.
+const NODE_CONTENT: &str = "_node_content";
+/// The blob keys that hold the node's text (projected as the field `text`).
+const NODE_TEXT: &[&str] = &["text", "text_resource"];
+
 fn project(shim: &Shim, p: &CollectionPolicy, payload: &mut Map<String, Value>) {
     if !p.has_field_rules() {
         return;
     }
     let row = p.schema().ok().map(|s| s.row(payload));
-    rewriter::project_payload(payload, &mut |path, value| match p.field(path) {
+    let leaf = |path: &str, value: &Value| match p.field(path) {
         ColumnRule::Visible => Projected::Keep,
         ColumnRule::Denied => Projected::Drop,
         ColumnRule::Masked { mask, unless } => {
@@ -658,7 +706,74 @@ fn project(shim: &Shim, p: &CollectionPolicy, payload: &mut Map<String, Value>) 
                 Projected::Replace(masked(mask, value, &shim.hash_key))
             }
         }
+    };
+    rewriter::project_payload(payload, &mut |path, value| match (path, value) {
+        (NODE_CONTENT, Value::String(blob)) => match p.field(NODE_CONTENT) {
+            ColumnRule::Visible => match project_node(blob, &leaf) {
+                Some(projected) => Projected::Replace(Value::String(projected)),
+                None => Projected::Drop,
+            },
+            _ => Projected::Drop,
+        },
+        _ => leaf(path, value),
     });
+}
+
+/// A LlamaIndex node blob, projected: every `metadata` object in it (the node's own, and its
+/// relationships', which repeat the source document's) by the rules of the payload fields of
+/// the same names, its text by the rule of `text`, and content hashes dropped (a hash of text
+/// and metadata would let a guess of a hidden value be checked). `None` (drop the blob) if it
+/// is not a JSON object: what cannot be read cannot be projected.
+fn project_node(blob: &str, leaf: &dyn Fn(&str, &Value) -> Projected) -> Option<String> {
+    let Ok(Value::Object(mut node)) = serde_json::from_str::<Value>(blob) else {
+        return None;
+    };
+    for key in NODE_TEXT {
+        let Some(value) = node.get(*key) else {
+            continue;
+        };
+        match leaf("text", value) {
+            Projected::Keep => {}
+            Projected::Replace(v) => {
+                node.insert((*key).to_string(), v);
+            }
+            Projected::Drop => {
+                node.remove(*key);
+            }
+        }
+    }
+    project_blob_level(&mut node, leaf, 0)?;
+    serde_json::to_string(&node).ok()
+}
+
+fn project_blob_level(
+    map: &mut Map<String, Value>,
+    leaf: &dyn Fn(&str, &Value) -> Projected,
+    depth: usize,
+) -> Option<()> {
+    if depth > 16 {
+        return None;
+    }
+    map.remove("hash");
+    for (key, value) in map.iter_mut() {
+        match (key.as_str(), value) {
+            ("metadata", Value::Object(metadata)) => {
+                rewriter::project_payload(metadata, &mut |path, v| leaf(path, v));
+            }
+            ("metadata", Value::Null) => {}
+            ("metadata", _) => return None,
+            (_, Value::Object(inner)) => project_blob_level(inner, leaf, depth + 1)?,
+            (_, Value::Array(items)) => {
+                for item in items {
+                    if let Value::Object(inner) = item {
+                        project_blob_level(inner, leaf, depth + 1)?;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(())
 }
 
 /// A masked payload value: as SQL masks text columns, and `null` for any other JSON type.
