@@ -32,10 +32,26 @@ struct Shim {
     env: Env,
     port: u16,
     log: PathBuf,
+    /// The Portcullis standing in for a remote Qdrant, if any.
+    _upstream: Option<Box<Shim>>,
     _work: tempfile::TempDir,
 }
 
-fn start() -> Shim {
+/// Where the shim under test keeps its points.
+enum Store {
+    Embedded,
+    /// A second Portcullis (embedded, its own permissive policy for the key the first one
+    /// holds) standing in for a remote Qdrant: the same REST API.
+    Remote,
+    /// A real Qdrant (`QDRANT_URL`, with `QDRANT_API_KEY` if set).
+    Url(String),
+}
+
+/// The key the shim under test holds for the remote (in its environment, as an operator would
+/// put it).
+const REMOTE_KEY_ENV: &str = "PORTCULLIS_TEST_QDRANT_KEY";
+
+fn start(store: Store) -> Shim {
     let work = tempfile::tempdir().unwrap();
     let set = work.path().join("policies");
     std::fs::create_dir(&set).unwrap();
@@ -53,20 +69,87 @@ fn start() -> Shim {
         .iter()
         .map(|a| format!("[[agents]]\nid = {a:?}\nsecret = {:?}\n\n", secret(a)))
         .collect();
+    let (backend, upstream) = match store {
+        Store::Embedded => (
+            format!(
+                "store = {:?}",
+                work.path().join("vectors").display().to_string()
+            ),
+            None,
+        ),
+        Store::Remote => {
+            let upstream = start_upstream();
+            std::env::set_var(REMOTE_KEY_ENV, "upstream:upstream-secret");
+            (
+                format!(
+                    "remote = \"http://127.0.0.1:{}\"\nremote_api_key_env = {REMOTE_KEY_ENV:?}",
+                    upstream.port
+                ),
+                Some(Box::new(upstream)),
+            )
+        }
+        Store::Url(url) => {
+            let key = if std::env::var("QDRANT_API_KEY").is_ok() {
+                "\nremote_api_key_env = \"QDRANT_API_KEY\""
+            } else {
+                ""
+            };
+            (format!("remote = {url:?}{key}"), None)
+        }
+    };
     let env = Env::start_with(Options {
         postgres_extra: format!(
             "[policies]\ndir = {:?}\n\n[audit]\ndir = {:?}\nkey_file = {:?}\nnode_id = \"vec-node\"\n\n\
-             [vector]\nlisten = \"127.0.0.1:{port}\"\nstore = {:?}\n\n{agents}",
+             [vector]\nlisten = \"127.0.0.1:{port}\"\n{backend}\n\n{agents}",
             set.display().to_string(),
             log.display().to_string(),
             key.display().to_string(),
-            work.path().join("vectors").display().to_string(),
         ),
     });
     Shim {
         env,
         port,
         log,
+        _upstream: upstream,
+        _work: work,
+    }
+}
+
+/// The Portcullis that stands in for a remote Qdrant: embedded store, one agent (`upstream`)
+/// that may do everything.
+fn start_upstream() -> Shim {
+    let work = tempfile::tempdir().unwrap();
+    let set = work.path().join("policies");
+    std::fs::create_dir(&set).unwrap();
+    std::fs::copy(
+        repo_root().join("policies/examples/rag/schema.cedarschema"),
+        set.join("schema.cedarschema"),
+    )
+    .unwrap();
+    std::fs::write(
+        set.join("all.cedar"),
+        "@id(\"upstream-all\")\npermit (principal == Agent::\"upstream\", action, resource);\n",
+    )
+    .unwrap();
+    std::fs::write(
+        set.join("entities.json"),
+        r#"[{"uid": {"type": "Agent", "id": "upstream"}, "attrs": {"tenant_id": 0, "groups": []}, "parents": []}]"#,
+    )
+    .unwrap();
+    let port = common::free_port();
+    let env = Env::start_with(Options {
+        postgres_extra: format!(
+            "[policies]\ndir = {:?}\n\n[vector]\nlisten = \"127.0.0.1:{port}\"\nstore = {:?}\n\n\
+             [[agents]]\nid = \"upstream\"\nsecret = \"upstream-secret\"\n\n",
+            set.display().to_string(),
+            work.path().join("vectors").display().to_string(),
+        ),
+    });
+    Shim {
+        env,
+        port,
+        log: work.path().join("no-audit"),
+        _upstream: None,
         _work: work,
     }
 }
@@ -187,6 +270,9 @@ fn point(id: u64, tenant: i64, groups: &[&str], class: &str) -> Value {
 /// rag-bot may see 1 and 2 (its groups, not restricted); compliance-bot 3 and 4 (legal) and 1
 /// (support); rag-bot-t2 sees 11 and 12.
 fn load(s: &Shim) {
+    for c in ["support_docs", "notes"] {
+        s.call("ingestor", "DELETE", &format!("/collections/{c}"), None);
+    }
     s.ok(
         "ingestor",
         "PUT",
@@ -217,8 +303,38 @@ fn load(s: &Shim) {
 
 #[test]
 fn reads_return_only_what_policy_admits_and_never_a_hidden_field() {
-    let s = start();
-    load(&s);
+    reads(&start(Store::Embedded));
+}
+
+#[test]
+fn reads_through_a_remote_qdrant() {
+    reads(&start(Store::Remote));
+}
+
+#[test]
+fn writes_are_checked_against_the_write_policy_and_cannot_reach_hidden_points() {
+    writes(&start(Store::Embedded));
+}
+
+#[test]
+fn writes_through_a_remote_qdrant() {
+    writes(&start(Store::Remote));
+}
+
+/// The same against a real Qdrant when `QDRANT_URL` is set (a scratch one: the test drops
+/// and recreates its collections). None can be installed on the CI machines.
+#[test]
+fn against_a_real_qdrant_when_qdrant_url_is_set() {
+    let Ok(url) = std::env::var("QDRANT_URL") else {
+        eprintln!("QDRANT_URL is not set: no real Qdrant to test against");
+        return;
+    };
+    reads(&start(Store::Url(url.clone())));
+    writes(&start(Store::Url(url)));
+}
+
+fn reads(s: &Shim) {
+    load(s);
     let q = "/collections/support_docs/points/query";
     // A `should` that matches everything still meets the policy.
     let everything = json!({"should": [{"is_empty": {"key": "nothing"}}, {"key": "tenant_id", "match": {"value": 2}}]});
@@ -482,10 +598,8 @@ fn reads_return_only_what_policy_admits_and_never_a_hidden_field() {
     assert!(denied >= 10, "{denied} deny records");
 }
 
-#[test]
-fn writes_are_checked_against_the_write_policy_and_cannot_reach_hidden_points() {
-    let s = start();
-    load(&s);
+fn writes(s: &Shim) {
+    load(s);
     let points = "/collections/support_docs/points";
     // A payload the policy would not let this agent write, or of the wrong type.
     let m = s.refused(
@@ -518,11 +632,21 @@ fn writes_are_checked_against_the_write_policy_and_cannot_reach_hidden_points() 
     );
     assert!(m.contains("may not overwrite"), "{m}");
     s.refused("ingestor", "PUT", points, json!({"batch": {"ids": [12], "vectors": [vector(12)], "payloads": [{"tenant_id": 1, "acl_groups": ["support"], "classification": "internal", "title": "x"}]}}));
+    // The client's own update_filter still applies, ANDed with the policy's.
+    let keep = json!({"points": [point(2, 1, &["billing"], "internal")], "update_filter": {"must": [{"key": "classification", "match": {"value": "nope"}}]}});
+    s.ok("ingestor", "PUT", points, keep);
+    let two = s.ok(
+        "rag-bot",
+        "POST",
+        points,
+        json!({"ids": [2], "with_payload": true}),
+    );
+    assert_eq!(two[0]["payload"]["classification"], "public", "{two}");
     s.refused(
         "ingestor",
         "PUT",
         points,
-        json!({"points": [point(30, 1, &["support"], "internal")], "update_filter": {"must": []}}),
+        json!({"points": [point(30, 1, &["support"], "internal")], "update_mode": "insert_only"}),
     );
     let t2 = s.ok(
         "rag-bot-t2",
@@ -687,7 +811,15 @@ fn writes_are_checked_against_the_write_policy_and_cannot_reach_hidden_points() 
 /// ingestion agent and two readers with different rights over the same collections.
 #[test]
 fn python_clients_through_the_shim() {
-    let s = start();
+    python_clients(&start(Store::Embedded));
+}
+
+#[test]
+fn python_clients_through_a_remote_qdrant() {
+    python_clients(&start(Store::Remote));
+}
+
+fn python_clients(s: &Shim) {
     for (script, marker) in [
         ("qdrant_shim_clients.py", "qdrant shim clients ok"),
         ("llamaindex_qdrant_shim.py", "llamaindex qdrant shim ok"),

@@ -239,11 +239,19 @@ impl Config {
                     "needs [policies]: the vector shim always enforces policy",
                 ));
             }
-            if v.store.is_none() {
+            if v.store.is_some() == v.remote.is_some() {
                 return Err(invalid(
-                    "vector.store",
-                    "set the embedded store's directory",
+                    "vector",
+                    "set exactly one of `store` (the embedded store's directory) and `remote` (a Qdrant URL)",
                 ));
+            }
+            if let Some(var) = &v.remote_api_key_env {
+                if std::env::var(var).is_err() {
+                    return Err(invalid(
+                        "vector.remote_api_key_env",
+                        format!("environment variable {var} is not set"),
+                    ));
+                }
             }
             if v.max_body_bytes < 1024 {
                 return Err(invalid("vector.max_body_bytes", "must be at least 1024"));

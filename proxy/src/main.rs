@@ -422,10 +422,7 @@ async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {listen} (vector.listen)"))?;
         let shared = shared.clone();
-        let shim = tokio::task::spawn_blocking(move || {
-            vector::Shim::open(config, shared, vector_hash_key)
-        })
-        .await??;
+        let shim = vector::Shim::open(config, shared, vector_hash_key).await?;
         tokio::spawn(async move {
             if let Err(e) = vector::serve(vector_listener, Arc::new(shim)).await {
                 tracing::error!("vector listener failed: {e}");

@@ -3,10 +3,12 @@
 //! rewritten request here as a [`Request`] with its REST JSON body. A backend answers with the
 //! JSON of Qdrant's `result` field (the shim adds the envelope).
 //!
-//! Backends: [`embedded::Embedded`], Qdrant's own in-process engine (`qdrant-edge`), the default.
+//! Backends: [`embedded::Embedded`], Qdrant's own in-process engine (`qdrant-edge`), the default;
+//! [`remote::Remote`], a Qdrant server or cluster reached over its REST API.
 
 #[cfg(feature = "embedded-vector")]
 pub mod embedded;
+pub mod remote;
 #[cfg(feature = "embedded-vector")]
 mod rest;
 

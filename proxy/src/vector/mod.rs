@@ -40,18 +40,22 @@ pub struct VectorConfig {
     pub listen: SocketAddr,
     /// The embedded store's directory (one subdirectory per collection).
     pub store: Option<PathBuf>,
-    /// The Qdrant version `GET /` reports (clients warn when it is far from theirs).
-    #[serde(default = "default_version")]
-    pub qdrant_version: String,
+    /// Instead of the embedded store: a Qdrant server's or cluster's REST URL.
+    pub remote: Option<String>,
+    /// An environment variable holding the remote Qdrant's API key.
+    pub remote_api_key_env: Option<String>,
+    /// CA certificates (PEM) for an `https` remote; the system bundle by default.
+    pub remote_ca_file: Option<PathBuf>,
+    /// The Qdrant version `GET /` reports (clients warn when it is far from theirs); by
+    /// default the engine's, or the remote's.
+    pub qdrant_version: Option<String>,
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
 }
 
-fn default_version() -> String {
-    // The Qdrant release the embedded engine (qdrant-edge 0.7.2) was cut from.
-    "1.18.2".into()
-}
+/// The Qdrant release the embedded engine (qdrant-edge 0.7.2) was cut from.
+const EMBEDDED_VERSION: &str = "1.18.2";
 
 fn default_max_body_bytes() -> usize {
     32 << 20
@@ -60,12 +64,14 @@ fn default_max_body_bytes() -> usize {
 /// Where rewritten requests go.
 pub enum Backend {
     Embedded(Arc<connectors::vector::embedded::Embedded>),
+    Remote(connectors::vector::remote::Remote),
 }
 
 impl Backend {
     pub async fn call(&self, request: Request) -> Result<Value, VectorError> {
         match self {
             Backend::Embedded(store) => store.call(request).await,
+            Backend::Remote(remote) => remote.call(request).await,
         }
     }
 }
@@ -75,6 +81,8 @@ pub struct Shim {
     pub shared: Arc<Shared>,
     pub backend: Backend,
     pub config: VectorConfig,
+    /// What `GET /` reports.
+    pub version: String,
     /// The key of `@mask("hash")` (the same as SQL's, so equal values hash alike).
     pub hash_key: Vec<u8>,
     policies: Arc<policy::PolicyCache>,
@@ -82,8 +90,9 @@ pub struct Shim {
 }
 
 impl Shim {
-    /// Opens the backend named by `config`. Blocking (the embedded store loads its shards).
-    pub fn open(
+    /// Opens the backend named by `config` (the embedded store loads its shards; a remote
+    /// Qdrant is asked its version).
+    pub async fn open(
         config: VectorConfig,
         shared: Arc<Shared>,
         hash_key: Vec<u8>,
@@ -92,16 +101,47 @@ impl Shim {
             shared.policies.is_some(),
             "[vector] needs [policies]: the shim always enforces policy"
         );
-        let backend = match &config.store {
-            Some(dir) => Backend::Embedded(Arc::new(
-                connectors::vector::embedded::Embedded::open(dir)
-                    .map_err(|e| anyhow::anyhow!("vector.store {}: {e}", dir.display()))?,
-            )),
-            None => anyhow::bail!("[vector] needs `store` (the embedded store's directory)"),
+        let (backend, version) = match (&config.store, &config.remote) {
+            (Some(dir), None) => {
+                let dir = dir.clone();
+                let store = tokio::task::spawn_blocking(move || {
+                    connectors::vector::embedded::Embedded::open(&dir)
+                        .map_err(|e| anyhow::anyhow!("vector.store {}: {e}", dir.display()))
+                })
+                .await??;
+                (
+                    Backend::Embedded(Arc::new(store)),
+                    EMBEDDED_VERSION.to_string(),
+                )
+            }
+            (None, Some(url)) => {
+                let key = match &config.remote_api_key_env {
+                    Some(var) => Some(std::env::var(var).map_err(|_| {
+                        anyhow::anyhow!("vector.remote_api_key_env: {var} is not set")
+                    })?),
+                    None => None,
+                };
+                let remote = connectors::vector::remote::Remote::new(
+                    url,
+                    key,
+                    config.remote_ca_file.as_deref(),
+                )
+                .map_err(|e| anyhow::anyhow!("vector.remote: {e}"))?;
+                let version = match remote.version().await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::warn!("vector.remote: cannot read its version yet: {e}");
+                        EMBEDDED_VERSION.to_string()
+                    }
+                };
+                (Backend::Remote(remote), version)
+            }
+            _ => anyhow::bail!("[vector] needs exactly one of `store` and `remote`"),
         };
         Ok(Shim {
             shared,
             backend,
+            version: config.qdrant_version.clone().unwrap_or(version),
             config,
             hash_key,
             policies: Arc::new(policy::PolicyCache::new(4096)),

@@ -812,8 +812,15 @@ async fn upsert(
     let rule = p.rule(Action::Upsert)?;
     trace.relation(p, Action::Upsert);
     let schema = p.schema()?;
-    only_keys(&body, &["points", "batch", "shard_key"])?;
+    only_keys(&body, &["points", "batch", "shard_key", "update_filter"])?;
     no_shard_key(&body)?;
+    let client_condition = match body.get("update_filter") {
+        None | Some(Value::Null) => None,
+        Some(f) => {
+            readable_filter(p, &json!({ "filter": f }))?;
+            Some(f.clone())
+        }
+    };
     let (ids, payloads): (Vec<Value>, Vec<Value>) = match (body.get("points"), body.get("batch")) {
         (Some(Value::Array(points)), None) => points
             .iter()
@@ -873,7 +880,9 @@ async fn upsert(
         }
     }
     let mut body = body;
-    body["update_filter"] = rule.qdrant.clone();
+    // The client's own condition, if any, still holds: an existing point is overwritten only if
+    // it matches both.
+    body["update_filter"] = rewriter::and_filter(client_condition.as_ref(), &rule.qdrant)?;
     trace.written(&ids);
     trace.write_ahead(shim).await?;
     Ok(shim

@@ -76,7 +76,7 @@ async fn not_served(method: Method, uri: Uri) -> Response {
 }
 
 async fn root(State(shim): Shared) -> Response {
-    Json(json!({ "title": "qdrant - vector search engine", "version": shim.config.qdrant_version }))
+    Json(json!({ "title": "qdrant - vector search engine", "version": shim.version }))
         .into_response()
 }
 
