@@ -200,12 +200,20 @@ fn policy_test_runs_the_examples_and_reports_a_wrong_expectation() {
 
 /// The README's first command: `portcullis demo` starts PostgreSQL with the fixtures and
 /// enforces the finance example (support-bot: tenant 1, SSNs redacted; the auditor: every
-/// tenant, emails as keyed hashes), and on Ctrl-C exits cleanly.
+/// tenant, emails as keyed hashes), serves the knowledge base over the Qdrant API under the
+/// same policy set, and on Ctrl-C exits cleanly.
 #[test]
 fn demo_enforces_the_finance_example_and_stops_on_ctrl_c() {
     let port = common::free_port();
+    let vector_port = common::free_port();
     let mut demo = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "demo",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--vector-listen",
+            &format!("127.0.0.1:{vector_port}"),
+        ])
         .current_dir(repo(""))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -250,6 +258,47 @@ fn demo_enforces_the_finance_example_and_stops_on_ctrl_c() {
             "a keyed hash, not {email}"
         );
     });
+    // The knowledge base, as the printed snippet queries it.
+    let query =
+        serde_json::json!({"query": [1, 0, 0, 0.3, 0, 0, 0, 0], "limit": 20, "with_payload": true});
+    let path = "/collections/kb/points/query";
+    let ids = |reply: &serde_json::Value| -> Vec<u64> {
+        let mut ids: Vec<u64> = reply["result"]["points"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{reply}"))
+            .iter()
+            .map(|p| p["id"].as_u64().unwrap())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let (status, bot) = common::http_json(
+        vector_port,
+        "POST",
+        path,
+        Some("support-bot:support-secret"),
+        Some(&query),
+    );
+    assert_eq!(status, 200, "{bot}");
+    assert_eq!(ids(&bot), [1, 2, 4], "tenant 1, clearance 1: {bot}");
+    assert!(bot["result"]["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["payload"].get("internal_notes").is_none()));
+    let (_, auditor) = common::http_json(
+        vector_port,
+        "POST",
+        path,
+        Some("auditor:auditor-secret"),
+        Some(&query),
+    );
+    assert_eq!(ids(&auditor), (1..=8).collect::<Vec<_>>());
+    assert!(auditor["result"]["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["payload"]["internal_notes"].is_string()));
     let status = Command::new("kill")
         .args(["-INT", &demo.id().to_string()])
         .status()
@@ -259,4 +308,8 @@ fn demo_enforces_the_finance_example_and_stops_on_ctrl_c() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("support-bot:support-secret@"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("http://127.0.0.1:{vector_port}")),
+        "{stdout}"
+    );
 }

@@ -154,43 +154,10 @@ fn start_upstream() -> Shim {
     }
 }
 
-/// One HTTP/1.1 request with a JSON body: the status and the JSON reply.
-fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    api_key: Option<&str>,
-    body: Option<&Value>,
-) -> (u16, Value) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let key = api_key
-        .map(|k| format!("api-key: {k}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{key}\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    let value = serde_json::from_str(body).unwrap_or(Value::String(body.to_string()));
-    (status, value)
-}
-
 impl Shim {
     fn call(&self, agent: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let key = format!("{agent}:{}", secret(agent));
-        http(self.port, method, path, Some(&key), body.as_ref())
+        common::http_json(self.port, method, path, Some(&key), body.as_ref())
     }
 
     /// A call that must succeed: its `result`.
@@ -556,9 +523,9 @@ fn reads(s: &Shim) {
     s.refused("rag-bot", "POST", "/collections/notes/points/query", nested);
 
     // Authentication: unknown agent, wrong secret and no key get the same 401.
-    let (a, ra) = http(s.port, "GET", "/collections", Some("nobody:x"), None);
-    let (b, rb) = http(s.port, "GET", "/collections", Some("rag-bot:wrong"), None);
-    let (c, rc) = http(s.port, "GET", "/collections", None, None);
+    let (a, ra) = common::http_json(s.port, "GET", "/collections", Some("nobody:x"), None);
+    let (b, rb) = common::http_json(s.port, "GET", "/collections", Some("rag-bot:wrong"), None);
+    let (c, rc) = common::http_json(s.port, "GET", "/collections", None, None);
     assert_eq!((a, b, c), (401, 401, 401));
     assert_eq!(ra["status"], rb["status"]);
     assert_eq!(rb["status"], rc["status"]);

@@ -1,6 +1,7 @@
 //! `portcullis demo`: a throwaway PostgreSQL loaded with `fixtures/`, a non-superuser upstream
 //! login, and Portcullis in front of it with demo agents, enforcing the finance example policy
-//! set; prints the URL an agent uses.
+//! set; and the Qdrant API over a throwaway embedded store holding the knowledge base of
+//! `fixtures/knowledge_base.json`. Prints how an agent connects to each.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,7 +22,12 @@ const AGENTS: &[(&str, &str)] = &[
     ("auditor", "auditor-secret"),
 ];
 
-pub async fn run(listen: SocketAddr, fixtures: PathBuf, policies: PathBuf) -> anyhow::Result<()> {
+pub async fn run(
+    listen: SocketAddr,
+    fixtures: PathBuf,
+    policies: PathBuf,
+    vector_listen: SocketAddr,
+) -> anyhow::Result<()> {
     anyhow::ensure!(
         fixtures.join("schema.sql").is_file(),
         "fixtures not found in {} (run from the repository root or pass --fixtures)",
@@ -82,8 +88,33 @@ pub async fn run(listen: SocketAddr, fixtures: PathBuf, policies: PathBuf) -> an
     let mut shared = crate::server::Shared::new(resolved)?;
     let enforcer = Arc::new(crate::enforce::Enforcer::new(snapshot, state.clone()));
     // The demo's @mask("hash") key lives as long as its throwaway database.
-    shared.enforce(state, enforcer, &crate::mask_key::random());
+    let hash_key = crate::mask_key::random();
+    shared.enforce(state, enforcer, &hash_key);
     let shared = Arc::new(shared);
+
+    let store = tempfile::tempdir().context("a directory for the vector store")?;
+    {
+        let dir = store.path().to_path_buf();
+        let kb = fixtures.join("knowledge_base.json");
+        tokio::task::spawn_blocking(move || seed_vectors(&dir, &kb)).await??;
+    }
+    let vector_listener = tokio::net::TcpListener::bind(vector_listen)
+        .await
+        .with_context(|| format!("cannot listen on {vector_listen}"))?;
+    let shim = crate::vector::Shim::open(
+        crate::vector::VectorConfig {
+            listen: vector_listen,
+            store: Some(store.path().to_path_buf()),
+            remote: None,
+            remote_api_key_env: None,
+            remote_ca_file: None,
+            qdrant_version: None,
+            max_body_bytes: 32 << 20,
+        },
+        shared.clone(),
+        hash_key,
+    )
+    .await?;
     println!(
         "Portcullis demo is running. PostgreSQL (throwaway) is on port {}.",
         cluster.port()
@@ -98,12 +129,54 @@ pub async fn run(listen: SocketAddr, fixtures: PathBuf, policies: PathBuf) -> an
         policies.display()
     );
     println!("Try: select * from customers;  select id, amount, iban, metadata from transfers;");
-    println!("Press Ctrl-C to stop; the throwaway database is deleted on exit.");
+    println!();
+    println!("RAG pipelines: the Qdrant API is on http://{vector_listen} (collection kb).");
+    println!("  from qdrant_client import QdrantClient");
+    println!(
+        "  c = QdrantClient(url='http://{vector_listen}', api_key='support-bot:support-secret')"
+    );
+    println!("  c.query_points('kb', query=[1, 0, 0, 0.3, 0, 0, 0, 0], with_payload=True)");
+    println!(
+        "support-bot finds tenant 1's articles up to its clearance, without internal notes; \
+         api_key='auditor:auditor-secret' finds them all."
+    );
+    println!("Press Ctrl-C to stop; the throwaway database and store are deleted on exit.");
     tokio::select! {
         r = crate::server::serve(listener, shared) => r?,
+        r = crate::vector::serve(vector_listener, Arc::new(shim)) => r?,
         _ = crate::shutdown_signal() => {}
     }
-    tokio::task::spawn_blocking(move || drop(cluster)).await?;
+    tokio::task::spawn_blocking(move || {
+        drop(cluster);
+        drop(store);
+    })
+    .await?;
+    Ok(())
+}
+
+/// Creates the demo's collection in the embedded store at `dir` from `file` (the operator's
+/// load: policy applies to agents, not to the demo's own data).
+fn seed_vectors(dir: &std::path::Path, file: &std::path::Path) -> anyhow::Result<()> {
+    use connectors::vector::{embedded::Embedded, Request};
+    let text = std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
+    let kb: serde_json::Value = serde_json::from_str(&text)?;
+    let collection = kb["collection"]
+        .as_str()
+        .context("no collection")?
+        .to_string();
+    let store = Embedded::open(dir).map_err(anyhow::Error::msg)?;
+    store
+        .call_blocking(Request::CreateCollection {
+            collection: collection.clone(),
+            body: serde_json::json!({ "vectors": kb["vectors"] }),
+        })
+        .map_err(anyhow::Error::msg)?;
+    store
+        .call_blocking(Request::Upsert {
+            collection,
+            body: serde_json::json!({ "points": kb["points"] }),
+        })
+        .map_err(anyhow::Error::msg)?;
     Ok(())
 }
 

@@ -56,6 +56,10 @@ enum Command {
         /// The Cedar policy set the demo enforces
         #[arg(long, default_value = "policies/examples/finance")]
         policies: PathBuf,
+        /// Address of the Qdrant API (RAG pipelines), serving the knowledge base of
+        /// `fixtures/knowledge_base.json`
+        #[arg(long, default_value = "127.0.0.1:6333")]
+        vector_listen: std::net::SocketAddr,
     },
     /// Check a configuration file and exit (non-zero, naming the key, when it is invalid)
     CheckConfig {
@@ -151,7 +155,8 @@ fn run() -> anyhow::Result<()> {
             listen,
             fixtures,
             policies,
-        } => runtime()?.block_on(demo::run(listen, fixtures, policies)),
+            vector_listen,
+        } => runtime()?.block_on(demo::run(listen, fixtures, policies, vector_listen)),
         Command::CheckConfig { config } => {
             let resolved = config::Config::load(&config)?.resolve()?;
             server::Shared::new(resolved)?;
