@@ -42,6 +42,10 @@ fn the_finance_example_loads_with_its_policy_ids() {
             "columns-readable",
             "delegated-no-ssn",
             "delegation-intersects-tenants",
+            "kb-auditor-all",
+            "kb-fields-readable",
+            "kb-internal-notes-auditor-only",
+            "kb-support-own-tenant",
             "low-clearance-no-large-transfer-metadata",
             "low-clearance-no-large-transfers",
             "no-agent-priority-one",
@@ -157,6 +161,7 @@ fn entities_and_schema_are_checked_too() {
     let d = broken("principals.cedarschema", |t| t);
     std::fs::remove_file(d.path().join("principals.cedarschema")).unwrap();
     std::fs::remove_file(d.path().join("tables.cedarschema")).unwrap();
+    std::fs::remove_file(d.path().join("knowledge.cedarschema")).unwrap();
     assert!(errors(d.path())
         .iter()
         .any(|d| d.message.contains("no schema")));
@@ -203,7 +208,7 @@ fn the_store_keeps_versions_and_detects_tampering() {
 #[test]
 fn the_rag_example_loads() {
     let b = load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/rag")).unwrap();
-    assert_eq!(b.policies.num_of_policies(), 4);
+    assert_eq!(b.policies.num_of_policies(), 14);
     assert!(b.policies.policies().all(|p| p.annotation("id").is_some()));
 }
 

@@ -391,7 +391,13 @@ fn finance_filters_agree_with_cedar_on_every_generated_row() {
 fn rag_filters_agree_with_cedar_on_every_generated_point() {
     let c = check_set(
         &example("rag"),
-        &["rag-bot", "compliance-bot", "ingestor"],
+        &[
+            "rag-bot",
+            "compliance-bot",
+            "ingestor",
+            "rag-bot-t2",
+            "ingestor-t2",
+        ],
         &[None, Some("carol")],
         &["qdrant::support_docs"],
         &["search", "upsert"],

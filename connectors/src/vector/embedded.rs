@@ -294,6 +294,16 @@ impl Embedded {
         Ok(json!(true))
     }
 
+    /// Runs the collection's optimizers (segment merging, HNSW indexing) to completion, as a
+    /// Qdrant server does in the background. Blocks writes to the collection meanwhile.
+    pub fn optimize(&self, collection: &str) -> Result<bool, VectorError> {
+        let c = self.collection(collection)?;
+        let _writes = c.writes.lock().expect("writes lock");
+        let optimized = c.shard.optimize().map_err(internal)?;
+        c.shard.flush();
+        Ok(optimized)
+    }
+
     /// Applies a write and flushes it (this engine version does not replay its WAL on load).
     fn update(&self, collection: &str, operation: UpdateOperation) -> Result<Value, VectorError> {
         let c = self.collection(collection)?;
