@@ -313,3 +313,76 @@ fn demo_enforces_the_finance_example_and_stops_on_ctrl_c() {
         "{stdout}"
     );
 }
+
+/// `schema import --vector-store`: a collection's payload fields, as LangChain stores them, become
+/// the attributes of `qdrant::<collection>`; what a filter cannot compare exactly is left out
+/// with a comment; the output loads as a policy set and the vector shim can use it.
+#[test]
+fn schema_import_reads_a_vector_collection() {
+    use connectors::vector::{embedded::Embedded, Request};
+    let work = tempfile::tempdir().unwrap();
+    let store_dir = work.path().join("store");
+    {
+        let store = Embedded::open(&store_dir).unwrap();
+        store
+            .call_blocking(Request::CreateCollection {
+                collection: "kb".into(),
+                body: serde_json::json!({"vectors": {"size": 2, "distance": "Dot"}}),
+            })
+            .unwrap();
+        store
+            .call_blocking(Request::CreateIndex {
+                collection: "kb".into(),
+                body: serde_json::json!({"field_name": "metadata.tenant_id", "field_schema": "integer"}),
+            })
+            .unwrap();
+        store
+            .call_blocking(Request::Upsert {
+                collection: "kb".into(),
+                body: serde_json::json!({"points": [
+                    {"id": 1, "vector": [1.0, 0.0], "payload": {"page_content": "a", "metadata": {"tenant_id": 1, "acl_groups": ["x"], "score": 0.5}}},
+                    {"id": 2, "vector": [0.0, 1.0], "payload": {"page_content": "b", "metadata": {"tenant_id": 2, "acl_groups": [], "author": "ann"}}},
+                ]}),
+            })
+            .unwrap();
+    }
+    let set = work.path().join("set");
+    std::fs::create_dir(&set).unwrap();
+    let out = set.join("collections.cedarschema");
+    let (ok, _, err) = portcullis(&[
+        "schema",
+        "import",
+        "--vector-store",
+        store_dir.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    for line in [
+        "entity kb {",
+        "page_content: String,",
+        "tenant_id: Long,",
+        "acl_groups: Set<String>,",
+        "author?: String,",
+        "// left out: metadata.score: a number that is not a 64-bit integer",
+        "action search, upsert, delete, manage_collection appliesTo {",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+    std::fs::write(
+        set.join("principals.cedarschema"),
+        "entity User;\nentity Agent { tenant_id: Long };\n",
+    )
+    .unwrap();
+    std::fs::write(
+        set.join("kb.cedar"),
+        "@id(\"own-tenant\")\npermit (principal, action == Action::\"search\", resource is qdrant::kb)\n\
+         when { resource.metadata.tenant_id == principal.tenant_id };\n",
+    )
+    .unwrap();
+    std::fs::write(set.join("entities.json"), "[]").unwrap();
+    let bundle = policies::load_dir(&set).unwrap();
+    let schema = policies::PayloadSchema::of(&bundle, "qdrant::kb").unwrap();
+    assert!(schema.field("metadata.author").is_some_and(|f| !f.required));
+}

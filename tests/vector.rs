@@ -52,10 +52,27 @@ enum Store {
 const REMOTE_KEY_ENV: &str = "PORTCULLIS_TEST_QDRANT_KEY";
 
 fn start(store: Store) -> Shim {
+    start_with(store, "", "")
+}
+
+/// `vector_extra` follows the `[vector]` keys; `top` is more top-level config (tables,
+/// agents); `entities` more entities.json entries.
+fn start_with(store: Store, vector_extra: &str, top: &str) -> Shim {
+    start_full(store, vector_extra, top, &[])
+}
+
+fn start_full(store: Store, vector_extra: &str, top: &str, entities: &[Value]) -> Shim {
     let work = tempfile::tempdir().unwrap();
     let set = work.path().join("policies");
     std::fs::create_dir(&set).unwrap();
     copy_files("policies/examples/rag", &set);
+    if !entities.is_empty() {
+        let path = set.join("entities.json");
+        let mut list: Vec<Value> =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        list.extend(entities.iter().cloned());
+        std::fs::write(&path, serde_json::to_string(&list).unwrap()).unwrap();
+    }
     let key = work.path().join("audit.key");
     let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["audit", "keygen", "--node-id", "vec-node", "--out"])
@@ -100,7 +117,7 @@ fn start(store: Store) -> Shim {
     let env = Env::start_with(Options {
         postgres_extra: format!(
             "[policies]\ndir = {:?}\n\n[audit]\ndir = {:?}\nkey_file = {:?}\nnode_id = \"vec-node\"\n\n\
-             [vector]\nlisten = \"127.0.0.1:{port}\"\n{backend}\n\n{agents}",
+             [vector]\nlisten = \"127.0.0.1:{port}\"\n{backend}\n{vector_extra}\n\n{top}\n\n{agents}",
             set.display().to_string(),
             log.display().to_string(),
             key.display().to_string(),
@@ -407,6 +424,23 @@ fn reads(s: &Shim) {
         2
     );
 
+    // Vectors: only compliance-bot gets them (read_vector); rag-bot's points come without.
+    let with = json!({"ids": [1], "with_vector": true});
+    let bot = s.ok(
+        "rag-bot",
+        "POST",
+        "/collections/support_docs/points",
+        with.clone(),
+    );
+    assert!(bot[0].get("vector").is_none_or(Value::is_null), "{bot}");
+    let c = s.ok(
+        "compliance-bot",
+        "POST",
+        "/collections/support_docs/points",
+        with,
+    );
+    assert!(c[0]["vector"].is_array(), "{c}");
+
     // Scroll and count see the same points; counts are exact and never include hidden ones.
     let scrolled = s.ok(
         "rag-bot",
@@ -563,6 +597,54 @@ fn reads(s: &Shim) {
         .filter(|e| e["protocol"] == "qdrant" && e["decision"] == "deny")
         .count();
     assert!(denied >= 10, "{denied} deny records");
+    // Every record replays: the version it names decides the same basis (and the same refusal).
+    let portcullis = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dir = s.log.to_str().unwrap();
+    let replayed: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["protocol"] == "qdrant" && e["kind"] == "decision")
+        .collect();
+    for e in &replayed {
+        let out = portcullis(&["audit", "replay", dir, e["id"].as_str().unwrap()]);
+        assert!(
+            out.trim_end().ends_with("match"),
+            "{}: {out}",
+            e["statement"]
+        );
+    }
+    // `audit search` finds them by collection and agent.
+    let found = portcullis(&[
+        "audit",
+        "search",
+        dir,
+        "--relation",
+        "qdrant::support_docs",
+        "--agent",
+        "rag-bot",
+        "--policy",
+        "docs-by-acl-group",
+        "--json",
+    ]);
+    let found: Vec<Value> = found
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        found.len() >= queries.len() - 1,
+        "{} of {}",
+        found.len(),
+        queries.len()
+    );
+    assert!(found
+        .iter()
+        .all(|r| r["protocol"] == "qdrant" && r["agent"] == "rag-bot"));
 }
 
 fn writes(s: &Shim) {
@@ -814,6 +896,203 @@ fn python_clients(s: &Shim) {
             "the client warned about the version: {stderr}"
         );
     }
+}
+
+/// Over HTTPS, an agent's JWT is its API key, and its `on_behalf_of` narrows what it finds to
+/// what the human may see; without TLS (and without `jwt.allow_plaintext`) a token is refused.
+#[test]
+fn tokens_over_tls_act_for_the_human_they_name() {
+    const KEY: &str = "a-test-signing-key-of-at-least-32-bytes";
+    let certs = tempfile::tempdir().unwrap();
+    let dir = certs.path();
+    let openssl = |args: &[&str]| {
+        let out = Command::new(common::require("openssl"))
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "leaf.csr",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "cert.pem",
+    ]);
+    let courier = json!({
+        "uid": {"type": "Agent", "id": "courier-bot"},
+        "attrs": {"tenant_id": 1, "groups": ["support", "billing"]},
+        "parents": []
+    });
+    let s = start_full(
+        Store::Embedded,
+        &format!(
+            "[vector.tls]\ncert = {:?}\nkey = {:?}\n",
+            dir.join("cert.pem").display().to_string(),
+            dir.join("key.pem").display().to_string()
+        ),
+        &format!("[jwt]\nalgorithm = \"HS256\"\nsecret = \"{KEY}\"\n\n[[agents]]\nid = \"courier-bot\"\ntoken = true\n"),
+        &[courier],
+    );
+    let exp = jsonwebtoken::get_current_timestamp() + 600;
+    let token = |claims: Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(KEY.as_bytes()),
+        )
+        .unwrap()
+    };
+    let url = format!("https://localhost:{}", s.port);
+    let ca = dir.join("ca.pem");
+    let client = |key: String| {
+        connectors::vector::remote::Remote::new(&url, Some(key), Some(ca.as_path())).unwrap()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let query = |key: String, body: Value| {
+        rt.block_on(client(key).send(
+            hyper::Method::POST,
+            "/collections/support_docs/points/query",
+            Some(&body),
+        ))
+        .unwrap()
+    };
+    let ingest = client("ingestor:ingestor-secret".into());
+    rt.block_on(async {
+        let (st, r) = ingest
+            .send(
+                hyper::Method::PUT,
+                "/collections/support_docs",
+                Some(&json!({"vectors": {"size": DIM, "distance": "Cosine"}})),
+            )
+            .await
+            .unwrap();
+        assert_eq!(st, 200, "{r}");
+        let points: Vec<Value> = DOCS
+            .iter()
+            .map(|(i, t, g, c)| point(*i, *t, g, c))
+            .collect();
+        let (st, r) = ingest
+            .send(
+                hyper::Method::PUT,
+                "/collections/support_docs/points",
+                Some(&json!({"points": points})),
+            )
+            .await
+            .unwrap();
+        assert_eq!(st, 200, "{r}");
+    });
+    let ask = json!({"query": vector(1), "limit": 100});
+    let alone = token(json!({"sub": "courier-bot", "exp": exp}));
+    let (st, r) = query(alone.clone(), ask.clone());
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(ids(&r["result"]["points"]), set(&[1, 2]));
+    // Acting for carol (billing): only what carol's groups may see.
+    let for_carol = token(json!({"sub": "courier-bot", "exp": exp, "on_behalf_of": "carol"}));
+    let (_, r) = query(for_carol, ask.clone());
+    assert_eq!(ids(&r["result"]["points"]), set(&[2]));
+    // A token for a secret agent, a bad signature, an expired token: the same 401.
+    for bad in [
+        token(json!({"sub": "rag-bot", "exp": exp})),
+        token(json!({"sub": "courier-bot", "exp": exp - 1200})),
+        alone.replace('.', ".x"),
+    ] {
+        let (st, r) = query(bad, ask.clone());
+        assert_eq!(st, 401, "{r}");
+    }
+    // The record names the human.
+    let records = s.entries();
+    let delegated = records
+        .iter()
+        .find(|e| e["agent"] == "courier-bot" && e["on_behalf_of"] == "carol")
+        .expect("a record of the delegated query");
+    assert_eq!(delegated["tls"], true);
+    assert!(delegated["basis"]["relations"][0]["policies"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("delegation-needs-human-group")));
+    // Plain HTTP to the TLS port gets no answer.
+    let plain = std::net::TcpStream::connect(("127.0.0.1", s.port)).and_then(|mut t| {
+        use std::io::{Read, Write};
+        t.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        t.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut buf = Vec::new();
+        let _ = t.read_to_end(&mut buf);
+        Ok(buf)
+    });
+    assert!(!String::from_utf8_lossy(&plain.unwrap_or_default()).contains("qdrant"));
+}
+
+/// Without TLS a token is refused (it is a bearer credential naming a human).
+#[test]
+fn tokens_need_tls() {
+    const KEY: &str = "a-test-signing-key-of-at-least-32-bytes";
+    let courier = json!({
+        "uid": {"type": "Agent", "id": "courier-bot"},
+        "attrs": {"tenant_id": 1, "groups": ["support"]},
+        "parents": []
+    });
+    let s = start_full(
+        Store::Embedded,
+        "",
+        &format!("[jwt]\nalgorithm = \"HS256\"\nsecret = \"{KEY}\"\n\n[[agents]]\nid = \"courier-bot\"\ntoken = true\n"),
+        &[courier],
+    );
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "courier-bot", "exp": jsonwebtoken::get_current_timestamp() + 600}),
+        &jsonwebtoken::EncodingKey::from_secret(KEY.as_bytes()),
+    )
+    .unwrap();
+    let (st, _) = common::http_json(s.port, "GET", "/collections", Some(&token), None);
+    assert_eq!(st, 401);
 }
 
 fn python() -> PathBuf {

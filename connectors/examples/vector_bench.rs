@@ -113,13 +113,15 @@ async fn seed(dir: &str, points: usize, dims: usize) {
         let batch: Vec<Value> = chunk
             .iter()
             .map(|&i| {
+                let group = ["support", "billing", "legal"][i % 3];
+                let class = ["public", "internal", "restricted"][i % 3];
                 json!({
                     "id": i,
                     "vector": rng.vector(dims),
                     "payload": {
                         "tenant_id": (i % 10) as i64,
-                        "acl_groups": [["support", "billing", "legal"][i % 3]],
-                        "classification": ["public", "internal", "restricted"][i % 3],
+                        "acl_groups": [group],
+                        "classification": class,
                         "title": format!("document {i}"),
                     }
                 })

@@ -8,6 +8,7 @@
 //! [`derive_columns`] gives each column of a table a [`ColumnRule`].
 
 mod cache;
+pub mod collection_import;
 mod columns;
 mod derive;
 mod diagnostics;

@@ -208,7 +208,7 @@ fn the_store_keeps_versions_and_detects_tampering() {
 #[test]
 fn the_rag_example_loads() {
     let b = load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/rag")).unwrap();
-    assert_eq!(b.policies.num_of_policies(), 14);
+    assert_eq!(b.policies.num_of_policies(), 15);
     assert!(b.policies.policies().all(|p| p.annotation("id").is_some()));
 }
 

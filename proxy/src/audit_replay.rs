@@ -30,13 +30,16 @@ pub fn replay(dir: &Path, id: &str, store: Option<&Path>) -> anyhow::Result<bool
         .or_else(|| record.get("policy_version"))
         .and_then(Value::as_str)
         .context("the record names no policy version (was policy enforced?)")?;
+    let store = store.map_or_else(|| dir.join(POLICY_VERSIONS), Path::to_path_buf);
+    if record["protocol"] == "qdrant" {
+        return replay_vector(id, &record, version, &store);
+    }
     let catalog = record
         .pointer("/basis/catalog")
         .or_else(|| record.get("catalog"))
         .and_then(Value::as_str)
         .context("the record names no catalog snapshot")?;
 
-    let store = store.map_or_else(|| dir.join(POLICY_VERSIONS), Path::to_path_buf);
     let version = policies::Version::parse(version).context("a malformed policy version")?;
     let bundle = policies::VersionStore::open(&store)?
         .load(&version)
@@ -117,6 +120,24 @@ pub fn replay(dir: &Path, id: &str, store: Option<&Path>) -> anyhow::Result<bool
         version.short(),
         &catalog[..12.min(catalog.len())]
     );
+    if differences.is_empty() {
+        println!("match");
+        return Ok(true);
+    }
+    for d in &differences {
+        println!("differs: {d}");
+    }
+    Ok(false)
+}
+
+/// A record of the Qdrant API: its basis decided again under the version it names.
+fn replay_vector(id: &str, record: &Value, version: &str, store: &Path) -> anyhow::Result<bool> {
+    let version = policies::Version::parse(version).context("a malformed policy version")?;
+    let bundle = policies::VersionStore::open(store)?
+        .load(&version)
+        .with_context(|| format!("policy version {version} from {}", store.display()))?;
+    let differences = crate::vector::replay::replay(record, Arc::new(bundle))?;
+    println!("{id}: policy version {} (Qdrant API)", version.short());
     if differences.is_empty() {
         println!("match");
         return Ok(true);

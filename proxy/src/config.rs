@@ -113,7 +113,7 @@ fn default_timeout_ms() -> u64 {
     300_000
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     pub cert: PathBuf,

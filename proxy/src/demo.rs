@@ -110,6 +110,7 @@ pub async fn run(
             remote_ca_file: None,
             qdrant_version: None,
             max_body_bytes: 32 << 20,
+            tls: None,
         },
         shared.clone(),
         hash_key,

@@ -96,14 +96,30 @@ enum Command {
 
 #[derive(Subcommand)]
 enum SchemaCommand {
-    /// Read the catalog and write Cedar entity types for its tables, plus the standard actions
+    /// Read the catalog and write Cedar entity types for its tables, plus the standard actions;
+    /// or, with --qdrant or --vector-store, entity types for vector collections
     Import {
         /// Database URL (postgres://user:pass@host:port/db); any login that can read the catalog
-        #[arg(long)]
-        upstream: String,
+        #[arg(long, required_unless_present_any = ["qdrant", "vector_store"])]
+        upstream: Option<String>,
         /// Schema to import (repeatable; default: public)
         #[arg(long = "schema", default_value = "public")]
         schemas: Vec<String>,
+        /// A Qdrant's REST URL: import its collections (payload indexes and sampled points)
+        #[arg(long, conflicts_with_all = ["upstream", "vector_store"])]
+        qdrant: Option<String>,
+        /// Environment variable holding that Qdrant's API key
+        #[arg(long, requires = "qdrant")]
+        qdrant_api_key_env: Option<String>,
+        /// An embedded store's directory (`vector.store`): import its collections
+        #[arg(long, conflicts_with = "upstream")]
+        vector_store: Option<PathBuf>,
+        /// Collection to import (repeatable; default: all)
+        #[arg(long = "collection")]
+        collections: Vec<String>,
+        /// Points sampled per collection
+        #[arg(long, default_value_t = 100)]
+        sample: usize,
         /// Write here instead of standard output
         #[arg(long)]
         out: Option<PathBuf>,
@@ -170,8 +186,43 @@ fn run() -> anyhow::Result<()> {
         Command::Schema(SchemaCommand::Import {
             upstream,
             schemas,
+            qdrant,
+            qdrant_api_key_env,
+            vector_store,
+            collections,
+            sample,
             out,
-        }) => runtime()?.block_on(schema_import(&upstream, &schemas, out.as_deref())),
+        }) => match (upstream, qdrant, vector_store) {
+            (Some(upstream), None, None) => {
+                runtime()?.block_on(schema_import(&upstream, &schemas, out.as_deref()))
+            }
+            (None, Some(url), None) => {
+                let key = qdrant_api_key_env
+                    .map(|var| std::env::var(&var).with_context(|| format!("{var} is not set")))
+                    .transpose()?;
+                let remote = connectors::vector::remote::Remote::new(&url, key, None)
+                    .map_err(anyhow::Error::msg)?;
+                runtime()?.block_on(collection_import(
+                    &remote,
+                    &collections,
+                    sample,
+                    out.as_deref(),
+                ))
+            }
+            (None, None, Some(dir)) => {
+                let store = std::sync::Arc::new(
+                    connectors::vector::embedded::Embedded::open(&dir)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?,
+                );
+                runtime()?.block_on(collection_import(
+                    &store,
+                    &collections,
+                    sample,
+                    out.as_deref(),
+                ))
+            }
+            _ => anyhow::bail!("give one of --upstream, --qdrant and --vector-store"),
+        },
         Command::Explain {
             config,
             agent,
@@ -246,6 +297,64 @@ fn policy_test(dir: &std::path::Path) -> anyhow::Result<()> {
         "{} policy test row(s) failed",
         report.failures.len()
     );
+    Ok(())
+}
+
+/// `schema import --qdrant/--vector-store`: each collection's payload indexes and a sample of
+/// its points, as Cedar entity types.
+async fn collection_import(
+    backend: &impl connectors::vector::VectorBackend,
+    only: &[String],
+    sample: usize,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use connectors::vector::Request;
+    let names: Vec<String> = if only.is_empty() {
+        backend.call(Request::ListCollections).await?["collections"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str().map(str::to_string))
+            .collect()
+    } else {
+        only.to_vec()
+    };
+    anyhow::ensure!(!names.is_empty(), "no collections to import");
+    let mut samples = Vec::new();
+    for name in names {
+        let info = backend
+            .call(Request::GetCollection {
+                collection: name.clone(),
+            })
+            .await?;
+        let points = backend
+            .call(Request::Scroll {
+                collection: name.clone(),
+                body: serde_json::json!({ "limit": sample.max(1), "with_payload": true, "with_vector": false }),
+            })
+            .await?;
+        samples.push(policies::collection_import::CollectionSample {
+            name,
+            indexes: info["payload_schema"]
+                .as_object()
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default(),
+            payloads: points["points"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| p["payload"].clone())
+                .collect(),
+        });
+    }
+    let text = policies::collection_import::render(&samples);
+    match out {
+        Some(path) => {
+            std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => print!("{text}"),
+    }
     Ok(())
 }
 

@@ -69,14 +69,19 @@ fn credential(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Authenticates a request by its headers. Blocking (PBKDF2 on a cache miss): run it on the
-/// blocking pool.
+/// blocking pool. Tokens, bearer credentials that name a human, are accepted only over TLS
+/// unless `jwt.allow_plaintext` (as on the SQL side).
 pub fn authenticate(
     shared: &Shared,
     keys: &KeyCache,
     headers: &HeaderMap,
+    tls: bool,
 ) -> Result<Caller, Unauthorized> {
     let presented = credential(headers).ok_or(Unauthorized)?;
     let (agent, on_behalf_of) = if looks_like_jwt(presented) {
+        if !tls && !shared.tokens_without_tls {
+            return Err(Unauthorized);
+        }
         let tokens = shared.tokens.as_ref().ok_or(Unauthorized)?;
         let (agent, on_behalf_of) = tokens.verify_any(presented).map_err(|_| Unauthorized)?;
         match shared.agents.get(&agent) {
@@ -98,13 +103,36 @@ fn looks_like_jwt(s: &str) -> bool {
     s.split('.').count() == 3 && !s.contains(':')
 }
 
+/// The caller, if its credential is a secret verified recently: no PBKDF2, so it can run on an
+/// async worker; `None` sends the request to [`authenticate`] on the blocking pool.
+pub fn remembered(keys: &KeyCache, headers: &HeaderMap) -> Option<Caller> {
+    let presented = credential(headers)?;
+    if looks_like_jwt(presented) {
+        return None;
+    }
+    let agent = recent(keys, &keys.tag(presented))?;
+    let principal = Principal::new(&agent, None).ok()?;
+    Some(Caller {
+        agent,
+        on_behalf_of: None,
+        principal,
+    })
+}
+
+fn recent(keys: &KeyCache, tag: &[u8; 32]) -> Option<String> {
+    let (agent, at) = keys.verified.get(tag)?;
+    if at.elapsed() < REMEMBER {
+        Some(agent)
+    } else {
+        keys.verified.remove(tag);
+        None
+    }
+}
+
 fn check_secret(shared: &Shared, keys: &KeyCache, presented: &str) -> Result<String, Unauthorized> {
     let tag = keys.tag(presented);
-    if let Some((agent, at)) = keys.verified.get(&tag) {
-        if at.elapsed() < REMEMBER {
-            return Ok(agent);
-        }
-        keys.verified.remove(&tag);
+    if let Some(agent) = recent(keys, &tag) {
+        return Ok(agent);
     }
     let (agent, secret) = presented.split_once(':').ok_or(Unauthorized)?;
     let ok = match shared.agents.get(agent) {

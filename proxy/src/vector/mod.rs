@@ -10,12 +10,14 @@
 //! - `routes`: the endpoints, Qdrant's reply envelope, and 403 for every other path;
 //! - `policy`: what one agent may do with one collection, derived once per policy version;
 //! - `ops`: each operation's restriction, backend call and projection;
-//! - `record`: the audit record of each request.
+//! - `record`: the audit record of each request;
+//! - `replay`: deciding a recorded request's basis again (`audit replay`).
 
 mod auth;
 mod ops;
 mod policy;
 mod record;
+pub mod replay;
 mod routes;
 
 use std::net::SocketAddr;
@@ -52,6 +54,8 @@ pub struct VectorConfig {
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// TLS toward clients (certificate and key, PEM); when set, the listener serves HTTPS only.
+    pub tls: Option<crate::config::TlsConfig>,
 }
 
 /// The Qdrant release the embedded engine (qdrant-edge 0.7.2) was cut from.
@@ -85,6 +89,8 @@ pub struct Shim {
     pub version: String,
     /// The key of `@mask("hash")` (the same as SQL's, so equal values hash alike).
     pub hash_key: Vec<u8>,
+    /// `vector.tls`, ready to accept.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     policies: Arc<policy::PolicyCache>,
     keys: auth::KeyCache,
 }
@@ -138,9 +144,22 @@ impl Shim {
             }
             _ => anyhow::bail!("[vector] needs exactly one of `store` and `remote`"),
         };
+        let tls = config
+            .tls
+            .as_ref()
+            .map(crate::tls::acceptor)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("vector.tls: {e}"))?;
+        if tls.is_none() && !config.listen.ip().is_loopback() {
+            tracing::warn!(
+                "vector.listen {} is not loopback and [vector.tls] is not set: agents' API keys cross the network in clear",
+                config.listen
+            );
+        }
         Ok(Shim {
             shared,
             backend,
+            tls,
             version: config.qdrant_version.clone().unwrap_or(version),
             config,
             hash_key,
@@ -150,12 +169,54 @@ impl Shim {
     }
 }
 
-/// Serves the shim until the listener fails.
+/// Marks a request that came over TLS.
+#[derive(Debug, Clone, Copy)]
+pub struct OverTls;
+
+/// Serves the shim until the listener fails: plain HTTP, or HTTPS only with `vector.tls`.
 pub async fn serve(listener: TcpListener, shim: Arc<Shim>) -> std::io::Result<()> {
-    info!("Qdrant API for agents on http://{}", listener.local_addr()?);
-    axum::serve(
-        listener,
-        router(shim).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
+    let scheme = if shim.tls.is_some() { "https" } else { "http" };
+    info!(
+        "Qdrant API for agents on {scheme}://{}",
+        listener.local_addr()?
+    );
+    let app = router(shim.clone());
+    let Some(acceptor) = shim.tls.clone() else {
+        return axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await;
+    };
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let handshake =
+                tokio::time::timeout(std::time::Duration::from_secs(30), acceptor.accept(tcp));
+            let Ok(Ok(stream)) = handshake.await else {
+                return;
+            };
+            let service = hyper::service::service_fn(
+                move |request: hyper::Request<hyper::body::Incoming>| {
+                    let mut request = request.map(axum::body::Body::new);
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    request.extensions_mut().insert(OverTls);
+                    tower::ServiceExt::oneshot(app.clone(), request)
+                },
+            );
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }

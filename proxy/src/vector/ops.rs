@@ -365,6 +365,9 @@ async fn policy_of(
     caller: &Arc<Caller>,
     collection: &str,
 ) -> Arc<CollectionPolicy> {
+    if let Some(hit) = shim.policies.cached(bundle, caller, collection) {
+        return hit;
+    }
     let (bundle, caller, collection) = (bundle.clone(), caller.clone(), collection.to_string());
     let cache = shim.policies.clone();
     tokio::task::spawn_blocking(move || cache.get(&bundle, &caller, &collection))
@@ -651,6 +654,11 @@ async fn hide_counts(
     };
     info["points_count"] = json!(visible);
     info["indexed_vectors_count"] = json!(0);
+    for total in ["vectors_count", "segments_count"] {
+        if info.get(total).is_some_and(|v| !v.is_null()) {
+            info[total] = json!(0);
+        }
+    }
     if let Some(Value::Object(schema)) = info.get_mut("payload_schema") {
         for index in schema.values_mut() {
             if index.get("points").is_some() {

@@ -68,7 +68,7 @@ pub struct CollectionPolicy {
 }
 
 impl CollectionPolicy {
-    fn derive(bundle: Arc<PolicyBundle>, caller: &Caller, collection: &str) -> Self {
+    pub fn derive(bundle: Arc<PolicyBundle>, caller: &Caller, collection: &str) -> Self {
         let resource_type = format!("qdrant::{collection}");
         let schema = if collection_name_ok(collection) {
             PayloadSchema::of(&bundle, &resource_type).map_err(|e| e.to_string())
@@ -262,6 +262,16 @@ impl PolicyCache {
         }
     }
 
+    /// The policy of `caller` on `collection` under `bundle`, if derived already.
+    pub fn cached(
+        &self,
+        bundle: &PolicyBundle,
+        caller: &Caller,
+        collection: &str,
+    ) -> Option<Arc<CollectionPolicy>> {
+        self.entries.get(&key(bundle, caller, collection))
+    }
+
     /// The policy of `caller` on `collection` under `bundle`. Blocking on a miss (Cedar
     /// partial evaluation): call it from the blocking pool.
     pub fn get(
@@ -270,11 +280,7 @@ impl PolicyCache {
         caller: &Caller,
         collection: &str,
     ) -> Arc<CollectionPolicy> {
-        let key = (
-            bundle.version.to_string(),
-            caller.principal.scope().to_string(),
-            collection.to_string(),
-        );
+        let key = key(bundle, caller, collection);
         if let Some(hit) = self.entries.get(&key) {
             return hit;
         }
@@ -282,4 +288,12 @@ impl PolicyCache {
         self.entries.insert(key, policy.clone());
         policy
     }
+}
+
+fn key(bundle: &PolicyBundle, caller: &Caller, collection: &str) -> (String, String, String) {
+    (
+        bundle.version.to_string(),
+        caller.principal.scope().to_string(),
+        collection.to_string(),
+    )
 }

@@ -28,6 +28,7 @@ pub struct Trace {
     agent: String,
     on_behalf_of: Option<String>,
     client: Option<String>,
+    tls: bool,
     policy_version: String,
     rewritten: Vec<Value>,
     relations: Vec<Value>,
@@ -41,7 +42,7 @@ pub struct Trace {
 impl Trace {
     pub fn new(
         caller: &Caller,
-        client: Option<std::net::SocketAddr>,
+        (client, tls): (Option<std::net::SocketAddr>, bool),
         statement: String,
         request: Option<&Value>,
         policy_version: String,
@@ -53,6 +54,7 @@ impl Trace {
             agent: caller.agent.clone(),
             on_behalf_of: caller.on_behalf_of.clone(),
             client: client.map(|c| c.to_string()),
+            tls,
             policy_version,
             rewritten: Vec::new(),
             relations: Vec::new(),
@@ -74,35 +76,9 @@ impl Trace {
             .relations
             .iter()
             .any(|r| r["relation"] == p.resource_type.as_str() && r["action"] == action.name());
-        if already {
-            return;
+        if !already {
+            self.relations.push(relation_basis(p, action));
         }
-        let filter = p
-            .rule(action)
-            .map(|r| r.qdrant.clone())
-            .unwrap_or(Value::Null);
-        let mut hidden = Vec::new();
-        let mut masked = Map::new();
-        if p.has_field_rules() && action == Action::Search {
-            for (field, rule) in p.known_fields() {
-                match rule {
-                    ColumnRule::Visible => {}
-                    ColumnRule::Denied => hidden.push(json!(field)),
-                    ColumnRule::Masked { mask, .. } => {
-                        masked.insert(field, json!({ "mask": mask.name() }));
-                    }
-                }
-            }
-        }
-        self.relations.push(json!({
-            "relation": p.resource_type,
-            "action": action.name(),
-            "filter": recordable(&filter),
-            "hidden": hidden,
-            "masked": masked,
-            "vectors": format!("{:?}", p.vectors).to_ascii_lowercase(),
-            "policies": p.determining(action),
-        }));
     }
 
     /// A point returned (with its score, for searches).
@@ -176,7 +152,7 @@ impl Trace {
             "agent": self.agent,
             "on_behalf_of": self.on_behalf_of,
             "client": self.client,
-            "tls": false,
+            "tls": self.tls,
             "protocol": "qdrant",
             "statement": self.statement,
             "request": self.request,
@@ -208,6 +184,37 @@ impl Trace {
         }
         audit::canonical(&record).ok()
     }
+}
+
+/// What a record says of one action on one collection: the injected filter, hidden and masked
+/// fields, whether vectors are returned, and the determining policies. Replay derives it again.
+pub fn relation_basis(p: &CollectionPolicy, action: Action) -> Value {
+    let filter = p
+        .rule(action)
+        .map(|r| r.qdrant.clone())
+        .unwrap_or(Value::Null);
+    let mut hidden = Vec::new();
+    let mut masked = Map::new();
+    if p.has_field_rules() && action == Action::Search {
+        for (field, rule) in p.known_fields() {
+            match rule {
+                ColumnRule::Visible => {}
+                ColumnRule::Denied => hidden.push(json!(field)),
+                ColumnRule::Masked { mask, .. } => {
+                    masked.insert(field, json!({ "mask": mask.name() }));
+                }
+            }
+        }
+    }
+    json!({
+        "relation": p.resource_type,
+        "action": action.name(),
+        "filter": recordable(&filter),
+        "hidden": hidden,
+        "masked": masked,
+        "vectors": format!("{:?}", p.vectors).to_ascii_lowercase(),
+        "policies": p.determining(action),
+    })
 }
 
 async fn submit(shim: &Shim, entry: Option<Vec<u8>>) -> Result<(), ShimError> {

@@ -12,6 +12,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use axum::Extension;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
@@ -22,6 +23,7 @@ use super::Shim;
 
 type Shared = State<Arc<Shim>>;
 type Peer = ConnectInfo<SocketAddr>;
+type Tls = Option<Extension<super::OverTls>>;
 
 /// The shim's routes over `shim`.
 pub fn router(shim: Arc<Shim>) -> Router {
@@ -91,17 +93,22 @@ fn body(bytes: &Bytes) -> Result<Value, String> {
 /// Authenticates, runs and records one request.
 async fn handle(
     shim: Arc<Shim>,
-    peer: SocketAddr,
+    (peer, tls): (SocketAddr, bool),
     headers: HeaderMap,
     statement: String,
     op: Result<Op, String>,
 ) -> Response {
     let start = Instant::now();
-    let auth_shim = shim.clone();
-    let caller = tokio::task::spawn_blocking(move || {
-        auth::authenticate(&auth_shim.shared, &auth_shim.keys, &headers)
-    })
-    .await;
+    let caller = match auth::remembered(&shim.keys, &headers) {
+        Some(c) => Ok(Ok(c)),
+        None => {
+            let auth_shim = shim.clone();
+            tokio::task::spawn_blocking(move || {
+                auth::authenticate(&auth_shim.shared, &auth_shim.keys, &headers, tls)
+            })
+            .await
+        }
+    };
     let caller = match caller {
         Ok(Ok(c)) => Arc::new(c),
         Ok(Err(e)) => return envelope_error(401, &e.to_string(), start),
@@ -124,13 +131,16 @@ async fn handle(
         .current();
     let mut trace = Trace::new(
         &caller,
-        Some(peer),
+        (Some(peer), tls),
         statement,
         op.body(),
         bundle.version.to_string(),
     );
     let result = ops::run(&shim, &caller, &bundle, op, &mut trace).await;
     let recorded = trace.finish(&shim, &result.as_ref().map(|_| ())).await;
+    crate::metrics::metrics()
+        .agent(&caller.agent)
+        .count(if result.is_ok() { "rewrite" } else { "deny" });
     match (result, recorded) {
         (_, Err(e)) | (Err(e), _) => {
             tracing::debug!(agent = %caller.agent, "vector request refused: {e}");
@@ -145,12 +155,18 @@ async fn handle(
     }
 }
 
-async fn list(State(shim): Shared, ConnectInfo(peer): Peer, headers: HeaderMap) -> Response {
+async fn list(
+    State(shim): Shared,
+    ConnectInfo(peer): Peer,
+    tls: Tls,
+    headers: HeaderMap,
+) -> Response {
+    let statement = "GET /collections".to_string();
     handle(
         shim,
-        peer,
+        (peer, tls.is_some()),
         headers,
-        "GET /collections".into(),
+        statement,
         Ok(Op::ListCollections),
     )
     .await
@@ -161,11 +177,12 @@ macro_rules! without_body {
         async fn $name(
             State(shim): Shared,
             ConnectInfo(peer): Peer,
+            tls: Tls,
             headers: HeaderMap,
             Path(c): Path<String>,
         ) -> Response {
             let statement = format!(concat!($method, " /collections/{}", $suffix), c);
-            handle(shim, peer, headers, statement, Ok($op(c))).await
+            handle(shim, (peer, tls.is_some()), headers, statement, Ok($op(c))).await
         }
     };
 }
@@ -175,13 +192,14 @@ macro_rules! with_body {
         async fn $name(
             State(shim): Shared,
             ConnectInfo(peer): Peer,
+            tls: Tls,
             headers: HeaderMap,
             Path(c): Path<String>,
             bytes: Bytes,
         ) -> Response {
             let statement = format!(concat!($method, " /collections/{}", $suffix), c);
             let op = body(&bytes).map(|b| $op(c, b));
-            handle(shim, peer, headers, statement, op).await
+            handle(shim, (peer, tls.is_some()), headers, statement, op).await
         }
     };
 }
@@ -216,6 +234,7 @@ with_body!(
 async fn get_point(
     State(shim): Shared,
     ConnectInfo(peer): Peer,
+    tls: Tls,
     headers: HeaderMap,
     Path((c, id)): Path<(String, String)>,
 ) -> Response {
@@ -225,5 +244,12 @@ async fn get_point(
         Ok(n) => json!(n),
         Err(_) => json!(id),
     };
-    handle(shim, peer, headers, statement, Ok(Op::GetPoint(c, id))).await
+    handle(
+        shim,
+        (peer, tls.is_some()),
+        headers,
+        statement,
+        Ok(Op::GetPoint(c, id)),
+    )
+    .await
 }
