@@ -82,6 +82,25 @@ pub struct Catalog {
     search_path: Vec<String>,
     /// The schemas of `relations`.
     schemas: HashSet<String>,
+    /// `pg_catalog` operators by (name, left type, right type) (`typname`s; `""` for a prefix
+    /// operator's left side): what a copied condition may call (see `crate::pushdown`).
+    operators: HashMap<(String, String, String), Operator>,
+    /// `pg_catalog` functions none of whose overloads is volatile, returns a set or is an
+    /// aggregate, and all of which return one type: that type's `typname`.
+    stable_functions: HashMap<String, String>,
+}
+
+/// A `pg_catalog` operator, as `pg_operator` and its function's `pg_proc` row describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operator {
+    pub name: String,
+    /// `typname` of the left operand (`""`: a prefix operator).
+    pub left: String,
+    pub right: String,
+    pub result: String,
+    /// `pg_proc.proleakproof` of the operator's function: it reveals nothing about its
+    /// arguments beyond its result (no error, notice or side channel depends on them).
+    pub leakproof: bool,
 }
 
 /// A function or an operator: the two kinds of routine PostgreSQL chooses by overloading.
@@ -120,7 +139,37 @@ impl Catalog {
             user_routines: HashMap::new(),
             search_path: Vec::new(),
             schemas,
+            operators: HashMap::new(),
+            stable_functions: HashMap::new(),
         }
+    }
+
+    /// With the `pg_catalog` operators.
+    pub fn with_operators(mut self, operators: Vec<Operator>) -> Self {
+        self.operators = operators
+            .into_iter()
+            .map(|o| ((o.name.clone(), o.left.clone(), o.right.clone()), o))
+            .collect();
+        self
+    }
+
+    /// With the `pg_catalog` functions that are not volatile and return one type, as
+    /// (name, result `typname`).
+    pub fn with_stable_functions(mut self, functions: Vec<(String, String)>) -> Self {
+        self.stable_functions = functions.into_iter().collect();
+        self
+    }
+
+    /// The `pg_catalog` operator `name` taking exactly (`left`, `right`).
+    pub fn operator(&self, name: &str, left: &str, right: &str) -> Option<&Operator> {
+        self.operators
+            .get(&(name.to_string(), left.to_string(), right.to_string()))
+    }
+
+    /// The result type of the `pg_catalog` function `name`, when no overload of it is volatile
+    /// and all return that type.
+    pub fn stable_function(&self, name: &str) -> Option<&str> {
+        self.stable_functions.get(name).map(String::as_str)
     }
 
     /// With the upstream login's effective search_path.

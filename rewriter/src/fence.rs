@@ -10,22 +10,20 @@ use crate::policy::TablePolicy;
 use crate::sql_filter::{quote_string, render};
 use crate::Refusal;
 
-/// The fence's SQL text, and the columns whose values pass through unmasked (those outer
-/// predicates may be copied into the fence for).
+/// The fence's SQL text.
 pub struct Fence {
     pub sql: String,
-    pub clear_columns: Vec<Column>,
 }
 
 pub fn build(relation: &Relation, policy: &TablePolicy) -> Result<Fence, Refusal> {
-    let (projection, clear_columns) = projection(relation, policy)?;
+    let projection = projection(relation, policy)?;
     let sql = format!(
         "SELECT {} FROM {} WHERE {} OFFSET 0",
         projection.join(", "),
         relation.qualified(),
         render(&policy.filter, relation)?
     );
-    Ok(Fence { sql, clear_columns })
+    Ok(Fence { sql })
 }
 
 /// The fence of a write's target: the rows both `policy` (reading) and `write` (the write
@@ -36,7 +34,7 @@ pub fn build_for_write(
     policy: &TablePolicy,
     write: &Filter,
 ) -> Result<Fence, Refusal> {
-    let (projection, clear_columns) = projection(relation, policy)?;
+    let projection = projection(relation, policy)?;
     let filter = Filter::and(vec![policy.filter.clone(), write.clone()]);
     let sql = format!(
         "SELECT tableoid AS portcullis_tableoid, ctid AS portcullis_ctid, {} FROM {} WHERE {} OFFSET 0",
@@ -44,25 +42,17 @@ pub fn build_for_write(
         relation.qualified(),
         render(&filter, relation)?
     );
-    Ok(Fence { sql, clear_columns })
+    Ok(Fence { sql })
 }
 
 /// The readable columns of `relation` as select-list items over its columns (unqualified):
-/// visible ones as they are, masked ones as their mask, denied ones left out. Also returns the
-/// columns that pass through unmasked.
-pub fn projection(
-    relation: &Relation,
-    policy: &TablePolicy,
-) -> Result<(Vec<String>, Vec<Column>), Refusal> {
+/// visible ones as they are, masked ones as their mask, denied ones left out.
+pub fn projection(relation: &Relation, policy: &TablePolicy) -> Result<Vec<String>, Refusal> {
     let mut projection = Vec::new();
-    let mut clear_columns = Vec::new();
     for col in &relation.columns {
         let name = quote_ident(&col.name);
         match column_value(relation, policy, col)? {
-            Some(value) if value == name => {
-                projection.push(name);
-                clear_columns.push(col.clone());
-            }
+            Some(value) if value == name => projection.push(name),
             Some(value) => projection.push(format!("{value} AS {name}")),
             None => {}
         }
@@ -73,7 +63,7 @@ pub fn projection(
             relation.entity_type()
         )));
     }
-    Ok((projection, clear_columns))
+    Ok(projection)
 }
 
 /// What the agent reads of `col` (unqualified): the column itself when visible, its mask when

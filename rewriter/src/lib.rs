@@ -20,6 +20,7 @@ mod locking;
 mod parse;
 mod policy;
 mod protect;
+mod pushdown;
 mod qualified;
 mod redact;
 mod search_path;
@@ -34,7 +35,7 @@ mod write_ctes;
 mod writes;
 
 pub use cache::RewriteCache;
-pub use catalog::{quote_ident, Catalog, Column, RelKind, Relation, RoutineKind};
+pub use catalog::{quote_ident, Catalog, Column, Operator, RelKind, Relation, RoutineKind};
 pub use catalogs::allowed_functions;
 pub use error::Refusal;
 pub use policy::{Policies, TablePolicy, WriteAction, WritePolicy};

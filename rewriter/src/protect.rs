@@ -5,10 +5,10 @@
 //! catalogs pass only if allow-listed; functions only if allow-listed. A relation reference
 //! the visitor did not expect (a position it does not rewrite) refuses the statement.
 //!
-//! After a SELECT's FROM is fenced, its WHERE conjuncts that compare an unmasked column of one
-//! fence with a constant or parameter through a leakproof operator are *copied* into that
-//! fence, so the table's indexes still serve point lookups (as PostgreSQL does for
-//! `security_barrier` views). A copied conjunct cannot raise, notify or sleep.
+//! A relation the agent reads whole (no row filter, every column visible) is not fenced: it is
+//! named schema-qualified, and PostgreSQL plans it as it would without Portcullis. After a
+//! SELECT's FROM is fenced, the conditions PostgreSQL would push into a `security_barrier` view
+//! are copied into the fences (see [`crate::pushdown`]), so indexes still serve them.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -16,14 +16,17 @@ use std::sync::Arc;
 use sqlparser::ast::{
     BinaryOperator, Expr, FunctionArg, FunctionArgExpr, Ident, ObjectName, ObjectNamePart, Query,
     Select, SetExpr, TableAlias, TableFactor, TableFunctionArgs, TableSampleKind,
-    TableSampleMethod, UnaryOperator, Value, VisitMut, VisitorMut,
+    TableSampleMethod, TableWithJoins, VisitMut, VisitorMut,
 };
 
-use crate::catalog::{normalize, Column, Relation, Resolved};
+use policies::{ColumnRule, Filter};
+
+use crate::catalog::{normalize, Relation, Resolved};
 use crate::catalogs;
 use crate::fence;
 use crate::locking;
 use crate::policy::TablePolicy;
+use crate::pushdown::{self, FenceInfo, Frame, Item};
 use crate::{Context, Refusal};
 
 /// A relation the statement reads, with the rules applied to it.
@@ -34,16 +37,20 @@ pub struct Read {
     pub policy: Arc<TablePolicy>,
 }
 
-/// A fence in a SELECT's FROM: its alias, and the columns it passes through unmasked.
-pub(crate) struct FenceInfo {
-    pub alias: String,
-    pub clear: Vec<Column>,
-}
-
 struct Protector<'a> {
     ctx: &'a Context<'a>,
     ctes: Vec<Vec<String>>,
     selects: Vec<Vec<FenceInfo>>,
+    /// Name resolution's scopes, innermost last (see [`crate::pushdown`]).
+    frames: Vec<Frame>,
+    /// Per query, its body when that is a SELECT (whose scope the query's ORDER BY shares).
+    bodies: Vec<Option<*const Select>>,
+    /// The queries of `EXISTS` and `IN`/`= ANY` subqueries about to be visited: PostgreSQL may
+    /// turn those into (semi- or anti-) joins, which a condition naming the enclosing query
+    /// would prevent, so no copy inside them names it (as none is pushed into a view there).
+    sublinks: Vec<*const Query>,
+    /// Per query, whether it is such a subquery (a barrier frame sits under its scope).
+    in_sublink: Vec<bool>,
     /// Per SELECT, its fences with their relations (for row locks).
     fenced: Vec<Vec<locking::Fenced<'a>>>,
     /// Per query level, its row locks, if it has any.
@@ -60,6 +67,10 @@ pub(crate) fn protect<V: VisitMut>(node: &mut V, ctx: &Context<'_>) -> Result<Ve
         ctx,
         ctes: Vec::new(),
         selects: Vec::new(),
+        frames: Vec::new(),
+        bodies: Vec::new(),
+        sublinks: Vec::new(),
+        in_sublink: Vec::new(),
         fenced: Vec::new(),
         locking: Vec::new(),
         expect_relation: false,
@@ -147,6 +158,79 @@ fn single_name(name: &ObjectName) -> Option<&Ident> {
 }
 
 impl<'a> Protector<'a> {
+    /// The FROM items of a SELECT as name resolution sees them, before they are rewritten.
+    fn scope(&self, from: &[TableWithJoins]) -> Frame {
+        let mut items = Vec::new();
+        for twj in from {
+            self.scope_item(&twj.relation, &mut items);
+            for join in &twj.joins {
+                self.scope_item(&join.relation, &mut items);
+            }
+        }
+        Frame::Level(items)
+    }
+
+    fn scope_item(&self, factor: &TableFactor, items: &mut Vec<Item>) {
+        let alias_of = |a: &Option<TableAlias>| a.as_ref().map(|a| normalize(&a.name));
+        match factor {
+            TableFactor::Table {
+                name,
+                alias,
+                args: None,
+                ..
+            } if alias.as_ref().is_none_or(|a| a.columns.is_empty()) => {
+                let opaque = |alias| Item::Opaque { alias };
+                match single_name(name) {
+                    // `FROM ONLY t`, as sqlparser reads it.
+                    Some(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("only") => {
+                        return items.push(opaque(None));
+                    }
+                    Some(i) if self.in_cte_scope(&normalize(i)) => {
+                        return items.push(opaque(alias_of(alias).or(Some(normalize(i)))));
+                    }
+                    _ => {}
+                }
+                let item = match self.ctx.catalog.resolve(name, self.ctx.search_path) {
+                    Some(Resolved::Protected(rel)) => match self.ctx.policies.read(rel) {
+                        Ok(policy) => pushdown::item(
+                            rel,
+                            &policy,
+                            alias_of(alias).unwrap_or_else(|| rel.name.clone()),
+                        ),
+                        Err(_) => opaque(None),
+                    },
+                    Some(Resolved::System(rel)) => {
+                        opaque(Some(alias_of(alias).unwrap_or_else(|| rel.name.clone())))
+                    }
+                    None => opaque(None),
+                };
+                items.push(item);
+            }
+            TableFactor::NestedJoin {
+                table_with_joins,
+                alias: None,
+            } => {
+                self.scope_item(&table_with_joins.relation, items);
+                for join in &table_with_joins.joins {
+                    self.scope_item(&join.relation, items);
+                }
+            }
+            TableFactor::Derived { alias, .. }
+            | TableFactor::Table { alias, .. }
+            | TableFactor::Function { alias, .. }
+            | TableFactor::UNNEST { alias, .. }
+            | TableFactor::NestedJoin { alias, .. } => items.push(Item::Opaque {
+                alias: alias_of(alias),
+            }),
+            _ => items.push(Item::Opaque { alias: None }),
+        }
+    }
+
+    /// Whether `select` is the body of the innermost query (whose frame the query holds).
+    fn is_body(&self, select: &Select) -> bool {
+        self.bodies.last() == Some(&Some(select as *const Select))
+    }
+
     fn in_cte_scope(&self, name: &str) -> bool {
         self.ctes
             .iter()
@@ -316,6 +400,37 @@ impl<'a> Protector<'a> {
                     Ok(p) => p,
                     Err(e) => return ControlFlow::Break(e),
                 };
+                let locked = matches!(self.locking.last(), Some(Some(_)));
+                if !locked && seen_whole(rel, &policy) {
+                    // Nothing to hide: no fence, which would protect nothing and keep
+                    // PostgreSQL from pushing any condition in.
+                    self.reads.push(Read {
+                        entity_type: rel.entity_type(),
+                        policy,
+                    });
+                    *factor = TableFactor::Table {
+                        name: ObjectName::from(vec![quoted(&rel.schema), quoted(&rel.name)]),
+                        alias: alias.map(|a| TableAlias {
+                            explicit: true,
+                            name: quoted(&normalize(&a.name)),
+                            ..a
+                        }),
+                        args: None,
+                        with_hints: vec![],
+                        version: None,
+                        partitions: vec![],
+                        json_path: None,
+                        // PostgreSQL's grammar: `t AS a TABLESAMPLE …`.
+                        sample: sample.map(|kind| {
+                            let (TableSampleKind::BeforeTableAlias(s)
+                            | TableSampleKind::AfterTableAlias(s)) = kind;
+                            TableSampleKind::AfterTableAlias(s)
+                        }),
+                        index_hints: vec![],
+                        with_ordinality: false,
+                    };
+                    return ControlFlow::Continue(());
+                }
                 let fence = match fence::build(rel, &policy) {
                     Ok(f) => f,
                     Err(e) => return ControlFlow::Break(e),
@@ -346,12 +461,7 @@ impl<'a> Protector<'a> {
                 if let Some(frame) = self.selects.last_mut() {
                     frame.push(FenceInfo {
                         alias: normalize(&alias.name),
-                        clear: if alias.columns.is_empty() {
-                            fence.clear_columns
-                        } else {
-                            // Renamed columns: no pushdown (names no longer match).
-                            Vec::new()
-                        },
+                        relation: rel.name.clone(),
                     });
                 }
                 if let Some(frame) = self.fenced.last_mut() {
@@ -375,6 +485,15 @@ impl<'a> Protector<'a> {
             }
         }
     }
+}
+
+/// Whether `policy` shows every row and every column of `rel` as it is.
+fn seen_whole(rel: &Relation, policy: &TablePolicy) -> bool {
+    policy.filter == Filter::True
+        && rel
+            .columns
+            .iter()
+            .all(|c| matches!(policy.column(&c.name), ColumnRule::Visible))
 }
 
 /// Parses SQL the rewriter built for `rel`.
@@ -431,10 +550,38 @@ impl<'a> VisitorMut for Protector<'a> {
             Err(e) => return ControlFlow::Break(e),
         }
         self.ctes.push(frame);
+        let this = &*query as *const Query;
+        let sublink = match self.sublinks.iter().position(|q| *q == this) {
+            Some(i) => {
+                self.sublinks.swap_remove(i);
+                true
+            }
+            None => false,
+        };
+        if sublink {
+            self.frames.push(Frame::Barrier);
+        }
+        self.in_sublink.push(sublink);
+        // A SELECT body's scope is also its query's ORDER BY's.
+        let body = match &*query.body {
+            SetExpr::Select(select) => {
+                let scope = self.scope(&select.from);
+                self.frames.push(scope);
+                Some(&**select as *const Select)
+            }
+            _ => None,
+        };
+        self.bodies.push(body);
         ControlFlow::Continue(())
     }
 
     fn post_visit_query(&mut self, query: &mut Query) -> ControlFlow<Refusal> {
+        if let Some(Some(_)) = self.bodies.pop() {
+            self.frames.pop();
+        }
+        if self.in_sublink.pop() == Some(true) {
+            self.frames.pop();
+        }
         self.ctes.pop();
         if let Some(Some(frame)) = self.locking.pop() {
             if let Err(e) = locking::finish(frame, query) {
@@ -450,6 +597,10 @@ impl<'a> VisitorMut for Protector<'a> {
         }
         self.selects.push(Vec::new());
         self.fenced.push(Vec::new());
+        if !self.is_body(select) {
+            let scope = self.scope(&select.from);
+            self.frames.push(scope);
+        }
         ControlFlow::Continue(())
     }
 
@@ -462,12 +613,17 @@ impl<'a> VisitorMut for Protector<'a> {
         }
         let fences = self.selects.pop().unwrap_or_default();
         if !fences.is_empty() {
-            pushdown(select, &fences);
+            pushdown::pushdown(select, &fences, &self.frames, self.ctx.catalog);
+        }
+        if !self.is_body(select) {
+            self.frames.pop();
         }
         ControlFlow::Continue(())
     }
 
     fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<Refusal> {
+        // Inside a FROM item, this level's other items are out of (non-lateral) reach.
+        self.frames.push(Frame::Barrier);
         match factor {
             TableFactor::Table { name, args, .. } => {
                 if let Some(table) = parenthesized_only(name, args) {
@@ -506,10 +662,22 @@ impl<'a> VisitorMut for Protector<'a> {
     }
 
     fn post_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<Refusal> {
+        self.frames.pop();
         self.rewrite_table(factor)
     }
 
     fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<Refusal> {
+        match &*expr {
+            Expr::Exists { subquery, .. } | Expr::InSubquery { subquery, .. } => {
+                self.sublinks.push(&**subquery as *const Query);
+            }
+            Expr::AnyOp { right, .. } => {
+                if let Expr::Subquery(q) = &**right {
+                    self.sublinks.push(&**q as *const Query);
+                }
+            }
+            _ => {}
+        }
         match expr {
             Expr::Function(f) => {
                 let name = f.name.clone();
@@ -527,161 +695,5 @@ impl<'a> VisitorMut for Protector<'a> {
             _ => {}
         }
         ControlFlow::Continue(())
-    }
-}
-
-/// Types whose comparison operators PostgreSQL marks leakproof (`pg_proc.proleakproof`).
-const LEAKPROOF_TYPES: &[&str] = &[
-    "int2",
-    "int4",
-    "int8",
-    "text",
-    "varchar",
-    "bpchar",
-    "name",
-    "uuid",
-    "bool",
-    "date",
-    "timestamp",
-    "timestamptz",
-];
-
-/// Copies `WHERE` conjuncts of the form `<unmasked column of a fence> <op> <constant>` into
-/// that fence.
-pub(crate) fn pushdown(select: &mut Select, fences: &[FenceInfo]) {
-    let Some(selection) = &select.selection else {
-        return;
-    };
-    let mut conjuncts = Vec::new();
-    split_and(selection, &mut conjuncts);
-    let single = select.from.len() == 1 && select.from[0].joins.is_empty() && fences.len() == 1;
-    let mut copies: Vec<(String, Expr)> = Vec::new();
-    for c in conjuncts {
-        let Expr::BinaryOp { left, op, right } = c else {
-            continue;
-        };
-        if !matches!(
-            op,
-            BinaryOperator::Eq
-                | BinaryOperator::NotEq
-                | BinaryOperator::Lt
-                | BinaryOperator::LtEq
-                | BinaryOperator::Gt
-                | BinaryOperator::GtEq
-        ) {
-            continue;
-        }
-        let (col, value, flipped) = match (column_ref(left), column_ref(right)) {
-            (Some(c), None) => (c, &**right, false),
-            (None, Some(c)) => (c, &**left, true),
-            _ => continue,
-        };
-        let fence = match &col.0 {
-            Some(alias) => fences.iter().find(|f| &f.alias == alias),
-            None if single => fences.first(),
-            None => None,
-        };
-        let Some(fence) = fence else { continue };
-        let Some(column) = fence.clear.iter().find(|c| c.name == col.1) else {
-            continue;
-        };
-        if !LEAKPROOF_TYPES.contains(&column.type_name.as_str()) || !constant_for(column, value) {
-            continue;
-        }
-        let column_expr = Expr::Identifier(quoted(&column.name));
-        let (l, r) = if flipped {
-            (value.clone(), column_expr)
-        } else {
-            (column_expr, value.clone())
-        };
-        copies.push((
-            fence.alias.clone(),
-            Expr::BinaryOp {
-                left: Box::new(l),
-                op: op.clone(),
-                right: Box::new(r),
-            },
-        ));
-    }
-    for (alias, expr) in copies {
-        for twj in select.from.iter_mut() {
-            let factors = std::iter::once(&mut twj.relation)
-                .chain(twj.joins.iter_mut().map(|j| &mut j.relation));
-            for factor in factors {
-                if let TableFactor::Derived {
-                    subquery,
-                    alias: Some(a),
-                    ..
-                } = factor
-                {
-                    if normalize(&a.name) == alias {
-                        if let SetExpr::Select(inner) = &mut *subquery.body {
-                            let existing = inner.selection.take();
-                            inner.selection = Some(match existing {
-                                Some(e) => Expr::BinaryOp {
-                                    left: Box::new(Expr::Nested(Box::new(e))),
-                                    op: BinaryOperator::And,
-                                    right: Box::new(expr.clone()),
-                                },
-                                None => expr.clone(),
-                            });
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn split_and<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) {
-    match e {
-        Expr::BinaryOp {
-            left,
-            op: BinaryOperator::And,
-            right,
-        } => {
-            split_and(left, out);
-            split_and(right, out);
-        }
-        Expr::Nested(inner) => split_and(inner, out),
-        other => out.push(other),
-    }
-}
-
-/// `(alias, column)` of a column reference (`col` or `alias.col`).
-fn column_ref(e: &Expr) -> Option<(Option<String>, String)> {
-    match e {
-        Expr::Identifier(i) => Some((None, normalize(i))),
-        Expr::CompoundIdentifier(parts) if parts.len() == 2 => {
-            Some((Some(normalize(&parts[0])), normalize(&parts[1])))
-        }
-        _ => None,
-    }
-}
-
-/// Whether `value` is a constant whose comparison with `column` uses the column type's own
-/// (leakproof) operator: a parameter, or a literal of the column's kind.
-fn constant_for(column: &Column, value: &Expr) -> bool {
-    let integer = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    match value {
-        Expr::Value(v) => match &v.value {
-            Value::Placeholder(_) => true,
-            Value::Number(n, _) => {
-                matches!(column.type_name.as_str(), "int2" | "int4" | "int8") && integer(n)
-            }
-            Value::SingleQuotedString(_) => {
-                !matches!(column.type_name.as_str(), "int2" | "int4" | "int8" | "bool")
-            }
-            Value::Boolean(_) => column.type_name == "bool",
-            _ => false,
-        },
-        Expr::UnaryOp {
-            op: UnaryOperator::Minus,
-            expr,
-        } => {
-            matches!(&**expr, Expr::Value(v) if matches!(&v.value, Value::Number(n, _) if integer(n)))
-                && matches!(column.type_name.as_str(), "int2" | "int4" | "int8")
-        }
-        _ => false,
     }
 }

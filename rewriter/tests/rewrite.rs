@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use policies::{CmpOp, ColumnRule, Filter, Mask, Value};
 use rewriter::{
-    rewrite, Catalog, Column, Context, Policies, Protocol, Refusal, RelKind, Relation, TablePolicy,
-    WriteAction, WritePolicy,
+    rewrite, Catalog, Column, Context, Operator, Policies, Protocol, Refusal, RelKind, Relation,
+    TablePolicy, WriteAction, WritePolicy,
 };
 
 fn col(name: &str, ty: &str) -> Column {
@@ -49,6 +49,44 @@ fn system(name: &str, columns: &[&str]) -> Relation {
 
 fn catalog() -> Catalog {
     catalog_with_tenant_default(Some("NULL"))
+}
+
+/// PostgreSQL 15's `pg_catalog` operators for the test's types, as the catalog snapshot reads
+/// them (`pg_operator`, with `pg_proc.proleakproof` of each operator's function).
+fn operators() -> Vec<Operator> {
+    let op = |name: &str, left: &str, right: &str, result: &str, leakproof: bool| Operator {
+        name: name.into(),
+        left: left.into(),
+        right: right.into(),
+        result: result.into(),
+        leakproof,
+    };
+    let mut ops = Vec::new();
+    for (l, r, leakproof) in [
+        ("int4", "int4", true),
+        ("int4", "int8", true),
+        ("int8", "int4", true),
+        ("int8", "int8", true),
+        ("text", "text", true),
+        ("bool", "bool", true),
+        ("date", "date", true),
+        ("date", "timestamp", false),
+        ("numeric", "numeric", false),
+    ] {
+        for name in ["=", "<>", "<", "<=", ">", ">="] {
+            ops.push(op(name, l, r, "bool", leakproof));
+        }
+    }
+    ops.extend([
+        op("~~", "text", "text", "bool", false),
+        op("!~~", "text", "text", "bool", false),
+        op("+", "int4", "int4", "int4", false),
+        op("-", "", "int4", "int4", false),
+        op("+", "date", "interval", "timestamp", false),
+        op("+", "date", "int4", "date", false),
+        op("-", "numeric", "numeric", "numeric", false),
+    ]);
+    ops
 }
 
 /// The test catalog, with `tenant_default` as the default of customers.tenant_id.
@@ -123,6 +161,8 @@ fn catalog_with_tenant_default(tenant_default: Option<&str>) -> Catalog {
         .map(String::from)
         .to_vec(),
     )
+    .with_operators(operators())
+    .with_stable_functions(vec![("now".into(), "timestamptz".into())])
 }
 
 struct Fixed;
@@ -245,7 +285,7 @@ fn schema_qualified_column_references_reach_the_fence() {
         "{sql}"
     );
     // The key comparison still reaches the fence (and its index).
-    assert!(sql.contains(r#"AND "id" > 1 OFFSET 0"#), "{sql}");
+    assert!(sql.contains(r#"AND ("id" > 1) OFFSET 0"#), "{sql}");
     // The catalogs whose statistics are nulled are subqueries too.
     assert!(run(
         "select pg_catalog.pg_class.relname from pg_catalog.pg_class \
@@ -438,7 +478,7 @@ fn statements_other_than_reads_and_checked_writes_are_refused() {
 fn leakproof_point_lookups_are_copied_into_the_fence() {
     let out = run("select * from customers where id = 5 and name like '%x'").unwrap();
     assert!(
-        out.contains(r#"WHERE (("tenant_id" = 1)) AND "id" = 5 OFFSET 0"#),
+        out.contains(r#"WHERE (("tenant_id" = 1)) AND ("id" = 5) OFFSET 0"#),
         "{out}"
     );
     // The outer predicate stays outside too.
@@ -446,21 +486,142 @@ fn leakproof_point_lookups_are_copied_into_the_fence() {
         out.ends_with(r#"AS "customers" WHERE id = 5 AND name LIKE '%x'"#),
         "{out}"
     );
-    // Masked columns, non-leakproof types and non-constants are not copied.
+    // Masked columns, non-leakproof operators (numeric, LIKE, int4 = numeric), calls on the
+    // fence's columns, subqueries and columns of two items are not copied.
     for sql in [
         "select * from customers where ssn = 'x'",
         "select * from orders where total = 5",
-        "select * from customers where id = tenant_id",
         "select * from customers where id = 5.5",
+        "select * from customers where id + 1 = 5",
+        "select * from customers where lower(name) = 'a'",
+        "select * from customers where id = $1 + 1",
+        "select * from customers where id = (select 1)",
+        "select * from customers where name like 'a%'",
     ] {
         let out = run(sql).unwrap();
         assert_eq!(out.matches(" OFFSET 0").count(), 1, "{sql}");
         assert!(!out.contains(") AND "), "{sql} → {out}");
     }
+    let out = run("select * from customers c, orders o where c.id = o.customer_id").unwrap();
+    assert!(!out.contains(") AND "), "{out}");
     let out =
         run("select * from customers c join orders o on o.customer_id = c.id where c.id = $1")
             .unwrap();
-    assert!(out.contains(r#"AND "id" = $1 OFFSET 0"#), "{out}");
+    assert!(out.contains(r#"AND ("id" = $1) OFFSET 0"#), "{out}");
+}
+
+/// What PostgreSQL would push into a `security_barrier` view is copied into the fence: two
+/// columns of the fence, constants built with casts, arithmetic and stable calls, IN lists,
+/// BETWEEN, IS NULL, unqualified names only one item has, an inner or left join's ON.
+#[test]
+fn conditions_a_security_barrier_view_would_take_are_copied() {
+    for (sql, copied) in [
+        (
+            "select * from customers where id = tenant_id",
+            r#""id" = "tenant_id""#,
+        ),
+        (
+            "select * from customers where id = cast('5' as integer)",
+            r#""id" = CAST('5' AS INTEGER)"#,
+        ),
+        ("select * from customers where id < 2 + 3", r#""id" < 2 + 3"#),
+        (
+            "select * from customers where id in (1, 2)",
+            r#""id" IN (1, 2)"#,
+        ),
+        (
+            "select * from customers where name not in ('a')",
+            r#""name" NOT IN ('a')"#,
+        ),
+        (
+            "select * from customers where id between 1 and -4",
+            r#""id" BETWEEN 1 AND -4"#,
+        ),
+        (
+            "select * from customers where name is null or id = 1",
+            r#""name" IS NULL OR "id" = 1"#,
+        ),
+        (
+            "select * from customers c join orders o on o.customer_id = c.id where name = 'a'",
+            r#""name" = 'a'"#,
+        ),
+        (
+            "select * from orders o join customers c on c.id = o.customer_id and c.name = 'a'",
+            r#""name" = 'a'"#,
+        ),
+        (
+            "select * from orders o left join customers c on c.id = o.customer_id and c.name = 'a'",
+            r#""name" = 'a'"#,
+        ),
+        (
+            "select * from orders o left join customers c on c.id = o.customer_id where c.name = 'a'",
+            r#""name" = 'a'"#,
+        ),
+    ] {
+        let out = run(sql).unwrap();
+        assert!(out.contains(&format!("AND ({copied}) OFFSET 0")), "{sql}\n → {out}");
+    }
+    // On the nullable side of an outer join only conditions that null-extended rows fail.
+    let out = run(
+        "select * from orders o left join customers c on c.id = o.customer_id where c.name is null",
+    )
+    .unwrap();
+    assert!(!out.contains(r#""name" IS NULL"#), "{out}");
+}
+
+/// A correlated condition is copied with the outer column qualified as PostgreSQL resolved
+/// it; not where the relation's own name inside the fence would capture it, nor across a FROM
+/// item whose columns are unknown.
+#[test]
+fn correlated_conditions_reach_the_inner_fence() {
+    let out = run(
+        "select * from orders o where 0 < (select count(*) from customers c where c.id = o.customer_id)",
+    )
+    .unwrap();
+    assert!(
+        out.contains(r#"AND ("id" = "o"."customer_id") OFFSET 0) AS "c""#),
+        "{out}"
+    );
+    let out = run(
+        "select * from orders o where o.id > (select count(*) from customers where id = customer_id)",
+    )
+    .unwrap();
+    assert!(
+        out.contains(r#"AND ("id" = "o"."customer_id") OFFSET 0"#),
+        "{out}"
+    );
+    for sql in [
+        // `customers.customer_id` inside the fence of customers would be the table's own.
+        "select * from orders customers where exists (select 1 from customers c where c.id = customers.customer_id)",
+        // PostgreSQL makes semi-joins of EXISTS and IN (and pushes nothing correlated into
+        // a view there); a copy naming the outer query would keep it from doing so.
+        "select * from orders o where exists (select 1 from customers c where c.id = o.customer_id)",
+        "select * from orders o where o.id in (select id from customers c where c.id = o.customer_id)",
+        // An operation that may raise takes only literals, not outer columns.
+        "select * from orders o where 0 < (select count(*) from customers c where c.id = o.customer_id + 1)",
+        // `x` could be a column of the derived table.
+        "select * from (select 1 as y) d, orders o where exists (select 1 from customers c where c.id = x)",
+    ] {
+        let out = run(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert!(!out.contains(r#"AND "id" = "#), "{sql}\n → {out}");
+    }
+}
+
+/// A relation the agent reads whole is named as it is: no fence to block the planner.
+#[test]
+fn a_relation_seen_whole_is_not_fenced() {
+    assert_eq!(
+        run("select * from invoices i where amount > 5").unwrap(),
+        r#"SELECT * FROM "public"."invoices" AS "i" WHERE amount > 5"#
+    );
+    assert_eq!(
+        run("select * from invoices tablesample bernoulli (5)").unwrap(),
+        r#"SELECT * FROM "public"."invoices" TABLESAMPLE BERNOULLI (5)"#
+    );
+    // A row lock still needs the update policy's fence.
+    assert!(run("select * from invoices for update")
+        .unwrap()
+        .contains("OFFSET 0"));
 }
 
 #[test]
@@ -483,7 +644,7 @@ fn writes_touch_only_allowed_rows_and_check_new_ones() {
     // Readable and updatable rows only; the key comparison is copied into the target's fence
     // (for its index), the agent's WHERE runs over the fence.
     assert!(
-        out.contains(r#"FROM "public"."customers" WHERE (("tenant_id" = 1)) AND "id" = 1 OFFSET 0) AS "customers" WHERE (id = 1) OFFSET 0"#),
+        out.contains(r#"FROM "public"."customers" WHERE (("tenant_id" = 1)) AND ("id" = 1) OFFSET 0) AS "customers" WHERE (id = 1) OFFSET 0"#),
         "{out}"
     );
 }
@@ -816,7 +977,7 @@ fn read_only_with_in_front_of_a_write_is_inlined() {
     .unwrap();
     assert!(!out.contains("WITH"), "{out}");
     assert!(
-        out.contains(r#"WHERE (id IN (SELECT id FROM (SELECT id FROM (SELECT "id", "tenant_id", "name", '***'::TEXT AS "ssn" FROM "public"."customers" WHERE (("tenant_id" = 1)) AND "name" = 'a' OFFSET 0) AS "customers" WHERE name = 'a') c))"#),
+        out.contains(r#"WHERE (id IN (SELECT id FROM (SELECT id FROM (SELECT "id", "tenant_id", "name", '***'::TEXT AS "ssn" FROM "public"."customers" WHERE (("tenant_id" = 1)) AND ("name" = 'a') OFFSET 0) AS "customers" WHERE name = 'a') c))"#),
         "{out}"
     );
     // Column lists, aliases, earlier WITH queries inside later ones, INSERT … SELECT, DELETE.

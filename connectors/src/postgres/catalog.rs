@@ -121,6 +121,14 @@ pub struct Snapshot {
     /// User-defined functions (`'f'`) and operators (`'o'`) as (schema, name, kind): those
     /// outside the system schemas that no extension installed.
     pub user_routines: Vec<(String, String, char)>,
+    /// `pg_catalog` operators: (name, left, right, result `typname`, whether the operator's
+    /// function is leakproof); the left type is `""` for a prefix operator.
+    #[serde(default)]
+    pub operators: Vec<(String, String, String, String, bool)>,
+    /// `pg_catalog` functions no overload of which is volatile, an aggregate or set-returning,
+    /// all returning one type: (name, result `typname`).
+    #[serde(default)]
+    pub stable_functions: Vec<(String, String)>,
 }
 
 const RELATIONS: &str = "
@@ -179,6 +187,32 @@ const USER_ROUTINES: &str = "
       AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d
                       WHERE d.classid = 'pg_catalog.pg_operator'::pg_catalog.regclass
                         AND d.objid = o.oid AND d.deptype = 'e')";
+
+/// Operators of `pg_catalog`, with their operand and result types and whether their function
+/// is leakproof (which conditions may be copied into a fence, as PostgreSQL decides which it
+/// may push into a `security_barrier` view).
+const OPERATORS: &str = "
+    SELECT o.oprname::text, COALESCE(l.typname::text, ''), COALESCE(r.typname::text, ''),
+           res.typname::text, p.proleakproof
+    FROM pg_catalog.pg_operator o
+    JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode
+    LEFT JOIN pg_catalog.pg_type l ON l.oid = o.oprleft
+    LEFT JOIN pg_catalog.pg_type r ON r.oid = o.oprright
+    JOIN pg_catalog.pg_type res ON res.oid = o.oprresult
+    WHERE o.oprnamespace = 'pg_catalog'::pg_catalog.regnamespace
+    ORDER BY 1, 2, 3";
+
+/// `pg_catalog` functions whose every overload is a plain, non-volatile, single-valued function
+/// returning the same type: a call of one over constants is a constant of that type.
+const STABLE_FUNCTIONS: &str = "
+    SELECT p.proname::text, min(t.typname::text)
+    FROM pg_catalog.pg_proc p
+    JOIN pg_catalog.pg_type t ON t.oid = p.prorettype
+    WHERE p.pronamespace = 'pg_catalog'::pg_catalog.regnamespace
+    GROUP BY p.proname
+    HAVING bool_and(p.prokind = 'f' AND p.provolatile <> 'v' AND NOT p.proretset)
+       AND count(DISTINCT p.prorettype) = 1
+    ORDER BY 1";
 
 /// Primary keys, their columns in key order.
 const PRIMARY_KEYS: &str = "
@@ -263,6 +297,20 @@ pub async fn snapshot(config: &tokio_postgres::Config) -> Result<Snapshot, Catal
             let columns: Vec<i16> = r.get(3);
             (r.get(0), r.get(1), oid, columns)
         })
+        .collect();
+    snap.operators = client
+        .query(OPERATORS, &[])
+        .await
+        .map_err(q)?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
+    snap.stable_functions = client
+        .query(STABLE_FUNCTIONS, &[])
+        .await
+        .map_err(q)?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
         .collect();
     snap.database = client
         .query_one("SELECT pg_catalog.current_database()::text", &[])

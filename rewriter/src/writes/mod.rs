@@ -27,11 +27,12 @@ use sqlparser::ast::{
     SetExpr, Statement, TableFactor, TableObject, TableWithJoins, Update, UpdateTableFromKind,
 };
 
-use crate::catalog::{normalize, quote_ident, Column, RelKind, Relation, Resolved};
+use crate::catalog::{normalize, quote_ident, Catalog, Column, RelKind, Relation, Resolved};
 use crate::fence;
 use crate::lexical::to_sql;
 use crate::policy::{TablePolicy, WriteAction};
-use crate::protect::{protect, pushdown, FenceInfo, Read};
+use crate::protect::{protect, Read};
+use crate::pushdown::{self, FenceInfo, Frame, Item};
 use crate::sql_filter::{quote_string, render};
 use crate::{Context, Refusal, VIOLATION_MARKER};
 
@@ -44,7 +45,13 @@ mod upsert;
 struct Built {
     sql: String,
     reads: Vec<Read>,
-    target_fence: Option<FenceInfo>,
+    target_fence: Option<TargetFence>,
+}
+
+/// The write target's fence, as pushdown sees it.
+struct TargetFence {
+    info: FenceInfo,
+    item: Item,
 }
 
 pub(crate) fn rewrite(statement: &mut Statement, ctx: &Context<'_>) -> Result<Vec<Read>, Refusal> {
@@ -61,7 +68,7 @@ pub(crate) fn rewrite(statement: &mut Statement, ctx: &Context<'_>) -> Result<Ve
     };
     let mut rewritten = crate::parse::built(&sql, "the checked write", |p| p.parse_statement())?;
     if let Some(fence) = target_fence {
-        push_into_target_fence(&mut rewritten, fence);
+        push_into_target_fence(&mut rewritten, fence, ctx.catalog);
     }
     *statement = rewritten;
     Ok(reads)
@@ -108,13 +115,16 @@ impl Rules {
     }
 
     /// The SQL of the target's write fence, and the fence as pushdown sees it.
-    fn write_fence(&self, rel: &Relation, alias: &str) -> Result<(String, FenceInfo), Refusal> {
+    fn write_fence(&self, rel: &Relation, alias: &str) -> Result<(String, TargetFence), Refusal> {
         let fence = fence::build_for_write(rel, &self.read, &self.write)?;
-        let info = FenceInfo {
-            alias: alias.to_string(),
-            clear: fence.clear_columns,
+        let target = TargetFence {
+            info: FenceInfo {
+                alias: alias.to_string(),
+                relation: rel.name.clone(),
+            },
+            item: pushdown::item(rel, &self.read, alias.to_string()),
         };
-        Ok((fence.sql, info))
+        Ok((fence.sql, target))
     }
 }
 
@@ -382,7 +392,7 @@ fn returning(
             }
         };
         let Some(e) = expr else {
-            out.push(fence::projection(rel, policy)?.0.join(", "));
+            out.push(fence::projection(rel, policy)?.join(", "));
             continue;
         };
         // A masked column named alone: its mask, under the column's name (or the alias).
@@ -1031,7 +1041,7 @@ fn rewrite_delete(delete: &mut Delete, ctx: &Context<'_>) -> Result<Built, Refus
 
 /// Copies the agent's leakproof key comparisons into the target's fence (as reads get), so an
 /// UPDATE or DELETE by primary key uses the key's index.
-fn push_into_target_fence(statement: &mut Statement, fence: FenceInfo) {
+fn push_into_target_fence(statement: &mut Statement, fence: TargetFence, catalog: &Catalog) {
     let factor = match statement {
         Statement::Update(u) => match u.from.as_mut() {
             Some(UpdateTableFromKind::AfterSet(items)) => items.first_mut(),
@@ -1046,7 +1056,15 @@ fn push_into_target_fence(statement: &mut Statement, fence: FenceInfo) {
     let Some(inner) = inner_select(subquery) else {
         return;
     };
-    pushdown(inner, &[fence]);
+    // The other items of the match's FROM (the agent's FROM or USING, fenced) are opaque:
+    // only conditions naming the target's columns qualified are copied.
+    let mut items = vec![fence.item];
+    let others = inner
+        .from
+        .iter()
+        .flat_map(|t| std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)));
+    items.extend(others.skip(1).map(|_| Item::Opaque { alias: None }));
+    pushdown::pushdown(inner, &[fence.info], &[Frame::Level(items)], catalog);
 }
 
 fn inner_select(query: &mut Query) -> Option<&mut sqlparser::ast::Select> {
