@@ -3,17 +3,16 @@
 //! rewrites cached per (policy and catalog generation, agent, context, protocol, statement
 //! text). Each statement uses the policy version and catalog current when it arrives.
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use cedar_policy::{Context, EntityUid};
 use connectors::postgres::catalog::{RelationInfo, Snapshot};
 use policies::{derive_columns, DerivationCache, PolicyBundle, Version};
 use rewriter::{
-    Catalog, Checked, Column, Policies, Protocol, Refusal, RelKind, Relation, RewriteCache,
-    Rewritten, RoutineKind, TablePolicy, WriteAction, WritePolicy,
+    Catalog, Checked, Column, Operator, Policies, Protocol, Refusal, RelKind, Relation,
+    RewriteCache, Rewritten, RoutineKind, TablePolicy, WriteAction, WritePolicy,
 };
 use tracing::warn;
 
@@ -125,7 +124,21 @@ impl CatalogView {
                     .collect(),
             )
             .with_database(snapshot.database)
-            .with_search_path(snapshot.search_path),
+            .with_search_path(snapshot.search_path)
+            .with_operators(
+                snapshot
+                    .operators
+                    .into_iter()
+                    .map(|(name, left, right, result, leakproof)| Operator {
+                        name,
+                        left,
+                        right,
+                        result,
+                        leakproof,
+                    })
+                    .collect(),
+            )
+            .with_stable_functions(snapshot.stable_functions),
             search_path_setting: snapshot.search_path_setting,
             primary_keys: snapshot.primary_keys,
             snapshot: bytes,
@@ -172,16 +185,38 @@ impl SessionPath {
     }
 }
 
+/// What the rewrite cache may hold, in bytes (statements, rewrites and their audit basis).
+const REWRITE_CACHE_BYTES: u64 = 64 << 20;
+
+/// What a cached rewrite holds besides its key: the forwarded text, its audit basis (about as
+/// large again) or a refusal's message.
+fn gate_result_bytes(result: &GateResult) -> u64 {
+    match &**result {
+        Ok(checked) => 2 * checked.sql.len() as u64 + 512,
+        Err(_) => 256,
+    }
+}
+
+/// Runs a cold rewrite (Cedar derivation, parsing, PostgreSQL's parser) without stalling the
+/// other sessions on this async worker: on the multi-threaded runtime the worker's tasks move
+/// to another thread while it runs (`block_in_place`).
+fn off_async_workers<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 pub struct Enforcer {
     catalog: RwLock<Arc<CatalogView>>,
     /// The catalog's generation, readable without the lock (set after each swap).
     catalog_generation: AtomicU64,
     pub policies: Arc<PolicyState>,
     filters: DerivationCache,
-    rules: Mutex<HashMap<RuleKey, Arc<TablePolicy>>>,
+    rules: quick_cache::sync::Cache<RuleKey, Arc<TablePolicy>>,
     /// Keyed by (policy generation, catalog generation): what a rewrite depends on.
-    rewrites: Mutex<RewriteCache<(u64, u64), GateResult>>,
-    capacity: usize,
+    rewrites: RewriteCache<(u64, u64), GateResult>,
 }
 
 impl Enforcer {
@@ -191,9 +226,8 @@ impl Enforcer {
             catalog_generation: AtomicU64::new(0),
             policies,
             filters: DerivationCache::new(10_000),
-            rules: Mutex::new(HashMap::new()),
-            rewrites: Mutex::new(RewriteCache::new(10_000)),
-            capacity: 10_000,
+            rules: quick_cache::sync::Cache::new(10_000),
+            rewrites: RewriteCache::new(REWRITE_CACHE_BYTES, gate_result_bytes),
         }
     }
 
@@ -207,7 +241,7 @@ impl Enforcer {
     pub fn refresh_catalog(&self, snapshot: Snapshot) {
         let mut current = self.catalog.write().expect("catalog lock");
         let view = CatalogView::new(snapshot, current.generation + 1);
-        self.rules.lock().expect("rules cache").clear();
+        self.rules.clear();
         self.catalog_generation
             .store(view.generation, Ordering::Release);
         *current = Arc::new(view);
@@ -238,11 +272,7 @@ impl Enforcer {
             None => std::borrow::Cow::Borrowed(principal.scope.as_str()),
             Some(path) => std::borrow::Cow::Owned(format!("{}\0{}", principal.scope, path.key)),
         };
-        let hit = self
-            .rewrites
-            .lock()
-            .expect("rewrite cache")
-            .get(&key, &scope, protocol, sql);
+        let hit = self.rewrites.get(&key, &scope, protocol, sql);
         let metrics = crate::metrics::metrics();
         if let Some(hit) = hit {
             metrics.rewrite_hit.inc();
@@ -253,7 +283,7 @@ impl Enforcer {
         let view = self.catalog();
         let path = search_path.map(|p| &p.schemas[..]);
         let result = Arc::new(
-            self.rewrite_with(&view, &bundle, principal, path, sql, protocol)
+            off_async_workers(|| self.rewrite_with(&view, &bundle, principal, path, sql, protocol))
                 .map(|r| Checked {
                     shape: shape(&view, &r.reads),
                     basis: Some(Arc::new(basis(&view, &bundle, &r.reads))),
@@ -263,13 +293,8 @@ impl Enforcer {
                     search_path_changes: r.search_path_changes,
                 }),
         );
-        self.rewrites.lock().expect("rewrite cache").insert(
-            &key,
-            &scope,
-            protocol,
-            sql,
-            result.clone(),
-        );
+        self.rewrites
+            .insert(&key, &scope, protocol, sql, result.clone());
         result
     }
 
@@ -515,9 +540,9 @@ impl Policies for SessionPolicies<'_> {
             entity_type.clone(),
         );
         let metrics = crate::metrics::metrics();
-        if let Some(hit) = self.enforcer.rules.lock().expect("rules cache").get(&key) {
+        if let Some(hit) = self.enforcer.rules.get(&key) {
             metrics.derivation_hit.inc();
-            return Ok(hit.clone());
+            return Ok(hit);
         }
         metrics.derivation_miss.inc();
         self.covered(relation, &entity_type)?;
@@ -544,11 +569,7 @@ impl Policies for SessionPolicies<'_> {
             determining,
             row_checks: derived.checks.clone(),
         });
-        let mut cache = self.enforcer.rules.lock().expect("rules cache");
-        if cache.len() >= self.enforcer.capacity {
-            cache.clear();
-        }
-        cache.insert(key, policy.clone());
+        self.enforcer.rules.insert(key, policy.clone());
         Ok(policy)
     }
 }

@@ -69,7 +69,7 @@ impl Shared {
             max_query_bytes: config.max_query_bytes,
             limits: config.limits,
             cancels: Arc::new(CancelRegistry::default()),
-            gate: GateCache::new(10_000),
+            gate: GateCache::default(),
             policies: None,
             enforcer: None,
             mask_key: None,

@@ -1,66 +1,116 @@
-//! The rewrite cache: results for the active policy version only (a new version empties it:
-//! sessions never use an older one), by scope (agent and context) then statement text, one map
-//! per protocol. A hit hashes the text once and allocates nothing.
+//! The rewrite cache: results by (version, scope, protocol, statement text), bounded by bytes,
+//! sharded and evicting entry by entry (`quick_cache`'s CLOCK-Pro), so a burst of one-off
+//! statements neither empties it nor grows it. The version is part of the key: a result made
+//! under an older policy or catalog is never found again and ages out. A hit hashes the text
+//! once and allocates nothing.
 
-use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+
+use quick_cache::{sync::Cache, Equivalent, Weighter};
 
 use crate::Protocol;
 
+/// What an entry costs besides its key's text (the map's own bookkeeping).
+const ENTRY_OVERHEAD: u64 = 128;
+
+#[derive(Clone, PartialEq, Eq)]
+struct Key<K> {
+    version: K,
+    scope: Box<str>,
+    protocol: Protocol,
+    sql: Box<str>,
+}
+
+/// A key by reference, to look one up without allocating.
+struct Lookup<'a, K> {
+    version: &'a K,
+    scope: &'a str,
+    protocol: Protocol,
+    sql: &'a str,
+}
+
+impl<K: Hash> Hash for Key<K> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        Lookup {
+            version: &self.version,
+            scope: &self.scope,
+            protocol: self.protocol,
+            sql: &self.sql,
+        }
+        .hash(state)
+    }
+}
+
+impl<K: Hash> Hash for Lookup<'_, K> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.version.hash(state);
+        self.scope.hash(state);
+        self.protocol.hash(state);
+        self.sql.hash(state);
+    }
+}
+
+impl<K: PartialEq> Equivalent<Key<K>> for Lookup<'_, K> {
+    fn equivalent(&self, key: &Key<K>) -> bool {
+        *self.version == key.version
+            && self.protocol == key.protocol
+            && self.sql == &*key.sql
+            && self.scope == &*key.scope
+    }
+}
+
+/// Weighs an entry in bytes: its key's text, what `value` says it holds, and the overhead.
+#[derive(Clone)]
+struct Bytes<V> {
+    value: fn(&V) -> u64,
+}
+
+impl<K, V> Weighter<Key<K>, V> for Bytes<V> {
+    fn weight(&self, key: &Key<K>, value: &V) -> u64 {
+        (key.scope.len() + key.sql.len()) as u64 + (self.value)(value) + ENTRY_OVERHEAD
+    }
+}
+
 pub struct RewriteCache<K, V> {
-    version: Option<K>,
-    scopes: HashMap<String, [HashMap<Box<str>, V>; 2]>,
-    len: usize,
-    capacity: usize,
+    entries: Cache<Key<K>, V, Bytes<V>>,
 }
 
-fn slot(protocol: Protocol) -> usize {
-    match protocol {
-        Protocol::Simple => 0,
-        Protocol::Extended => 1,
-    }
-}
-
-impl<K: PartialEq + Clone, V: Clone> RewriteCache<K, V> {
-    /// A cache of at most `capacity` statements (all are dropped when it is full).
-    pub fn new(capacity: usize) -> Self {
+impl<K: Hash + Eq + Clone, V: Clone> RewriteCache<K, V> {
+    /// A cache of at most `bytes` (by the keys' text, `weight` of each value and a fixed
+    /// overhead per entry).
+    pub fn new(bytes: u64, weight: fn(&V) -> u64) -> Self {
+        let estimated_items = (bytes / 1024).clamp(16, 1 << 20) as usize;
         RewriteCache {
-            version: None,
-            scopes: HashMap::new(),
-            len: 0,
-            capacity,
+            entries: Cache::with_weighter(estimated_items, bytes, Bytes { value: weight }),
         }
     }
 
-    /// The cached result for `sql` under `version`; empties the cache if the version changed.
-    pub fn get(&mut self, version: &K, scope: &str, protocol: Protocol, sql: &str) -> Option<V> {
-        if self.version.as_ref() != Some(version) {
-            self.scopes.clear();
-            self.len = 0;
-            self.version = Some(version.clone());
-            return None;
-        }
-        self.scopes
-            .get(scope)
-            .and_then(|maps| maps[slot(protocol)].get(sql))
-            .cloned()
+    /// The cached result for `sql` under `version`.
+    pub fn get(&self, version: &K, scope: &str, protocol: Protocol, sql: &str) -> Option<V> {
+        self.entries.get(&Lookup {
+            version,
+            scope,
+            protocol,
+            sql,
+        })
     }
 
-    /// Keeps `value` for `sql`, unless the active version moved on since it was computed.
-    pub fn insert(&mut self, version: &K, scope: &str, protocol: Protocol, sql: &str, value: V) {
-        if self.version.as_ref() != Some(version) {
-            return;
-        }
-        if self.len >= self.capacity {
-            self.scopes.clear();
-            self.len = 0;
-        }
-        let maps = match self.scopes.get_mut(scope) {
-            Some(m) => m,
-            None => self.scopes.entry(scope.to_string()).or_default(),
-        };
-        if maps[slot(protocol)].insert(Box::from(sql), value).is_none() {
-            self.len += 1;
-        }
+    /// Keeps `value` for `sql` under `version`.
+    pub fn insert(&self, version: &K, scope: &str, protocol: Protocol, sql: &str, value: V) {
+        self.entries.insert(
+            Key {
+                version: version.clone(),
+                scope: scope.into(),
+                protocol,
+                sql: sql.into(),
+            },
+            value,
+        );
+    }
+
+    /// Entries held, and their weight in bytes.
+    pub fn usage(&self) -> (usize, u64) {
+        (self.entries.len(), self.entries.weight())
     }
 }
 
@@ -70,21 +120,31 @@ mod tests {
 
     #[test]
     fn hits_per_version_scope_and_protocol() {
-        let mut c: RewriteCache<u32, &str> = RewriteCache::new(2);
+        let c: RewriteCache<u32, &str> = RewriteCache::new(1 << 20, |_| 0);
         assert_eq!(c.get(&1, "a", Protocol::Simple, "q"), None);
         c.insert(&1, "a", Protocol::Simple, "q", "r");
         assert_eq!(c.get(&1, "a", Protocol::Simple, "q"), Some("r"));
         assert_eq!(c.get(&1, "b", Protocol::Simple, "q"), None);
         assert_eq!(c.get(&1, "a", Protocol::Extended, "q"), None);
-        // A new version empties it; a result computed under the old one is not kept.
+        // Another version does not see it.
         assert_eq!(c.get(&2, "a", Protocol::Simple, "q"), None);
-        c.insert(&1, "a", Protocol::Simple, "q", "old");
-        assert_eq!(c.get(&2, "a", Protocol::Simple, "q"), None);
-        // Bounded.
-        c.insert(&2, "a", Protocol::Simple, "q1", "1");
-        c.insert(&2, "a", Protocol::Simple, "q2", "2");
-        c.insert(&2, "a", Protocol::Simple, "q3", "3");
-        assert_eq!(c.get(&2, "a", Protocol::Simple, "q1"), None);
-        assert_eq!(c.get(&2, "a", Protocol::Simple, "q3"), Some("3"));
+    }
+
+    #[test]
+    fn bounded_by_bytes_evicting_entry_by_entry() {
+        let c: RewriteCache<u32, String> = RewriteCache::new(64 * 1024, |v| v.len() as u64);
+        let hot = "select 1 from hot".to_string();
+        c.insert(&1, "a", Protocol::Simple, &hot, "x".repeat(100));
+        for i in 0..20_000 {
+            let sql = format!("select {i} from t");
+            c.insert(&1, "a", Protocol::Simple, &sql, "x".repeat(100));
+            // The hot statement keeps being used.
+            if i % 10 == 0 {
+                assert!(c.get(&1, "a", Protocol::Simple, &hot).is_some(), "{i}");
+            }
+        }
+        let (items, weight) = c.usage();
+        assert!(weight <= 64 * 1024, "{weight}");
+        assert!(items > 100, "{items}");
     }
 }

@@ -1,52 +1,39 @@
-//! A bounded cache of gate results keyed by SQL text (one map per protocol), shared by all
-//! sessions, so a statement that repeats (the extended protocol's unnamed statements, ORMs) is
-//! parsed once.
+//! The gate's results by statement text (gate-only mode), shared by all sessions, so a statement
+//! that repeats (the extended protocol's unnamed statements, ORMs) is parsed once. Bounded by
+//! bytes and evicting entry by entry (the rewrite cache's `quick_cache`).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use rewriter::{Checked, Protocol, Refusal};
+use rewriter::{Checked, Protocol, Refusal, RewriteCache};
 
 pub type GateResult = Arc<Result<Checked, Refusal>>;
 
-type Map = HashMap<Box<str>, GateResult>;
+/// What the gate cache may hold, in bytes.
+const GATE_CACHE_BYTES: u64 = 32 << 20;
 
 pub struct GateCache {
-    /// (simple, extended)
-    maps: Mutex<(Map, Map)>,
-    capacity: usize,
+    results: RewriteCache<(), GateResult>,
+}
+
+impl Default for GateCache {
+    fn default() -> Self {
+        GateCache {
+            results: RewriteCache::new(GATE_CACHE_BYTES, |r: &GateResult| match &**r {
+                Ok(checked) => checked.sql.len() as u64,
+                Err(_) => 256,
+            }),
+        }
+    }
 }
 
 impl GateCache {
-    pub fn new(capacity: usize) -> Self {
-        GateCache {
-            maps: Mutex::new((Map::new(), Map::new())),
-            capacity,
-        }
-    }
-
-    /// The gate's answer for `sql`, from the cache or computed now (outside the lock).
+    /// The gate's answer for `sql`, from the cache or computed now.
     pub fn check(&self, sql: &str, protocol: Protocol) -> GateResult {
-        if let Some(hit) = self.with_map(protocol, |m| m.get(sql).cloned()) {
+        if let Some(hit) = self.results.get(&(), "", protocol, sql) {
             return hit;
         }
         let result = Arc::new(rewriter::check(sql, protocol));
-        let capacity = self.capacity;
-        self.with_map(protocol, |m| {
-            if m.len() >= capacity {
-                // Crude but bounded: start over rather than grow without limit.
-                m.clear();
-            }
-            m.insert(Box::from(sql), result.clone());
-        });
+        self.results.insert(&(), "", protocol, sql, result.clone());
         result
-    }
-
-    fn with_map<T>(&self, protocol: Protocol, f: impl FnOnce(&mut Map) -> T) -> T {
-        let mut maps = self.maps.lock().expect("gate cache lock");
-        match protocol {
-            Protocol::Simple => f(&mut maps.0),
-            Protocol::Extended => f(&mut maps.1),
-        }
     }
 }
