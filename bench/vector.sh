@@ -101,7 +101,9 @@ echo "injected filter: $FILTER"
 
 declare -A TPS P50 P99
 for round in $(seq 1 "$ROUNDS"); do
-  for t in "${TARGETS[@]}"; do
+  # The order rotates each round, so no target always runs first (or right after another).
+  k=$(( (round - 1) % ${#TARGETS[@]} ))
+  for t in "${TARGETS[@]:$k}" "${TARGETS[@]:0:$k}"; do
     if [ "$t" = direct ]; then
       line=$("$LOAD" direct "$WORK/store-direct" "$FILTER" "$SECONDS_PER_RUN" "$CLIENTS" "$DIMS")
     else
@@ -125,7 +127,7 @@ SECTION=$(mktemp)
   echo "$POINTS points of $DIMS dimensions (cosine, HNSW-indexed, a payload index on tenant_id),"
   echo "ten tenants; the agent may search tenant 1 (a tenth of the points). Queries: a random"
   echo "vector, limit 10, with payload; $CLIENTS concurrent clients, ${SECONDS_PER_RUN}s per run, $ROUNDS"
-  echo "interleaved rounds, medians. *Direct*: \`Embedded::call\` in process with the filter the shim"
+  echo "interleaved rounds (the order rotating each round), medians. *Direct*: \`Embedded::call\` in process with the filter the shim"
   echo "injects (read back from its audit record), so both do the same search. *Shim*: HTTP/1.1"
   echo "keep-alive through \`portcullis serve\` ([vector] over a copy of the same store): API-key"
   echo "check (cached), policy (cached), request rewriting, payload projection, JSON both ways."
