@@ -1,8 +1,9 @@
 //! A cache of derived filters keyed by (policy version, principal, context fingerprint, action,
-//! resource type). A new policy version never sees an older version's entries.
+//! resource type). A new policy version never sees an older version's entries (they age out).
+//! Sharded and evicting entry by entry (`quick_cache`), so a burst of new principals neither
+//! empties it nor grows it past its capacity.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use cedar_policy::{Context, EntityUid};
 
@@ -20,15 +21,14 @@ struct Key {
 }
 
 pub struct DerivationCache {
-    entries: Mutex<HashMap<Key, Arc<Derived>>>,
-    capacity: usize,
+    entries: quick_cache::sync::Cache<Key, Arc<Derived>>,
 }
 
 impl DerivationCache {
+    /// A cache of about `capacity` derived filters.
     pub fn new(capacity: usize) -> Self {
         DerivationCache {
-            entries: Mutex::new(HashMap::new()),
-            capacity,
+            entries: quick_cache::sync::Cache::new(capacity),
         }
     }
 
@@ -50,20 +50,11 @@ impl DerivationCache {
             action: action.to_string(),
             resource_type: resource_type.to_string(),
         };
-        if let Some(hit) = self
-            .entries
-            .lock()
-            .expect("derivation cache lock")
-            .get(&key)
-        {
-            return Ok(hit.clone());
+        if let Some(hit) = self.entries.get(&key) {
+            return Ok(hit);
         }
         let derived = Arc::new(derive(bundle, principal, action, resource_type, context())?);
-        let mut entries = self.entries.lock().expect("derivation cache lock");
-        if entries.len() >= self.capacity {
-            entries.clear();
-        }
-        entries.insert(key, derived.clone());
+        self.entries.insert(key, derived.clone());
         Ok(derived)
     }
 }
