@@ -315,13 +315,42 @@ pub fn refresh_catalog(env: &Env) {
 
 /// A plain HTTP/1.1 GET on 127.0.0.1 (the admin endpoints): the status and the body.
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    http_exchange(
+        port,
+        &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+/// One HTTP/1.1 request with a JSON body: the status and the JSON reply.
+pub fn http_json(
+    port: u16,
+    method: &str,
+    path: &str,
+    api_key: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let key = api_key
+        .map(|k| format!("api-key: {k}\r\n"))
+        .unwrap_or_default();
+    let (status, reply) = http_exchange(
+        port,
+        &format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{key}\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    let value = serde_json::from_str(&reply).unwrap_or(Value::String(reply));
+    (status, value)
+}
+
+/// Sends `request` (a whole HTTP/1.1 request, `Connection: close`) to 127.0.0.1:`port`: the
+/// reply's status and body.
+fn http_exchange(port: u16, request: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
     let mut text = String::new();
     stream.read_to_string(&mut text).unwrap();
     let status = text
@@ -334,39 +363,6 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
-}
-
-/// One HTTP/1.1 request with a JSON body: the status and the JSON reply.
-pub fn http_json(
-    port: u16,
-    method: &str,
-    path: &str,
-    api_key: Option<&str>,
-    body: Option<&Value>,
-) -> (u16, Value) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let key = api_key
-        .map(|k| format!("api-key: {k}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{key}\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    let value = serde_json::from_str(body).unwrap_or(Value::String(body.to_string()));
-    (status, value)
 }
 
 /// The value of one sample (`name{labels}` exactly as exposed) in a metrics text, if present.
