@@ -618,6 +618,11 @@ fn a_relation_seen_whole_is_not_fenced() {
         run("select * from invoices tablesample bernoulli (5)").unwrap(),
         r#"SELECT * FROM "public"."invoices" TABLESAMPLE BERNOULLI (5)"#
     );
+    // After the alias, where PostgreSQL's grammar (which reads every rewrite back) wants it.
+    assert_eq!(
+        run("select i.id from invoices i tablesample system (50) repeatable (1)").unwrap(),
+        r#"SELECT i.id FROM "public"."invoices" AS "i" TABLESAMPLE SYSTEM (50) REPEATABLE (1)"#
+    );
     // A row lock still needs the update policy's fence.
     assert!(run("select * from invoices for update")
         .unwrap()
