@@ -441,6 +441,59 @@ async fn metrics_count_what_the_log_records() {
     stop(&mut env, "INT");
 }
 
+/// CPU time (clock ticks, user + system) of the proxy's `audit-writer` thread so far.
+fn writer_ticks(pid: u32) -> u64 {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if comm.trim() == "audit-writer" {
+            let stat = std::fs::read_to_string(task.join("stat")).unwrap();
+            // Fields after the parenthesized name: state is field 3, utime 14, stime 15.
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            return fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        }
+    }
+    panic!("the proxy has no audit-writer thread");
+}
+
+/// With nothing to write and nothing to checkpoint, the log's writer sleeps: over a second of
+/// idleness after a checkpoint was due, it uses almost no CPU. (It once waited zero seconds
+/// for the next message whenever a checkpoint was overdue with nothing new, spinning a core
+/// for as long as the proxy was idle, which also skewed every benchmark run beside it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_log_writer_sleeps() {
+    let work = tempfile::tempdir().unwrap();
+    let key = keygen(work.path(), "idle-node");
+    let log = work.path().join("log");
+    let (mut env, _set) = start_audited(
+        "idle-node",
+        &key,
+        &log,
+        "mode = \"batch\"\ncheckpoint_ms = 20\n",
+    );
+    let bot = env.agent().await;
+    bot.simple_query("select count(*) from customers")
+        .await
+        .unwrap();
+    // The record is written and checkpointed; from here on the log has nothing to do.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = writer_ticks(env.proxy_pid());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let used = writer_ticks(env.proxy_pid()) - before;
+    // A spinning writer uses most of the second (tens of ticks at 100 per second, even on a
+    // busy machine); a sleeping one wakes 50 times, for well under a tick in all.
+    assert!(
+        used <= 5,
+        "the idle audit writer used {used} clock ticks of CPU in one second"
+    );
+    assert!(entries(&log)
+        .iter()
+        .any(|e| e["statement"] == "select count(*) from customers"));
+    drop(bot);
+    stop(&mut env, "INT");
+}
+
 /// A few reads and a refusal by support-bot.
 async fn export_workload(env: &Env) {
     let bot = env.agent().await;

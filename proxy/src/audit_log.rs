@@ -238,11 +238,15 @@ impl Writer {
         let mut dirty = false;
         let mut outage: Option<(u64, String)> = None;
         loop {
+            // Idle with nothing to checkpoint, the writer sleeps until a message comes (waking
+            // once per checkpoint interval): a zero wait here would spin a core.
             let wait = if outage.is_some() {
                 Duration::from_secs(1)
-            } else {
+            } else if dirty {
                 self.checkpoint_every
                     .saturating_sub(last_checkpoint.elapsed())
+            } else {
+                self.checkpoint_every
             };
             let first = match self.receiver.recv_timeout(wait) {
                 Ok(m) => Some(m),
