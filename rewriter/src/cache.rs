@@ -6,9 +6,12 @@
 
 use std::hash::{Hash, Hasher};
 
+use std::sync::Arc;
+
 use quick_cache::{sync::Cache, Equivalent, Weighter};
 
-use crate::Protocol;
+use crate::shape::{Lifted, Sentinels, Template};
+use crate::{Checked, Protocol};
 
 /// What an entry costs besides its key's text (the map's own bookkeeping).
 const ENTRY_OVERHEAD: u64 = 128;
@@ -111,6 +114,90 @@ impl<K: Hash + Eq + Clone, V: Clone> RewriteCache<K, V> {
     /// Entries held, and their weight in bytes.
     pub fn usage(&self) -> (usize, u64) {
         (self.entries.len(), self.entries.weight())
+    }
+}
+
+/// What a shape maps to: a template and the result it was learnt with (its `sql` is the
+/// learnt statement's), or nothing (the shape's rewrites are not filled in; see [`crate::shape`]).
+type Learnt = Option<Arc<(Template, Checked)>>;
+
+/// Rewrites by statement shape ([`crate::lift`]): a statement that differs from one rewritten
+/// before only in constants in data positions gets that rewrite's template filled with its own
+/// constants. Keyed and bounded as [`RewriteCache`].
+pub struct ShapeCache<K> {
+    shapes: RewriteCache<K, Learnt>,
+}
+
+impl<K: Hash + Eq + Clone> ShapeCache<K> {
+    pub fn new(bytes: u64) -> Self {
+        ShapeCache {
+            shapes: RewriteCache::new(bytes, |learnt: &Learnt| match learnt {
+                Some(l) => (l.0.size() + 2 * l.1.sql.len() + 512) as u64,
+                None => 0,
+            }),
+        }
+    }
+
+    /// The result for the statement `lifted` was lifted from, if a template for its shape
+    /// applies.
+    pub fn get(
+        &self,
+        version: &K,
+        scope: &str,
+        protocol: Protocol,
+        lifted: &Lifted,
+    ) -> Option<Checked> {
+        let learnt = self.shapes.get(version, scope, protocol, lifted.key())??;
+        let (template, checked) = &*learnt;
+        Some(Checked {
+            sql: template.fill(lifted)?,
+            ..checked.clone()
+        })
+    }
+
+    /// Learns the template of the statement `lifted` (rewritten as `checked`) by having
+    /// `rewrite` rewrite its sentinel form, which must come out the same in every respect but
+    /// its text. Whatever the outcome, the shape is not learnt again under this version.
+    pub fn learn(
+        &self,
+        version: &K,
+        scope: &str,
+        protocol: Protocol,
+        lifted: &Lifted,
+        checked: &Checked,
+        rewrite: impl FnOnce(&str) -> Option<Checked>,
+    ) {
+        let learnt = (|| {
+            if checked.search_path_changes || checked.prepared != crate::PreparedEffect::None {
+                return None;
+            }
+            let sentinels = Sentinels::new(lifted)?;
+            let other = rewrite(&sentinels.sql)?;
+            let same = other.statements == checked.statements
+                && other.shape == checked.shape
+                && other.prepared == checked.prepared
+                && !other.search_path_changes
+                && other.basis == checked.basis;
+            if !same {
+                return None;
+            }
+            let template = Template::learn(lifted, &sentinels, &checked.sql, &other.sql)?;
+            Some(Arc::new((template, checked.clone())))
+        })();
+        self.shapes
+            .insert(version, scope, protocol, lifted.key(), learnt);
+    }
+
+    /// Whether the shape was learnt (as a template or as not to be filled in).
+    pub fn known(&self, version: &K, scope: &str, protocol: Protocol, lifted: &Lifted) -> bool {
+        self.shapes
+            .get(version, scope, protocol, lifted.key())
+            .is_some()
+    }
+
+    /// Entries held, and their weight in bytes.
+    pub fn usage(&self) -> (usize, u64) {
+        self.shapes.usage()
     }
 }
 

@@ -25,6 +25,7 @@ mod qualified;
 mod redact;
 mod search_path;
 mod settings;
+mod shape;
 mod sql_filter;
 mod statements;
 mod table_shorthand;
@@ -34,13 +35,14 @@ mod verify;
 mod write_ctes;
 mod writes;
 
-pub use cache::RewriteCache;
+pub use cache::{RewriteCache, ShapeCache};
 pub use catalog::{quote_ident, Catalog, Column, Operator, RelKind, Relation, RoutineKind};
 pub use catalogs::allowed_functions;
 pub use error::Refusal;
 pub use policy::{Policies, TablePolicy, WriteAction, WritePolicy};
 pub use protect::Read;
 pub use redact::redact_literals;
+pub use shape::{lift, Lifted, Sentinels, Template};
 pub use sql_filter::render as render_filter;
 pub use vector_filter::{qdrant_filter, VectorFilterError};
 pub use vector_request::{

@@ -91,6 +91,12 @@ fn operators() -> Vec<Operator> {
 
 /// The test catalog, with `tenant_default` as the default of customers.tenant_id.
 fn catalog_with_tenant_default(tenant_default: Option<&str>) -> Catalog {
+    catalog_with(tenant_default, &[])
+}
+
+/// The test catalog, with `tenant_default` as the default of customers.tenant_id and
+/// `functions` allowed besides the usual ones.
+fn catalog_with(tenant_default: Option<&str>, functions: &[&str]) -> Catalog {
     Catalog::new(
         vec![
             Relation {
@@ -158,8 +164,10 @@ fn catalog_with_tenant_default(tenant_default: Option<&str>) -> Catalog {
             "to_jsonb",
             "unnest",
         ]
-        .map(String::from)
-        .to_vec(),
+        .iter()
+        .chain(functions)
+        .map(|f| f.to_string())
+        .collect(),
     )
     .with_operators(operators())
     .with_stable_functions(vec![("now".into(), "timestamptz".into())])
@@ -1265,5 +1273,241 @@ fn search_path_changes_are_reported_and_checked() {
     ] {
         let e = rewrite(sql, Protocol::Simple, &ctx).unwrap_err();
         assert_eq!(e.sqlstate(), state, "{sql}: {e}");
+    }
+}
+
+/// Statement shapes for the shape cache's differential test: `{i}` an `int4` constant, `{b}`
+/// an `int8` one, `{n}` a decimal, `{s}` a string, `{g}` a setting's name. `Some(true)`: the
+/// template must be used (some constants are in data positions); `Some(false)`: it must not
+/// (none are); `None`: either.
+const SHAPES: &[(&str, Option<bool>)] = &[
+    (
+        "select id, name, ssn from customers where id = {i}",
+        Some(true),
+    ),
+    (
+        "SELECT name FROM customers WHERE tenant_id = {i} AND name = {s}",
+        Some(true),
+    ),
+    (
+        "select c.name, o.total from customers c join orders o on o.customer_id = c.id \
+         where o.total > {n} and c.id in ({i}, {i}, {i})",
+        Some(true),
+    ),
+    (
+        "select id from customers where name like {s} or id between {i} and -{i} \
+         limit {i} offset {i}",
+        Some(true),
+    ),
+    (
+        "select count(*) from orders where total >= {n} and id <> {b}",
+        Some(true),
+    ),
+    (
+        "select id from customers where id = (select customer_id from orders where id = {i} \
+         limit {i})",
+        Some(true),
+    ),
+    (
+        "select id from customers c where exists (select 1 from orders o \
+         where o.customer_id = c.id and o.total < {n} + {n})",
+        Some(true),
+    ),
+    (
+        "select id from customers where lower(name) = {s} and name = lower({s})",
+        Some(true),
+    ),
+    (
+        "select id, {s} as tag from customers where id = {i}",
+        Some(true),
+    ),
+    ("select id from customers order by 1 limit {i}", Some(true)),
+    (
+        "select id from invoices where amount + {i} > {i}",
+        Some(true),
+    ),
+    (
+        "select id from customers where id = {i}; select id from orders where total = {n}",
+        Some(true),
+    ),
+    (
+        "select id from customers where name = {s}::text and {s} = name",
+        Some(true),
+    ),
+    (
+        "update customers set name = {s} where id = {i}",
+        Some(false),
+    ),
+    (
+        "insert into customers (id, tenant_id, name) values ({i}, 1, {s})",
+        Some(false),
+    ),
+    (
+        "select id from customers where id = {i} for update",
+        Some(true),
+    ),
+    ("select pg_read_file({s})", Some(false)),
+    ("select set_config({g}, {s}, false)", None),
+    (
+        "select id from customers where current_setting({g}) = {s}",
+        Some(true),
+    ),
+    (
+        "insert into customers (id, tenant_id, name) values ({i}, {i}, {s})",
+        Some(false),
+    ),
+];
+
+/// `shape` with its holes filled from `values` in turn.
+fn instantiate(shape: &str, values: &[String]) -> String {
+    let mut out = String::new();
+    let mut rest = shape;
+    let mut values = values.iter();
+    while let Some(at) = rest.find('{') {
+        out.push_str(&rest[..at]);
+        out.push_str(values.next().expect("enough values"));
+        rest = &rest[at + 3..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A constant of each hole's kind in `shape`, as a client would spell it.
+fn constants(shape: &str) -> impl proptest::strategy::Strategy<Value = Vec<String>> {
+    use proptest::prelude::*;
+    let kinds: Vec<char> = shape
+        .match_indices('{')
+        .map(|(at, _)| shape.as_bytes()[at + 1] as char)
+        .collect();
+    kinds
+        .into_iter()
+        .map(|kind| -> BoxedStrategy<String> {
+            match kind {
+                'i' => prop_oneof![0i32..10, Just(i32::MAX), 0i32..i32::MAX]
+                    .prop_map(|v| v.to_string())
+                    .boxed(),
+                'b' => (i32::MAX as i64 + 2..i64::MAX)
+                    .prop_map(|v| v.to_string())
+                    .boxed(),
+                'n' => prop_oneof![
+                    (0u32..100_000, 0u32..100).prop_map(|(a, b)| format!("{a}.{b}")),
+                    (1u32..9, 0u32..20).prop_map(|(a, e)| format!("{a}e{e}")),
+                    Just(".5".to_string()),
+                ]
+                .boxed(),
+                's' => prop::collection::vec(
+                    prop_oneof![
+                        Just("'"),
+                        Just("''"),
+                        Just("\\"),
+                        Just("%"),
+                        Just("x"),
+                        Just("é"),
+                        Just(" "),
+                        Just("\n"),
+                        Just("--"),
+                        Just("1"),
+                        Just("Portcullis_Sentinel_0_q"),
+                    ],
+                    0..6,
+                )
+                .prop_map(|parts| format!("'{}'", parts.concat().replace('\'', "''")))
+                .boxed(),
+                'g' => prop_oneof![
+                    Just("'application_name'"),
+                    Just("'work_mem'"),
+                    Just("'role'"),
+                    Just("'search_path'"),
+                    Just("'data_directory'"),
+                    Just("'portcullis.hash_key'"),
+                ]
+                .prop_map(String::from)
+                .boxed(),
+                other => panic!("hole kind {other}"),
+            }
+        })
+        .collect::<Vec<_>>()
+}
+
+fn checked(sql: &str) -> Option<rewriter::Checked> {
+    let path = vec!["public".to_string()];
+    let catalog = catalog_with(Some("NULL"), &["current_setting", "set_config"]);
+    let ctx = Context {
+        catalog: &catalog,
+        search_path: &path,
+        policies: &Fixed,
+        agent: "support-bot",
+    };
+    let r = rewrite(sql, Protocol::Simple, &ctx).ok()?;
+    let reads: Vec<String> = r
+        .reads
+        .iter()
+        .map(|read| format!("{} {:?}", read.entity_type, read.policy))
+        .collect();
+    Some(rewriter::Checked {
+        sql: r.sql,
+        statements: r.statements,
+        shape: 0,
+        prepared: r.prepared,
+        search_path_changes: r.search_path_changes,
+        basis: Some(Arc::new(serde_json::json!(reads))),
+    })
+}
+
+/// The shape cache, differentially: for generated pairs of statements of each shape (the
+/// second taking each constant from the first or its own, so that pinned constants sometimes
+/// match), a template learnt from the first and filled with the second's constants gives
+/// exactly the second's fresh rewrite, and is used only where that rewrite succeeds.
+#[test]
+fn a_filled_template_equals_a_fresh_rewrite() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+    use rewriter::{lift, ShapeCache};
+    for &(shape, must_fill) in SHAPES {
+        let filled = std::cell::Cell::new(0);
+        let mut runner = TestRunner::new(Config {
+            cases: 48,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let holes = shape.matches('{').count();
+        let strategy = (
+            constants(shape),
+            constants(shape),
+            prop::collection::vec(any::<bool>(), holes),
+        );
+        runner
+            .run(&strategy, |(a, own, mix)| {
+                let b: Vec<String> = a
+                    .iter()
+                    .zip(own)
+                    .zip(mix)
+                    .map(|((a, own), keep)| if keep { a.clone() } else { own })
+                    .collect();
+                let (a, b) = (instantiate(shape, &a), instantiate(shape, &b));
+                let cache: ShapeCache<()> = ShapeCache::new(1 << 20);
+                if let (Some(learnt), Some(lifted)) = (checked(&a), lift(&a)) {
+                    cache.learn(&(), "", Protocol::Simple, &lifted, &learnt, checked);
+                }
+                let Some(lifted) = lift(&b) else {
+                    return Ok(());
+                };
+                if let Some(hit) = cache.get(&(), "", Protocol::Simple, &lifted) {
+                    filled.set(filled.get() + 1);
+                    let fresh = checked(&b).ok_or_else(|| {
+                        TestCaseError::fail(format!(
+                            "a template was filled for {b}, which is refused"
+                        ))
+                    })?;
+                    prop_assert_eq!(&hit, &fresh, "{}", b);
+                }
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{shape}: {e}"));
+        match must_fill {
+            Some(true) => assert!(filled.get() > 0, "no template was filled for {shape}"),
+            Some(false) => assert_eq!(filled.get(), 0, "a template was filled for {shape}"),
+            None => {}
+        }
     }
 }
