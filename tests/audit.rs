@@ -421,6 +421,13 @@ async fn metrics_count_what_the_log_records() {
         "portcullis_cache_lookups_total{cache=\"derivation\",result=\"hit\"}",
     );
     assert!(derived.unwrap() >= 1.0, "{text}");
+    // The five lookups by id differ only in the id: the first is rewritten and its template
+    // learnt, the other four are filled in.
+    let filled = metric(
+        &text,
+        "portcullis_cache_lookups_total{cache=\"shape\",result=\"hit\"}",
+    );
+    assert!(filled.unwrap() >= 4.0, "{text}");
     let fsyncs = metric(&text, "portcullis_audit_fsync_seconds_count").unwrap();
     assert!(fsyncs >= 1.0 && fsyncs <= e.len() as f64, "{text}");
     assert_eq!(metric(&text, "portcullis_audit_writable"), Some(1.0));

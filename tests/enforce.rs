@@ -611,6 +611,26 @@ fn corpus() -> Vec<String> {
     ] {
         q.push(c.to_string());
     }
+    // One shape with new constants each time, as agents and ORMs send statements: all but the
+    // first of each are filled into the template learnt from it (the shape cache).
+    for (id, tier, amount, k) in [
+        (1, "gold", "10.5", 3),
+        (4, "standard", "0", 10),
+        (7, "gold", "250.25", 1),
+        (40, "platinum", "1e2", 5),
+        (2, "it''s", "99", 2),
+    ] {
+        q.push(format!("select * from customers where id = {id}"));
+        q.push(format!(
+            "select id, email from customers where tier = '{tier}' and id > {id} order by id"
+        ));
+        q.push(format!(
+            "select id, amount from transfers where amount > {amount} and id <> {id} order by id limit {k}"
+        ));
+        q.push(format!(
+            "select c.id, t.id from customers c join tickets t on t.customer_id = c.id where c.id between {id} and {id} + 3 and t.priority in ({k}, {k} + 1) order by 1, 2"
+        ));
+    }
     q
 }
 

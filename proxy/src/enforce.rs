@@ -12,7 +12,7 @@ use connectors::postgres::catalog::{RelationInfo, Snapshot};
 use policies::{derive_columns, DerivationCache, PolicyBundle, Version};
 use rewriter::{
     Catalog, Checked, Column, Operator, Policies, Protocol, Refusal, RelKind, Relation,
-    RewriteCache, Rewritten, RoutineKind, TablePolicy, WriteAction, WritePolicy,
+    RewriteCache, Rewritten, RoutineKind, ShapeCache, TablePolicy, WriteAction, WritePolicy,
 };
 use tracing::warn;
 
@@ -188,6 +188,9 @@ impl SessionPath {
 /// What the rewrite cache may hold, in bytes (statements, rewrites and their audit basis).
 const REWRITE_CACHE_BYTES: u64 = 64 << 20;
 
+/// What the shape cache may hold, in bytes (templates and their audit basis).
+const SHAPE_CACHE_BYTES: u64 = 32 << 20;
+
 /// What a cached rewrite holds besides its key: the forwarded text, its audit basis (about as
 /// large again) or a refusal's message.
 fn gate_result_bytes(result: &GateResult) -> u64 {
@@ -217,6 +220,9 @@ pub struct Enforcer {
     rules: quick_cache::sync::Cache<RuleKey, Arc<TablePolicy>>,
     /// Keyed by (policy generation, catalog generation): what a rewrite depends on.
     rewrites: RewriteCache<(u64, u64), GateResult>,
+    /// Rewrites by statement shape, keyed the same way: a statement that differs from one
+    /// rewritten before only in constants is filled in, not rewritten.
+    shapes: ShapeCache<(u64, u64)>,
 }
 
 impl Enforcer {
@@ -228,6 +234,7 @@ impl Enforcer {
             filters: DerivationCache::new(10_000),
             rules: quick_cache::sync::Cache::new(10_000),
             rewrites: RewriteCache::new(REWRITE_CACHE_BYTES, gate_result_bytes),
+            shapes: ShapeCache::new(SHAPE_CACHE_BYTES),
         }
     }
 
@@ -278,12 +285,21 @@ impl Enforcer {
             metrics.rewrite_hit.inc();
             return hit;
         }
+        // The same statement with other constants may have been rewritten before.
+        let lifted = rewriter::lift(sql);
+        if let Some(lifted) = &lifted {
+            if let Some(filled) = self.shapes.get(&key, &scope, protocol, lifted) {
+                metrics.shape_hit.inc();
+                return Arc::new(Ok(filled));
+            }
+            metrics.shape_miss.inc();
+        }
         metrics.rewrite_miss.inc();
         let bundle = self.policies.current();
         let view = self.catalog();
         let path = search_path.map(|p| &p.schemas[..]);
-        let result = Arc::new(
-            off_async_workers(|| self.rewrite_with(&view, &bundle, principal, path, sql, protocol))
+        let checked = |sql: &str| {
+            self.rewrite_with(&view, &bundle, principal, path, sql, protocol)
                 .map(|r| Checked {
                     shape: shape(&view, &r.reads),
                     basis: Some(Arc::new(basis(&view, &bundle, &r.reads))),
@@ -291,8 +307,18 @@ impl Enforcer {
                     statements: r.statements,
                     prepared: r.prepared,
                     search_path_changes: r.search_path_changes,
-                }),
-        );
+                })
+        };
+        let result = Arc::new(off_async_workers(|| {
+            let result = checked(sql);
+            if let (Ok(c), Some(lifted)) = (&result, &lifted) {
+                if !self.shapes.known(&key, &scope, protocol, lifted) {
+                    self.shapes
+                        .learn(&key, &scope, protocol, lifted, c, |s| checked(s).ok());
+                }
+            }
+            result
+        }));
         self.rewrites
             .insert(&key, &scope, protocol, sql, result.clone());
         result

@@ -50,6 +50,9 @@ pub struct Metrics {
     /// Cache counters, fetched once.
     pub rewrite_hit: Counter,
     pub rewrite_miss: Counter,
+    /// Statements filled into a template learnt from another with other constants.
+    pub shape_hit: Counter,
+    pub shape_miss: Counter,
     pub derivation_hit: Counter,
     pub derivation_miss: Counter,
 }
@@ -156,6 +159,8 @@ impl Metrics {
         Metrics {
             rewrite_hit: counter("rewrite", "hit"),
             rewrite_miss: counter("rewrite", "miss"),
+            shape_hit: counter("shape", "hit"),
+            shape_miss: counter("shape", "miss"),
             derivation_hit: counter("derivation", "hit"),
             derivation_miss: counter("derivation", "miss"),
             registry,

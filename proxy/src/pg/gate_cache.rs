@@ -1,10 +1,12 @@
 //! The gate's results by statement text (gate-only mode), shared by all sessions, so a statement
 //! that repeats (the extended protocol's unnamed statements, ORMs) is parsed once. Bounded by
-//! bytes and evicting entry by entry (the rewrite cache's `quick_cache`).
+//! bytes and evicting entry by entry (the rewrite cache's `quick_cache`). A statement that
+//! differs from one checked before only in constants is filled into its template (see
+//! `rewriter::ShapeCache`) instead of being parsed again.
 
 use std::sync::Arc;
 
-use rewriter::{Checked, Protocol, Refusal, RewriteCache};
+use rewriter::{Checked, Protocol, Refusal, RewriteCache, ShapeCache};
 
 pub type GateResult = Arc<Result<Checked, Refusal>>;
 
@@ -13,6 +15,7 @@ const GATE_CACHE_BYTES: u64 = 32 << 20;
 
 pub struct GateCache {
     results: RewriteCache<(), GateResult>,
+    shapes: ShapeCache<()>,
 }
 
 impl Default for GateCache {
@@ -22,6 +25,7 @@ impl Default for GateCache {
                 Ok(checked) => checked.sql.len() as u64,
                 Err(_) => 256,
             }),
+            shapes: ShapeCache::new(GATE_CACHE_BYTES / 2),
         }
     }
 }
@@ -32,7 +36,20 @@ impl GateCache {
         if let Some(hit) = self.results.get(&(), "", protocol, sql) {
             return hit;
         }
+        let lifted = rewriter::lift(sql);
+        if let Some(lifted) = &lifted {
+            if let Some(filled) = self.shapes.get(&(), "", protocol, lifted) {
+                return Arc::new(Ok(filled));
+            }
+        }
         let result = Arc::new(rewriter::check(sql, protocol));
+        if let (Ok(checked), Some(lifted)) = (&*result, &lifted) {
+            if !self.shapes.known(&(), "", protocol, lifted) {
+                self.shapes.learn(&(), "", protocol, lifted, checked, |s| {
+                    rewriter::check(s, protocol).ok()
+                });
+            }
+        }
         self.results.insert(&(), "", protocol, sql, result.clone());
         result
     }
