@@ -13,7 +13,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use policies::{CmpOp, ColumnRule, Filter, Mask, Value};
 use rewriter::{
     rewrite, Catalog, Column, Context, Operator, Policies, Protocol, Refusal, RelKind, Relation,
-    RewriteCache, TablePolicy, WriteAction, WritePolicy,
+    RewriteCache, ShapeCache, TablePolicy, WriteAction, WritePolicy,
 };
 
 fn col(name: &str, ty: &str) -> Column {
@@ -215,6 +215,48 @@ fn bench(c: &mut Criterion) {
                 cache
                     .get(&version, scope, Protocol::Extended, black_box(sql))
                     .unwrap()
+            })
+        });
+    }
+    // The simple protocol: the same statements with a constant where the parameter was. A
+    // statement with a new constant is lifted (PostgreSQL's scanner) and filled into the
+    // template learnt from another (the shape cache).
+    for (name, sql) in [("lookup", LOOKUP), ("join5", JOIN5)] {
+        let literal = |id: u32| sql.replace("$1", &id.to_string());
+        let checked = |sql: &str| {
+            rewrite(sql, Protocol::Simple, &ctx)
+                .ok()
+                .map(|r| rewriter::Checked {
+                    sql: r.sql,
+                    statements: r.statements,
+                    shape: 0,
+                    prepared: r.prepared,
+                    search_path_changes: r.search_path_changes,
+                    basis: None,
+                })
+        };
+        let shapes = ShapeCache::new(32 << 20);
+        let first = literal(42);
+        let lifted = rewriter::lift(&first).unwrap();
+        shapes.learn(
+            &7u64,
+            "",
+            Protocol::Simple,
+            &lifted,
+            &checked(&first).unwrap(),
+            checked,
+        );
+        let others: Vec<String> = (0..64).map(|i| literal(1000 + i)).collect();
+        for other in &others {
+            let lifted = rewriter::lift(other).unwrap();
+            let filled = shapes.get(&7u64, "", Protocol::Simple, &lifted).unwrap();
+            assert_eq!(Some(filled), checked(other), "{other}");
+        }
+        let mut next = others.iter().cycle();
+        group.bench_function(format!("{name}/shape_hit"), |b| {
+            b.iter(|| {
+                let lifted = rewriter::lift(black_box(next.next().unwrap())).unwrap();
+                shapes.get(&7u64, "", Protocol::Simple, &lifted).unwrap()
             })
         });
     }
