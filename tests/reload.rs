@@ -389,3 +389,93 @@ async fn a_skipped_re_prepare_never_runs_the_old_rewrite() {
     assert!(codes.is_empty(), "{codes:?}");
     assert_eq!(after, ["0"]);
 }
+
+/// Drivers prepare the same statement for every execution (tokio-postgres: a new named
+/// statement per `query`, closed after; `query_typed`: the unnamed one). Through Portcullis the
+/// upstream statement prepared the first time serves the next ones (counted in /metrics), with
+/// the right rows; declared parameter types keep statements apart; and after a policy reload the
+/// statement prepared under the old version is not used again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_parses_reuse_the_upstream_statement_until_the_policy_changes() {
+    use tokio_postgres::types::Type;
+    let set = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    copy_finance(set.path());
+    let admin = free_port();
+    let env = Env::start_with(Options {
+        postgres_extra: format!(
+            "[policies]\ndir = {:?}\nstore = {:?}\nreload_interval_ms = 200\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
+            set.path().display().to_string(),
+            store.path().display().to_string()
+        ),
+    });
+    let reused = || {
+        metric(
+            &http_get(admin, "/metrics").1,
+            "portcullis_cache_lookups_total{cache=\"upstream_statement\",result=\"hit\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let session = env.agent().await;
+    let direct = env.direct().await;
+    let sql = "select count(*) from tickets where tenant_id = $1";
+    let all: i64 = direct
+        .query_one("select count(*) from tickets where tenant_id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    for _ in 0..10 {
+        let n: i64 = session.query_one(sql, &[&1i32]).await.unwrap().get(0);
+        assert_eq!(n, all);
+    }
+    for _ in 0..5 {
+        let n: i64 = session
+            .query_typed_one(sql, &[(&1i32, Type::INT4)])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, all);
+        // The same text with another declared type is another upstream statement (an int4
+        // statement would refuse the 8-byte value).
+        let n: i64 = session
+            .query_typed_one(sql, &[(&1i64, Type::INT8)])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, all);
+    }
+    let before = reused();
+    assert!(before >= 15.0, "reused {before} times");
+
+    append(
+        set.path().join("rows.cedar"),
+        "\n@id(\"no-closed-tickets\")\nforbid (principal, action == Action::\"select\", resource is public::tickets)\nwhen { resource.status == \"closed\" };\n",
+    );
+    wait_until("activation is logged", || {
+        env.proxy_log().contains("activated (was")
+    });
+    let open: i64 = direct
+        .query_one(
+            "select count(*) from tickets where tenant_id = 1 and status <> 'closed'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(open < all);
+    let n: i64 = session.query_one(sql, &[&1i32]).await.unwrap().get(0);
+    assert_eq!(
+        n, open,
+        "the statement prepared before the reload is not reused"
+    );
+    let n: i64 = session
+        .query_typed_one(sql, &[(&1i32, Type::INT4)])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, open);
+    // Under the new version, the new statement is reused in turn.
+    let n: i64 = session.query_one(sql, &[&1i32]).await.unwrap().get(0);
+    assert_eq!(n, open);
+    assert!(reused() > before);
+}

@@ -53,6 +53,8 @@ pub struct Metrics {
     /// Statements filled into a template learnt from another with other constants.
     pub shape_hit: Counter,
     pub shape_miss: Counter,
+    /// Parses answered with an idle upstream statement prepared before with the same rewrite.
+    pub statements_reused: Counter,
     pub derivation_hit: Counter,
     pub derivation_miss: Counter,
 }
@@ -161,6 +163,7 @@ impl Metrics {
             rewrite_miss: counter("rewrite", "miss"),
             shape_hit: counter("shape", "hit"),
             shape_miss: counter("shape", "miss"),
+            statements_reused: counter("upstream_statement", "hit"),
             derivation_hit: counter("derivation", "hit"),
             derivation_miss: counter("derivation", "miss"),
             registry,

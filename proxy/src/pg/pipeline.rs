@@ -8,6 +8,8 @@
 
 use std::collections::VecDeque;
 
+use super::messages::backend::*;
+
 /// Why a statement was refused: what the client will see.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -93,6 +95,8 @@ pub struct Pipeline {
     queue: VecDeque<Pending>,
     /// Parses and Closes an error made the backend fail or skip, not yet taken.
     lost: Vec<Lost>,
+    /// Upstream statements whose Parse the backend completed, not yet taken.
+    created: Vec<Box<str>>,
 }
 
 impl Pipeline {
@@ -118,6 +122,11 @@ impl Pipeline {
         std::mem::take(&mut self.lost)
     }
 
+    /// The upstream statements created (ParseComplete) since the last call.
+    pub fn take_created(&mut self) -> Vec<Box<str>> {
+        std::mem::take(&mut self.created)
+    }
+
     /// Whether the reply now arriving answers a client's Describe.
     pub fn front_is_describe(&self) -> bool {
         self.queue
@@ -140,13 +149,13 @@ impl Pipeline {
         if self.queue.front().is_some_and(|p| p.reply == Reply::Read) {
             return Ok(match tag {
                 // Asynchronous messages are the client's.
-                b'N' | b'A' | b'S' => Action::Forward,
-                b'D' => Action::ReadRow,
-                b'Z' => {
+                NOTICE | NOTIFICATION | PARAMETER_STATUS => Action::Forward,
+                DATA_ROW => Action::ReadRow,
+                READY_FOR_QUERY => {
                     self.queue.pop_front();
                     Action::ReadDone
                 }
-                b'T' | b'C' | b'I' | b'E' => Action::Drop,
+                ROW_DESCRIPTION | COMMAND_COMPLETE | EMPTY_QUERY | ERROR => Action::Drop,
                 _ => {
                     return Err(Mismatch {
                         tag,
@@ -162,22 +171,24 @@ impl Pipeline {
         };
         // What this message does to the front of the queue: complete it, continue it, or neither.
         let completes: &[Expect] = match tag {
-            b'1' => &[Expect::Parse],
-            b'2' => &[Expect::Bind],
-            b'3' => &[Expect::Close],
-            b'n' => &[Expect::Describe],
-            b's' => &[Expect::Execute],
-            b'Z' => &[Expect::Query, Expect::Sync],
-            b'T' if front == Some(Expect::Describe) => &[Expect::Describe],
-            b'C' | b'I' if front == Some(Expect::Execute) => &[Expect::Execute],
-            b'T' | b'C' | b'I' if front == Some(Expect::Query) => &[],
-            b't' if front == Some(Expect::Describe) => &[],
-            b'D' | b'H' | b'd' | b'c' if matches!(front, Some(Expect::Query | Expect::Execute)) => {
+            PARSE_COMPLETE => &[Expect::Parse],
+            BIND_COMPLETE => &[Expect::Bind],
+            CLOSE_COMPLETE => &[Expect::Close],
+            NO_DATA => &[Expect::Describe],
+            PORTAL_SUSPENDED => &[Expect::Execute],
+            READY_FOR_QUERY => &[Expect::Query, Expect::Sync],
+            ROW_DESCRIPTION if front == Some(Expect::Describe) => &[Expect::Describe],
+            COMMAND_COMPLETE | EMPTY_QUERY if front == Some(Expect::Execute) => &[Expect::Execute],
+            ROW_DESCRIPTION | COMMAND_COMPLETE | EMPTY_QUERY if front == Some(Expect::Query) => &[],
+            PARAMETER_DESCRIPTION if front == Some(Expect::Describe) => &[],
+            DATA_ROW | COPY_OUT | COPY_DATA | COPY_DONE
+                if matches!(front, Some(Expect::Query | Expect::Execute)) =>
+            {
                 &[]
             }
-            b'E' => return Ok(self.on_error()),
+            ERROR => return Ok(self.on_error()),
             // Asynchronous messages may arrive at any time.
-            b'N' | b'A' | b'S' => &[],
+            NOTICE | NOTIFICATION | PARAMETER_STATUS => &[],
             _ => return Err(mismatch()),
         };
         if completes.is_empty() {
@@ -187,6 +198,9 @@ impl Pipeline {
             return Err(mismatch());
         }
         let done = self.queue.pop_front().expect("front checked");
+        if let (Expect::Parse, Some(statement)) = (done.expect, &done.statement) {
+            self.created.push(statement.clone());
+        }
         Ok(match done.reply {
             Reply::Hide => Action::Drop,
             _ => Action::Forward,

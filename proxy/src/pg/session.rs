@@ -28,16 +28,16 @@ use super::messages::error::{
     error_response, redact_upstream_error, redact_upstream_notice, sqlstate as error_sqlstate,
     Severity,
 };
-use super::messages::extended;
 use super::messages::frame::{self, FrameError};
 use super::messages::query::{self, ParseDecodeError};
 use super::messages::read_cstr as messages_read_cstr;
 use super::messages::rows;
 use super::messages::status;
+use super::messages::{backend, extended};
 use super::outcomes;
 use super::pipeline::{Action, Expect, Pipeline, Rejection, Reply};
 use super::search_path;
-use super::statements::{Prepared, Statements};
+use super::statements::{Prepared, ReuseKey, Statements};
 use crate::enforce::Principal;
 use crate::limits::{Expiry, Limits, Timers};
 use crate::server::Shared;
@@ -522,12 +522,13 @@ impl<'a> Session<'a> {
                         };
                         self.forward(&msg, Some(expect));
                     } else if tag == b'C' {
-                        // Closing a name that stands for nothing is no error in PostgreSQL:
-                        // close the upstream unnamed statement, which enforcement never uses.
-                        let upstream = self.statements.remove(name).unwrap_or_default();
-                        extended::encode_close_statement(&mut self.to_upstream, &upstream);
-                        self.pipeline
-                            .push_statement(Expect::Close, Reply::Forward, upstream);
+                        // The upstream statement goes idle (or is closed after the Sync); the
+                        // client's CloseComplete comes from closing the upstream unnamed
+                        // statement, which enforcement never binds (closing a name that stands
+                        // for nothing is no error in PostgreSQL either).
+                        self.statements.release(name);
+                        extended::encode_close_statement(&mut self.to_upstream, "");
+                        self.pipeline.push(Expect::Close, Reply::Forward);
                     } else if let Target::Ready = self.upstream_statement(name) {
                         let upstream = self.statements.upstream(name).unwrap_or_default();
                         extended::encode_describe_statement(&mut self.to_upstream, upstream);
@@ -723,9 +724,7 @@ impl<'a> Session<'a> {
             return (None, 0);
         }
         // A simple Query drops the unnamed prepared statement and portal, as in PostgreSQL.
-        if let Some(upstream) = self.statements.remove("") {
-            self.statements.insert_orphan(upstream);
-        }
+        self.statements.release("");
         self.statement_plans.remove("");
         self.portal_plans.remove("");
         if !self.audit_allows() {
@@ -832,7 +831,12 @@ impl<'a> Session<'a> {
             }
             return Ok(());
         };
-        // Every Parse gets a fresh upstream name (see `statements`).
+        // A new unnamed statement replaces the old one, whose upstream statement may serve it.
+        if parse.name.is_empty() {
+            self.statements.release("");
+        }
+        // Every Parse gets a fresh upstream name, or an idle statement prepared with the same
+        // rewrite (see `statements`).
         let upstream = self.statements.fresh();
         if !parse.name.is_empty() && self.statements.contains(parse.name) {
             let message = format!("prepared statement \"{}\" already exists", parse.name);
@@ -855,9 +859,37 @@ impl<'a> Session<'a> {
                 if c.search_path_changes {
                     self.search_path.may_change();
                 }
-                query::encode_parse(&mut self.to_upstream, &upstream, &c.sql, parse.param_types);
-                self.pipeline
-                    .push_statement(Expect::Parse, Reply::Forward, upstream.clone());
+                let key = ReuseKey {
+                    sql: c.sql.as_str().into(),
+                    param_types: parse.param_types.into(),
+                    generation,
+                    search_path: self.search_path.version(),
+                };
+                let upstream = match self.statements.take_idle(&key) {
+                    Some(idle) => {
+                        // The client's ParseComplete comes from parsing nothing into the
+                        // upstream unnamed statement, in the Parse's place in the pipeline.
+                        query::encode_parse(&mut self.to_upstream, "", "", &[0, 0]);
+                        self.pipeline.push(Expect::Parse, Reply::Forward);
+                        crate::metrics::metrics().statements_reused.inc();
+                        idle
+                    }
+                    None => {
+                        query::encode_parse(
+                            &mut self.to_upstream,
+                            &upstream,
+                            &c.sql,
+                            parse.param_types,
+                        );
+                        self.pipeline.push_statement(
+                            Expect::Parse,
+                            Reply::Forward,
+                            upstream.clone(),
+                        );
+                        self.statements.remember(upstream.clone(), key);
+                        upstream
+                    }
+                };
                 self.statements.insert(
                     parse.name,
                     Prepared {
@@ -874,12 +906,8 @@ impl<'a> Session<'a> {
             }
             Err(refusal) => {
                 debug!(agent = %self.agent, "refused: {refusal}");
-                // A failed Parse of the unnamed statement drops the old one, as in PostgreSQL.
-                if parse.name.is_empty() {
-                    if let Some(old) = self.statements.remove("") {
-                        self.statements.insert_orphan(old);
-                    }
-                }
+                // A failed Parse of the unnamed statement drops the old one, as in PostgreSQL
+                // (released above).
                 self.inject_parse(&upstream, refusal.into());
             }
         }
@@ -1217,9 +1245,16 @@ impl<'a> Session<'a> {
     }
 
     fn account(&mut self, tag: u8) -> Result<Action, SessionError> {
-        self.pipeline
+        let action = self
+            .pipeline
             .on_backend(tag)
-            .map_err(|e| SessionError::UpstreamProtocol(e.to_string()))
+            .map_err(|e| SessionError::UpstreamProtocol(e.to_string()))?;
+        if tag == backend::PARSE_COMPLETE {
+            for created in self.pipeline.take_created() {
+                self.statements.on_created(&created);
+            }
+        }
+        Ok(action)
     }
 }
 

@@ -7,10 +7,37 @@
 //! with the rewrite recorded for it: a lost Parse leaves a name that does not exist upstream
 //! (the Bind fails), never an older statement under a reused name. Upstream statements no
 //! client name stands for any more are closed later (hidden from the client).
+//!
+//! Drivers prepare the same statement again and again (the unnamed statement for every
+//! execution, or a new name each time, closed after use), and PostgreSQL would parse and plan
+//! the larger rewritten statement each time. So an upstream statement the backend created, once
+//! its name is closed or replaced, is kept *idle* under its [`ReuseKey`]: the rewritten text,
+//! the declared parameter types, and the enforcement generation and search_path it was
+//! rewritten under. A later Parse with the same key takes it (at most one name stands for an
+//! upstream statement at a time) instead of preparing a new one. A change of policy version,
+//! catalog or search_path changes the key, so an idle statement from before is never taken;
+//! the oldest idle ones are closed beyond [`MAX_IDLE`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use super::pipeline::{Expect, Lost, Rejection};
+
+/// Idle upstream statements kept per session for reuse.
+pub const MAX_IDLE: usize = 16;
+
+/// What makes a Parse the same upstream statement as an earlier one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReuseKey {
+    /// The rewritten text sent upstream.
+    pub sql: Box<str>,
+    /// The Parse's declared parameter types, as sent.
+    pub param_types: Box<[u8]>,
+    /// The enforcement generation (policy version and catalog) of the rewrite.
+    pub generation: u64,
+    /// The session's search_path version the text was rewritten under (and PostgreSQL
+    /// resolves its names under).
+    pub search_path: u64,
+}
 
 /// A prepared statement as the client prepared it, so it can be rewritten again when the
 /// policy version or the catalog changes.
@@ -37,6 +64,13 @@ pub struct Statements {
     next: u64,
     /// Upstream statements to close: no client name stands for them.
     orphans: Vec<Box<str>>,
+    /// The key of each upstream statement prepared by a client's Parse, and whether the
+    /// backend has created it (its ParseComplete came).
+    keys: HashMap<Box<str>, (ReuseKey, bool)>,
+    /// Created upstream statements no name stands for, by key.
+    idle: HashMap<ReuseKey, Box<str>>,
+    /// The idle statements' keys, oldest first (some may have been taken since).
+    idle_order: VecDeque<ReuseKey>,
 }
 
 impl Statements {
@@ -59,30 +93,84 @@ impl Statements {
         self.by_name.get_mut(name)
     }
 
-    /// Records `name` (replacing the unnamed statement, whose upstream is then closed).
+    /// Records `name` (replacing the unnamed statement, whose upstream is then released).
     pub fn insert(&mut self, name: &str, prepared: Prepared) {
         if let Some(old) = self.by_name.insert(name.to_string(), prepared) {
-            self.orphans.push(old.upstream);
+            self.idle_or_close(old.upstream);
         }
     }
 
-    /// Forgets `name`, returning the upstream statement it stood for (the caller closes it).
+    /// `upstream`, being prepared now by a client's Parse rewritten as `key`, may serve a
+    /// later Parse with the same key once the backend created it.
+    pub fn remember(&mut self, upstream: Box<str>, key: ReuseKey) {
+        self.keys.insert(upstream, (key, false));
+    }
+
+    /// The backend created `upstream` (its ParseComplete came).
+    pub fn on_created(&mut self, upstream: &str) {
+        if let Some((_, created)) = self.keys.get_mut(upstream) {
+            *created = true;
+        }
+    }
+
+    /// An idle upstream statement prepared with `key`, now taken (the caller points a name at
+    /// it).
+    pub fn take_idle(&mut self, key: &ReuseKey) -> Option<Box<str>> {
+        self.idle.remove(key)
+    }
+
+    /// The client's name is gone (Close, a new unnamed statement, a simple Query): the upstream
+    /// statement it stood for goes idle or is closed.
+    pub fn release(&mut self, name: &str) {
+        if let Some(old) = self.by_name.remove(name) {
+            self.idle_or_close(old.upstream);
+        }
+    }
+
+    fn idle_or_close(&mut self, upstream: Box<str>) {
+        let reusable = match self.keys.get(&upstream) {
+            Some((key, true)) if !self.idle.contains_key(key) => Some(key.clone()),
+            _ => None,
+        };
+        let Some(key) = reusable else {
+            self.keys.remove(&upstream);
+            self.orphans.push(upstream);
+            return;
+        };
+        self.idle.insert(key.clone(), upstream);
+        self.idle_order.push_back(key);
+        while self.idle.len() > MAX_IDLE {
+            let Some(oldest) = self.idle_order.pop_front() else {
+                break;
+            };
+            if let Some(upstream) = self.idle.remove(&oldest) {
+                self.keys.remove(&upstream);
+                self.orphans.push(upstream);
+            }
+        }
+        // Keys of idle statements taken since are dropped once they are many.
+        if self.idle_order.len() > 4 * MAX_IDLE {
+            let idle = &self.idle;
+            self.idle_order.retain(|k| idle.contains_key(k));
+        }
+    }
+
+    /// Forgets `name`, returning the upstream statement it stood for (the caller closes it;
+    /// it is not kept idle).
     pub fn remove(&mut self, name: &str) -> Option<Box<str>> {
         let old = self.by_name.remove(name)?;
+        self.keys.remove(&old.upstream);
         Some(old.upstream)
     }
 
-    /// Replaces the upstream statement `name` stands for (the old one is to be closed).
+    /// Replaces the upstream statement `name` stands for (the old one, rewritten under an
+    /// older generation or search_path, is to be closed).
     pub fn repoint(&mut self, name: &str, upstream: Box<str>) {
         if let Some(p) = self.by_name.get_mut(name) {
             let old = std::mem::replace(&mut p.upstream, upstream);
+            self.keys.remove(&old);
             self.orphans.push(old);
         }
-    }
-
-    /// `upstream` is to be closed.
-    pub fn insert_orphan(&mut self, upstream: Box<str>) {
-        self.orphans.push(upstream);
     }
 
     /// The upstream statements to close now.
@@ -94,6 +182,9 @@ impl Statements {
     pub fn clear(&mut self) {
         self.by_name.clear();
         self.orphans.clear();
+        self.keys.clear();
+        self.idle.clear();
+        self.idle_order.clear();
     }
 
     /// Accounts for a Parse or Close the backend failed or skipped.
@@ -101,6 +192,7 @@ impl Statements {
         match lost.expect {
             // The client's Parse: the statement was not created, as in PostgreSQL.
             Expect::Parse if !lost.hidden => {
+                self.keys.remove(&lost.statement);
                 self.by_name.retain(|_, p| p.upstream != lost.statement)
             }
             // A re-prepare: rewrite it again at the name's next use.
@@ -171,5 +263,82 @@ mod tests {
             statement: "u0".into(),
         });
         assert_eq!(s.take_orphans(), ["u0".into()] as [Box<str>; 1]);
+    }
+
+    fn key(sql: &str, generation: u64) -> ReuseKey {
+        ReuseKey {
+            sql: sql.into(),
+            param_types: Box::new([0, 0]),
+            generation,
+            search_path: 0,
+        }
+    }
+
+    #[test]
+    fn a_created_statement_is_reused_once_its_name_is_gone() {
+        let mut s = Statements::default();
+        let a = s.fresh();
+        s.remember(a.clone(), key("q", 1));
+        s.insert("", prepared(&a));
+        // Not idle while a name stands for it, nor before the backend created it.
+        assert_eq!(s.take_idle(&key("q", 1)), None);
+        s.on_created(&a);
+        s.release("");
+        assert!(s.take_orphans().is_empty(), "kept, not closed");
+        // Another generation, text or search_path is another statement.
+        assert_eq!(s.take_idle(&key("q", 2)), None);
+        assert_eq!(s.take_idle(&key("q2", 1)), None);
+        assert_eq!(s.take_idle(&key("q", 1)), Some(a.clone()));
+        assert_eq!(s.take_idle(&key("q", 1)), None, "taken once");
+        s.insert("named", prepared(&a));
+        // DEALLOCATE closes it for good.
+        assert_eq!(s.remove("named"), Some(a.clone()));
+        assert_eq!(s.take_idle(&key("q", 1)), None);
+    }
+
+    #[test]
+    fn statements_never_created_are_closed_not_kept() {
+        let mut s = Statements::default();
+        let a = s.fresh();
+        s.remember(a.clone(), key("q", 1));
+        s.insert("", prepared(&a));
+        s.release("");
+        assert_eq!(s.take_orphans(), std::slice::from_ref(&a));
+        assert_eq!(s.take_idle(&key("q", 1)), None);
+        // A lost Parse is forgotten with its name.
+        let b = s.fresh();
+        s.remember(b.clone(), key("q", 1));
+        s.insert("n", prepared(&b));
+        s.on_lost(Lost {
+            expect: Expect::Parse,
+            hidden: false,
+            statement: b.clone(),
+        });
+        s.on_created(&b);
+        assert!(!s.contains("n"));
+        assert_eq!(s.take_idle(&key("q", 1)), None);
+    }
+
+    #[test]
+    fn idle_statements_are_bounded_oldest_closed_first() {
+        let mut s = Statements::default();
+        let mut made = Vec::new();
+        for i in 0..MAX_IDLE + 3 {
+            let u = s.fresh();
+            s.remember(u.clone(), key(&format!("q{i}"), 1));
+            s.on_created(&u);
+            s.insert("", prepared(&u));
+            s.release("");
+            made.push(u);
+        }
+        assert_eq!(s.take_orphans(), made[..3].to_vec());
+        assert_eq!(s.take_idle(&key("q0", 1)), None);
+        assert_eq!(
+            s.take_idle(&key(&format!("q{}", MAX_IDLE + 2), 1)),
+            made.last().cloned()
+        );
+        // DISCARD ALL: nothing is idle any more.
+        s.clear();
+        assert_eq!(s.take_idle(&key("q5", 1)), None);
     }
 }

@@ -11,6 +11,28 @@ pub mod rows;
 pub mod startup;
 pub mod status;
 
+/// Tags of the backend messages the response accounting (`pipeline`) reads.
+pub mod backend {
+    pub const PARSE_COMPLETE: u8 = b'1';
+    pub const BIND_COMPLETE: u8 = b'2';
+    pub const CLOSE_COMPLETE: u8 = b'3';
+    pub const NO_DATA: u8 = b'n';
+    pub const PORTAL_SUSPENDED: u8 = b's';
+    pub const READY_FOR_QUERY: u8 = b'Z';
+    pub const ROW_DESCRIPTION: u8 = b'T';
+    pub const COMMAND_COMPLETE: u8 = b'C';
+    pub const EMPTY_QUERY: u8 = b'I';
+    pub const PARAMETER_DESCRIPTION: u8 = b't';
+    pub const DATA_ROW: u8 = b'D';
+    pub const COPY_OUT: u8 = b'H';
+    pub const COPY_DATA: u8 = b'd';
+    pub const COPY_DONE: u8 = b'c';
+    pub const ERROR: u8 = b'E';
+    pub const NOTICE: u8 = b'N';
+    pub const NOTIFICATION: u8 = b'A';
+    pub const PARAMETER_STATUS: u8 = b'S';
+}
+
 /// Appends a NUL-terminated string.
 pub(crate) fn put_cstr(out: &mut bytes::BytesMut, s: &str) {
     out.extend_from_slice(s.as_bytes());
