@@ -189,6 +189,14 @@ pub fn rewrite(sql: &str, protocol: Protocol, ctx: &Context<'_>) -> Result<Rewri
     qualified::strip_current_database(&mut statements, ctx);
     lexical::refuse_reserved_names(&mut statements)?;
     let prepared = prepared_effect(&statements)?;
+    // The proxy names upstream statements itself and keeps idle ones for reuse: what these
+    // drop is accounted for only when they come as a simple Query.
+    if protocol == Protocol::Extended && prepared != PreparedEffect::None {
+        return Err(Refusal::Unsupported(
+            "DEALLOCATE and DISCARD ALL in a prepared statement (send them as a simple query)"
+                .into(),
+        ));
+    }
     let mut reads = Vec::new();
     // Names resolve with the search_path in effect when each statement runs: a SET applies to
     // the statements after it in the same Query.

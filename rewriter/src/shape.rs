@@ -8,17 +8,20 @@
 //!
 //! - Only constants in *data positions* are ever filled in: operands of comparisons, `LIKE`,
 //!   `IN` lists and `BETWEEN` (through arithmetic, unary minus and parentheses), and `LIMIT` /
-//!   `OFFSET` values, in statements that are all queries ([`data_positions`], on the parsed
-//!   statement). Any other constant (a function's argument, a cast's operand, a `SET` value,
-//!   `ORDER BY 1`) is *pinned*: a template is used only for statements whose pinned constants
-//!   are the ones it was learnt with. The rewriter decides nothing from a constant in a data
+//!   `OFFSET` values, in statements that are all queries with no write inside
+//!   ([`data_positions`], on the parsed statement). Any other constant (a function's argument,
+//!   a cast's operand, a `SET` value, `ORDER BY 1`) is *pinned*: a template is used only for
+//!   statements whose pinned constants are the ones it was learnt with (one variant per shape
+//!   and version: the first learnt). The rewriter decides nothing from a constant in a data
 //!   position, only from its type, and the key holds each constant's type class (`int4`,
 //!   `int8`, `numeric`, string) so that every constant filled into a slot has the type the
-//!   learnt ones had.
+//!   learnt ones had (numbers whose class a leading minus would change are not lifted).
 //! - A template is learnt from two rewrites of the statement: as sent, and with every liftable
 //!   constant replaced by a distinct sentinel of the same class. The slots are where PostgreSQL's
 //!   scanner finds the sentinels in the second rewrite; the template is kept only if filling it
-//!   with the statement's own constants gives the first rewrite exactly ([`Template::learn`]).
+//!   with the statement's own constants gives the first rewrite exactly, and if no sentinel's
+//!   text appears in the statement or its first rewrite (else a constant the client wrote in a
+//!   pinned position could pose as a sentinel and become a slot) ([`Template::learn`]).
 //! - Constants are filled in spelled as the rewriter spells them (`lexical`): strings in the
 //!   one standard form, numbers as PostgreSQL 15 reads them. A string holding a backslash or a
 //!   NUL, or written in any other form (`E''`, `$$`, `U&''`), is not lifted at all.
@@ -37,6 +40,9 @@ use sqlparser::ast::{
 
 /// Statements with more constants than this are not lifted (the sentinels number them).
 const MAX_LITERALS: usize = 1000;
+
+/// What every string sentinel starts with (see [`Class::sentinel`]).
+const STRING_SENTINEL: &str = "Portcullis_Sentinel_";
 
 /// The type class of a lifted constant: what PostgreSQL types it as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +74,7 @@ impl Class {
             Class::Int4 => format!("{}", 1_987_650_000 + i),
             Class::Int8 => format!("{}", 98_765_432_100_000u64 + i as u64),
             Class::Numeric => format!("{}.25", 1_987_650_000 + i),
-            Class::String => format!("'Portcullis_Sentinel_{i}_q'"),
+            Class::String => format!("'{STRING_SENTINEL}{i}_q'"),
         }
     }
 }
@@ -125,8 +131,14 @@ pub fn lift(sql: &str) -> Option<Lifted<'_>> {
     for token in &scan.tokens {
         let (start, end) = (token.start as usize, token.end as usize);
         let text = sql.get(start..end)?;
+        // PostgreSQL 15 reads `5x1F` as `5 AS x1F`, sqlparser otherwise: a number glued to
+        // what follows is not lifted.
+        let glued = sql[end..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$' || c == '.');
         let class = match PgToken::from_i32(token.token) {
-            Some(PgToken::Iconst) | Some(PgToken::Fconst) => number_class(text),
+            Some(PgToken::Iconst) | Some(PgToken::Fconst) if !glued => number_class(text),
             Some(PgToken::Sconst) if is_plain_string(text) => Some(Class::String),
             _ => None,
         };
@@ -154,9 +166,10 @@ pub fn lift(sql: &str) -> Option<Lifted<'_>> {
     Some(Lifted { sql, key, literals })
 }
 
-/// The class of a number token; `None` for forms not lifted (PostgreSQL 15's scanner gives
-/// only decimal forms; the bounds of the integer types, which a leading minus would move into
-/// the next smaller type, stay in the key).
+/// The class of a number token; `None` for forms not lifted. PostgreSQL 15's scanner gives
+/// only decimal forms. Integers with a leading zero, and the bounds of the integer types,
+/// stay in the key: a leading minus moves them into the next smaller type (`-2147483648`,
+/// `-02147483648` are `int4`), which their class would not say.
 fn number_class(text: &str) -> Option<Class> {
     if !crate::lexical::is_pg15_number(text) {
         return None;
@@ -164,7 +177,10 @@ fn number_class(text: &str) -> Option<Class> {
     if !text.bytes().all(|b| b.is_ascii_digit()) {
         return Some(Class::Numeric);
     }
-    if text == "2147483648" || text == "9223372036854775808" {
+    if (text.len() > 1 && text.starts_with('0'))
+        || text == "2147483648"
+        || text == "9223372036854775808"
+    {
         return None;
     }
     Some(if text.parse::<i32>().is_ok() {
@@ -199,9 +215,14 @@ pub(crate) fn data_positions(lifted: &Lifted) -> Vec<bool> {
     let mut finder = DataPositions {
         context: Vec::new(),
         found: Vec::new(),
+        writes: false,
     };
     for statement in &statements {
         let _ = statement.visit(&mut finder);
+    }
+    // A query holding a write (`WITH d AS (DELETE …) SELECT …`) is a write's rewrite.
+    if finder.writes {
+        return free;
     }
     // sqlparser's locations are 1-based lines and columns counted in characters.
     let mut by_location = HashMap::new();
@@ -237,6 +258,8 @@ pub(crate) fn data_positions(lifted: &Lifted) -> Vec<bool> {
 struct DataPositions {
     context: Vec<bool>,
     found: Vec<(u64, u64)>,
+    /// A statement other than a query is nested inside (a data-modifying WITH).
+    writes: bool,
 }
 
 impl DataPositions {
@@ -257,6 +280,13 @@ impl DataPositions {
 
 impl Visitor for DataPositions {
     type Break = ();
+
+    fn pre_visit_statement(&mut self, statement: &Statement) -> ControlFlow<()> {
+        if !matches!(statement, Statement::Query(_)) {
+            self.writes = true;
+        }
+        ControlFlow::Continue(())
+    }
 
     fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
         if let Some(LimitClause::LimitOffset { limit, offset, .. }) = &query.limit_clause {
@@ -399,6 +429,18 @@ impl Template {
             if sentinels.free[i] {
                 slot_of.insert(l.class.sentinel(i), i as u16);
             }
+        }
+        // A sentinel's text anywhere in the statement or its rewrite (a constant the client
+        // wrote, in any spelling, or one of the policy's) would make a slot of a position no
+        // free constant fills: nothing is learnt then.
+        let collides = |text: &str| {
+            text.contains(STRING_SENTINEL)
+                || slot_of
+                    .keys()
+                    .any(|sentinel| !sentinel.starts_with('\'') && text.contains(sentinel.as_str()))
+        };
+        if collides(lifted.sql) || collides(rewritten) {
+            return None;
         }
         let scan = pg_query::scan(sentinel_rewritten).ok()?;
         let mut pieces = Vec::new();
@@ -548,6 +590,45 @@ mod tests {
             }
         };
         assert!(Template::learn(&l, &s, &odd(sql), &odd(&s.sql)).is_none());
+    }
+
+    #[test]
+    fn a_constant_posing_as_a_sentinel_is_never_a_slot() {
+        // The pinned setting name is the free constant's sentinel: filling the "slot" would
+        // let the next statement name any setting.
+        for sql in [
+            "select current_setting('Portcullis_Sentinel_1_q', true) where 'Portcullis_Sentinel_1_q' <> 'x'",
+            "select current_setting(E'Portcullis\\x5fSentinel_1_q', true) where 'a' <> 'Portcullis_Sentinel_1_q'",
+            "select f(1987650001) where 1987650001 = 5",
+        ] {
+            let l = lift(sql).unwrap();
+            let s = Sentinels::new(&l).unwrap();
+            // An identity "rewrite", as the gate is for these.
+            let decoded = sql.replace("E'Portcullis\\x5fSentinel_1_q'", "'Portcullis_Sentinel_1_q'");
+            let sentinel_form = s.sql.replace("E'Portcullis\\x5fSentinel_1_q'", "'Portcullis_Sentinel_1_q'");
+            assert!(Template::learn(&l, &s, &decoded, &sentinel_form).is_none(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn numbers_a_minus_would_retype_are_not_lifted() {
+        for sql in [
+            "select 1 where a = -02147483648",
+            "select 1 where a = -2147483648",
+            "select 1 where a = 5x1F",
+        ] {
+            assert_eq!(lift(sql).unwrap().len(), 1, "{sql}: only the 1 is lifted");
+        }
+        let l = lift("select 1 where a = 0 and b = 10").unwrap();
+        assert_eq!(l.len(), 3);
+    }
+
+    #[test]
+    fn a_write_inside_a_query_pins_everything() {
+        let sql =
+            "with d as (delete from t where id = 5 returning id) select id from d where id = 6";
+        let l = lift(sql).unwrap();
+        assert_eq!(data_positions(&l), [false, false]);
     }
 
     #[test]

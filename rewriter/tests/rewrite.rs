@@ -1511,3 +1511,22 @@ fn a_filled_template_equals_a_fresh_rewrite() {
         }
     }
 }
+
+/// Under enforcement DEALLOCATE and DISCARD ALL are accepted only as a simple Query, where the
+/// proxy accounts for the upstream statements they drop (its idle ones among them).
+#[test]
+fn deallocate_and_discard_only_as_a_simple_query() {
+    let catalog = catalog();
+    let path = vec!["public".to_string()];
+    let ctx = Context {
+        catalog: &catalog,
+        search_path: &path,
+        policies: &Fixed,
+        agent: "support-bot",
+    };
+    for sql in ["discard all", "deallocate all", "deallocate p"] {
+        assert!(rewrite(sql, Protocol::Simple, &ctx).is_ok(), "{sql}");
+        let e = rewrite(sql, Protocol::Extended, &ctx).unwrap_err();
+        assert_eq!(e.sqlstate(), "0A000", "{sql}: {e}");
+    }
+}

@@ -71,6 +71,8 @@ struct Pending {
     reply: Reply,
     /// The upstream prepared statement a Parse creates or a Close drops.
     statement: Option<Box<str>>,
+    /// A Parse answered with an idle upstream statement (`statement`), which exists already.
+    reused: bool,
 }
 
 /// A Parse or Close the backend failed or skipped (an error earlier in its batch): the
@@ -81,6 +83,9 @@ pub struct Lost {
     /// Sent by the proxy on its own ([`Reply::Hide`]), not for the client.
     pub hidden: bool,
     pub statement: Box<str>,
+    /// The client's Parse took the idle upstream `statement` (see `statements`): the statement
+    /// exists, the client's name for it does not.
+    pub reused: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -105,6 +110,7 @@ impl Pipeline {
             expect,
             reply,
             statement: None,
+            reused: false,
         });
     }
 
@@ -114,6 +120,18 @@ impl Pipeline {
             expect,
             reply,
             statement: Some(statement),
+            reused: false,
+        });
+    }
+
+    /// A client's Parse answered with the idle upstream `statement`, whose loss (the backend
+    /// skipping the Parse) must be reported.
+    pub fn push_reused(&mut self, statement: Box<str>) {
+        self.queue.push_back(Pending {
+            expect: Expect::Parse,
+            reply: Reply::Forward,
+            statement: Some(statement),
+            reused: true,
         });
     }
 
@@ -198,7 +216,8 @@ impl Pipeline {
             return Err(mismatch());
         }
         let done = self.queue.pop_front().expect("front checked");
-        if let (Expect::Parse, Some(statement)) = (done.expect, &done.statement) {
+        if let (Expect::Parse, Some(statement), false) = (done.expect, &done.statement, done.reused)
+        {
             self.created.push(statement.clone());
         }
         Ok(match done.reply {
@@ -231,6 +250,7 @@ impl Pipeline {
                             expect: gone.expect,
                             hidden,
                             statement,
+                            reused: gone.reused,
                         });
                     }
                     hidden = false;
@@ -350,6 +370,7 @@ mod tests {
             expect,
             hidden,
             statement: statement.into(),
+            reused: false,
         };
         assert_eq!(p.take_lost(), [lost("a", Expect::Parse, true)]);
         // An earlier error skips the statements queued behind it, the client's too.

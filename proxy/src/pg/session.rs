@@ -870,7 +870,7 @@ impl<'a> Session<'a> {
                         // The client's ParseComplete comes from parsing nothing into the
                         // upstream unnamed statement, in the Parse's place in the pipeline.
                         query::encode_parse(&mut self.to_upstream, "", "", &[0, 0]);
-                        self.pipeline.push(Expect::Parse, Reply::Forward);
+                        self.pipeline.push_reused(idle.clone());
                         crate::metrics::metrics().statements_reused.inc();
                         idle
                     }

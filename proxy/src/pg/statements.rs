@@ -69,8 +69,8 @@ pub struct Statements {
     keys: HashMap<Box<str>, (ReuseKey, bool)>,
     /// Created upstream statements no name stands for, by key.
     idle: HashMap<ReuseKey, Box<str>>,
-    /// The idle statements' keys, oldest first (some may have been taken since).
-    idle_order: VecDeque<ReuseKey>,
+    /// The idle statements, oldest first (some may have been taken since).
+    idle_order: VecDeque<(ReuseKey, Box<str>)>,
 }
 
 impl Statements {
@@ -137,21 +137,23 @@ impl Statements {
             self.orphans.push(upstream);
             return;
         };
-        self.idle.insert(key.clone(), upstream);
-        self.idle_order.push_back(key);
+        self.idle.insert(key.clone(), upstream.clone());
+        self.idle_order.push_back((key, upstream));
         while self.idle.len() > MAX_IDLE {
-            let Some(oldest) = self.idle_order.pop_front() else {
+            let Some((oldest, upstream)) = self.idle_order.pop_front() else {
                 break;
             };
-            if let Some(upstream) = self.idle.remove(&oldest) {
+            // Only if it is still idle (and not taken and idle again since, behind).
+            if self.idle.get(&oldest) == Some(&upstream) {
+                self.idle.remove(&oldest);
                 self.keys.remove(&upstream);
                 self.orphans.push(upstream);
             }
         }
-        // Keys of idle statements taken since are dropped once they are many.
+        // Entries of idle statements taken since are dropped once they are many.
         if self.idle_order.len() > 4 * MAX_IDLE {
             let idle = &self.idle;
-            self.idle_order.retain(|k| idle.contains_key(k));
+            self.idle_order.retain(|(k, u)| idle.get(k) == Some(u));
         }
     }
 
@@ -190,6 +192,19 @@ impl Statements {
     /// Accounts for a Parse or Close the backend failed or skipped.
     pub fn on_lost(&mut self, lost: Lost) {
         match lost.expect {
+            // The client's Parse took an idle statement: the statement exists, the name does
+            // not (as in PostgreSQL); the statement goes idle again.
+            Expect::Parse if lost.reused => {
+                let named: Vec<String> = self
+                    .by_name
+                    .iter()
+                    .filter(|(_, p)| p.upstream == lost.statement)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for name in named {
+                    self.release(&name);
+                }
+            }
             // The client's Parse: the statement was not created, as in PostgreSQL.
             Expect::Parse if !lost.hidden => {
                 self.keys.remove(&lost.statement);
@@ -249,18 +264,21 @@ mod tests {
             expect: Expect::Parse,
             hidden: true,
             statement: "u1".into(),
+            reused: false,
         });
         assert_eq!(s.get_mut("q").unwrap().generation, u64::MAX);
         s.on_lost(Lost {
             expect: Expect::Parse,
             hidden: false,
             statement: "u1".into(),
+            reused: false,
         });
         assert!(!s.contains("q"));
         s.on_lost(Lost {
             expect: Expect::Close,
             hidden: true,
             statement: "u0".into(),
+            reused: false,
         });
         assert_eq!(s.take_orphans(), ["u0".into()] as [Box<str>; 1]);
     }
@@ -313,6 +331,7 @@ mod tests {
             expect: Expect::Parse,
             hidden: false,
             statement: b.clone(),
+            reused: false,
         });
         s.on_created(&b);
         assert!(!s.contains("n"));
@@ -340,5 +359,32 @@ mod tests {
         // DISCARD ALL: nothing is idle any more.
         s.clear();
         assert_eq!(s.take_idle(&key("q5", 1)), None);
+    }
+
+    #[test]
+    fn a_reused_statement_whose_parse_was_skipped_goes_idle_again() {
+        let mut s = Statements::default();
+        let a = s.fresh();
+        s.remember(a.clone(), key("q", 1));
+        s.on_created(&a);
+        s.insert("S", prepared(&a));
+        s.release("S");
+        let taken = s.take_idle(&key("q", 1)).unwrap();
+        s.insert("S", prepared(&taken));
+        s.on_lost(Lost {
+            expect: Expect::Parse,
+            hidden: false,
+            statement: taken,
+            reused: true,
+        });
+        assert!(
+            !s.contains("S"),
+            "the name is not defined, as in PostgreSQL"
+        );
+        assert!(
+            s.take_orphans().is_empty(),
+            "the statement exists: not closed"
+        );
+        assert_eq!(s.take_idle(&key("q", 1)), Some(a));
     }
 }
