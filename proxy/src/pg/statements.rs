@@ -67,10 +67,13 @@ pub struct Statements {
     /// The key of each upstream statement prepared by a client's Parse, and whether the
     /// backend has created it (its ParseComplete came).
     keys: HashMap<Box<str>, (ReuseKey, bool)>,
-    /// Created upstream statements no name stands for, by key.
-    idle: HashMap<ReuseKey, Box<str>>,
-    /// The idle statements, oldest first (some may have been taken since).
-    idle_order: VecDeque<(ReuseKey, Box<str>)>,
+    /// Created upstream statements no name stands for, by key, with the stamp of their going
+    /// idle.
+    idle: HashMap<ReuseKey, (Box<str>, u64)>,
+    /// The idle statements' keys and stamps, oldest first (an entry whose stamp is not the
+    /// statement's current one is stale: taken since).
+    idle_order: VecDeque<(ReuseKey, u64)>,
+    stamps: u64,
 }
 
 impl Statements {
@@ -116,7 +119,7 @@ impl Statements {
     /// An idle upstream statement prepared with `key`, now taken (the caller points a name at
     /// it).
     pub fn take_idle(&mut self, key: &ReuseKey) -> Option<Box<str>> {
-        self.idle.remove(key)
+        self.idle.remove(key).map(|(upstream, _)| upstream)
     }
 
     /// The client's name is gone (Close, a new unnamed statement, a simple Query): the upstream
@@ -137,23 +140,26 @@ impl Statements {
             self.orphans.push(upstream);
             return;
         };
-        self.idle.insert(key.clone(), upstream.clone());
-        self.idle_order.push_back((key, upstream));
+        self.stamps += 1;
+        self.idle.insert(key.clone(), (upstream, self.stamps));
+        self.idle_order.push_back((key, self.stamps));
         while self.idle.len() > MAX_IDLE {
-            let Some((oldest, upstream)) = self.idle_order.pop_front() else {
+            let Some((oldest, stamp)) = self.idle_order.pop_front() else {
                 break;
             };
-            // Only if it is still idle (and not taken and idle again since, behind).
-            if self.idle.get(&oldest) == Some(&upstream) {
-                self.idle.remove(&oldest);
-                self.keys.remove(&upstream);
-                self.orphans.push(upstream);
+            // Only if it is still idle since then (not taken, and idle again behind).
+            if self.idle.get(&oldest).is_some_and(|(_, s)| *s == stamp) {
+                if let Some((upstream, _)) = self.idle.remove(&oldest) {
+                    self.keys.remove(&upstream);
+                    self.orphans.push(upstream);
+                }
             }
         }
-        // Entries of idle statements taken since are dropped once they are many.
+        // Stale entries (statements taken since) are dropped once they are many.
         if self.idle_order.len() > 4 * MAX_IDLE {
             let idle = &self.idle;
-            self.idle_order.retain(|(k, u)| idle.get(k) == Some(u));
+            self.idle_order
+                .retain(|(k, stamp)| idle.get(k).is_some_and(|(_, s)| s == stamp));
         }
     }
 
@@ -386,5 +392,25 @@ mod tests {
             "the statement exists: not closed"
         );
         assert_eq!(s.take_idle(&key("q", 1)), Some(a));
+    }
+
+    #[test]
+    fn one_statement_idle_again_and_again_keeps_the_bookkeeping_small() {
+        let mut s = Statements::default();
+        let a = s.fresh();
+        s.remember(a.clone(), key("q", 1));
+        s.on_created(&a);
+        s.insert("", prepared(&a));
+        for _ in 0..10_000 {
+            s.release("");
+            let taken = s.take_idle(&key("q", 1)).unwrap();
+            s.insert("", prepared(&taken));
+        }
+        assert!(
+            s.idle_order.len() <= 4 * MAX_IDLE + 1,
+            "{}",
+            s.idle_order.len()
+        );
+        assert!(s.take_orphans().is_empty());
     }
 }
