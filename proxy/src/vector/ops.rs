@@ -684,11 +684,15 @@ fn project_points(shim: &Shim, p: &CollectionPolicy, points: &mut Value, trace: 
         }
         if let Some(Value::Object(payload)) = point.get_mut("payload") {
             project(shim, p, payload);
-            digest.update(serde_json::to_vec(payload).unwrap_or_default());
+            if trace.recording() {
+                digest.update(serde_json::to_vec(payload).unwrap_or_default());
+            }
         }
         trace.returned(&point["id"], point.get("score"));
     }
-    trace.payload_digest(digest);
+    if trace.recording() {
+        trace.payload_digest(digest);
+    }
 }
 
 /// LlamaIndex's serialized node: its text and, again, its metadata.

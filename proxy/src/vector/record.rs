@@ -20,8 +20,10 @@ use super::ops::ShimError;
 use super::policy::{Action, CollectionPolicy};
 use super::Shim;
 
-/// What a request did, gathered as it runs.
+/// What a request did, gathered as it runs (only when there is an audit log to write it to:
+/// without one, nothing is gathered, so the request pays for no digests).
 pub struct Trace {
+    recording: bool,
     id: String,
     statement: String,
     request: Option<Value>,
@@ -46,11 +48,13 @@ impl Trace {
         statement: String,
         request: Option<&Value>,
         policy_version: String,
+        recording: bool,
     ) -> Trace {
         Trace {
+            recording,
             id: crate::audit_record::new_id(),
             statement,
-            request: request.map(recordable),
+            request: request.filter(|_| recording).map(recordable),
             agent: caller.agent.clone(),
             on_behalf_of: caller.on_behalf_of.clone(),
             client: client.map(|c| c.to_string()),
@@ -65,9 +69,16 @@ impl Trace {
         }
     }
 
+    /// Whether there is an audit log to write the record to.
+    pub fn recording(&self) -> bool {
+        self.recording
+    }
+
     /// A request sent to the store.
     pub fn rewritten(&mut self, body: &Value) {
-        self.rewritten.push(recordable(body));
+        if self.recording {
+            self.rewritten.push(recordable(body));
+        }
     }
 
     /// The basis of one action on one collection (once per collection and action).
@@ -83,6 +94,9 @@ impl Trace {
 
     /// A point returned (with its score, for searches).
     pub fn returned(&mut self, id: &Value, score: Option<&Value>) {
+        if !self.recording {
+            return;
+        }
         let mut point = json!({ "id": id });
         if let Some(score) = score {
             point["score"] = json!(score.to_string());

@@ -135,6 +135,7 @@ async fn handle(
         statement,
         op.body(),
         bundle.version.to_string(),
+        shim.shared.audit.is_some(),
     );
     let result = ops::run(&shim, &caller, &bundle, op, &mut trace).await;
     let recorded = trace.finish(&shim, &result.as_ref().map(|_| ())).await;
