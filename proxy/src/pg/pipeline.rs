@@ -71,8 +71,9 @@ struct Pending {
     reply: Reply,
     /// The upstream prepared statement a Parse creates or a Close drops.
     statement: Option<Box<str>>,
-    /// A Parse answered with an idle upstream statement (`statement`), which exists already.
-    reused: bool,
+    /// A Parse answered with an idle upstream statement (`statement`), which exists already:
+    /// the take's token (see `statements`).
+    reused: Option<u64>,
 }
 
 /// A Parse or Close the backend failed or skipped (an error earlier in its batch): the
@@ -83,9 +84,9 @@ pub struct Lost {
     /// Sent by the proxy on its own ([`Reply::Hide`]), not for the client.
     pub hidden: bool,
     pub statement: Box<str>,
-    /// The client's Parse took the idle upstream `statement` (see `statements`): the statement
-    /// exists, the client's name for it does not.
-    pub reused: bool,
+    /// The client's Parse took the idle upstream `statement` with this token (see
+    /// `statements`): the statement exists, the client's name for it does not.
+    pub reused: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -110,7 +111,7 @@ impl Pipeline {
             expect,
             reply,
             statement: None,
-            reused: false,
+            reused: None,
         });
     }
 
@@ -120,18 +121,18 @@ impl Pipeline {
             expect,
             reply,
             statement: Some(statement),
-            reused: false,
+            reused: None,
         });
     }
 
     /// A client's Parse answered with the idle upstream `statement`, whose loss (the backend
     /// skipping the Parse) must be reported.
-    pub fn push_reused(&mut self, statement: Box<str>) {
+    pub fn push_reused(&mut self, statement: Box<str>, token: u64) {
         self.queue.push_back(Pending {
             expect: Expect::Parse,
             reply: Reply::Forward,
             statement: Some(statement),
-            reused: true,
+            reused: Some(token),
         });
     }
 
@@ -216,7 +217,7 @@ impl Pipeline {
             return Err(mismatch());
         }
         let done = self.queue.pop_front().expect("front checked");
-        if let (Expect::Parse, Some(statement), false) = (done.expect, &done.statement, done.reused)
+        if let (Expect::Parse, Some(statement), None) = (done.expect, &done.statement, done.reused)
         {
             self.created.push(statement.clone());
         }
@@ -370,7 +371,7 @@ mod tests {
             expect,
             hidden,
             statement: statement.into(),
-            reused: false,
+            reused: None,
         };
         assert_eq!(p.take_lost(), [lost("a", Expect::Parse, true)]);
         // An earlier error skips the statements queued behind it, the client's too.

@@ -865,12 +865,14 @@ impl<'a> Session<'a> {
                     generation,
                     search_path: self.search_path.version(),
                 };
+                let mut take = 0;
                 let upstream = match self.statements.take_idle(&key) {
-                    Some(idle) => {
+                    Some((idle, token)) => {
+                        take = token;
                         // The client's ParseComplete comes from parsing nothing into the
                         // upstream unnamed statement, in the Parse's place in the pipeline.
                         query::encode_parse(&mut self.to_upstream, "", "", &[0, 0]);
-                        self.pipeline.push_reused(idle.clone());
+                        self.pipeline.push_reused(idle.clone(), token);
                         crate::metrics::metrics().statements_reused.inc();
                         idle
                     }
@@ -901,6 +903,7 @@ impl<'a> Session<'a> {
                         changes_search_path: c.search_path_changes,
                         shape: c.shape,
                         refused: None,
+                        take,
                     },
                 );
             }

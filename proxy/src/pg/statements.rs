@@ -56,6 +56,9 @@ pub struct Prepared {
     pub shape: u64,
     /// Set when the current version refuses it: each use fails with this.
     pub refused: Option<Rejection>,
+    /// The token of the take that gave the name an idle upstream statement (0: none), so
+    /// that a late report of that Parse's loss undefines this name, not a later one.
+    pub take: u64,
 }
 
 #[derive(Default)]
@@ -74,6 +77,7 @@ pub struct Statements {
     /// statement's current one is stale: taken since).
     idle_order: VecDeque<(ReuseKey, u64)>,
     stamps: u64,
+    takes: u64,
 }
 
 impl Statements {
@@ -118,8 +122,11 @@ impl Statements {
 
     /// An idle upstream statement prepared with `key`, now taken (the caller points a name at
     /// it).
-    pub fn take_idle(&mut self, key: &ReuseKey) -> Option<Box<str>> {
-        self.idle.remove(key).map(|(upstream, _)| upstream)
+    /// With the take's token, for the Prepared and the pipeline.
+    pub fn take_idle(&mut self, key: &ReuseKey) -> Option<(Box<str>, u64)> {
+        let (upstream, _) = self.idle.remove(key)?;
+        self.takes += 1;
+        Some((upstream, self.takes))
     }
 
     /// The client's name is gone (Close, a new unnamed statement, a simple Query): the upstream
@@ -200,11 +207,11 @@ impl Statements {
         match lost.expect {
             // The client's Parse took an idle statement: the statement exists, the name does
             // not (as in PostgreSQL); the statement goes idle again.
-            Expect::Parse if lost.reused => {
+            Expect::Parse if lost.reused.is_some() => {
                 let named: Vec<String> = self
                     .by_name
                     .iter()
-                    .filter(|(_, p)| p.upstream == lost.statement)
+                    .filter(|(_, p)| p.upstream == lost.statement && Some(p.take) == lost.reused)
                     .map(|(n, _)| n.clone())
                     .collect();
                 for name in named {
@@ -244,6 +251,7 @@ mod tests {
             changes_search_path: false,
             shape: 0,
             refused: None,
+            take: 0,
         }
     }
 
@@ -270,21 +278,21 @@ mod tests {
             expect: Expect::Parse,
             hidden: true,
             statement: "u1".into(),
-            reused: false,
+            reused: None,
         });
         assert_eq!(s.get_mut("q").unwrap().generation, u64::MAX);
         s.on_lost(Lost {
             expect: Expect::Parse,
             hidden: false,
             statement: "u1".into(),
-            reused: false,
+            reused: None,
         });
         assert!(!s.contains("q"));
         s.on_lost(Lost {
             expect: Expect::Close,
             hidden: true,
             statement: "u0".into(),
-            reused: false,
+            reused: None,
         });
         assert_eq!(s.take_orphans(), ["u0".into()] as [Box<str>; 1]);
     }
@@ -312,7 +320,7 @@ mod tests {
         // Another generation, text or search_path is another statement.
         assert_eq!(s.take_idle(&key("q", 2)), None);
         assert_eq!(s.take_idle(&key("q2", 1)), None);
-        assert_eq!(s.take_idle(&key("q", 1)), Some(a.clone()));
+        assert_eq!(s.take_idle(&key("q", 1)).map(|t| t.0), Some(a.clone()));
         assert_eq!(s.take_idle(&key("q", 1)), None, "taken once");
         s.insert("named", prepared(&a));
         // DEALLOCATE closes it for good.
@@ -337,7 +345,7 @@ mod tests {
             expect: Expect::Parse,
             hidden: false,
             statement: b.clone(),
-            reused: false,
+            reused: None,
         });
         s.on_created(&b);
         assert!(!s.contains("n"));
@@ -359,7 +367,8 @@ mod tests {
         assert_eq!(s.take_orphans(), made[..3].to_vec());
         assert_eq!(s.take_idle(&key("q0", 1)), None);
         assert_eq!(
-            s.take_idle(&key(&format!("q{}", MAX_IDLE + 2), 1)),
+            s.take_idle(&key(&format!("q{}", MAX_IDLE + 2), 1))
+                .map(|t| t.0),
             made.last().cloned()
         );
         // DISCARD ALL: nothing is idle any more.
@@ -375,13 +384,46 @@ mod tests {
         s.on_created(&a);
         s.insert("S", prepared(&a));
         s.release("S");
-        let taken = s.take_idle(&key("q", 1)).unwrap();
-        s.insert("S", prepared(&taken));
+        let (taken, token) = s.take_idle(&key("q", 1)).unwrap();
+        s.insert(
+            "S",
+            Prepared {
+                take: token,
+                ..prepared(&taken)
+            },
+        );
+        // S's Parse was skipped, but after S was closed a later Parse of another name took
+        // the statement again before the loss was reported: only S's take is undone.
+        s.release("S");
+        let (again, later) = s.take_idle(&key("q", 1)).unwrap();
+        s.insert(
+            "T",
+            Prepared {
+                take: later,
+                ..prepared(&again)
+            },
+        );
         s.on_lost(Lost {
             expect: Expect::Parse,
             hidden: false,
             statement: taken,
-            reused: true,
+            reused: Some(token),
+        });
+        assert!(s.contains("T"), "a later take stands");
+        s.release("T");
+        let (taken, token) = s.take_idle(&key("q", 1)).unwrap();
+        s.insert(
+            "S",
+            Prepared {
+                take: token,
+                ..prepared(&taken)
+            },
+        );
+        s.on_lost(Lost {
+            expect: Expect::Parse,
+            hidden: false,
+            statement: taken,
+            reused: Some(token),
         });
         assert!(
             !s.contains("S"),
@@ -391,7 +433,7 @@ mod tests {
             s.take_orphans().is_empty(),
             "the statement exists: not closed"
         );
-        assert_eq!(s.take_idle(&key("q", 1)), Some(a));
+        assert_eq!(s.take_idle(&key("q", 1)).map(|t| t.0), Some(a));
     }
 
     #[test]
@@ -403,7 +445,7 @@ mod tests {
         s.insert("", prepared(&a));
         for _ in 0..10_000 {
             s.release("");
-            let taken = s.take_idle(&key("q", 1)).unwrap();
+            let (taken, _) = s.take_idle(&key("q", 1)).unwrap();
             s.insert("", prepared(&taken));
         }
         assert!(
