@@ -55,6 +55,18 @@ fn sighup(env: &Env) {
     assert!(status.success());
 }
 
+/// Hides closed tickets from every agent (appended to rows.cedar by the tests).
+const NO_CLOSED_TICKETS: &str = "\n@id(\"no-closed-tickets\")\nforbid (principal, action == Action::\"select\", resource is public::tickets)\nwhen { resource.status == \"closed\" };\n";
+
+/// What support-bot sees of tickets once [`NO_CLOSED_TICKETS`] is active, counted directly.
+const OPEN_TICKETS: &str =
+    "select count(*) from tickets where tenant_id = 1 and status <> 'closed'";
+
+/// The single count `sql` returns.
+async fn count_of(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.unwrap().get(0)
+}
+
 fn append(path: PathBuf, text: &str) {
     let old = std::fs::read_to_string(&path).unwrap();
     std::fs::write(path, old + text).unwrap();
@@ -115,10 +127,7 @@ async fn a_broken_edit_keeps_the_old_version_and_a_valid_one_replaces_it() {
     // Fixed (a valid change that hides closed tickets): the new version is stored and
     // activated.
     copy_finance(set.path());
-    append(
-        set.path().join("rows.cedar"),
-        "\n@id(\"no-closed-tickets\")\nforbid (principal, action == Action::\"select\", resource is public::tickets)\nwhen { resource.status == \"closed\" };\n",
-    );
+    append(set.path().join("rows.cedar"), NO_CLOSED_TICKETS);
     wait_until("a second version is stored", || {
         stored_versions(store.path()).len() == 2
     });
@@ -191,30 +200,20 @@ async fn prepared_statements_follow_a_reload() {
             n
         }
     };
-    let all: i64 = direct
-        .query_one("select count(*) from tickets where tenant_id = 1", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let all = count_of(&direct, "select count(*) from tickets where tenant_id = 1").await;
     assert_eq!(count(&tickets).await, all);
     assert_eq!(session.query(&names, &[]).await.unwrap().len(), 10);
 
     append(
         set.path().join("rows.cedar"),
-        "\n@id(\"no-closed-tickets\")\nforbid (principal, action == Action::\"select\", resource is public::tickets)\nwhen { resource.status == \"closed\" };\n\
-         @id(\"no-customer-columns\")\nforbid (principal, action == Action::\"read_column\", resource is public::customers);\n",
+        &format!(
+            "{NO_CLOSED_TICKETS}@id(\"no-customer-columns\")\nforbid (principal, action == Action::\"read_column\", resource is public::customers);\n",
+        ),
     );
     wait_until("activation is logged", || {
         env.proxy_log().contains("activated (was")
     });
-    let open: i64 = direct
-        .query_one(
-            "select count(*) from tickets where tenant_id = 1 and status <> 'closed'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let open = count_of(&direct, OPEN_TICKETS).await;
     assert!(open < all);
     // The same statement object, never prepared again by the client.
     assert_eq!(count(&tickets).await, open, "the revocation reaches it");
@@ -341,10 +340,7 @@ async fn a_skipped_re_prepare_never_runs_the_old_rewrite() {
     assert_eq!(before, ["40"], "tenant 1's tickets");
 
     // Revoke: tenant 1's tickets are all closed, and closed tickets become hidden.
-    append(
-        set.path().join("rows.cedar"),
-        "\n@id(\"no-closed-tickets\")\nforbid (principal, action == Action::\"select\", resource is public::tickets)\nwhen { resource.status == \"closed\" };\n",
-    );
+    append(set.path().join("rows.cedar"), NO_CLOSED_TICKETS);
     wait_until("activation is logged", || {
         env.proxy_log().contains("activated (was")
     });
@@ -419,11 +415,7 @@ async fn repeated_parses_reuse_the_upstream_statement_until_the_policy_changes()
     let session = env.agent().await;
     let direct = env.direct().await;
     let sql = "select count(*) from tickets where tenant_id = $1";
-    let all: i64 = direct
-        .query_one("select count(*) from tickets where tenant_id = 1", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let all = count_of(&direct, "select count(*) from tickets where tenant_id = 1").await;
     for _ in 0..10 {
         let n: i64 = session.query_one(sql, &[&1i32]).await.unwrap().get(0);
         assert_eq!(n, all);
@@ -447,21 +439,11 @@ async fn repeated_parses_reuse_the_upstream_statement_until_the_policy_changes()
     let before = reused();
     assert!(before >= 15.0, "reused {before} times");
 
-    append(
-        set.path().join("rows.cedar"),
-        "\n@id(\"no-closed-tickets\")\nforbid (principal, action == Action::\"select\", resource is public::tickets)\nwhen { resource.status == \"closed\" };\n",
-    );
+    append(set.path().join("rows.cedar"), NO_CLOSED_TICKETS);
     wait_until("activation is logged", || {
         env.proxy_log().contains("activated (was")
     });
-    let open: i64 = direct
-        .query_one(
-            "select count(*) from tickets where tenant_id = 1 and status <> 'closed'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let open = count_of(&direct, OPEN_TICKETS).await;
     assert!(open < all);
     let n: i64 = session.query_one(sql, &[&1i32]).await.unwrap().get(0);
     assert_eq!(

@@ -376,6 +376,30 @@ mod tests {
         assert_eq!(s.take_idle(&key("q5", 1)), None);
     }
 
+    /// Points `name` at the idle statement prepared with `key`, as a reusing Parse does;
+    /// returns the statement and the take's token.
+    fn take(s: &mut Statements, name: &str, key: &ReuseKey) -> (Box<str>, u64) {
+        let (upstream, token) = s.take_idle(key).unwrap();
+        s.insert(
+            name,
+            Prepared {
+                take: token,
+                ..prepared(&upstream)
+            },
+        );
+        (upstream, token)
+    }
+
+    /// The report that a reusing Parse (`take`) was skipped.
+    fn lost_take((statement, token): (Box<str>, u64)) -> Lost {
+        Lost {
+            expect: Expect::Parse,
+            hidden: false,
+            statement,
+            reused: Some(token),
+        }
+    }
+
     #[test]
     fn a_reused_statement_whose_parse_was_skipped_goes_idle_again() {
         let mut s = Statements::default();
@@ -384,47 +408,16 @@ mod tests {
         s.on_created(&a);
         s.insert("S", prepared(&a));
         s.release("S");
-        let (taken, token) = s.take_idle(&key("q", 1)).unwrap();
-        s.insert(
-            "S",
-            Prepared {
-                take: token,
-                ..prepared(&taken)
-            },
-        );
+        let first = take(&mut s, "S", &key("q", 1));
         // S's Parse was skipped, but after S was closed a later Parse of another name took
         // the statement again before the loss was reported: only S's take is undone.
         s.release("S");
-        let (again, later) = s.take_idle(&key("q", 1)).unwrap();
-        s.insert(
-            "T",
-            Prepared {
-                take: later,
-                ..prepared(&again)
-            },
-        );
-        s.on_lost(Lost {
-            expect: Expect::Parse,
-            hidden: false,
-            statement: taken,
-            reused: Some(token),
-        });
+        take(&mut s, "T", &key("q", 1));
+        s.on_lost(lost_take(first));
         assert!(s.contains("T"), "a later take stands");
         s.release("T");
-        let (taken, token) = s.take_idle(&key("q", 1)).unwrap();
-        s.insert(
-            "S",
-            Prepared {
-                take: token,
-                ..prepared(&taken)
-            },
-        );
-        s.on_lost(Lost {
-            expect: Expect::Parse,
-            hidden: false,
-            statement: taken,
-            reused: Some(token),
-        });
+        let second = take(&mut s, "S", &key("q", 1));
+        s.on_lost(lost_take(second));
         assert!(
             !s.contains("S"),
             "the name is not defined, as in PostgreSQL"
