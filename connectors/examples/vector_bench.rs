@@ -3,6 +3,12 @@
 //! with the filter the shim injects) or over HTTP against a Portcullis Qdrant API. Prints one
 //! line: `n=… tps=… p50_ms=… p99_ms=…`.
 //!
+//! Both modes cycle through the same query vectors, made before the clock starts. Over HTTP each
+//! client is one keep-alive connection writing pre-serialized requests and reading replies by
+//! their `content-length` (as `wrk` does): on a 2-core machine the load generator shares the
+//! cores with the shim, so it should take as little of them as it can. Every reply's status is
+//! checked, and every reply must hold a `points` list.
+//!
 //! ```text
 //! vector_bench seed DIR POINTS DIMS
 //! vector_bench direct DIR FILTER_JSON SECONDS CLIENTS DIMS
@@ -13,9 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use connectors::vector::embedded::Embedded;
-use connectors::vector::remote::Remote;
 use connectors::vector::{Request, VectorBackend};
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const COLLECTION: &str = "bench_docs";
 
@@ -51,41 +57,60 @@ async fn main() {
             let store = Arc::new(Embedded::open(args[2].as_ref()).expect("open the store"));
             let filter: Value = serde_json::from_str(&args[3]).expect("FILTER_JSON");
             let dims = arg(&args, 6);
-            run(arg(&args, 4), arg(&args, 5), move |rng| {
+            run(arg(&args, 4), arg(&args, 5), move |client| {
                 let store = store.clone();
-                let body = json!({ "query": rng.vector(dims), "filter": filter, "limit": 10, "with_payload": true });
-                async move {
-                    let r = store
-                        .call(Request::Query {
-                            collection: COLLECTION.into(),
-                            body,
-                        })
-                        .await
-                        .expect("query");
-                    assert!(r["points"].is_array());
+                let bodies: Vec<Value> = queries(client, dims)
+                    .into_iter()
+                    .map(|q| json!({ "query": q, "filter": filter, "limit": 10, "with_payload": true }))
+                    .collect();
+                let mut next = 0;
+                move || {
+                    let body = bodies[next % bodies.len()].clone();
+                    next += 1;
+                    let store = store.clone();
+                    async move {
+                        let r = store
+                            .call(Request::Query {
+                                collection: COLLECTION.into(),
+                                body,
+                            })
+                            .await
+                            .expect("query");
+                        assert!(r["points"].is_array());
+                    }
                 }
             })
             .await
         }
         Some("shim") => {
-            let remote = Arc::new(Remote::new(&args[2], Some(args[3].clone()), None).expect("URL"));
+            let address = args[2]
+                .strip_prefix("http://")
+                .expect("URL: http://host:port")
+                .trim_end_matches('/')
+                .to_string();
+            let key = args[3].clone();
             let dims = arg(&args, 6);
-            run(arg(&args, 4), arg(&args, 5), move |rng| {
-                let remote = remote.clone();
-                let body = json!({ "query": rng.vector(dims), "limit": 10, "with_payload": true });
-                async move {
-                    let (status, reply) = remote
-                        .send(
-                            hyper::Method::POST,
-                            &format!("/collections/{COLLECTION}/points/query"),
-                            Some(&body),
+            let host = address.clone();
+            let requests = move |client| {
+                queries(client, dims)
+                    .into_iter()
+                    .map(|q| {
+                        let body = serde_json::to_vec(
+                            &json!({ "query": q, "limit": 10, "with_payload": true }),
                         )
-                        .await
-                        .expect("query");
-                    assert!(status.is_success(), "{reply}");
-                }
-            })
-            .await
+                        .expect("JSON");
+                        let mut request = format!(
+                            "POST /collections/{COLLECTION}/points/query HTTP/1.1\r\nhost: {host}\r\n\
+                             api-key: {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                            body.len()
+                        )
+                        .into_bytes();
+                        request.extend_from_slice(&body);
+                        request
+                    })
+                    .collect()
+            };
+            run_http(arg(&args, 4), arg(&args, 5), requests, address).await
         }
         _ => panic!("usage: see the source"),
     }
@@ -145,24 +170,32 @@ async fn seed(dir: &str, points: usize, dims: usize) {
     eprintln!("optimized (HNSW) in {:?}", started.elapsed());
 }
 
-/// `clients` tasks issue requests back to back for `seconds`; latencies of every request.
-async fn run<F, Fut>(seconds: u64, clients: usize, make: F)
+/// Query vectors per client, cycled: made before the clock starts, the same in both modes.
+const QUERIES_PER_CLIENT: usize = 64;
+
+fn queries(client: usize, dims: usize) -> Vec<Vec<f32>> {
+    let mut rng = Rng(0x1234_5678 + client as u64 * 7919);
+    (0..QUERIES_PER_CLIENT).map(|_| rng.vector(dims)).collect()
+}
+
+/// `clients` tasks issue requests back to back for `seconds`; `make(client)` gives each client
+/// its request maker, built before the clock starts. Prints the latencies of every request.
+async fn run<M, F, Fut>(seconds: u64, clients: usize, make: M)
 where
-    F: Fn(&mut Rng) -> Fut + Send + Sync + 'static,
+    M: Fn(usize) -> F,
+    F: FnMut() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
-    let make = Arc::new(make);
+    let makers: Vec<F> = (0..clients).map(&make).collect();
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for c in 0..clients {
-        let make = make.clone();
+    for mut request in makers {
         tasks.push(tokio::spawn(async move {
-            let mut rng = Rng(0x1234_5678 + c as u64 * 7919);
             let mut latencies = Vec::new();
             while Instant::now() < deadline {
                 let t = Instant::now();
-                make(&mut rng).await;
+                request().await;
                 latencies.push(t.elapsed());
             }
             latencies
@@ -172,7 +205,91 @@ where
     for t in tasks {
         all.extend(t.await.unwrap());
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    report(all, started.elapsed().as_secs_f64());
+}
+
+/// [`run`] over HTTP/1.1: each client one keep-alive connection to `address`, writing the
+/// pre-serialized `requests(client)` in turn.
+async fn run_http<R>(seconds: u64, clients: usize, requests: R, address: String)
+where
+    R: Fn(usize) -> Vec<Vec<u8>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let all_requests: Vec<Vec<Vec<u8>>> = (0..clients).map(&requests).collect();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for requests in all_requests {
+        let address = address.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(&address)
+                .await
+                .expect("connect to the shim");
+            stream.set_nodelay(true).expect("nodelay");
+            let mut reply = Vec::with_capacity(64 * 1024);
+            let mut latencies = Vec::new();
+            let mut next = 0;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                stream
+                    .write_all(&requests[next % requests.len()])
+                    .await
+                    .expect("write");
+                next += 1;
+                read_reply(&mut stream, &mut reply).await;
+                latencies.push(t.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    report(all, started.elapsed().as_secs_f64());
+}
+
+/// Reads one HTTP/1.1 reply with a `content-length` into `buf`; panics unless it is a 200
+/// whose body holds a `points` list.
+async fn read_reply(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) {
+    buf.clear();
+    let head_end = loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        read_more(stream, buf).await;
+    };
+    let head = std::str::from_utf8(&buf[..head_end]).expect("an ASCII reply head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .expect("a content-length");
+    while buf.len() < head_end + length {
+        read_more(stream, buf).await;
+    }
+    assert!(
+        find(&buf[head_end..], b"\"points\":[").is_some(),
+        "{}",
+        String::from_utf8_lossy(&buf[head_end..])
+    );
+}
+
+async fn read_more(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) {
+    let mut chunk = [0u8; 16 * 1024];
+    let n = stream.read(&mut chunk).await.expect("read");
+    assert!(n > 0, "the shim closed the connection");
+    buf.extend_from_slice(&chunk[..n]);
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn report(mut all: Vec<Duration>, elapsed: f64) {
     all.sort();
     let pct =
         |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1000.0;

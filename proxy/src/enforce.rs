@@ -5,9 +5,9 @@
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
 
-use cedar_policy::{Context, EntityUid};
+use cedar_policy::{Context, EntityId, EntityTypeName, EntityUid};
 use connectors::postgres::catalog::{RelationInfo, Snapshot};
 use policies::{derive_columns, DerivationCache, PolicyBundle, Version};
 use rewriter::{
@@ -33,12 +33,18 @@ pub struct Principal {
     context: Context,
 }
 
+/// `kind::"id"`, built without Cedar's parser (the vector shim makes one per request).
 fn entity(kind: &str, id: &str) -> Result<EntityUid, String> {
-    EntityUid::from_str(&format!(
-        "{kind}::{}",
-        serde_json::Value::String(id.to_string())
-    ))
-    .map_err(|e| e.to_string())
+    static AGENT: LazyLock<EntityTypeName> =
+        LazyLock::new(|| EntityTypeName::from_str("Agent").expect("a type name"));
+    static USER: LazyLock<EntityTypeName> =
+        LazyLock::new(|| EntityTypeName::from_str("User").expect("a type name"));
+    let kind = match kind {
+        "Agent" => AGENT.clone(),
+        "User" => USER.clone(),
+        other => EntityTypeName::from_str(other).map_err(|e| e.to_string())?,
+    };
+    Ok(EntityUid::from_type_name_and_id(kind, EntityId::new(id)))
 }
 
 impl Principal {
@@ -597,5 +603,27 @@ impl Policies for SessionPolicies<'_> {
         });
         self.enforcer.rules.insert(key, policy.clone());
         Ok(policy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_principal_is_the_entity_cedar_would_parse() {
+        for id in ["bench", "a\"b\\c", "ünï cödé", "with space", "Agent::\"x\""] {
+            let p = Principal::new(id, Some(id)).unwrap();
+            let quoted = serde_json::Value::String(id.to_string());
+            assert_eq!(
+                p.agent,
+                EntityUid::from_str(&format!("Agent::{quoted}")).unwrap()
+            );
+            assert_eq!(
+                p.on_behalf_of,
+                Some(EntityUid::from_str(&format!("User::{quoted}")).unwrap())
+            );
+            assert_eq!(p.agent.id().unescaped(), id);
+        }
     }
 }

@@ -180,6 +180,17 @@ impl Metrics {
     }
 
     /// The statement counters of `agent`.
+    /// Counts one statement (or vector request) of `agent` with `decision` (`allow`, `rewrite`
+    /// or `deny`); for callers that count one at a time rather than per session.
+    pub fn statement(&self, agent: &str, decision: &'static str) {
+        self.statements
+            .get_or_create(&StatementLabels {
+                agent: agent.into(),
+                decision: decision.into(),
+            })
+            .inc();
+    }
+
     pub fn agent(&self, agent: &str) -> AgentStatements {
         let get = |decision: &str| {
             self.statements

@@ -30,8 +30,33 @@ fn none() -> Value {
     json!({ "must_not": [all()] })
 }
 
+/// All of `parts`. A part that is itself only a `must` is spliced in (conjunction is
+/// associative), so the engine checks one flat list: nested filters cost it a recursion per
+/// candidate point (about 5% of a filtered search in `bench/vector.sh`).
 fn must(parts: Vec<Value>) -> Value {
-    json!({ "must": parts })
+    let mut flat = Vec::with_capacity(parts.len());
+    for part in parts {
+        match only_must(part) {
+            Ok(inner) => flat.extend(inner),
+            Err(part) => flat.push(part),
+        }
+    }
+    json!({ "must": flat })
+}
+
+/// The list of a filter that has a `must` list and nothing else, or the filter unchanged.
+pub(crate) fn only_must(filter: Value) -> Result<Vec<Value>, Value> {
+    match filter {
+        Value::Object(mut map)
+            if map.len() == 1 && map.get("must").is_some_and(Value::is_array) =>
+        {
+            match map.remove("must") {
+                Some(Value::Array(list)) => Ok(list),
+                _ => unreachable!("checked above"),
+            }
+        }
+        other => Err(other),
+    }
 }
 
 fn should(parts: Vec<Value>) -> Value {
@@ -258,6 +283,30 @@ mod tests {
         assert_eq!(
             qdrant_filter(&empty).unwrap(),
             json!({"must": [{"must_not": [{"is_empty": {"key": "tags"}}]}]})
+        );
+    }
+
+    #[test]
+    fn conjunctions_are_one_flat_list() {
+        let eq = |attr: &str, n: i64| Filter::Compare {
+            attr: attr.into(),
+            op: CmpOp::Eq,
+            value: IrValue::Long(n),
+        };
+        let f = Filter::And(vec![
+            eq("a", 1),
+            Filter::And(vec![eq("b", 2), Filter::True, eq("c", 3)]),
+            Filter::Or(vec![eq("d", 4), eq("e", 5)]),
+        ]);
+        let m = |k: &str, n: i64| json!({ "key": k, "match": { "value": n } });
+        assert_eq!(
+            qdrant_filter(&f).unwrap(),
+            json!({ "must": [
+                m("a", 1),
+                m("b", 2),
+                m("c", 3),
+                { "should": [{ "must": [m("d", 4)] }, { "must": [m("e", 5)] }] },
+            ] })
         );
     }
 }

@@ -22,15 +22,26 @@ fn malformed(what: impl Into<String>) -> VectorRefusal {
     VectorRefusal::Malformed(what.into())
 }
 
-/// `client AND policy`. The client's filter is kept whole as a nested filter, so its own
-/// `should`/`min_should` mean what they meant.
+/// `client AND policy` (`policy` a filter from [`crate::qdrant_filter`]). The client's filter is
+/// kept whole as a nested filter, so its own `should`/`min_should` mean what they meant; the
+/// policy's `must` list, when that is all it has, is spliced in, and without a client filter the
+/// policy is the filter: the engine checks a flat list rather than recursing per point.
 pub fn and_filter(client: Option<&Value>, policy: &Value) -> Result<Value, VectorRefusal> {
-    match client {
-        None | Some(Value::Null) => Ok(json!({ "must": [policy] })),
-        Some(Value::Object(map)) if map.is_empty() => Ok(json!({ "must": [policy] })),
-        Some(f @ Value::Object(_)) => Ok(json!({ "must": [f, policy] })),
-        Some(other) => Err(malformed(format!("filter must be an object, not {other}"))),
+    let client = match client {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(map)) if map.is_empty() => None,
+        Some(f @ Value::Object(_)) => Some(f.clone()),
+        Some(other) => return Err(malformed(format!("filter must be an object, not {other}"))),
+    };
+    let Some(client) = client else {
+        return Ok(policy.clone());
+    };
+    let mut parts = vec![client];
+    match crate::vector_filter::only_must(policy.clone()) {
+        Ok(list) => parts.extend(list),
+        Err(policy) => parts.push(policy),
     }
+    Ok(json!({ "must": parts }))
 }
 
 /// Keys of a universal query (and of its prefetches) this rewriter understands.
@@ -334,15 +345,17 @@ mod tests {
             "query": {"fusion": "rrf"},
         });
         restrict_query(&mut q, &policy()).unwrap();
-        assert_eq!(q["filter"], json!({"must": [policy()]}));
-        assert_eq!(q["prefetch"][0]["filter"], json!({"must": [policy()]}));
-        assert_eq!(
-            q["prefetch"][0]["prefetch"]["filter"],
-            json!({"must": [policy()]})
-        );
+        // Without a client filter the policy is the filter; with one, the client's filter is
+        // kept whole beside the policy's conditions.
+        assert_eq!(q["filter"], policy());
+        assert_eq!(q["prefetch"][0]["filter"], policy());
+        assert_eq!(q["prefetch"][0]["prefetch"]["filter"], policy());
         assert_eq!(
             q["prefetch"][1]["filter"],
-            json!({"must": [{"should": [{"is_empty": {"key": "x"}}]}, policy()]})
+            json!({"must": [
+                {"should": [{"is_empty": {"key": "x"}}]},
+                {"key": "tenant", "match": {"value": "a"}},
+            ]})
         );
     }
 

@@ -139,9 +139,10 @@ async fn handle(
     );
     let result = ops::run(&shim, &caller, &bundle, op, &mut trace).await;
     let recorded = trace.finish(&shim, &result.as_ref().map(|_| ())).await;
-    crate::metrics::metrics()
-        .agent(&caller.agent)
-        .count(if result.is_ok() { "rewrite" } else { "deny" });
+    crate::metrics::metrics().statement(
+        &caller.agent,
+        if result.is_ok() { "rewrite" } else { "deny" },
+    );
     match (result, recorded) {
         (_, Err(e)) | (Err(e), _) => {
             tracing::debug!(agent = %caller.agent, "vector request refused: {e}");
