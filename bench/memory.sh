@@ -15,8 +15,11 @@ OUT="${OUT:-BENCHMARKS.md}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/portcullis-target}"
 
 [ -x .venv/bin/python ] || { echo ".venv missing: run bash tests/setup.sh" >&2; exit 1; }
-# Every session holds a client socket and an upstream one, and PostgreSQL a backend for each.
-ulimit -n 65536
+# Every session holds a client socket and an upstream one in the proxy, and PostgreSQL a
+# backend for each.
+ulimit -n "$(ulimit -Hn)"
+[ "$(ulimit -n)" -gt $((2 * SESSIONS + 100)) ] || {
+  echo "open files limit $(ulimit -n) is too low for $SESSIONS sessions" >&2; exit 1; }
 BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 cargo build --release -p proxy --locked
 PORTCULLIS="$CARGO_TARGET_DIR/release/portcullis"

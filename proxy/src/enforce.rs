@@ -197,12 +197,38 @@ const REWRITE_CACHE_BYTES: u64 = 64 << 20;
 /// What the shape cache may hold, in bytes (templates and their audit basis).
 const SHAPE_CACHE_BYTES: u64 = 32 << 20;
 
-/// What a cached rewrite holds besides its key: the forwarded text, its audit basis (about as
-/// large again) or a refusal's message.
+/// What a cached rewrite holds besides its key: the forwarded text (twice, for the rest of the
+/// result) and its audit basis, or a refusal's message.
 fn gate_result_bytes(result: &GateResult) -> u64 {
     match &**result {
-        Ok(checked) => 2 * checked.sql.len() as u64 + 512,
+        Ok(checked) => {
+            2 * checked.sql.len() as u64 + checked.basis.as_deref().map_or(0, json_heap_bytes) + 512
+        }
         Err(_) => 256,
+    }
+}
+
+/// About what `value` holds on the heap: each string's bytes, each array's slots, and each map
+/// entry's key and node (a BTreeMap entry, its key's `String` and the allocator's headers).
+/// The audit basis of a rewrite is most of its cached size: without it in the weight, 64 MB of
+/// weighed entries took 135 MB (bench/memory.sh).
+fn json_heap_bytes(value: &serde_json::Value) -> u64 {
+    use serde_json::Value;
+    const ALLOCATION: u64 = 16;
+    const SLOT: u64 = std::mem::size_of::<Value>() as u64;
+    const MAP_ENTRY: u64 = 24 + SLOT + 32;
+    match value {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        Value::String(s) => s.capacity() as u64 + ALLOCATION,
+        Value::Array(items) => {
+            items.capacity() as u64 * SLOT
+                + ALLOCATION
+                + items.iter().map(json_heap_bytes).sum::<u64>()
+        }
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| MAP_ENTRY + k.capacity() as u64 + ALLOCATION + json_heap_bytes(v))
+            .sum(),
     }
 }
 

@@ -17,6 +17,7 @@ mod functions;
 mod identity;
 mod lexical;
 mod locking;
+mod nodes;
 mod parse;
 mod policy;
 mod protect;

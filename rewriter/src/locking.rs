@@ -16,13 +16,14 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use sqlparser::ast::{
-    BinaryOperator, Expr, Ident, JoinConstraint, JoinOperator, LockClause, ObjectName, Query,
-    Select, SelectItem, SelectItemQualifiedWildcardKind, SetExpr, TableAlias, TableAliasColumnDef,
+    BinaryOperator, Expr, JoinConstraint, JoinOperator, LockClause, ObjectName, Query, Select,
+    SelectItem, SelectItemQualifiedWildcardKind, SetExpr, TableAlias, TableAliasColumnDef,
     TableFactor, TableWithJoins, WildcardAdditionalOptions,
 };
 
 use crate::catalog::{normalize, Relation};
 use crate::fence;
+use crate::nodes::{ident as quoted, qualified_column as column};
 use crate::policy::{TablePolicy, WriteAction};
 use crate::{Context, Refusal};
 
@@ -167,8 +168,7 @@ pub(crate) fn lock_fences<'a>(
                 }
             )));
         }
-        let lock_fence = fence::build_for_write(f.rel, &f.policy, &write.filter)?;
-        let subquery = crate::protect::parse_fence(&lock_fence.sql, f.rel)?;
+        let subquery = fence::build_for_write(f.rel, &f.policy, &write.filter)?;
         for factor in select.from.iter_mut().flat_map(|t| {
             std::iter::once(&mut t.relation).chain(t.joins.iter_mut().map(|j| &mut j.relation))
         }) {
@@ -190,14 +190,6 @@ pub(crate) fn lock_fences<'a>(
     frame.fences = fences;
     frame.locked = locked;
     Ok(())
-}
-
-fn quoted(name: &str) -> Ident {
-    Ident::with_quote('"', name)
-}
-
-fn column(qualifier: &str, name: &str) -> Expr {
-    Expr::CompoundIdentifier(vec![quoted(qualifier), quoted(name)])
 }
 
 fn eq(left: Expr, right: Expr) -> Expr {

@@ -431,11 +431,10 @@ impl<'a> Protector<'a> {
                     };
                     return ControlFlow::Continue(());
                 }
-                let fence = match fence::build(rel, &policy) {
+                let mut subquery = match fence::build(rel, &policy) {
                     Ok(f) => f,
                     Err(e) => return ControlFlow::Break(e),
                 };
-                let mut subquery = parse_query(&fence.sql, rel)?;
                 if let (Some(sample), SetExpr::Select(inner)) = (sample, &mut *subquery.body) {
                     if let Some(TableFactor::Table { sample: s, .. }) =
                         inner.from.first_mut().map(|t| &mut t.relation)

@@ -3,18 +3,17 @@
 //! Constants are rendered as literals of the column's type, so comparisons never depend on
 //! session settings (datetimes are absolute UTC instants).
 
-use std::fmt::Write;
-
 use policies::{CmpOp, Filter, Pattern, Value};
+use sqlparser::ast::{BinaryOperator, DataType, Expr};
 
-use crate::catalog::{quote_ident, Column, Relation};
+use crate::catalog::{Column, Relation};
+use crate::nodes::{self, binary, boolean, cast, column as col_expr, nested, null, string};
 use crate::Refusal;
 
-/// Renders `filter` for `relation`'s columns (unqualified, quoted).
+/// `filter` for `relation`'s columns (unqualified, quoted), as SQL text (spelled as everything
+/// forwarded is): what audit records and `portcullis explain` show.
 pub fn render(filter: &Filter, relation: &Relation) -> Result<String, Refusal> {
-    let mut out = String::new();
-    write_filter(&mut out, filter, relation)?;
-    Ok(out)
+    crate::lexical::to_sql(&expr(filter, relation)?)
 }
 
 fn column<'r>(relation: &'r Relation, attr: &str) -> Result<&'r Column, Refusal> {
@@ -31,85 +30,86 @@ fn column<'r>(relation: &'r Relation, attr: &str) -> Result<&'r Column, Refusal>
         })
 }
 
-fn write_filter(out: &mut String, f: &Filter, rel: &Relation) -> Result<(), Refusal> {
-    match f {
-        Filter::True => out.push_str("true"),
-        Filter::False => out.push_str("false"),
+/// `filter` as a boolean expression over `rel`'s columns (unqualified, quoted).
+pub fn expr(f: &Filter, rel: &Relation) -> Result<Expr, Refusal> {
+    Ok(match f {
+        Filter::True => boolean(true),
+        Filter::False => boolean(false),
         Filter::And(parts) | Filter::Or(parts) => {
-            let sep = if matches!(f, Filter::And(_)) {
-                " AND "
+            let op = if matches!(f, Filter::And(_)) {
+                BinaryOperator::And
             } else {
-                " OR "
+                BinaryOperator::Or
             };
-            out.push('(');
-            for (i, p) in parts.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(sep);
-                }
-                write_filter(out, p, rel)?;
+            let mut parts = parts.iter().map(|p| expr(p, rel));
+            let Some(first) = parts.next() else {
+                // An empty conjunction is true, an empty disjunction false.
+                return Ok(boolean(op == BinaryOperator::And));
+            };
+            let mut joined = first?;
+            for p in parts {
+                joined = binary(joined, op.clone(), p?);
             }
-            out.push(')');
+            nested(joined)
         }
-        Filter::Not(inner) => {
-            out.push_str("(NOT ");
-            write_filter(out, inner, rel)?;
-            out.push(')');
-        }
+        Filter::Not(inner) => nested(Expr::UnaryOp {
+            op: sqlparser::ast::UnaryOperator::Not,
+            expr: Box::new(expr(inner, rel)?),
+        }),
         Filter::Compare { attr, op, value } => {
             let col = column(rel, attr)?;
             let op = match op {
-                CmpOp::Eq => "=",
-                CmpOp::NotEq => "<>",
-                CmpOp::Lt => "<",
-                CmpOp::LtEq => "<=",
-                CmpOp::Gt => ">",
-                CmpOp::GtEq => ">=",
+                CmpOp::Eq => BinaryOperator::Eq,
+                CmpOp::NotEq => BinaryOperator::NotEq,
+                CmpOp::Lt => BinaryOperator::Lt,
+                CmpOp::LtEq => BinaryOperator::LtEq,
+                CmpOp::Gt => BinaryOperator::Gt,
+                CmpOp::GtEq => BinaryOperator::GtEq,
             };
-            let _ = write!(
-                out,
-                "({} {op} {})",
-                operand(col, value),
-                literal(col, value)?
-            );
+            nested(binary(operand(col, value), op, literal(col, value)?))
         }
         Filter::InSet { attr, values } => {
             let col = column(rel, attr)?;
             if values.is_empty() {
                 // `x IN ()` is false for a present value and NULL for a missing one.
-                let _ = write!(
-                    out,
-                    "(CASE WHEN {} IS NULL THEN NULL ELSE false END)",
-                    quote_ident(&col.name)
-                );
-                return Ok(());
+                return Ok(nested(nodes::case_when(
+                    Expr::IsNull(Box::new(col_expr(&col.name))),
+                    null(),
+                    boolean(false),
+                )));
             }
-            let _ = write!(out, "({} IN (", operand(col, &values[0]));
-            for (i, v) in values.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                out.push_str(&literal(col, v)?);
-            }
-            out.push_str("))");
+            nested(Expr::InList {
+                expr: Box::new(operand(col, &values[0])),
+                list: values
+                    .iter()
+                    .map(|v| literal(col, v))
+                    .collect::<Result<_, _>>()?,
+                negated: false,
+            })
         }
         Filter::Present(attr) => {
             let col = column(rel, attr)?;
-            let _ = write!(out, "({} IS NOT NULL)", quote_ident(&col.name));
+            nested(Expr::IsNotNull(Box::new(col_expr(&col.name))))
         }
         Filter::SetContains { attr, value } => {
             let col = array_column(rel, attr)?;
-            let (set, _) = set_operand(col, &[value]);
-            let _ = write!(out, "({} = ANY({set}))", scalar_literal(value)?);
+            let (set, _) = set_operand(col, &[value])?;
+            nested(Expr::AnyOp {
+                left: Box::new(scalar_literal(value)?),
+                compare_op: BinaryOperator::Eq,
+                right: Box::new(set),
+                is_some: false,
+            })
         }
         Filter::SetContainsAny { attr, values } | Filter::SetContainsAll { attr, values } => {
             let col = array_column(rel, attr)?;
-            let (set, ty) = set_operand(col, &values.iter().collect::<Vec<_>>());
+            let (set, ty) = set_operand(col, &values.iter().collect::<Vec<_>>())?;
             let op = if matches!(f, Filter::SetContainsAny { .. }) {
-                "&&"
+                BinaryOperator::PGOverlap
             } else {
-                "@>"
+                BinaryOperator::AtArrow
             };
-            let _ = write!(out, "({set} {op} {})", array_literal(&ty, values)?);
+            nested(binary(set, op, array_literal(ty, values)?))
         }
         Filter::Like { attr, pattern } => {
             let col = column(rel, attr)?;
@@ -124,15 +124,15 @@ fn write_filter(out: &mut String, f: &Filter, rel: &Relation) -> Result<(), Refu
                     Pattern::Char(c) => p.push(*c),
                 }
             }
-            let _ = write!(
-                out,
-                "({}::text LIKE {} ESCAPE '\\')",
-                quote_ident(&col.name),
-                quote_string(&p)
-            );
+            nested(Expr::Like {
+                negated: false,
+                any: false,
+                expr: Box::new(cast(col_expr(&col.name), nodes::text())),
+                pattern: Box::new(string(&p)),
+                escape_char: Some(Box::new(string("\\"))),
+            })
         }
-    }
-    Ok(())
+    })
 }
 
 fn array_column<'r>(rel: &'r Relation, attr: &str) -> Result<&'r Column, Refusal> {
@@ -151,12 +151,10 @@ fn array_column<'r>(rel: &'r Relation, attr: &str) -> Result<&'r Column, Refusal
 /// text, so that `char(n)` (whose comparisons ignore trailing blanks; its text drops them),
 /// `citext` (case-insensitive) and `name` compare exactly, and a constant that is not a valid
 /// value of a type such as uuid or json cannot raise an error.
-fn operand(col: &Column, value: &Value) -> String {
+fn operand(col: &Column, value: &Value) -> Expr {
     match value {
-        Value::String(_) if !compares_as_text(col) => {
-            format!("{}::text", quote_ident(&col.name))
-        }
-        _ => quote_ident(&col.name),
+        Value::String(_) if !compares_as_text(col) => cast(col_expr(&col.name), nodes::text()),
+        _ => col_expr(&col.name),
     }
 }
 
@@ -165,63 +163,86 @@ fn compares_as_text(col: &Column) -> bool {
     matches!(col.type_name.as_str(), "text" | "varchar")
 }
 
-/// An array column as a set of strings or other values: arrays of types whose equality is not
-/// exact text equality (`char(n)[]`, `citext[]`) are cast to `text[]`, as [`operand`] does.
-fn set_operand(col: &Column, values: &[&Value]) -> (String, String) {
+/// An array column as a set of strings or other values, and the array type to compare it
+/// with: arrays of types whose equality is not exact text equality (`char(n)[]`, `citext[]`)
+/// are cast to `text[]`, as [`operand`] does.
+fn set_operand(col: &Column, values: &[&Value]) -> Result<(Expr, DataType), Refusal> {
     let element_text = matches!(col.type_name.as_str(), "_text" | "_varchar");
-    if values.iter().any(|v| matches!(v, Value::String(_))) && !element_text {
-        (
-            format!("{}::text[]", quote_ident(&col.name)),
-            "text[]".to_string(),
-        )
-    } else {
-        (quote_ident(&col.name), col.sql_type.clone())
-    }
+    let text_array = || {
+        DataType::Array(sqlparser::ast::ArrayElemTypeDef::SquareBracket(
+            Box::new(nodes::text()),
+            None,
+        ))
+    };
+    Ok(
+        if values.iter().any(|v| matches!(v, Value::String(_))) && !element_text {
+            (cast(col_expr(&col.name), text_array()), text_array())
+        } else {
+            (col_expr(&col.name), nodes::data_type(&col.sql_type)?)
+        },
+    )
 }
 
-fn literal(col: &Column, value: &Value) -> Result<String, Refusal> {
+fn literal(col: &Column, value: &Value) -> Result<Expr, Refusal> {
     Ok(match value {
         Value::Datetime(ms) => datetime_literal(col, *ms),
         other => scalar_literal(other)?,
     })
 }
 
-fn scalar_literal(value: &Value) -> Result<String, Refusal> {
+fn scalar_literal(value: &Value) -> Result<Expr, Refusal> {
     Ok(match value {
-        Value::Bool(b) => b.to_string(),
-        Value::Long(n) => n.to_string(),
-        Value::String(s) => quote_string(s),
-        Value::Decimal(scaled) => {
-            let sign = if *scaled < 0 { "-" } else { "" };
-            let abs = scaled.unsigned_abs();
-            format!("{sign}{}.{:04}", abs / 10_000, abs % 10_000)
-        }
-        Value::Datetime(ms) => format!("{}::timestamptz", quote_string(&utc(*ms, true))),
+        Value::Bool(b) => boolean(*b),
+        Value::Long(n) => nodes::number(&n.to_string()),
+        Value::String(s) => string(s),
+        Value::Decimal(scaled) => nodes::number(&decimal(*scaled)),
+        Value::Datetime(ms) => cast(
+            string(&utc(*ms, true)),
+            DataType::Timestamp(None, sqlparser::ast::TimezoneInfo::Tz),
+        ),
     })
+}
+
+/// `'…'` with quotes doubled (standard_conforming_strings is pinned on), for the SQL text the
+/// write rewriter still builds.
+pub fn quote_string(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A decimal scaled by 10⁴ (Cedar's), written exactly.
+fn decimal(scaled: i64) -> String {
+    let sign = if scaled < 0 { "-" } else { "" };
+    let abs = scaled.unsigned_abs();
+    format!("{sign}{}.{:04}", abs / 10_000, abs % 10_000)
 }
 
 /// A datetime constant typed like the column: `timestamptz` columns compare with the instant;
 /// `timestamp` and `date` columns hold UTC wall-clock time (the documented convention), so they
 /// compare with the UTC wall-clock `timestamp`.
-fn datetime_literal(col: &Column, ms: i64) -> String {
+fn datetime_literal(col: &Column, ms: i64) -> Expr {
+    use sqlparser::ast::TimezoneInfo;
     if col.type_name == "timestamptz" {
-        format!("{}::timestamptz", quote_string(&utc(ms, true)))
+        cast(
+            string(&utc(ms, true)),
+            DataType::Timestamp(None, TimezoneInfo::Tz),
+        )
     } else {
-        format!("{}::timestamp", quote_string(&utc(ms, false)))
+        cast(
+            string(&utc(ms, false)),
+            DataType::Timestamp(None, TimezoneInfo::None),
+        )
     }
 }
 
-fn array_literal(sql_type: &str, values: &[Value]) -> Result<String, Refusal> {
-    let items = values
+fn array_literal(sql_type: DataType, values: &[Value]) -> Result<Expr, Refusal> {
+    let elem = values
         .iter()
         .map(scalar_literal)
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(format!("ARRAY[{}]::{sql_type}", items.join(", ")))
-}
-
-/// `'…'` with quotes doubled (standard_conforming_strings is pinned on).
-pub fn quote_string(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+    Ok(cast(
+        Expr::Array(sqlparser::ast::Array { elem, named: true }),
+        sql_type,
+    ))
 }
 
 /// Milliseconds since the epoch as `YYYY-MM-DD HH:MM:SS.mmm` (+ `+00` for an instant).
@@ -300,8 +321,8 @@ mod tests {
         };
         assert_eq!(eq("t", "EU"), r#"("t" = 'EU')"#);
         assert_eq!(eq("v", "EU"), r#"("v" = 'EU')"#);
-        assert_eq!(eq("c", "EU "), r#"("c"::text = 'EU ')"#);
-        assert_eq!(eq("ci", "Eu"), r#"("ci"::text = 'Eu')"#);
+        assert_eq!(eq("c", "EU "), r#"("c"::TEXT = 'EU ')"#);
+        assert_eq!(eq("ci", "Eu"), r#"("ci"::TEXT = 'Eu')"#);
         let contains = |attr: &str| {
             let f = Filter::SetContains {
                 attr: attr.into(),
@@ -309,7 +330,7 @@ mod tests {
             };
             render(&f, &r).unwrap()
         };
-        assert_eq!(contains("cs"), r#"('EU' = ANY("cs"::text[]))"#);
+        assert_eq!(contains("cs"), r#"('EU' = ANY("cs"::TEXT[]))"#);
         assert_eq!(contains("ts"), r#"('EU' = ANY("ts"))"#);
         let any = Filter::SetContainsAny {
             attr: "cs".into(),
@@ -317,13 +338,13 @@ mod tests {
         };
         assert_eq!(
             render(&any, &r).unwrap(),
-            r#"("cs"::text[] && ARRAY['EU']::text[])"#
+            r#"("cs"::TEXT[] && ARRAY['EU']::TEXT[])"#
         );
     }
 
     #[test]
     fn decimals_render_exactly() {
-        assert_eq!(scalar_literal(&Value::Decimal(-15_000)).unwrap(), "-1.5000");
-        assert_eq!(scalar_literal(&Value::Decimal(1)).unwrap(), "0.0001");
+        assert_eq!(decimal(-15_000), "-1.5000");
+        assert_eq!(decimal(1), "0.0001");
     }
 }

@@ -124,7 +124,7 @@ impl Rules {
             },
             item: pushdown::item(rel, &self.read, alias.to_string()),
         };
-        Ok((fence.sql, target))
+        Ok((to_sql(&*fence)?, target))
     }
 }
 
@@ -392,7 +392,11 @@ fn returning(
             }
         };
         let Some(e) = expr else {
-            out.push(fence::projection(rel, policy)?.join(", "));
+            let items = fence::projection(rel, policy)?
+                .iter()
+                .map(to_sql)
+                .collect::<Result<Vec<_>, _>>()?;
+            out.push(items.join(", "));
             continue;
         };
         // A masked column named alone: its mask, under the column's name (or the alias).
@@ -405,6 +409,10 @@ fn returning(
                         rel.entity_type()
                     ))
                 })?;
+                let value = match value {
+                    fence::Readable::Column => quote_ident(&col.name),
+                    fence::Readable::Masked(e) => to_sql(&*e)?,
+                };
                 let name = name.unwrap_or_else(|| col.name.clone());
                 out.push(format!("{value} AS {}", quote_ident(&name)));
                 continue;
