@@ -139,13 +139,14 @@ SECTION=$(mktemp)
   echo "| at rest (one session) | $(mb "$REST") | |"
   for n in 1 100 1000 "$SESSIONS"; do
     r=$(at sessions "$n")
-    echo "| $n idle sessions more | $(mb "$r") | $(( (r - REST) / n )) |"
+    echo "| $n more idle sessions | $(mb "$r") | $(( (r - REST) / n )) |"
   done
   echo "| all closed again | $(mb "$(kb closed)") | |"
   echo
   echo "Then one session sends $STATEMENTS distinct statements (simple protocol, a constant in the"
   echo "select list, so each is a cold rewrite with an entry of its own; $(kb rate) statements/s). The"
-  echo "rewrite cache is bounded at 64 MB by its own weighing (key text, rewritten text, overhead):"
+  echo "rewrite cache is bounded at 64 MB by its own weighing (key text, rewritten text, audit basis,"
+  echo "per-entry overhead):"
   echo
   echo "| statements sent | RSS MB |"
   echo "|---|---|"

@@ -467,3 +467,121 @@ async fn time_limits_can_be_lowered_but_not_raised() {
     let other = env.agent().await;
     assert_eq!(one(&other, "select 'fine'").await, "fine");
 }
+
+/// How a raw session ends: the SQLSTATE of the FATAL error before the close, read within
+/// `within` (also what the session had to say first, for the failure message).
+async fn fatal_then_close(raw: &mut common::raw::Raw, within: Duration) -> String {
+    use postgres_protocol::message::backend::Message;
+    let read = async {
+        let mut seen = Vec::new();
+        loop {
+            match raw.next().await {
+                Some(Message::ErrorResponse(body)) => {
+                    let code = common::raw::code_of(body);
+                    let closed = raw.next().await.is_none();
+                    return if closed {
+                        code
+                    } else {
+                        format!("{code} without a close")
+                    };
+                }
+                Some(_) => seen.push("a message"),
+                None => return format!("closed without an error after {seen:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(within, read)
+        .await
+        .unwrap_or_else(|_| "still open".into())
+}
+
+/// The first DataRow's first column of a raw session's next result, up to ReadyForQuery.
+async fn first_value(raw: &mut common::raw::Raw) -> Option<String> {
+    use postgres_protocol::message::backend::Message;
+    let mut value = None;
+    while let Some(m) = raw.next().await {
+        match m {
+            Message::DataRow(row) if value.is_none() => {
+                let buf = row.buffer();
+                let mut ranges = row.ranges();
+                use fallible_iterator::FallibleIterator;
+                if let Some(Some(r)) = ranges.next().unwrap() {
+                    value = Some(String::from_utf8_lossy(&buf[r]).into_owned());
+                }
+            }
+            Message::ReadyForQuery(_) => return value,
+            _ => {}
+        }
+    }
+    value
+}
+
+/// SIGTERM: the proxy stops accepting at once; an idle session is ended (57P01, as PostgreSQL
+/// ends sessions on shutdown); a running statement completes and returns its rows, and an open
+/// transaction may go on to commit, each session ending once at rest; a transaction still open
+/// at the drain timeout is ended; the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_running_statements_and_transactions_finish() {
+    use common::raw::{query, Raw};
+    let mut env = Env::start_with(Options {
+        postgres_extra: "drain_timeout_ms = 3000\n".into(),
+    });
+    let mut idle = Raw::login(&env).await;
+    let mut busy = Raw::login(&env).await;
+    let mut in_tx = Raw::login(&env).await;
+    let mut stuck = Raw::login(&env).await;
+    for tx in [&mut in_tx, &mut stuck] {
+        tx.send(&query("begin; select 1")).await;
+        assert_eq!(tx.until_ready().await, (vec![], true));
+    }
+    busy.send(&query("select 42 from pg_sleep(1.5)")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let signalled = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &env.proxy_pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    assert_eq!(
+        fatal_then_close(&mut idle, Duration::from_secs(2)).await,
+        "57P01",
+        "{}",
+        env.proxy_log()
+    );
+    assert!(
+        connect(&env.agent_url()).await.is_err(),
+        "a new connection was accepted while shutting down"
+    );
+    // The open transaction goes on and commits; then its session ends.
+    in_tx.send(&query("select 2")).await;
+    assert_eq!(first_value(&mut in_tx).await.as_deref(), Some("2"));
+    in_tx.send(&query("commit")).await;
+    assert_eq!(in_tx.until_ready().await, (vec![], true));
+    assert_eq!(
+        fatal_then_close(&mut in_tx, Duration::from_secs(2)).await,
+        "57P01"
+    );
+    // The running statement completes with its rows; then its session ends.
+    assert_eq!(first_value(&mut busy).await.as_deref(), Some("42"));
+    assert_eq!(
+        fatal_then_close(&mut busy, Duration::from_secs(2)).await,
+        "57P01"
+    );
+    // The transaction left open is ended at the drain timeout, not before.
+    assert_eq!(
+        fatal_then_close(&mut stuck, Duration::from_secs(5)).await,
+        "57P01"
+    );
+    let waited = signalled.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2900),
+        "the open transaction was ended after {waited:?}, before the drain timeout"
+    );
+    let exit = env.proxy_exit(Duration::from_secs(5));
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "exit {exit:?}\n{}",
+        env.proxy_log()
+    );
+}

@@ -107,10 +107,18 @@ pub struct PostgresConfig {
     /// (0: no cap).
     #[serde(default = "default_timeout_ms")]
     pub idle_in_transaction_timeout_ms: u64,
+    /// On SIGTERM or SIGINT: how long sessions may take to finish their running statements
+    /// and open transactions before they are ended (`57P01`), in ms.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
 }
 
 fn default_timeout_ms() -> u64 {
     300_000
+}
+
+fn default_drain_timeout_ms() -> u64 {
+    30_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -195,6 +203,8 @@ pub struct Resolved {
     pub tokens: Option<TokenVerifier>,
     /// Token logins are accepted without TLS (`jwt.allow_plaintext`).
     pub tokens_without_tls: bool,
+    /// How long sessions may take to finish on shutdown (`postgres.drain_timeout_ms`).
+    pub drain_timeout: std::time::Duration,
 }
 
 impl Config {
@@ -362,6 +372,7 @@ impl Config {
             vector: self.vector,
             tokens,
             tokens_without_tls,
+            drain_timeout: std::time::Duration::from_millis(pg.drain_timeout_ms),
         })
     }
 }

@@ -55,6 +55,8 @@ pub async fn run(
         vector: None,
         max_message_bytes: 64 << 20,
         max_query_bytes: 1 << 20,
+        // Ctrl-C ends the demo at once: it deletes its throwaway database.
+        drain_timeout: std::time::Duration::ZERO,
         agents: AGENTS
             .iter()
             .map(|(id, secret)| {

@@ -401,6 +401,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
     let listen = resolved.listen;
+    let drain_timeout = resolved.drain_timeout;
     let resolved_admin = resolved.admin.take();
     if resolved.tokens.is_some() && resolved.tokens_without_tls {
         tracing::warn!(
@@ -544,12 +545,12 @@ async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
         });
     }
     let result = tokio::select! {
-        r = server::serve(listener, shared) => r.context("listener failed"),
-        _ = shutdown_signal() => {
-            tracing::info!("shutting down");
-            Ok(())
-        }
+        r = server::serve(listener, shared.clone()) => r.context("listener failed"),
+        _ = shutdown_signal() => Ok(()),
     };
+    // The listener is closed: no new sessions. Those open finish what they are doing.
+    let ended = server::drain(&shared, drain_timeout).await;
+    tracing::info!(ended_busy = ended, "all sessions ended");
     // The last records, and a checkpoint that covers them.
     if let Some(audit) = audit {
         tokio::task::spawn_blocking(move || audit.shutdown()).await?;

@@ -52,6 +52,19 @@ pub struct Shared {
     pub audit: Option<Arc<crate::audit_log::AuditLog>>,
     /// The tables whose returned keys outcome records capture (`audit.capture_keys`).
     pub captured: Option<Arc<crate::pg::captured_keys::CapturedKeys>>,
+    /// Shutdown as sessions see it; each session holds a receiver until it ends, so the sender
+    /// knows when the last one has (see [`drain`]).
+    pub shutdown: tokio::sync::watch::Sender<Shutdown>,
+}
+
+/// Where the proxy is in shutting down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    Running,
+    /// A session ends (`57P01`) once it is at rest: no statement running, no transaction open.
+    Draining,
+    /// Every session ends now, its running statement cancelled.
+    Now,
 }
 
 impl Shared {
@@ -75,6 +88,7 @@ impl Shared {
             mask_key: None,
             audit: None,
             captured: None,
+            shutdown: tokio::sync::watch::Sender::new(Shutdown::Running),
         })
     }
 
@@ -115,6 +129,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Resul
 }
 
 async fn handle(tcp: TcpStream, peer: std::net::SocketAddr, shared: &Shared) {
+    // Counted from the start, so a shutdown waits for a login in progress too (the session
+    // holds its own receiver once it exists).
+    let in_flight = shared.shutdown.subscribe();
     let _ = tcp.set_nodelay(true);
     let auth =
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake::handshake(tcp, shared)).await {
@@ -160,6 +177,7 @@ async fn handle(tcp: TcpStream, peer: std::net::SocketAddr, shared: &Shared) {
         upstream.stream,
         cancel,
     );
+    drop(in_flight);
     if session
         .greet(&upstream.parameters, registration.key)
         .await
@@ -169,4 +187,28 @@ async fn handle(tcp: TcpStream, peer: std::net::SocketAddr, shared: &Shared) {
     }
     let _ = session.run().await;
     drop(registration);
+}
+
+/// Ends the sessions for shutdown (the listener has stopped accepting): each ends once at
+/// rest, as PostgreSQL's smart shutdown would have it; those still busy after `timeout` are
+/// ended at once, their statements cancelled. Returns how many were ended that way.
+pub async fn drain(shared: &Shared, timeout: Duration) -> usize {
+    let sessions = shared.shutdown.receiver_count();
+    info!(sessions, "shutting down: sessions end once their statements and transactions are done (at most {timeout:?})");
+    shared.shutdown.send_replace(Shutdown::Draining);
+    if tokio::time::timeout(timeout, shared.shutdown.closed())
+        .await
+        .is_ok()
+    {
+        return 0;
+    }
+    let busy = shared.shutdown.receiver_count();
+    warn!(
+        sessions = busy,
+        "drain timeout: ending the sessions still busy"
+    );
+    shared.shutdown.send_replace(Shutdown::Now);
+    // Each has only its cancel request and a FATAL message left to send.
+    let _ = tokio::time::timeout(Duration::from_secs(5), shared.shutdown.closed()).await;
+    busy
 }

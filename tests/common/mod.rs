@@ -177,6 +177,20 @@ secret = "{verifier}"
         matches!(self.proxy.try_wait(), Ok(None))
     }
 
+    /// The proxy's exit status, if it exits within `within`.
+    pub fn proxy_exit(&mut self, within: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.proxy.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     pub fn agent_url(&self) -> String {
         self.url(AGENT, AGENT_SECRET)
     }

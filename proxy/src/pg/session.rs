@@ -25,8 +25,8 @@ use super::captured_keys;
 use super::client_stream::ClientStream;
 use super::gate_cache::GateResult;
 use super::messages::error::{
-    error_response, redact_upstream_error, redact_upstream_notice, sqlstate as error_sqlstate,
-    Severity,
+    codes, error_response, redact_upstream_error, redact_upstream_notice,
+    sqlstate as error_sqlstate, Severity,
 };
 use super::messages::frame::{self, FrameError};
 use super::messages::query::{self, ParseDecodeError};
@@ -40,7 +40,7 @@ use super::search_path;
 use super::statements::{Prepared, ReuseKey, Statements};
 use crate::enforce::Principal;
 use crate::limits::{Expiry, Limits, Timers};
-use crate::server::Shared;
+use crate::server::{Shared, Shutdown};
 
 /// Sent upstream in place of a refused statement: a raw-parser syntax error, nothing runs.
 const REFUSAL_SQL: &str = "PORTCULLIS_REFUSED";
@@ -80,6 +80,11 @@ pub struct Session<'a> {
     timers: Timers,
     /// The transaction status of the last ReadyForQuery not yet given to `timers`.
     ready: Option<u8>,
+    /// The transaction status of the last ReadyForQuery (`I` idle, `T` in a transaction, `E`
+    /// in a failed one).
+    status: u8,
+    /// The proxy's shutdown, as it progresses (see `server::drain`).
+    shutdown: tokio::sync::watch::Receiver<Shutdown>,
     /// The session's search_path (under enforcement).
     search_path: search_path::Tracker,
     /// The row of the read in flight.
@@ -186,6 +191,8 @@ impl<'a> Session<'a> {
                     .unwrap_or(Limits::from_ms(0, 0)),
             ),
             ready: None,
+            status: b'I',
+            shutdown: shared.shutdown.subscribe(),
             search_path: search_path::Tracker::default(),
             read_value: None,
             resume_client: false,
@@ -262,10 +269,40 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// No statement running or queued, no transaction open, nothing unread from the client: a
+    /// draining proxy may end the session here without losing anything.
+    fn at_rest(&self) -> bool {
+        self.pipeline.is_idle() && self.status == b'I' && self.from_client.is_empty()
+    }
+
     async fn relay(&mut self) -> Result<(), SessionError> {
         loop {
+            let shutdown = *self.shutdown.borrow_and_update();
+            match shutdown {
+                Shutdown::Running => {}
+                Shutdown::Draining if !self.at_rest() => {}
+                state => {
+                    if state == Shutdown::Now && !self.pipeline.is_idle() {
+                        self.cancel_upstream().await;
+                    }
+                    info!(agent = %self.agent, status = %char::from(self.status), idle = self.pipeline.is_idle(), "ending the session: Portcullis is shutting down");
+                    self.fatal_to_client(
+                        codes::ADMIN_SHUTDOWN,
+                        "terminating connection due to administrator command",
+                    )
+                    .await;
+                    return Ok(());
+                }
+            }
             let deadline = self.timers.deadline();
             tokio::select! {
+                // Looked at again at the top of the loop. The sender lives as long as the
+                // server, so this fails only as the process ends.
+                changed = self.shutdown.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                }
                 _ = tokio::time::sleep_until(deadline.map_or_else(tokio::time::Instant::now, |d| d.0)), if deadline.is_some() => {
                     match deadline.map(|d| d.1) {
                         Some(Expiry::Statement) => {
@@ -275,7 +312,7 @@ impl<'a> Session<'a> {
                         }
                         _ => {
                             info!(agent = %self.agent, "idle-in-transaction timeout: ending the session");
-                            self.fatal_to_client("25P03", "Portcullis ended the session: idle in transaction for longer than this agent may be").await;
+                            self.fatal_to_client(codes::IDLE_IN_TRANSACTION_TIMEOUT, "Portcullis ended the session: idle in transaction for longer than this agent may be").await;
                             return Ok(());
                         }
                     }
@@ -295,12 +332,12 @@ impl<'a> Session<'a> {
                     match read {
                         Ok(0) => {
                             let _ = self.client.write_all(&self.to_client).await;
-                            self.fatal_to_client("08006", "the database closed the connection").await;
+                            self.fatal_to_client(codes::CONNECTION_FAILURE, "the database closed the connection").await;
                             return Err(SessionError::Upstream(std::io::ErrorKind::UnexpectedEof.into()));
                         }
                         Ok(_) => {}
                         Err(e) => {
-                            self.fatal_to_client("08006", "lost the connection to the database").await;
+                            self.fatal_to_client(codes::CONNECTION_FAILURE, "lost the connection to the database").await;
                             return Err(SessionError::Upstream(e));
                         }
                     }
@@ -311,6 +348,7 @@ impl<'a> Session<'a> {
                     }
                     let now = tokio::time::Instant::now();
                     if let Some(status) = self.ready.take() {
+                        self.status = status;
                         self.timers.ready(status, now);
                         // The next batch in a pipeline starts its own clock.
                         self.timers.set_busy(false, now);
@@ -321,7 +359,7 @@ impl<'a> Session<'a> {
                         self.to_client.clear();
                     }
                     if let Err(e) = result {
-                        self.fatal_to_client("08P01", "Portcullis ended the session: unexpected response from the database").await;
+                        self.fatal_to_client(codes::PROTOCOL_VIOLATION, "Portcullis ended the session: unexpected response from the database").await;
                         return Err(e);
                     }
                     if std::mem::take(&mut self.resume_client) {

@@ -4,6 +4,15 @@ use bytes::BytesMut;
 
 use super::{put_cstr, write_message};
 
+/// The SQLSTATEs the session loop ends sessions with.
+pub mod codes {
+    /// The proxy is shutting down (PostgreSQL's `admin_shutdown`).
+    pub const ADMIN_SHUTDOWN: &str = "57P01";
+    pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
+    pub const CONNECTION_FAILURE: &str = "08006";
+    pub const PROTOCOL_VIOLATION: &str = "08P01";
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
     Error,
