@@ -585,3 +585,50 @@ async fn sigterm_lets_running_statements_and_transactions_finish() {
         env.proxy_log()
     );
 }
+
+/// `postgres.max_connections` caps sessions (each holds an upstream connection) and an agent's
+/// own `max_connections` caps its sessions: a client beyond either is refused at once with
+/// 53300, never left waiting, and a place freed is taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_caps_refuse_at_once_with_53300() {
+    let env = Env::start_with(Options {
+        postgres_extra: "max_connections = 3\n\n[[agents]]\nid = \"looper\"\nsecret = \"looper-secret\"\nmax_connections = 1\n".into(),
+    });
+    let looper_url = env.url("looper", "looper-secret");
+    let refused = |url: String| async move {
+        let started = Instant::now();
+        let e = connect(&url).await.err().expect("a session beyond the cap");
+        let waited = started.elapsed();
+        assert!(waited < Duration::from_secs(2), "refused after {waited:?}");
+        (sqlstate(&e), message(&e))
+    };
+
+    let looper = connect(&looper_url).await.unwrap();
+    assert_eq!(
+        refused(looper_url.clone()).await,
+        (
+            "53300".into(),
+            "too many connections for agent \"looper\"".into()
+        )
+    );
+    let first = env.agent().await;
+    let second = env.agent().await;
+    assert_eq!(
+        refused(env.agent_url()).await,
+        ("53300".into(), "sorry, too many clients already".into())
+    );
+    // The sessions within the caps work; a place freed is taken again.
+    assert_eq!(one(&looper, "select 'looping'").await, "looping");
+    drop(second);
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(c) = connect(&env.agent_url()).await {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let again = again.expect("the freed place was never given out again");
+    assert_eq!(one(&again, "select 'again'").await, "again");
+    assert_eq!(one(&first, "select 'first'").await, "first");
+}

@@ -111,6 +111,10 @@ pub struct PostgresConfig {
     /// and open transactions before they are ended (`57P01`), in ms.
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// Most agent sessions at once (each holds an upstream connection); a client beyond it is
+    /// refused at once with `53300`. 0: no cap.
+    #[serde(default)]
+    pub max_connections: usize,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -144,6 +148,8 @@ pub struct AgentConfig {
     pub statement_timeout_ms: Option<u64>,
     /// This agent's `postgres.idle_in_transaction_timeout_ms`, if it differs.
     pub idle_in_transaction_timeout_ms: Option<u64>,
+    /// Most sessions of this agent at once (beyond it: `53300`). None: only the global cap.
+    pub max_connections: Option<usize>,
 }
 
 fn default_max_message_bytes() -> usize {
@@ -205,6 +211,10 @@ pub struct Resolved {
     pub tokens_without_tls: bool,
     /// How long sessions may take to finish on shutdown (`postgres.drain_timeout_ms`).
     pub drain_timeout: std::time::Duration,
+    /// `postgres.max_connections` (0: no cap).
+    pub max_connections: usize,
+    /// Each agent's own `max_connections`, for those that have one.
+    pub agent_max_connections: HashMap<String, usize>,
 }
 
 impl Config {
@@ -297,6 +307,7 @@ impl Config {
         let mut seen = HashSet::new();
         let mut agents = Vec::new();
         let mut limits = HashMap::new();
+        let mut agent_max_connections = HashMap::new();
         for (i, a) in self.agents.into_iter().enumerate() {
             let key = format!("agents[{i}]");
             if a.id.is_empty() || a.id.len() > 63 || a.id.contains('\0') {
@@ -310,6 +321,9 @@ impl Config {
                     format!("{key}.id"),
                     format!("duplicate agent id {:?}", a.id),
                 ));
+            }
+            if let Some(n) = a.max_connections {
+                agent_max_connections.insert(a.id.clone(), n);
             }
             limits.insert(
                 a.id.clone(),
@@ -373,6 +387,8 @@ impl Config {
             tokens,
             tokens_without_tls,
             drain_timeout: std::time::Duration::from_millis(pg.drain_timeout_ms),
+            max_connections: pg.max_connections,
+            agent_max_connections,
         })
     }
 }

@@ -57,6 +57,8 @@ pub async fn run(
         max_query_bytes: 1 << 20,
         // Ctrl-C ends the demo at once: it deletes its throwaway database.
         drain_timeout: std::time::Duration::ZERO,
+        max_connections: 0,
+        agent_max_connections: Default::default(),
         agents: AGENTS
             .iter()
             .map(|(id, secret)| {

@@ -52,6 +52,10 @@ pub struct Shared {
     pub audit: Option<Arc<crate::audit_log::AuditLog>>,
     /// The tables whose returned keys outcome records capture (`audit.capture_keys`).
     pub captured: Option<Arc<crate::pg::captured_keys::CapturedKeys>>,
+    /// `postgres.max_connections`: a permit per session (from before authentication).
+    pub connections: Option<Arc<tokio::sync::Semaphore>>,
+    /// Each agent's own cap on its sessions (`[[agents]] max_connections`).
+    pub agent_connections: HashMap<String, Arc<tokio::sync::Semaphore>>,
     /// Shutdown as sessions see it; each session holds a receiver until it ends, so the sender
     /// knows when the last one has (see [`drain`]).
     pub shutdown: tokio::sync::watch::Sender<Shutdown>,
@@ -89,6 +93,13 @@ impl Shared {
             audit: None,
             captured: None,
             shutdown: tokio::sync::watch::Sender::new(Shutdown::Running),
+            connections: (config.max_connections > 0)
+                .then(|| Arc::new(tokio::sync::Semaphore::new(config.max_connections))),
+            agent_connections: config
+                .agent_max_connections
+                .iter()
+                .map(|(agent, n)| (agent.clone(), Arc::new(tokio::sync::Semaphore::new(*n))))
+                .collect(),
         })
     }
 
@@ -147,6 +158,7 @@ async fn handle(tcp: TcpStream, peer: std::net::SocketAddr, shared: &Shared) {
             }
         };
     let upstream = auth.upstream;
+    let _permits = auth.permits;
     if let Some(p) = &shared.policies {
         info!(agent = %auth.agent, on_behalf_of = auth.on_behalf_of.as_deref(), "session uses policy version {}", p.current().version.short());
     }

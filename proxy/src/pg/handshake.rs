@@ -8,6 +8,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use super::client_stream::ClientStream;
+use super::messages::error::codes::TOO_MANY_CONNECTIONS;
 use super::messages::error::{error_response, Severity};
 use super::messages::startup::{self, StartupPacket, MAX_STARTUP_PACKET};
 use super::messages::{auth, frame, status};
@@ -22,6 +23,9 @@ pub struct Authenticated {
     /// The human the agent acts for (from its token), if any.
     pub on_behalf_of: Option<String>,
     pub upstream: connectors::postgres::Upstream,
+    /// Its places under `postgres.max_connections` and the agent's own cap, held until the
+    /// session ends.
+    pub permits: Vec<tokio::sync::OwnedSemaphorePermit>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +112,22 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Result<Authenticated,
         )
         .await;
     }
+    // A session from here on, whatever its credentials: it counts against the cap, and one
+    // beyond it is refused at once rather than left waiting (as PostgreSQL does).
+    let mut permits = Vec::new();
+    if let Some(connections) = &shared.connections {
+        match connections.clone().try_acquire_owned() {
+            Ok(p) => permits.push(p),
+            Err(_) => {
+                return fatal(
+                    &mut client,
+                    TOO_MANY_CONNECTIONS,
+                    "sorry, too many clients already",
+                )
+                .await
+            }
+        }
+    }
     if shared.require_tls && !client.is_tls() {
         return fatal(
             &mut client,
@@ -150,6 +170,20 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Result<Authenticated,
         )
         .await;
     };
+    if let Some(connections) = shared.agent_connections.get(&agent) {
+        match connections.clone().try_acquire_owned() {
+            Ok(p) => permits.push(p),
+            Err(_) => {
+                info!(agent = %agent, "refused: the agent's max_connections sessions are open");
+                return fatal(
+                    &mut client,
+                    TOO_MANY_CONNECTIONS,
+                    &format!("too many connections for agent \"{agent}\""),
+                )
+                .await;
+            }
+        }
+    }
     let mut vetted = match vetted {
         Ok(v) => v,
         Err((code, message)) => return fatal(&mut client, code, &message).await,
@@ -179,6 +213,7 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Result<Authenticated,
         agent: vetted.agent,
         on_behalf_of,
         upstream,
+        permits,
     })
 }
 

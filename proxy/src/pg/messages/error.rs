@@ -4,13 +4,14 @@ use bytes::BytesMut;
 
 use super::{put_cstr, write_message};
 
-/// The SQLSTATEs the session loop ends sessions with.
+/// The SQLSTATEs sessions are refused or ended with.
 pub mod codes {
     /// The proxy is shutting down (PostgreSQL's `admin_shutdown`).
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
     pub const CONNECTION_FAILURE: &str = "08006";
     pub const PROTOCOL_VIOLATION: &str = "08P01";
+    pub const TOO_MANY_CONNECTIONS: &str = "53300";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
