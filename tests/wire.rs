@@ -634,3 +634,37 @@ async fn connection_caps_refuse_at_once_with_53300() {
     assert_eq!(one(&again, "select 'again'").await, "again");
     assert_eq!(one(&first, "select 'first'").await, "first");
 }
+
+/// A client that writes megabytes of pipelined queries before reading any result: PostgreSQL
+/// takes them all (the results are small enough to wait in the client's socket), and so must
+/// the session, reading on while results queue toward a client that is not reading yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn megabytes_of_pipelined_queries_before_reading_do_not_stall() {
+    use common::raw::{query, Raw};
+    let env = Env::start();
+    let padding = "x".repeat(500);
+    let count = 20_000;
+    let mut batch = bytes::BytesMut::new();
+    for i in 0..count {
+        batch.extend_from_slice(&query(&format!("select {i} /* {padding} */")));
+    }
+    assert!(batch.len() > 10 << 20, "{} bytes", batch.len());
+    let run = |mut raw: Raw, batch: bytes::BytesMut| async move {
+        let sent = tokio::time::timeout(Duration::from_secs(60), raw.send(&batch)).await;
+        if sent.is_err() {
+            return "stopped reading the pipelined queries".to_string();
+        }
+        for done in 0..count {
+            match tokio::time::timeout(Duration::from_secs(60), raw.until_ready()).await {
+                Ok((codes, true)) if codes.is_empty() => {}
+                other => return format!("after {done} results: {other:?}"),
+            }
+        }
+        "all results".to_string()
+    };
+    // Directly, as the baseline the proxy must match.
+    let direct = Raw::login_direct(&env).await;
+    assert_eq!(run(direct, batch.clone()).await, "all results");
+    let through = Raw::login(&env).await;
+    assert_eq!(run(through, batch).await, "all results");
+}

@@ -49,14 +49,40 @@ impl Raw {
     /// reads until ReadyForQuery or close: the SQLSTATEs of errors seen and whether
     /// ReadyForQuery arrived. (Portcullis authenticates before it reports bad parameters.)
     pub async fn authenticate(&mut self, params: &[(&str, &str)]) -> (Vec<String>, bool) {
+        self.authenticate_with(params, AGENT_SECRET).await
+    }
+
+    /// Logs in to the upstream PostgreSQL directly, as its login role (a baseline to compare
+    /// the proxy with).
+    pub async fn login_direct(env: &Env) -> Raw {
+        let s = TcpStream::connect(("127.0.0.1", env.cluster.port()))
+            .await
+            .unwrap();
+        let mut raw = Raw {
+            s,
+            buf: BytesMut::new(),
+        };
+        let params = [
+            ("user", connectors::postgres::fixtures::UPSTREAM_USER),
+            ("database", connectors::postgres::fixtures::DEMO_DB),
+        ];
+        let (codes, ready) = raw.authenticate_with(&params, &env.upstream_password).await;
+        assert!(codes.is_empty() && ready, "login refused: {codes:?}");
+        raw
+    }
+
+    async fn authenticate_with(
+        &mut self,
+        params: &[(&str, &str)],
+        secret: &str,
+    ) -> (Vec<String>, bool) {
         self.startup(params).await;
         let mut scram = None;
         let mut codes = Vec::new();
         while let Some(m) = self.next().await {
             match m {
                 backend::Message::AuthenticationSasl(_) => {
-                    let s =
-                        ScramSha256::new(AGENT_SECRET.as_bytes(), ChannelBinding::unsupported());
+                    let s = ScramSha256::new(secret.as_bytes(), ChannelBinding::unsupported());
                     let mut b = BytesMut::new();
                     frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut b).unwrap();
                     self.s.write_all(&b).await.unwrap();
