@@ -386,3 +386,101 @@ fn schema_import_reads_a_vector_collection() {
     let schema = policies::PayloadSchema::of(&bundle, "qdrant::kb").unwrap();
     assert!(schema.field("metadata.author").is_some_and(|f| !f.required));
 }
+
+/// Runs `portcullis serve` with `upstream` (and `extra` in `[postgres]`) until it listens or
+/// exits: whether it started, and what it logged.
+fn serve_with_upstream(env: &common::Env, upstream: &str, extra: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[postgres]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"{upstream}\"\n{extra}\n\
+             [[agents]]\nid = \"a\"\nsecret = \"s\"\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _ = env;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let started = loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break true;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            break false;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "neither started nor exited"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    (started, std::fs::read_to_string(&log).unwrap())
+}
+
+/// At start-up Portcullis checks what its upstream login may do beyond reading and writing
+/// rows: a superuser, a role with BYPASSRLS, an owner of relations or a role that may create
+/// in a schema is named in a warning, and `postgres.strict` refuses to start with it. The
+/// fixtures' least-privilege role starts under strict.
+#[test]
+fn serve_names_what_the_upstream_login_may_do_and_strict_refuses_it() {
+    use connectors::postgres::fixtures::{DEMO_DB, UPSTREAM_USER};
+    let env = common::Env::start();
+    let least = format!(
+        "postgres://{UPSTREAM_USER}:{}@127.0.0.1:{}/{DEMO_DB}",
+        env.upstream_password,
+        env.cluster.port()
+    );
+    let (started, log) = serve_with_upstream(&env, &least, "strict = true");
+    assert!(started, "{log}");
+    assert!(!log.contains("upstream login"), "{log}");
+
+    let superuser = env.cluster.superuser_url(DEMO_DB);
+    let (started, log) = serve_with_upstream(&env, &superuser, "strict = true");
+    assert!(!started, "{log}");
+    assert!(
+        log.contains("postgres.strict") && log.contains("is a superuser"),
+        "{log}"
+    );
+    let (started, log) = serve_with_upstream(&env, &superuser, "");
+    assert!(started, "{log}");
+    assert!(
+        log.contains("WARN") && log.contains("is a superuser"),
+        "{log}"
+    );
+
+    env.cluster
+        .psql(
+            DEMO_DB,
+            "CREATE ROLE careless LOGIN PASSWORD 'careless-pw' BYPASSRLS; \
+             CREATE SCHEMA scratch; GRANT CREATE, USAGE ON SCHEMA scratch TO careless; \
+             CREATE TABLE public.\"Owned things\" (id int); \
+             ALTER TABLE public.\"Owned things\" OWNER TO careless",
+            &[],
+        )
+        .unwrap();
+    let careless = format!(
+        "postgres://careless:careless-pw@127.0.0.1:{}/{DEMO_DB}",
+        env.cluster.port()
+    );
+    let (started, log) = serve_with_upstream(&env, &careless, "strict = true");
+    assert!(!started, "{log}");
+    for named in [
+        "has BYPASSRLS",
+        r#"owns public."Owned things""#,
+        "may create objects in schema scratch",
+    ] {
+        assert!(log.contains(named), "{named} not in:\n{log}");
+    }
+    assert!(!log.contains("is a superuser"), "{log}");
+}

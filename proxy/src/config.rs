@@ -115,6 +115,11 @@ pub struct PostgresConfig {
     /// refused at once with `53300`. 0: no cap.
     #[serde(default)]
     pub max_connections: usize,
+    /// Refuse to start when the upstream login may do more than agents need (superuser,
+    /// BYPASSRLS, owner of relations, CREATE on a schema) or cannot be checked; without it,
+    /// each is a warning.
+    #[serde(default)]
+    pub strict: bool,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -213,6 +218,8 @@ pub struct Resolved {
     pub drain_timeout: std::time::Duration,
     /// `postgres.max_connections` (0: no cap).
     pub max_connections: usize,
+    /// `postgres.strict`: start only with a least-privilege upstream login.
+    pub strict: bool,
     /// Each agent's own `max_connections`, for those that have one.
     pub agent_max_connections: HashMap<String, usize>,
 }
@@ -388,6 +395,7 @@ impl Config {
             tokens_without_tls,
             drain_timeout: std::time::Duration::from_millis(pg.drain_timeout_ms),
             max_connections: pg.max_connections,
+            strict: pg.strict,
             agent_max_connections,
         })
     }

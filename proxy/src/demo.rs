@@ -58,6 +58,7 @@ pub async fn run(
         // Ctrl-C ends the demo at once: it deletes its throwaway database.
         drain_timeout: std::time::Duration::ZERO,
         max_connections: 0,
+        strict: false,
         agent_max_connections: Default::default(),
         agents: AGENTS
             .iter()

@@ -402,6 +402,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
     let listen = resolved.listen;
     let drain_timeout = resolved.drain_timeout;
+    check_upstream_login(&resolved.upstream, resolved.strict).await?;
     let resolved_admin = resolved.admin.take();
     if resolved.tokens.is_some() && resolved.tokens_without_tls {
         tracing::warn!(
@@ -556,6 +557,35 @@ async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || audit.shutdown()).await?;
     }
     result
+}
+
+/// Warns of each thing the upstream login may do beyond what agents need (see
+/// `connectors::postgres::login_checks`); under `postgres.strict`, refuses to start instead.
+async fn check_upstream_login(
+    upstream: &connectors::postgres::UpstreamConfig,
+    strict: bool,
+) -> anyhow::Result<()> {
+    let mut config = upstream.tokio_config();
+    config.connect_timeout(std::time::Duration::from_secs(10));
+    match connectors::postgres::login_checks::check(&config).await {
+        Ok(risks) => {
+            let findings = risks.findings();
+            if strict && !findings.is_empty() {
+                anyhow::bail!("postgres.strict is set and {}", findings.join("; and "));
+            }
+            for finding in findings {
+                tracing::warn!("{finding}");
+            }
+            Ok(())
+        }
+        Err(e) if strict => {
+            anyhow::bail!("postgres.strict is set and the upstream login cannot be checked: {e}")
+        }
+        Err(e) => {
+            tracing::warn!("cannot check what the upstream login may do: {e}");
+            Ok(())
+        }
+    }
 }
 
 /// SIGHUP re-reads the upstream catalog (as it reloads the policy set): relations created or
