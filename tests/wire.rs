@@ -668,3 +668,41 @@ async fn megabytes_of_pipelined_queries_before_reading_do_not_stall() {
     let through = Raw::login(&env).await;
     assert_eq!(run(through, batch).await, "all results");
 }
+
+/// `client_idle_timeout_ms`: a session idle outside a transaction past it is ended (57P05, as
+/// PostgreSQL's idle_session_timeout ends it), freeing its upstream connection; a session that
+/// keeps working, or sits in a transaction (the idle-in-transaction limit's business), is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_are_ended_after_the_client_idle_timeout() {
+    use common::raw::{query, Raw};
+    let env = Env::start_with(Options {
+        postgres_extra: "client_idle_timeout_ms = 1000\n".into(),
+    });
+    let started = Instant::now();
+    let mut idle = Raw::login(&env).await;
+    let mut working = Raw::login(&env).await;
+    let mut in_tx = Raw::login(&env).await;
+    in_tx.send(&query("begin; select 1")).await;
+    assert_eq!(in_tx.until_ready().await, (vec![], true));
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        working.send(&query("select 1")).await;
+        assert_eq!(working.until_ready().await, (vec![], true));
+    }
+    assert!(started.elapsed() >= Duration::from_millis(2000));
+    assert_eq!(
+        fatal_then_close(&mut idle, Duration::from_secs(1)).await,
+        "57P05"
+    );
+    in_tx.send(&query("commit")).await;
+    assert_eq!(in_tx.until_ready().await, (vec![], true));
+    // Once they stop, they are idle sessions like any other.
+    let stopped = Instant::now();
+    for session in [&mut working, &mut in_tx] {
+        assert_eq!(
+            fatal_then_close(session, Duration::from_secs(3)).await,
+            "57P05"
+        );
+    }
+    assert!(stopped.elapsed() >= Duration::from_millis(900));
+}

@@ -111,6 +111,10 @@ pub struct PostgresConfig {
     /// and open transactions before they are ended (`57P01`), in ms.
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// Longest a session may sit idle outside a transaction before Portcullis ends it
+    /// (`57P05`), in ms (0, the default: no cap); each holds an upstream connection.
+    #[serde(default)]
+    pub client_idle_timeout_ms: u64,
     /// Most agent sessions at once (each holds an upstream connection); a client beyond it is
     /// refused at once with `53300`. 0: no cap.
     #[serde(default)]
@@ -155,6 +159,8 @@ pub struct AgentConfig {
     pub idle_in_transaction_timeout_ms: Option<u64>,
     /// Most sessions of this agent at once (beyond it: `53300`). None: only the global cap.
     pub max_connections: Option<usize>,
+    /// This agent's `postgres.client_idle_timeout_ms`, if it differs.
+    pub client_idle_timeout_ms: Option<u64>,
 }
 
 fn default_max_message_bytes() -> usize {
@@ -338,6 +344,10 @@ impl Config {
                     a.statement_timeout_ms.unwrap_or(pg.statement_timeout_ms),
                     a.idle_in_transaction_timeout_ms
                         .unwrap_or(pg.idle_in_transaction_timeout_ms),
+                )
+                .with_idle_session_ms(
+                    a.client_idle_timeout_ms
+                        .unwrap_or(pg.client_idle_timeout_ms),
                 ),
             );
             if a.token {

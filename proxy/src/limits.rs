@@ -16,6 +16,8 @@ use tokio::time::Instant;
 pub struct Limits {
     pub statement: Option<Duration>,
     pub idle_in_transaction: Option<Duration>,
+    /// Longest a session may sit idle outside a transaction (`client_idle_timeout_ms`).
+    pub idle_session: Option<Duration>,
 }
 
 impl Limits {
@@ -25,6 +27,15 @@ impl Limits {
         Limits {
             statement: cap(statement),
             idle_in_transaction: cap(idle_in_transaction),
+            idle_session: None,
+        }
+    }
+
+    /// These limits, and an idle session ended after `ms` (0: never).
+    pub fn with_idle_session_ms(self, ms: u64) -> Self {
+        Limits {
+            idle_session: (ms > 0).then(|| Duration::from_millis(ms)),
+            ..self
         }
     }
 
@@ -59,6 +70,8 @@ pub enum Expiry {
     Statement,
     /// The session sat idle in a transaction past its cap: end it.
     IdleInTransaction,
+    /// The session sat idle outside a transaction past its cap: end it.
+    IdleSession,
 }
 
 /// The session's clocks.
@@ -71,6 +84,8 @@ pub struct Timers {
     cancelled: bool,
     /// Since when the session has been idle inside a transaction block.
     idle_in_transaction_since: Option<Instant>,
+    /// Since when the session has been idle outside a transaction (the client not speaking).
+    idle_since: Option<Instant>,
 }
 
 impl Timers {
@@ -80,6 +95,8 @@ impl Timers {
             busy_since: None,
             cancelled: false,
             idle_in_transaction_since: None,
+            // A session starts idle, after its first ReadyForQuery.
+            idle_since: Some(Instant::now()),
         }
     }
 
@@ -90,6 +107,7 @@ impl Timers {
                 self.busy_since = Some(now);
                 self.cancelled = false;
                 self.idle_in_transaction_since = None;
+                self.idle_since = None;
             }
             (false, Some(_)) => self.busy_since = None,
             _ => {}
@@ -99,11 +117,13 @@ impl Timers {
     /// A ReadyForQuery arrived with transaction status `status` (`I`, `T` or `E`).
     pub fn ready(&mut self, status: u8, now: Instant) {
         self.idle_in_transaction_since = (status != b'I').then_some(now);
+        self.idle_since = (status == b'I').then_some(now);
     }
 
     /// The client sent something: it is not idle.
     pub fn client_active(&mut self) {
         self.idle_in_transaction_since = None;
+        self.idle_since = None;
     }
 
     /// The next deadline, if any.
@@ -120,7 +140,12 @@ impl Timers {
             (Some(since), Some(cap)) if self.busy_since.is_none() => {
                 Some((since + cap, Expiry::IdleInTransaction))
             }
-            _ => None,
+            _ => match (self.idle_since, self.limits.idle_session) {
+                (Some(since), Some(cap)) if self.busy_since.is_none() => {
+                    Some((since + cap, Expiry::IdleSession))
+                }
+                _ => None,
+            },
         }
     }
 
@@ -206,5 +231,30 @@ mod tests {
             assert_eq!(got.len(), 1, "{given:?}");
             assert_eq!(got[0].1, want, "{given:?}");
         }
+    }
+
+    #[test]
+    fn an_idle_session_counts_from_ready_for_query_outside_a_transaction() {
+        let t0 = Instant::now();
+        let mut t = Timers::new(limits().with_idle_session_ms(2000));
+        t.ready(b'I', t0);
+        assert_eq!(
+            t.deadline(),
+            Some((t0 + Duration::from_secs(2), Expiry::IdleSession))
+        );
+        t.client_active();
+        assert_eq!(t.deadline(), None);
+        t.ready(b'T', t0);
+        assert_eq!(
+            t.deadline(),
+            Some((t0 + Duration::from_secs(5), Expiry::IdleInTransaction))
+        );
+        t.ready(b'I', t0);
+        t.set_busy(true, t0);
+        assert_eq!(
+            t.deadline(),
+            Some((t0 + Duration::from_secs(1), Expiry::Statement))
+        );
+        assert_eq!(Timers::new(limits()).deadline(), None);
     }
 }

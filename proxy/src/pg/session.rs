@@ -310,6 +310,11 @@ impl<'a> Session<'a> {
                             self.timers.cancelled();
                             self.cancel_upstream().await;
                         }
+                        Some(Expiry::IdleSession) => {
+                            info!(agent = %self.agent, "idle-session timeout: ending the session");
+                            self.fatal_to_client(codes::IDLE_SESSION_TIMEOUT, "terminating connection due to idle-session timeout").await;
+                            return Ok(());
+                        }
                         _ => {
                             info!(agent = %self.agent, "idle-in-transaction timeout: ending the session");
                             self.fatal_to_client(codes::IDLE_IN_TRANSACTION_TIMEOUT, "Portcullis ended the session: idle in transaction for longer than this agent may be").await;

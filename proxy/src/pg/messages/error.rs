@@ -8,6 +8,8 @@ use super::{put_cstr, write_message};
 pub mod codes {
     /// The proxy is shutting down (PostgreSQL's `admin_shutdown`).
     pub const ADMIN_SHUTDOWN: &str = "57P01";
+    /// PostgreSQL's `idle_session_timeout`.
+    pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
     pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
     pub const CONNECTION_FAILURE: &str = "08006";
     pub const PROTOCOL_VIOLATION: &str = "08P01";
