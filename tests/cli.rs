@@ -484,3 +484,328 @@ fn serve_names_what_the_upstream_login_may_do_and_strict_refuses_it() {
     }
     assert!(!log.contains("is a superuser"), "{log}");
 }
+
+/// A test CA, and a server certificate it signs for `localhost` only; and a second CA that
+/// signed nothing here. Made with the openssl command line.
+fn test_certificates(dir: &std::path::Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (tests/setup.sh installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for ca in ["ca", "other-ca"] {
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{ca}.key"),
+            "-out",
+            &format!("{ca}.crt"),
+            "-subj",
+            &format!("/CN=portcullis test {ca}"),
+            "-days",
+            "2",
+        ]);
+    }
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.csr",
+        "-subj",
+        "/CN=portcullis",
+    ]);
+    // X.509 v3 (an extension makes it so): rustls takes no v1 certificate.
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "client.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "client.ext",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+}
+
+/// Serves with `upstream` and, once listening, asks through the proxy whether the upstream
+/// session is encrypted (`pg_stat_ssl`). Err: what the proxy logged when it did not start.
+fn upstream_ssl_through(upstream: &str) -> Result<String, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[postgres]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"{upstream}\"\n\n\
+             [[agents]]\nid = \"a\"\nsecret = \"s\"\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            return Err(std::fs::read_to_string(&log).unwrap());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "neither started nor exited"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let ssl = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let client = common::connect(&format!("postgres://a:s@127.0.0.1:{port}/portcullis_demo"))
+            .await
+            .map_err(|e| format!("{e}"))?;
+        let row = client
+            .query_one(
+                "select ssl::text from pg_stat_ssl where pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .map_err(|e| format!("{e}"))?;
+        Ok::<String, String>(row.get(0))
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    ssl.map_err(|e| format!("{e}\n{}", std::fs::read_to_string(&log).unwrap()))
+}
+
+/// TLS to the upstream with libpq's sslmode, against PostgreSQL with `ssl = on` and a test CA:
+/// verify-full accepts the server under the name its certificate holds and refuses it under
+/// another name or with another CA, at start-up; verify-ca checks the chain only; require
+/// encrypts without verifying; disable does not encrypt; a verifying mode without a root
+/// certificate is a configuration error.
+#[test]
+fn upstream_tls_follows_sslmode() {
+    use connectors::postgres::fixtures::{DEMO_DB, UPSTREAM_USER};
+    let env = common::Env::start();
+    let certs = tempfile::tempdir().unwrap();
+    test_certificates(certs.path());
+    let data = env.cluster.data_dir();
+    for file in ["server.crt", "server.key"] {
+        std::fs::copy(certs.path().join(file), data.join(file)).unwrap();
+        if running_as_root() {
+            assert!(Command::new("chown")
+                .args(["postgres:", data.join(file).to_str().unwrap()])
+                .status()
+                .unwrap()
+                .success());
+        }
+        let mode = if file.ends_with(".key") { 0o600 } else { 0o644 };
+        std::fs::set_permissions(
+            data.join(file),
+            std::os::unix::fs::PermissionsExt::from_mode(mode),
+        )
+        .unwrap();
+    }
+    env.cluster
+        .psql(DEMO_DB, "ALTER SYSTEM SET ssl = on", &[])
+        .unwrap();
+    env.cluster
+        .psql(DEMO_DB, "SELECT pg_reload_conf()", &[])
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let root = |ca: &str| certs.path().join(format!("{ca}.crt")).display().to_string();
+    let url = |host: &str, query: &str| {
+        format!(
+            "postgres://{UPSTREAM_USER}:{}@{host}:{}/{DEMO_DB}?{query}",
+            env.upstream_password,
+            env.cluster.port()
+        )
+    };
+
+    let full = url(
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={}", root("ca")),
+    );
+    assert_eq!(upstream_ssl_through(&full).as_deref(), Ok("true"));
+    let wrong_name = url(
+        "127.0.0.1",
+        &format!("sslmode=verify-full&sslrootcert={}", root("ca")),
+    );
+    let log = upstream_ssl_through(&wrong_name).unwrap_err();
+    assert!(
+        log.contains("over TLS") && log.contains("certificate"),
+        "{log}"
+    );
+    let untrusted = url(
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={}", root("other-ca")),
+    );
+    let log = upstream_ssl_through(&untrusted).unwrap_err();
+    assert!(
+        log.contains("over TLS") && log.contains("certificate"),
+        "{log}"
+    );
+    let ca_only = url(
+        "127.0.0.1",
+        &format!("sslmode=verify-ca&sslrootcert={}", root("ca")),
+    );
+    assert_eq!(upstream_ssl_through(&ca_only).as_deref(), Ok("true"));
+    let ca_untrusted = url(
+        "127.0.0.1",
+        &format!("sslmode=verify-ca&sslrootcert={}", root("other-ca")),
+    );
+    assert!(upstream_ssl_through(&ca_untrusted).is_err());
+    assert_eq!(
+        upstream_ssl_through(&url("127.0.0.1", "sslmode=require")).as_deref(),
+        Ok("true")
+    );
+    assert_eq!(
+        upstream_ssl_through(&url("127.0.0.1", "sslmode=disable")).as_deref(),
+        Ok("false")
+    );
+    let log = upstream_ssl_through(&url("localhost", "sslmode=verify-full")).unwrap_err();
+    assert!(log.contains("sslrootcert"), "{log}");
+
+    // A server that asks for a client certificate: without one the login fails at start-up;
+    // with sslcert/sslkey it succeeds.
+    std::fs::copy(certs.path().join("ca.crt"), data.join("ca.crt")).unwrap();
+    if running_as_root() {
+        assert!(Command::new("chown")
+            .args(["postgres:", data.join("ca.crt").to_str().unwrap()])
+            .status()
+            .unwrap()
+            .success());
+    }
+    let hba = data.join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("hostssl all all 127.0.0.1/32 scram-sha-256 clientcert=verify-ca\n{rules}"),
+    )
+    .unwrap();
+    env.cluster
+        .psql(DEMO_DB, "ALTER SYSTEM SET ssl_ca_file = 'ca.crt'", &[])
+        .unwrap();
+    env.cluster
+        .psql(DEMO_DB, "SELECT pg_reload_conf()", &[])
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let log = upstream_ssl_through(&full).unwrap_err();
+    assert!(
+        log.contains("over TLS") && log.contains("certificate"),
+        "{log}"
+    );
+    let with_cert = format!(
+        "{full}&sslcert={}&sslkey={}",
+        certs.path().join("client.crt").display(),
+        certs.path().join("client.key").display()
+    );
+    assert_eq!(upstream_ssl_through(&with_cert).as_deref(), Ok("true"));
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// The README's "Deploying" config passes `portcullis check-config` once its files exist.
+#[test]
+fn the_deploying_example_config_checks() {
+    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    let section = readme
+        .split("## Deploying")
+        .nth(1)
+        .expect("a Deploying section");
+    let toml = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("a TOML block");
+    let dir = tempfile::tempdir().unwrap();
+    test_certificates(dir.path());
+    let etc = dir.path().join("etc");
+    std::fs::create_dir_all(etc.join("policies")).unwrap();
+    copy_files("policies/examples/finance", &etc.join("policies"));
+    for (from, to) in [
+        ("ca.crt", "rds-ca.pem"),
+        ("server.crt", "server.crt"),
+        ("server.key", "server.key"),
+    ] {
+        std::fs::copy(dir.path().join(from), etc.join(to)).unwrap();
+    }
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        toml.replace("/etc/portcullis/", &format!("{}/", etc.display())),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check-config", "--config", config.to_str().unwrap()])
+        .env("PORTCULLIS_UPSTREAM_PASSWORD", "upstream-secret")
+        .env("SUPPORT_BOT_SECRET", "agent-secret")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -47,6 +47,11 @@ pub async fn run(
             user: UPSTREAM_USER.into(),
             password: Some(upstream_password),
             dbname: DEMO_DB.into(),
+            // The throwaway cluster listens on 127.0.0.1 without TLS.
+            tls: connectors::postgres::tls::UpstreamTls {
+                mode: connectors::postgres::tls::SslMode::Disable,
+                ..Default::default()
+            },
         },
         tls: None,
         require_tls: false,
@@ -87,7 +92,7 @@ pub async fn run(
             .with_context(|| format!("loading the policy set {}", policies.display()))?
     };
     let state = Arc::new(state);
-    let snapshot = connectors::postgres::catalog::snapshot(&resolved.upstream.tokio_config())
+    let snapshot = connectors::postgres::catalog::snapshot(&resolved.upstream)
         .await
         .context("reading the demo database's catalog")?;
     let mut shared = crate::server::Shared::new(resolved)?;

@@ -31,7 +31,7 @@ pub async fn run(
     let state = tokio::task::spawn_blocking(move || PolicyState::load(dir, None))
         .await?
         .context("loading the policy set")?;
-    let snapshot = connectors::postgres::catalog::snapshot(&resolved.upstream.tokio_config())
+    let snapshot = connectors::postgres::catalog::snapshot(&resolved.upstream)
         .await
         .context("reading the upstream catalog")?;
     let enforcer = Enforcer::new(snapshot, Arc::new(state));

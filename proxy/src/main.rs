@@ -459,10 +459,9 @@ async fn serve(mut resolved: config::Resolved) -> anyhow::Result<()> {
     let mut captured = None;
     let enforcer = match &policies {
         Some(state) => {
-            let snapshot =
-                connectors::postgres::catalog::snapshot(&resolved.upstream.tokio_config())
-                    .await
-                    .context("reading the upstream catalog")?;
+            let snapshot = connectors::postgres::catalog::snapshot(&resolved.upstream)
+                .await
+                .context("reading the upstream catalog")?;
             tracing::info!(
                 relations = snapshot.relations.len(),
                 search_path = ?snapshot.search_path,
@@ -567,7 +566,7 @@ async fn check_upstream_login(
 ) -> anyhow::Result<()> {
     let mut config = upstream.tokio_config();
     config.connect_timeout(std::time::Duration::from_secs(10));
-    match connectors::postgres::login_checks::check(&config).await {
+    match connectors::postgres::login_checks::check(upstream, &config).await {
         Ok(risks) => {
             let findings = risks.findings();
             if strict && !findings.is_empty() {
@@ -581,11 +580,32 @@ async fn check_upstream_login(
         Err(e) if strict => {
             anyhow::bail!("postgres.strict is set and the upstream login cannot be checked: {e}")
         }
+        // The operator asked for TLS: a server that fails it (an untrusted certificate, a
+        // name the certificate does not hold, no TLS at all) is a start-up error.
+        Err(e) if upstream.tls.mode.needs_tls() => {
+            anyhow::bail!(
+                "cannot connect to the upstream database over TLS (sslmode={}): {}",
+                upstream.tls.mode.name(),
+                error_chain(&e)
+            )
+        }
         Err(e) => {
             tracing::warn!("cannot check what the upstream login may do: {e}");
             Ok(())
         }
     }
+}
+
+/// `e` and its sources, as one line (tokio-postgres puts the TLS reason in a source).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// SIGHUP re-reads the upstream catalog (as it reloads the policy set): relations created or
@@ -610,7 +630,7 @@ async fn refresh_catalog_on_hup(
     captured: Option<Arc<pg::captured_keys::CapturedKeys>>,
 ) {
     while hup.recv().await.is_some() {
-        match connectors::postgres::catalog::snapshot(&upstream.tokio_config()).await {
+        match connectors::postgres::catalog::snapshot(&upstream).await {
             Ok(snapshot) => {
                 let relations = snapshot.relations.len();
                 enforcer.refresh_catalog(snapshot);

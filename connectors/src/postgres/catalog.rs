@@ -2,8 +2,6 @@
 //! schemas, with their types and nullability, for `portcullis schema import`; and a
 //! [`Snapshot`] of everything the rewriter resolves names against.
 
-use tokio_postgres::NoTls;
-
 /// One column of a table, as the catalog describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CatalogColumn {
@@ -43,18 +41,17 @@ pub async fn table_columns(
     url: &str,
     schemas: &[String],
 ) -> Result<Vec<CatalogColumn>, CatalogError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
+    let upstream =
+        super::UpstreamConfig::from_url(url).map_err(|e| CatalogError::Connect(e.to_string()))?;
+    let client = upstream
+        .client(&upstream.tokio_config())
         .await
         .map_err(|e| CatalogError::Connect(e.to_string()))?;
-    let driver = tokio::spawn(async move {
-        let _ = connection.await;
-    });
     let rows = client
         .query(COLUMNS, &[&schemas])
         .await
         .map_err(|e| CatalogError::Query(e.to_string()))?;
     drop(client);
-    let _ = driver.await;
     Ok(rows
         .iter()
         .map(|r| CatalogColumn {
@@ -226,14 +223,11 @@ const PRIMARY_KEYS: &str = "
       AND n.nspname NOT IN ('pg_catalog', 'information_schema')";
 
 /// Reads a [`Snapshot`] with `config`'s credentials.
-pub async fn snapshot(config: &tokio_postgres::Config) -> Result<Snapshot, CatalogError> {
-    let (client, connection) = config
-        .connect(NoTls)
+pub async fn snapshot(upstream: &super::UpstreamConfig) -> Result<Snapshot, CatalogError> {
+    let client = upstream
+        .client(&upstream.tokio_config())
         .await
         .map_err(|e| CatalogError::Connect(e.to_string()))?;
-    let driver = tokio::spawn(async move {
-        let _ = connection.await;
-    });
     let q = |e: tokio_postgres::Error| CatalogError::Query(e.to_string());
     let mut snap = Snapshot::default();
     for row in client.query(RELATIONS, &[]).await.map_err(q)? {
@@ -328,6 +322,5 @@ pub async fn snapshot(config: &tokio_postgres::Config) -> Result<Snapshot, Catal
     snap.search_path = path.get(0);
     snap.search_path_setting = path.get(1);
     drop(client);
-    let _ = driver.await;
     Ok(snap)
 }

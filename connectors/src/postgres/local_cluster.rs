@@ -117,7 +117,8 @@ impl LocalCluster {
         self.dir.path().join("sock")
     }
 
-    fn data_dir(&self) -> PathBuf {
+    /// The cluster's data directory (owned by `postgres` when the tests run as root).
+    pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 

@@ -3,8 +3,6 @@
 //! past the rewriter do more than read and write rows; `portcullis serve` warns of each at
 //! start-up (and refuses to start under `postgres.strict`).
 
-use tokio_postgres::NoTls;
-
 /// What the login can do that a least-privilege role could not.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct LoginRisks {
@@ -80,12 +78,13 @@ const CREATE_IN: &str = "SELECT pg_catalog.format('%I', n.nspname) \
        AND pg_catalog.has_schema_privilege(n.oid, 'CREATE') \
      ORDER BY 1";
 
-/// Reads what `config`'s login may do.
-pub async fn check(config: &tokio_postgres::Config) -> Result<LoginRisks, tokio_postgres::Error> {
-    let (client, connection) = config.connect(NoTls).await?;
-    let driver = tokio::spawn(async move {
-        let _ = connection.await;
-    });
+/// Reads what `upstream`'s login may do, connecting with `config` (its
+/// [`super::UpstreamConfig::tokio_config`], perhaps with a connect timeout).
+pub async fn check(
+    upstream: &super::UpstreamConfig,
+    config: &tokio_postgres::Config,
+) -> Result<LoginRisks, super::ClientError> {
+    let client = upstream.client(config).await?;
     let role = client.query_one(ROLE, &[]).await?;
     let names = |rows: Vec<tokio_postgres::Row>| rows.iter().map(|r| r.get(0)).collect();
     let risks = LoginRisks {
@@ -95,7 +94,5 @@ pub async fn check(config: &tokio_postgres::Config) -> Result<LoginRisks, tokio_
         owned: names(client.query(OWNED, &[]).await?),
         create_in: names(client.query(CREATE_IN, &[]).await?),
     };
-    drop(client);
-    let _ = driver.await;
     Ok(risks)
 }

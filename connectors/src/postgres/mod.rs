@@ -7,7 +7,10 @@ pub mod catalog;
 pub mod fixtures;
 mod local_cluster;
 pub mod login_checks;
+pub mod tls;
 mod upstream;
 
 pub use local_cluster::{random_token, ClusterError, LocalCluster};
-pub use upstream::{cancel, connect, ConnectError, Upstream, UpstreamConfig};
+pub use upstream::{
+    cancel, connect, ClientError, ConnectError, Upstream, UpstreamConfig, UpstreamStream,
+};

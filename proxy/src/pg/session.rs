@@ -15,9 +15,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
+use connectors::postgres::UpstreamStream;
 use rewriter::{quote_ident, PreparedEffect, Protocol};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use super::cancel::CancelTarget;
@@ -61,7 +61,7 @@ pub struct Session<'a> {
     /// Who policy sees (with enforcement on).
     principal: Option<Principal>,
     client: ClientStream,
-    upstream: TcpStream,
+    upstream: UpstreamStream,
     cancel: CancelTarget,
     pipeline: Pipeline,
     /// After a refused Parse: drop client messages until Sync, as PostgreSQL does.
@@ -165,7 +165,7 @@ impl<'a> Session<'a> {
         principal: Option<Principal>,
         client: ClientStream,
         client_addr: std::net::SocketAddr,
-        upstream: TcpStream,
+        upstream: UpstreamStream,
         cancel: CancelTarget,
     ) -> Self {
         Session {
