@@ -503,7 +503,7 @@ mod tests {
             "postgres://u:p@db.example.com:6543/app?sslmode=verify-full&application_name=x&sslrootcert=%2Fetc%2Fca%20file.pem",
         );
         // verify-full reads its root certificate at once: this one does not exist.
-        let e = c.err().expect("a missing root certificate").to_string();
+        let e = c.expect_err("a missing root certificate").to_string();
         assert!(e.contains("/etc/ca file.pem"), "{e}");
         let (rest, tls) = take_tls_settings(
             "postgres://u:p@h/app?sslmode=require&application_name=x&sslcert=/c.pem&sslkey=/k.pem",
