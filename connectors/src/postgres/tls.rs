@@ -1,7 +1,7 @@
 //! TLS to the upstream with libpq's `sslmode` semantics: `disable` (plaintext), `prefer` (the
-//! default: TLS when the server offers it, unverified), `require` (TLS, unverified, or verified
-//! as `verify-ca` when a root certificate is given, as libpq does), `verify-ca` (the chain must
-//! lead to `sslrootcert`) and `verify-full` (and name the host). `sslcert`/`sslkey` give a
+//! default: TLS when the server offers it, unverified) and `require` (TLS, unverified), both
+//! verified as `verify-ca` when a root certificate is given (as libpq does), `verify-ca` (the
+//! chain must lead to `sslrootcert`) and `verify-full` (and name the host). `sslcert`/`sslkey` give a
 //! client certificate. The same settings serve the proxy's own login ([`super::connect`]) and
 //! its catalog reads through tokio-postgres ([`MakeRustls`]).
 
@@ -95,8 +95,9 @@ impl UpstreamTls {
             (SslMode::VerifyFull, None) => return Err(TlsConfigError::NoRootCert("verify-full")),
             (SslMode::VerifyCa, None) => return Err(TlsConfigError::NoRootCert("verify-ca")),
             (SslMode::Prefer | SslMode::Require, None) => Verify::Nothing,
-            (SslMode::Prefer, Some(_)) => Verify::Nothing,
-            (SslMode::Require | SslMode::VerifyCa, Some(_)) => Verify::Chain,
+            // As libpq: with a root certificate given, the chain is verified whenever TLS is
+            // used.
+            (SslMode::Prefer | SslMode::Require | SslMode::VerifyCa, Some(_)) => Verify::Chain,
             (SslMode::VerifyFull, Some(_)) => Verify::ChainAndName,
         };
         let verifier: Arc<dyn ServerCertVerifier> = match verify {
