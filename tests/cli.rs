@@ -809,3 +809,125 @@ fn the_deploying_example_config_checks() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The container path (no Docker engine runs here): docker-compose.yml parses, every file it
+/// mounts exists, the Portcullis config it mounts passes `portcullis check-config` with the
+/// mounts in place (the named volume prepared as its `init` service does), its upstream login
+/// is the least-privilege role, and the Dockerfile builds in one stage and runs the binary
+/// unprivileged in another.
+#[test]
+fn the_compose_stack_names_real_files_and_a_config_that_checks() {
+    let root = std::path::PathBuf::from(repo(""));
+    let python = root.join(".venv/bin/python");
+    assert!(python.exists(), "run bash tests/setup.sh first");
+    let out = Command::new(&python)
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+        ])
+        .arg(root.join("docker-compose.yml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let compose: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let services = compose["services"].as_object().expect("services");
+    for name in ["postgres", "init", "portcullis"] {
+        assert!(services.contains_key(name), "no {name} service");
+    }
+    // Every bind mount names a file of the repository; named volumes are declared.
+    let data = tempfile::tempdir().unwrap();
+    let mut mounts = Vec::new();
+    for (name, service) in services {
+        for volume in service["volumes"].as_array().into_iter().flatten() {
+            let spec = volume.as_str().expect("short volume syntax");
+            let mut parts = spec.split(':');
+            let (source, target) = (parts.next().unwrap(), parts.next().unwrap());
+            let host = if let Some(rel) = source.strip_prefix("./") {
+                let path = root.join(rel);
+                assert!(
+                    path.exists(),
+                    "{name} mounts {source}, which does not exist"
+                );
+                path
+            } else {
+                assert!(
+                    compose["volumes"].get(source).is_some(),
+                    "{name} mounts undeclared volume {source}"
+                );
+                data.path().to_path_buf()
+            };
+            if name == "portcullis" {
+                mounts.push((target.to_string(), host));
+            }
+        }
+        if service.get("build").is_some() {
+            assert_eq!(service["build"], ".", "{name} builds elsewhere");
+        }
+    }
+    // The config as the container reads it, with each mount's target mapped to its source.
+    let (_, config) = mounts
+        .iter()
+        .find(|(target, _)| target == "/etc/portcullis/portcullis.toml")
+        .expect("the config is mounted");
+    let mut text = std::fs::read_to_string(config).unwrap();
+    assert!(
+        text.contains("upstream = \"postgres://portcullis@"),
+        "{text}"
+    );
+    assert!(text.contains("strict = true"), "{text}");
+    for (target, host) in mounts.iter().filter(|(t, _)| !t.ends_with(".toml")) {
+        text = text.replace(target.as_str(), host.to_str().unwrap());
+    }
+    // What the init service writes into the volume.
+    let (ok, _, err) = portcullis(&[
+        "audit",
+        "keygen",
+        "--node-id",
+        "compose",
+        "--out",
+        data.path().join("audit.key").to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    std::fs::write(
+        data.path().join("hash.key"),
+        "00112233445566778899aabbccddeeff",
+    )
+    .unwrap();
+    let checked = data.path().join("portcullis.toml");
+    std::fs::write(&checked, &text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check-config", "--config", checked.to_str().unwrap()])
+        .env("PORTCULLIS_UPSTREAM_PASSWORD", "change-me")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The role script the postgres service runs is the fixtures' least-privilege role.
+    let init = std::fs::read_to_string(root.join("docker/initdb/03-portcullis-role.sh")).unwrap();
+    assert!(init.contains("/fixtures/roles.sql") && init.contains("upstream_user=portcullis"));
+
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let stages: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    assert_eq!(stages.len(), 2, "{stages:?}");
+    let runtime = dockerfile.split(stages[1]).nth(1).unwrap();
+    assert!(runtime.contains("COPY --from=build") && runtime.contains("/usr/local/bin/portcullis"));
+    assert!(
+        runtime.contains("USER portcullis"),
+        "the runtime stage runs as root"
+    );
+    assert!(
+        !runtime.contains("cargo"),
+        "the runtime stage holds the toolchain"
+    );
+}
