@@ -68,7 +68,32 @@ pub struct UpstreamTls {
     pub root_cert: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// The rustls configuration, built (and its files read) once, then shared by every login.
+    pub built: Built,
 }
+
+/// A built client configuration, shared by the clones of one [`UpstreamTls`]; not part of
+/// its equality (it follows from the settings).
+#[derive(Clone, Default)]
+pub struct Built(Arc<std::sync::OnceLock<Option<Arc<ClientConfig>>>>);
+
+impl std::fmt::Debug for Built {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "built"
+        } else {
+            "not built"
+        })
+    }
+}
+
+impl PartialEq for Built {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Built {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsConfigError {
@@ -87,8 +112,19 @@ pub enum TlsConfigError {
 }
 
 impl UpstreamTls {
-    /// The rustls client configuration for these settings (None for `disable`).
+    /// The rustls client configuration for these settings (None for `disable`), built on
+    /// first use (at start-up, when the URL is read) and shared after that: no login reads the
+    /// certificate files again.
     pub fn client_config(&self) -> Result<Option<Arc<ClientConfig>>, TlsConfigError> {
+        if let Some(built) = self.built.0.get() {
+            return Ok(built.clone());
+        }
+        let built = self.build()?;
+        let _ = self.built.0.set(built.clone());
+        Ok(built)
+    }
+
+    fn build(&self) -> Result<Option<Arc<ClientConfig>>, TlsConfigError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verify = match (self.mode, &self.root_cert) {
             (SslMode::Disable, _) => return Ok(None),
