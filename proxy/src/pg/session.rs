@@ -276,8 +276,15 @@ impl<'a> Session<'a> {
     }
 
     async fn relay(&mut self) -> Result<(), SessionError> {
+        // One wait for the next shutdown step, kept across iterations: registered with the
+        // channel once, not made and dropped again at every message.
+        let next_step = |mut rx: tokio::sync::watch::Receiver<Shutdown>| async move {
+            let open = rx.changed().await.is_ok();
+            (rx, open)
+        };
+        let mut shutdown = *self.shutdown.borrow_and_update();
+        let mut step = Box::pin(next_step(self.shutdown.clone()));
         loop {
-            let shutdown = *self.shutdown.borrow_and_update();
             match shutdown {
                 Shutdown::Running => {}
                 Shutdown::Draining if !self.at_rest() => {}
@@ -298,10 +305,12 @@ impl<'a> Session<'a> {
             tokio::select! {
                 // Looked at again at the top of the loop. The sender lives as long as the
                 // server, so this fails only as the process ends.
-                changed = self.shutdown.changed() => {
-                    if changed.is_err() {
+                (rx, open) = &mut step => {
+                    if !open {
                         return Ok(());
                     }
+                    shutdown = *rx.borrow();
+                    step.set(next_step(rx));
                 }
                 _ = tokio::time::sleep_until(deadline.map_or_else(tokio::time::Instant::now, |d| d.0)), if deadline.is_some() => {
                     match deadline.map(|d| d.1) {
