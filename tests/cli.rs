@@ -387,45 +387,75 @@ fn schema_import_reads_a_vector_collection() {
     assert!(schema.field("metadata.author").is_some_and(|f| !f.required));
 }
 
-/// Runs `portcullis serve` with `upstream` (and `extra` in `[postgres]`) until it listens or
-/// exits: whether it started, and what it logged.
-fn serve_with_upstream(env: &common::Env, upstream: &str, extra: &str) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
-    let config = dir.path().join("portcullis.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[postgres]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"{upstream}\"\n{extra}\n\
-             [[agents]]\nid = \"a\"\nsecret = \"s\"\n"
-        ),
-    )
-    .unwrap();
-    let log = dir.path().join("log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
+/// `portcullis serve` with `upstream` (and `extra` in `[postgres]`) and one agent `a`/`s`,
+/// once it listens; killed when dropped.
+struct Served {
+    child: std::process::Child,
+    port: u16,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Served {
+    /// Ok once it listens; Err(what it logged) when it exits first.
+    fn start(upstream: &str, extra: &str) -> Result<Served, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let port = common::free_port();
+        let config = dir.path().join("portcullis.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[postgres]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"{upstream}\"\n{extra}\n\
+                 [[agents]]\nid = \"a\"\nsecret = \"s\"\n"
+            ),
+        )
         .unwrap();
-    let _ = env;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let started = loop {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break true;
+        let log = dir.path().join("log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(Served {
+                    child,
+                    port,
+                    log,
+                    _dir: dir,
+                });
+            }
+            if let Ok(Some(_)) = child.try_wait() {
+                return Err(std::fs::read_to_string(&log).unwrap());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "neither started nor exited"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        if let Ok(Some(_)) = child.try_wait() {
-            break false;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "neither started nor exited"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    let _ = child.kill();
-    let _ = child.wait();
-    (started, std::fs::read_to_string(&log).unwrap())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether `portcullis serve` with `upstream` starts, and what it logged.
+fn serve_with_upstream(upstream: &str, extra: &str) -> (bool, String) {
+    match Served::start(upstream, extra) {
+        Ok(served) => (true, served.log()),
+        Err(log) => (false, log),
+    }
 }
 
 /// At start-up Portcullis checks what its upstream login may do beyond reading and writing
@@ -441,18 +471,18 @@ fn serve_names_what_the_upstream_login_may_do_and_strict_refuses_it() {
         env.upstream_password,
         env.cluster.port()
     );
-    let (started, log) = serve_with_upstream(&env, &least, "strict = true");
+    let (started, log) = serve_with_upstream(&least, "strict = true");
     assert!(started, "{log}");
     assert!(!log.contains("upstream login"), "{log}");
 
     let superuser = env.cluster.superuser_url(DEMO_DB);
-    let (started, log) = serve_with_upstream(&env, &superuser, "strict = true");
+    let (started, log) = serve_with_upstream(&superuser, "strict = true");
     assert!(!started, "{log}");
     assert!(
         log.contains("postgres.strict") && log.contains("is a superuser"),
         "{log}"
     );
-    let (started, log) = serve_with_upstream(&env, &superuser, "");
+    let (started, log) = serve_with_upstream(&superuser, "");
     assert!(started, "{log}");
     assert!(
         log.contains("WARN") && log.contains("is a superuser"),
@@ -473,7 +503,7 @@ fn serve_names_what_the_upstream_login_may_do_and_strict_refuses_it() {
         "postgres://careless:careless-pw@127.0.0.1:{}/{DEMO_DB}",
         env.cluster.port()
     );
-    let (started, log) = serve_with_upstream(&env, &careless, "strict = true");
+    let (started, log) = serve_with_upstream(&careless, "strict = true");
     assert!(!started, "{log}");
     for named in [
         "has BYPASSRLS",
@@ -583,41 +613,10 @@ fn test_certificates(dir: &std::path::Path) {
 /// Serves with `upstream` and, once listening, asks through the proxy whether the upstream
 /// session is encrypted (`pg_stat_ssl`). Err: what the proxy logged when it did not start.
 fn upstream_ssl_through(upstream: &str) -> Result<String, String> {
-    let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
-    let config = dir.path().join("portcullis.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[postgres]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"{upstream}\"\n\n\
-             [[agents]]\nid = \"a\"\nsecret = \"s\"\n"
-        ),
-    )
-    .unwrap();
-    let log = dir.path().join("log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        if let Ok(Some(_)) = child.try_wait() {
-            return Err(std::fs::read_to_string(&log).unwrap());
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "neither started nor exited"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let served = Served::start(upstream, "")?;
     let ssl = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let client = common::connect(&format!("postgres://a:s@127.0.0.1:{port}/portcullis_demo"))
-            .await
-            .map_err(|e| format!("{e}"))?;
+        let url = format!("postgres://a:s@127.0.0.1:{}/portcullis_demo", served.port);
+        let client = common::connect(&url).await.map_err(|e| format!("{e}"))?;
         let row = client
             .query_one(
                 "select ssl::text from pg_stat_ssl where pid = pg_backend_pid()",
@@ -627,9 +626,7 @@ fn upstream_ssl_through(upstream: &str) -> Result<String, String> {
             .map_err(|e| format!("{e}"))?;
         Ok::<String, String>(row.get(0))
     });
-    let _ = child.kill();
-    let _ = child.wait();
-    ssl.map_err(|e| format!("{e}\n{}", std::fs::read_to_string(&log).unwrap()))
+    ssl.map_err(|e| format!("{e}\n{}", served.log()))
 }
 
 /// TLS to the upstream with libpq's sslmode, against PostgreSQL with `ssl = on` and a test CA:
@@ -644,29 +641,10 @@ fn upstream_tls_follows_sslmode() {
     let certs = tempfile::tempdir().unwrap();
     test_certificates(certs.path());
     let data = env.cluster.data_dir();
-    for file in ["server.crt", "server.key"] {
-        std::fs::copy(certs.path().join(file), data.join(file)).unwrap();
-        if running_as_root() {
-            assert!(Command::new("chown")
-                .args(["postgres:", data.join(file).to_str().unwrap()])
-                .status()
-                .unwrap()
-                .success());
-        }
-        let mode = if file.ends_with(".key") { 0o600 } else { 0o644 };
-        std::fs::set_permissions(
-            data.join(file),
-            std::os::unix::fs::PermissionsExt::from_mode(mode),
-        )
-        .unwrap();
+    for (file, mode) in [("server.crt", 0o644), ("server.key", 0o600)] {
+        install_for_postgres(&certs.path().join(file), &data, mode);
     }
-    env.cluster
-        .psql(DEMO_DB, "ALTER SYSTEM SET ssl = on", &[])
-        .unwrap();
-    env.cluster
-        .psql(DEMO_DB, "SELECT pg_reload_conf()", &[])
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    reconfigure(&env, "ALTER SYSTEM SET ssl = on");
     let root = |ca: &str| certs.path().join(format!("{ca}.crt")).display().to_string();
     let url = |host: &str, query: &str| {
         format!(
@@ -722,14 +700,7 @@ fn upstream_tls_follows_sslmode() {
 
     // A server that asks for a client certificate: without one the login fails at start-up;
     // with sslcert/sslkey it succeeds.
-    std::fs::copy(certs.path().join("ca.crt"), data.join("ca.crt")).unwrap();
-    if running_as_root() {
-        assert!(Command::new("chown")
-            .args(["postgres:", data.join("ca.crt").to_str().unwrap()])
-            .status()
-            .unwrap()
-            .success());
-    }
+    install_for_postgres(&certs.path().join("ca.crt"), &data, 0o644);
     let hba = data.join("pg_hba.conf");
     let rules = std::fs::read_to_string(&hba).unwrap();
     std::fs::write(
@@ -737,13 +708,7 @@ fn upstream_tls_follows_sslmode() {
         format!("hostssl all all 127.0.0.1/32 scram-sha-256 clientcert=verify-ca\n{rules}"),
     )
     .unwrap();
-    env.cluster
-        .psql(DEMO_DB, "ALTER SYSTEM SET ssl_ca_file = 'ca.crt'", &[])
-        .unwrap();
-    env.cluster
-        .psql(DEMO_DB, "SELECT pg_reload_conf()", &[])
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    reconfigure(&env, "ALTER SYSTEM SET ssl_ca_file = 'ca.crt'");
     let log = upstream_ssl_through(&full).unwrap_err();
     assert!(
         log.contains("over TLS") && log.contains("certificate"),
@@ -755,6 +720,30 @@ fn upstream_tls_follows_sslmode() {
         certs.path().join("client.key").display()
     );
     assert_eq!(upstream_ssl_through(&with_cert).as_deref(), Ok("true"));
+}
+
+/// Copies `file` into the cluster's data directory as PostgreSQL's own, with `mode`.
+fn install_for_postgres(file: &std::path::Path, data: &std::path::Path, mode: u32) {
+    let to = data.join(file.file_name().unwrap());
+    std::fs::copy(file, &to).unwrap();
+    if running_as_root() {
+        assert!(Command::new("chown")
+            .args(["postgres:", to.to_str().unwrap()])
+            .status()
+            .unwrap()
+            .success());
+    }
+    std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+}
+
+/// Runs `setting` (an ALTER SYSTEM) as the superuser and reloads the configuration.
+fn reconfigure(env: &common::Env, setting: &str) {
+    use connectors::postgres::fixtures::DEMO_DB;
+    env.cluster.psql(DEMO_DB, setting, &[]).unwrap();
+    env.cluster
+        .psql(DEMO_DB, "SELECT pg_reload_conf()", &[])
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
 }
 
 fn running_as_root() -> bool {

@@ -201,11 +201,7 @@ where
             latencies
         }));
     }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    report(all, started.elapsed().as_secs_f64());
+    gather(tasks, started).await;
 }
 
 /// [`run`] over HTTP/1.1: each client one keep-alive connection to `address`, writing the
@@ -241,11 +237,7 @@ where
             latencies
         }));
     }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    report(all, started.elapsed().as_secs_f64());
+    gather(tasks, started).await;
 }
 
 /// Reads one HTTP/1.1 reply with a `content-length` into `buf`; panics unless it is a 200
@@ -287,6 +279,15 @@ async fn read_more(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) {
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Waits for every client task and prints the latencies of all their requests.
+async fn gather(tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>, started: Instant) {
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    report(all, started.elapsed().as_secs_f64());
 }
 
 fn report(mut all: Vec<Duration>, elapsed: f64) {
