@@ -515,101 +515,6 @@ fn serve_names_what_the_upstream_login_may_do_and_strict_refuses_it() {
     assert!(!log.contains("is a superuser"), "{log}");
 }
 
-/// A test CA, and a server certificate it signs for `localhost` only; and a second CA that
-/// signed nothing here. Made with the openssl command line.
-fn test_certificates(dir: &std::path::Path) {
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl (tests/setup.sh installs it)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    for ca in ["ca", "other-ca"] {
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            &format!("{ca}.key"),
-            "-out",
-            &format!("{ca}.crt"),
-            "-subj",
-            &format!("/CN=portcullis test {ca}"),
-            "-days",
-            "2",
-        ]);
-    }
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=localhost",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "client.key",
-        "-out",
-        "client.csr",
-        "-subj",
-        "/CN=portcullis",
-    ]);
-    // X.509 v3 (an extension makes it so): rustls takes no v1 certificate.
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "client.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "client.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "client.ext",
-    ]);
-    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-    ]);
-}
-
 /// Serves with `upstream` and, once listening, asks through the proxy whether the upstream
 /// session is encrypted (`pg_stat_ssl`). Err: what the proxy logged when it did not start.
 fn upstream_ssl_through(upstream: &str) -> Result<String, String> {
@@ -639,7 +544,7 @@ fn upstream_tls_follows_sslmode() {
     use connectors::postgres::fixtures::{DEMO_DB, UPSTREAM_USER};
     let env = common::Env::start();
     let certs = tempfile::tempdir().unwrap();
-    test_certificates(certs.path());
+    common::test_certificates(certs.path());
     let data = env.cluster.data_dir();
     for (file, mode) in [("server.crt", 0o644), ("server.key", 0o600)] {
         install_for_postgres(&certs.path().join(file), &data, mode);
@@ -768,7 +673,7 @@ fn the_deploying_example_config_checks() {
         .and_then(|s| s.split("```").next())
         .expect("a TOML block");
     let dir = tempfile::tempdir().unwrap();
-    test_certificates(dir.path());
+    common::test_certificates(dir.path());
     let etc = dir.path().join("etc");
     std::fs::create_dir_all(etc.join("policies")).unwrap();
     copy_files("policies/examples/finance", &etc.join("policies"));

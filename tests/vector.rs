@@ -905,67 +905,7 @@ fn tokens_over_tls_act_for_the_human_they_name() {
     const KEY: &str = "a-test-signing-key-of-at-least-32-bytes";
     let certs = tempfile::tempdir().unwrap();
     let dir = certs.path();
-    let openssl = |args: &[&str]| {
-        let out = Command::new(common::require("openssl"))
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=test-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        "key.pem",
-        "-out",
-        "leaf.csr",
-    ]);
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "cert.pem",
-    ]);
+    common::test_certificates(dir);
     let courier = json!({
         "uid": {"type": "Agent", "id": "courier-bot"},
         "attrs": {"tenant_id": 1, "groups": ["support", "billing"]},
@@ -975,8 +915,8 @@ fn tokens_over_tls_act_for_the_human_they_name() {
         Store::Embedded,
         &format!(
             "[vector.tls]\ncert = {:?}\nkey = {:?}\n",
-            dir.join("cert.pem").display().to_string(),
-            dir.join("key.pem").display().to_string()
+            dir.join("server.crt").display().to_string(),
+            dir.join("server.key").display().to_string()
         ),
         &format!("[jwt]\nalgorithm = \"HS256\"\nsecret = \"{KEY}\"\n\n[[agents]]\nid = \"courier-bot\"\ntoken = true\n"),
         &[courier],
@@ -991,7 +931,7 @@ fn tokens_over_tls_act_for_the_human_they_name() {
         .unwrap()
     };
     let url = format!("https://localhost:{}", s.port);
-    let ca = dir.join("ca.pem");
+    let ca = dir.join("ca.crt");
     let client = |key: String| {
         connectors::vector::remote::Remote::new(&url, Some(key), Some(ca.as_path())).unwrap()
     };
