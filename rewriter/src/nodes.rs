@@ -1,5 +1,5 @@
-//! Constructors of the sqlparser nodes the rewriter builds (fences, row filters, masks), each
-//! the node PostgreSQL's dialect would parse from the SQL it stands for. Names are always quoted
+//! Constructors of the sqlparser nodes the rewriter builds (fences, row filters, masks, checked
+//! writes), each the node PostgreSQL's dialect would parse from the SQL it stands for. Names are always quoted
 //! identifiers and constants are literal nodes, so no value of a policy or a catalog can change
 //! the statement's structure; nothing here prints SQL to parse it again.
 
@@ -8,8 +8,8 @@ use std::sync::LazyLock;
 use sqlparser::ast::{
     helpers::attached_token::AttachedToken, BinaryOperator, CaseWhen, CastKind, DataType, Expr,
     Function, FunctionArg, FunctionArgExpr, FunctionArgumentList, FunctionArguments, Ident,
-    LimitClause, ObjectName, Offset, OffsetRows, Query, Select, SelectItem, SetExpr, TableFactor,
-    TableWithJoins, UnaryOperator, Value,
+    LimitClause, ObjectName, Offset, OffsetRows, Query, Select, SelectItem, SetExpr,
+    TableAliasColumnDef, TableFactor, TableWithJoins, UnaryOperator, Value,
 };
 
 use crate::Refusal;
@@ -76,6 +76,39 @@ pub fn cast(expr: Expr, data_type: DataType) -> Expr {
     }
 }
 
+/// `CAST(expr AS data_type)`.
+pub fn cast_as(expr: Expr, data_type: DataType) -> Expr {
+    Expr::Cast {
+        kind: CastKind::Cast,
+        expr: Box::new(expr),
+        data_type,
+        format: None,
+    }
+}
+
+/// `NOT expr`.
+pub fn not(expr: Expr) -> Expr {
+    Expr::UnaryOp {
+        op: UnaryOperator::Not,
+        expr: Box::new(expr),
+    }
+}
+
+/// `expr IS NOT TRUE`.
+pub fn is_not_true(expr: Expr) -> Expr {
+    Expr::IsNotTrue(Box::new(expr))
+}
+
+/// `DEFAULT`, as the value of a SET item (the parser reads it as a bare identifier).
+pub fn default() -> Expr {
+    Expr::Identifier(Ident::new("DEFAULT"))
+}
+
+/// `"schema"."name"`.
+pub fn table_name(schema: &str, name: &str) -> ObjectName {
+    ObjectName::from(vec![ident(schema), ident(name)])
+}
+
 /// `sql_type` (as `format_type` spells it) as a data type.
 pub fn data_type(sql_type: &str) -> Result<DataType, Refusal> {
     crate::parse::built(sql_type, "a column type", |p| p.parse_data_type())
@@ -115,14 +148,19 @@ pub fn catalog_call(name: &str, quoted: bool, args: Vec<Expr>) -> Expr {
 
 /// `CASE WHEN condition THEN then ELSE otherwise END`.
 pub fn case_when(condition: Expr, then: Expr, otherwise: Expr) -> Expr {
+    case(vec![(condition, then)], otherwise)
+}
+
+/// `CASE WHEN c1 THEN r1 WHEN c2 THEN r2 … ELSE otherwise END`.
+pub fn case(whens: Vec<(Expr, Expr)>, otherwise: Expr) -> Expr {
     Expr::Case {
         case_token: AttachedToken::empty(),
         end_token: AttachedToken::empty(),
         operand: None,
-        conditions: vec![CaseWhen {
-            condition,
-            result: then,
-        }],
+        conditions: whens
+            .into_iter()
+            .map(|(condition, result)| CaseWhen { condition, result })
+            .collect(),
         else_result: Some(Box::new(otherwise)),
     }
 }
@@ -175,4 +213,95 @@ pub fn fenced_select(projection: Vec<SelectItem>, relation: ObjectName, selectio
         })
     ));
     query
+}
+
+/// A node of `sql` as PostgreSQL's dialect parses it: the skeletons below are parsed once and
+/// copied.
+fn skeleton_query(sql: &str) -> Query {
+    *crate::parse::built(sql, "a skeleton", |p| p.parse_query()).expect("the skeleton parses")
+}
+
+/// `SELECT <projection> [FROM <from>] [WHERE <selection>] [OFFSET 0]`.
+pub fn select(
+    projection: Vec<SelectItem>,
+    from: Vec<TableWithJoins>,
+    selection: Option<Expr>,
+    offset_zero: bool,
+) -> Query {
+    static SKELETON: LazyLock<Query> = LazyLock::new(|| skeleton_query("SELECT 1 OFFSET 0"));
+    let mut query = SKELETON.clone();
+    if !offset_zero {
+        query.limit_clause = None;
+    }
+    let SetExpr::Select(select) = &mut *query.body else {
+        unreachable!("the skeleton is a SELECT")
+    };
+    select.projection = projection;
+    select.from = from;
+    select.selection = selection;
+    query
+}
+
+/// `*` in a select list.
+pub fn wildcard() -> SelectItem {
+    static SKELETON: LazyLock<SelectItem> = LazyLock::new(|| {
+        let query = skeleton_query("SELECT *");
+        let SetExpr::Select(select) = *query.body else {
+            unreachable!("the skeleton is a SELECT")
+        };
+        select.projection[0].clone()
+    });
+    SKELETON.clone()
+}
+
+/// The first FROM item of a skeleton query.
+fn skeleton_from(sql: &str) -> TableWithJoins {
+    let query = skeleton_query(sql);
+    let SetExpr::Select(select) = *query.body else {
+        unreachable!("the skeleton is a SELECT")
+    };
+    select.from[0].clone()
+}
+
+/// `(<subquery>) AS "alias" ["c1", …]` as a FROM item.
+pub fn derived(subquery: Query, alias: &str, columns: &[&str]) -> TableWithJoins {
+    static SKELETON: LazyLock<TableWithJoins> =
+        LazyLock::new(|| skeleton_from("SELECT 1 FROM (SELECT 1) AS a"));
+    let mut item = SKELETON.clone();
+    let TableFactor::Derived {
+        subquery: s,
+        alias: Some(a),
+        ..
+    } = &mut item.relation
+    else {
+        unreachable!("the skeleton reads an aliased subquery")
+    };
+    **s = subquery;
+    a.name = ident(alias);
+    a.columns = columns
+        .iter()
+        .map(|c| TableAliasColumnDef {
+            name: ident(c),
+            data_type: None,
+        })
+        .collect();
+    item
+}
+
+/// `<name> AS "alias"` as a FROM item (or the target of a write).
+pub fn table(name: ObjectName, alias: &str) -> TableWithJoins {
+    static SKELETON: LazyLock<TableWithJoins> =
+        LazyLock::new(|| skeleton_from("SELECT 1 FROM t AS a"));
+    let mut item = SKELETON.clone();
+    let TableFactor::Table {
+        name: n,
+        alias: Some(a),
+        ..
+    } = &mut item.relation
+    else {
+        unreachable!("the skeleton reads an aliased table")
+    };
+    *n = name;
+    a.name = ident(alias);
+    item
 }

@@ -28,11 +28,13 @@ use sqlparser::ast::{
 };
 
 use super::{
-    assignments, checked_defaults, insert_columns, is_default, leading_columns, named_target,
-    refuse_unclear_columns, row_check, rules, upsert, Built,
+    assignments, checked_defaults, column_name, insert_columns, is_default, leading_columns,
+    named_target, refuse_unclear_columns, row_check, rules, take, target_table, upsert, Built,
 };
-use crate::catalog::quote_ident;
 use crate::lexical::to_sql;
+use crate::nodes::{
+    self, boolean, case, case_when, cast_as, is_not_true, nested, qualified_column,
+};
 use crate::policy::WriteAction;
 use crate::protect::{protect, Read};
 use crate::{Context, Refusal};
@@ -42,7 +44,6 @@ pub(super) fn rewrite_merge(merge: &mut Merge, ctx: &Context<'_>) -> Result<Buil
         return Err(Refusal::Unsupported("this MERGE form".into()));
     }
     let (rel, alias) = named_target(&merge.table, ctx)?;
-    let a = quote_ident(&alias);
     let read = ctx.policies.read(rel)?;
     let mut reads = vec![Read {
         entity_type: rel.entity_type(),
@@ -87,44 +88,47 @@ pub(super) fn rewrite_merge(merge: &mut Merge, ctx: &Context<'_>) -> Result<Buil
         .check(&format!("SELECT {}", exprs.join(", ")), "MERGE")?;
 
     reads.extend(protect(&mut merge.source, ctx)?);
-    let source = to_sql(&merge.source)?;
     reads.extend(protect(&mut *merge.on, ctx)?);
-    let visible = row_check(&read.filter, rel, |n| format!("{a}.{}", quote_ident(n)))?;
-    let on = format!(
-        "CASE WHEN {visible} THEN ({}) ELSE false END",
-        to_sql(&*merge.on)?
-    );
+    let target_row = |n: &str| qualified_column(&alias, n);
+    let visible = row_check(&read.filter, rel, target_row)?;
+    // ON CASE WHEN <visible> THEN (<on>) ELSE false END
+    let on = case_when(visible, nested(take(&mut merge.on)), boolean(false));
+    *merge.on = on;
 
-    let mut whens = Vec::new();
     for clause in &mut merge.clauses {
-        let kind = match clause.clause_kind {
-            MergeClauseKind::Matched => "MATCHED",
-            MergeClauseKind::NotMatched | MergeClauseKind::NotMatchedByTarget => "NOT MATCHED",
+        clause.clause_kind = match clause.clause_kind {
+            MergeClauseKind::Matched => MergeClauseKind::Matched,
+            MergeClauseKind::NotMatched | MergeClauseKind::NotMatchedByTarget => {
+                MergeClauseKind::NotMatched
+            }
             MergeClauseKind::NotMatchedBySource => {
                 return Err(Refusal::Unsupported("WHEN NOT MATCHED BY SOURCE".into()))
             }
         };
         let p = match clause.predicate.as_mut() {
-            None => "true".to_string(),
+            None => boolean(true),
             Some(e) => {
                 reads.extend(protect(e, ctx)?);
-                format!("({})", to_sql(e)?)
+                nested(take(e))
             }
         };
-        let when = match &mut clause.action {
-            MergeAction::DoNothing { .. } => format!("WHEN {kind} AND {p} THEN DO NOTHING"),
+        let predicate = match &mut clause.action {
+            // WHEN <kind> AND <p> THEN DO NOTHING
+            MergeAction::DoNothing { .. } => p,
             MergeAction::Delete { .. } => {
                 let rules = rules(rel, WriteAction::Delete, ctx)?;
-                let ok = row_check(&rules.write, rel, |n| format!("{a}.{}", quote_ident(n)))?;
+                let ok = row_check(&rules.write, rel, target_row)?;
                 let hidden = super::abort(&format!(
                     "the row this MERGE matched is not one this agent may delete under the \
                      delete policy on {}{}",
                     rel.entity_type(),
                     super::named(&rules.determining)
                 ));
-                format!(
-                    "WHEN MATCHED AND CASE WHEN {p} IS NOT TRUE THEN false WHEN {ok} THEN true \
-                     ELSE {hidden} END THEN DELETE"
+                // WHEN MATCHED AND CASE WHEN <p> IS NOT TRUE THEN false WHEN <ok> THEN true
+                // ELSE <hidden> END THEN DELETE
+                case(
+                    vec![(is_not_true(p), boolean(false)), (ok, boolean(true))],
+                    hidden,
                 )
             }
             MergeAction::Update(update) => {
@@ -138,11 +142,15 @@ pub(super) fn rewrite_merge(merge: &mut Merge, ctx: &Context<'_>) -> Result<Buil
                 reads.push(rules.target_read(rel));
                 let sets = assignments(items, rel, &rules, ctx, &mut reads)?;
                 let (existing_ok, hidden) =
-                    upsert::existing_row(rel, &a, &rules, "the row this MERGE matched")?;
-                let (items, then) = upsert::checked_set(&sets, "true", rel, &a, &rules, false)?;
-                format!(
-                    "WHEN MATCHED AND CASE WHEN {p} IS NOT TRUE THEN false WHEN {existing_ok} \
-                     THEN {then} ELSE {hidden} END THEN UPDATE SET {items}"
+                    upsert::existing_row(rel, &alias, &rules, "the row this MERGE matched")?;
+                let (checked, then) =
+                    upsert::checked_set(sets, boolean(true), rel, &alias, &rules, false)?;
+                *items = checked;
+                // WHEN MATCHED AND CASE WHEN <p> IS NOT TRUE THEN false WHEN <existing_ok>
+                // THEN <then> ELSE <hidden> END THEN UPDATE SET <items>
+                case(
+                    vec![(is_not_true(p), boolean(false)), (existing_ok, then)],
+                    hidden,
                 )
             }
             MergeAction::Insert(insert) => {
@@ -173,49 +181,41 @@ pub(super) fn rewrite_merge(merge: &mut Merge, ctx: &Context<'_>) -> Result<Buil
                 refuse_computed(row.as_slice())?;
                 reads.extend(protect(&mut row.content, ctx)?);
                 // DEFAULT in VALUES: the column is left to its default (as if not listed).
-                let mut supplied: Vec<(&crate::catalog::Column, String)> = Vec::new();
-                for (c, e) in columns.iter().zip(row.iter()) {
+                let mut supplied: Vec<(&crate::catalog::Column, Expr)> = Vec::new();
+                for (c, e) in columns.iter().zip(row.content.iter_mut()) {
                     if !is_default(e) {
-                        supplied.push((c, to_sql(e)?));
+                        supplied.push((c, take(e)));
                     }
                 }
                 let checked = super::new_row(WriteAction::Insert, rel, &rules, false);
                 let names: BTreeSet<&str> = supplied.iter().map(|(c, _)| c.name.as_str()).collect();
                 let defaulted = checked_defaults(&checked.filter, &names, rel)?;
                 let mut targets = Vec::new();
-                let mut values_sql = Vec::new();
-                for (c, v) in &supplied {
-                    targets.push(quote_ident(&c.name));
-                    values_sql.push(format!("CAST(({v}) AS {})", super::cast_type(c)));
-                }
-                for (c, d) in &defaulted {
-                    targets.push(quote_ident(&c.name));
-                    values_sql.push(format!("CAST(({}) AS {})", to_sql(d)?, super::cast_type(c)));
+                let mut typed = Vec::new();
+                for (c, v) in supplied.into_iter().chain(defaulted) {
+                    targets.push(c.name.as_str());
+                    typed.push(cast_as(nested(v), super::cast_type(c)?));
                 }
                 let value = |n: &str| {
                     targets
                         .iter()
-                        .position(|t| *t == quote_ident(n))
-                        .map(|i| values_sql[i].clone())
-                        .unwrap_or_else(|| "NULL".to_string())
+                        .position(|t| *t == n)
+                        .map(|i| typed[i].clone())
+                        .unwrap_or_else(nodes::null)
                 };
-                let ok = checked.sql(|f| row_check(f, rel, value))?;
-                format!(
-                    "WHEN NOT MATCHED AND CASE WHEN {p} IS NOT TRUE THEN false ELSE {ok} END \
-                     THEN INSERT ({}) VALUES ({})",
-                    targets.join(", "),
-                    values_sql.join(", ")
-                )
+                let ok = checked.expr(|f| row_check(f, rel, value))?;
+                insert.columns = targets.iter().map(|t| column_name(t)).collect();
+                row.content = typed;
+                // WHEN NOT MATCHED AND CASE WHEN <p> IS NOT TRUE THEN false ELSE <ok> END
+                // THEN INSERT (<targets>) VALUES (<typed>)
+                case_when(is_not_true(p), boolean(false), ok)
             }
         };
-        whens.push(when);
+        clause.predicate = Some(predicate);
     }
-    let table = format!("{} AS {a}", rel.qualified());
+    merge.into = true;
+    merge.table = target_table(rel, &alias).relation;
     Ok(Built {
-        sql: format!(
-            "MERGE INTO {table} USING {source} ON {on} {}",
-            whens.join(" ")
-        ),
         reads,
         target_fence: None,
     })

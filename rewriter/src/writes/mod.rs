@@ -21,19 +21,26 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use std::sync::LazyLock;
+
 use policies::{ColumnRule, Filter};
 use sqlparser::ast::{
-    Assignment, AssignmentTarget, Delete, Expr, FromTable, Insert, ObjectName, Query, SelectItem,
-    SetExpr, Statement, TableFactor, TableObject, TableWithJoins, Update, UpdateTableFromKind,
+    Assignment, AssignmentTarget, BinaryOperator, DataType, Delete, Expr, FromTable, Ident, Insert,
+    ObjectName, Query, SelectItem, SetExpr, Statement, TableAliasWithoutColumns, TableFactor,
+    TableObject, TableWithJoins, Update, UpdateTableFromKind,
 };
 
-use crate::catalog::{normalize, quote_ident, Catalog, Column, RelKind, Relation, Resolved};
+use crate::catalog::{normalize, Catalog, Column, RelKind, Relation, Resolved};
 use crate::fence;
 use crate::lexical::to_sql;
+use crate::nodes::{
+    self, aliased, binary, boolean, case, case_when, cast_as, catalog_call, ident, is_not_true,
+    nested, number, qualified_column, string,
+};
 use crate::policy::{TablePolicy, WriteAction};
 use crate::protect::{protect, Read};
 use crate::pushdown::{self, FenceInfo, Frame, Item};
-use crate::sql_filter::{quote_string, render};
+use crate::sql_filter;
 use crate::{Context, Refusal, VIOLATION_MARKER};
 
 mod defaults;
@@ -41,9 +48,9 @@ mod merge;
 mod refs;
 mod upsert;
 
-/// A write rewritten as text, with the reads it makes and its target's fence (for pushdown).
+/// What rewriting a write (in place) found: the reads it makes and its target's fence (for
+/// pushdown).
 struct Built {
-    sql: String,
     reads: Vec<Read>,
     target_fence: Option<TargetFence>,
 }
@@ -56,7 +63,6 @@ struct TargetFence {
 
 pub(crate) fn rewrite(statement: &mut Statement, ctx: &Context<'_>) -> Result<Vec<Read>, Refusal> {
     let Built {
-        sql,
         reads,
         target_fence,
     } = match statement {
@@ -66,12 +72,26 @@ pub(crate) fn rewrite(statement: &mut Statement, ctx: &Context<'_>) -> Result<Ve
         Statement::Merge(merge) => merge::rewrite_merge(merge, ctx)?,
         _ => return Err(Refusal::Unsupported("this write".into())),
     };
-    let mut rewritten = crate::parse::built(&sql, "the checked write", |p| p.parse_statement())?;
     if let Some(fence) = target_fence {
-        push_into_target_fence(&mut rewritten, fence, ctx.catalog);
+        push_into_target_fence(statement, fence, ctx.catalog);
     }
-    *statement = rewritten;
     Ok(reads)
+}
+
+/// Takes `e` out of the statement (leaving `NULL`) to put it into the rewritten one.
+fn take(e: &mut Expr) -> Expr {
+    std::mem::replace(e, nodes::null())
+}
+
+/// The write's target, `"schema"."name" AS "alias"` (always aliased: an unaliased target can
+/// be named `db.schema.table`, a form the reference checks do not read as the target).
+fn target_table(rel: &Relation, alias: &str) -> TableWithJoins {
+    nodes::table(nodes::table_name(&rel.schema, &rel.name), alias)
+}
+
+/// `"column"` as a column-list entry.
+fn column_name(name: &str) -> ObjectName {
+    ObjectName::from(vec![ident(name)])
 }
 
 /// The target of a write: a table (or partitioned table) covered by policy.
@@ -114,8 +134,8 @@ impl Rules {
         }
     }
 
-    /// The SQL of the target's write fence, and the fence as pushdown sees it.
-    fn write_fence(&self, rel: &Relation, alias: &str) -> Result<(String, TargetFence), Refusal> {
+    /// The target's write fence, and the fence as pushdown sees it.
+    fn write_fence(&self, rel: &Relation, alias: &str) -> Result<(Query, TargetFence), Refusal> {
         let fence = fence::build_for_write(rel, &self.read, &self.write)?;
         let target = TargetFence {
             info: FenceInfo {
@@ -124,7 +144,7 @@ impl Rules {
             },
             item: pushdown::item(rel, &self.read, alias.to_string()),
         };
-        Ok((to_sql(&*fence)?, target))
+        Ok((*fence, target))
     }
 }
 
@@ -212,67 +232,124 @@ fn new_row(action: WriteAction, rel: &Relation, rules: &Rules, returning: bool) 
 }
 
 impl NewRow {
-    /// The check as SQL, with `ok` rendering a filter over the new row: TRUE when the row
-    /// passes; otherwise aborts with the first failing part's error. The decision is
-    /// `filter`'s alone; the parts only choose the message.
-    fn sql(&self, ok: impl Fn(&Filter) -> Result<String, Refusal>) -> Result<String, Refusal> {
+    /// The check, with `ok` building a filter over the new row: TRUE when the row passes;
+    /// otherwise aborts with the first failing part's error. The decision is `filter`'s alone;
+    /// the parts only choose the message.
+    fn expr(&self, ok: impl Fn(&Filter) -> Result<Expr, Refusal>) -> Result<Expr, Refusal> {
         let full = ok(&self.filter)?;
         if self.parts.is_empty() {
-            return Ok(check(&full, &self.fallback));
+            return Ok(check(full, &self.fallback));
         }
-        let mut sql = format!("CASE WHEN {full} THEN true");
+        let mut whens = vec![(full, boolean(true))];
         for (part, message) in &self.parts {
-            sql.push_str(&format!(
-                " WHEN ({}) IS NOT TRUE THEN {}",
-                ok(part)?,
-                abort(message)
-            ));
+            whens.push((is_not_true(nested(ok(part)?)), abort(message)));
         }
-        sql.push_str(&format!(" ELSE {} END", abort(&self.fallback)));
-        Ok(sql)
+        Ok(case(whens, abort(&self.fallback)))
     }
 }
 
 /// `CASE WHEN <ok> THEN true ELSE <abort> END`: aborts the statement with the violation error
 /// for a row where `ok` is not TRUE.
-fn check(ok: &str, message: &str) -> String {
-    format!("CASE WHEN {ok} THEN true ELSE {} END", abort(message))
+fn check(ok: Expr, message: &str) -> Expr {
+    case_when(ok, boolean(true), abort(message))
 }
 
-/// An expression that aborts the statement with the violation error carrying `message`. It
-/// casts text to int4, with a volatile operand so PostgreSQL cannot fold it (and raise) at
-/// plan time.
-fn abort(message: &str) -> String {
-    format!(
-        "CAST({} || pg_catalog.\"left\"(pg_catalog.random()::text, 0) AS pg_catalog.int4) = 0",
-        quote_string(&format!("{VIOLATION_MARKER}{message}"))
-    )
+/// An expression that aborts the statement with the violation error carrying `message`:
+/// `CAST('<marker><message>' || pg_catalog."left"(pg_catalog.random()::text, 0) AS
+/// pg_catalog.int4) = 0`. It casts text to int4, with a volatile operand so PostgreSQL cannot
+/// fold it (and raise) at plan time.
+fn abort(message: &str) -> Expr {
+    static INT4: LazyLock<DataType> = LazyLock::new(|| {
+        nodes::data_type("pg_catalog.int4").expect("pg_catalog.int4 parses as a type")
+    });
+    let volatile = catalog_call(
+        "left",
+        true,
+        vec![
+            nodes::cast(catalog_call("random", false, vec![]), nodes::text()),
+            number("0"),
+        ],
+    );
+    let text = binary(
+        string(&format!("{VIOLATION_MARKER}{message}")),
+        BinaryOperator::StringConcat,
+        volatile,
+    );
+    binary(cast_as(text, INT4.clone()), BinaryOperator::Eq, number("0"))
 }
 
-/// `filter` over a row whose columns are given as SQL by `value` (a column's new value, or a
-/// qualified reference to its old one).
+/// `filter` over a row whose columns are given by `value` (a column's new value, or a
+/// qualified reference to its old one): the filter itself when every value is the column, or
+/// `(SELECT <filter> FROM (SELECT <value> AS "column", …) AS "portcullis_row")`.
 fn row_check(
     filter: &Filter,
     rel: &Relation,
-    value: impl Fn(&str) -> String,
-) -> Result<String, Refusal> {
+    value: impl Fn(&str) -> Expr,
+) -> Result<Expr, Refusal> {
     let mut identity = true;
-    let row: Vec<String> = filter
+    let row: Vec<SelectItem> = filter
         .columns()
         .into_iter()
         .map(|name| {
-            let v = stored(rel, name, value(name));
-            identity &= v == quote_ident(name);
-            format!("{v} AS {}", quote_ident(name))
+            let v = stored(rel, name, value(name))?;
+            identity &= v == nodes::column(name);
+            Ok(aliased(v, name))
         })
-        .collect();
+        .collect::<Result<_, Refusal>>()?;
+    let checked = sql_filter::expr(filter, rel)?;
     if row.is_empty() || identity {
-        return render(filter, rel);
+        return Ok(checked);
     }
-    Ok(format!(
-        "(SELECT {} FROM (SELECT {}) AS \"portcullis_row\")",
-        render(filter, rel)?,
-        row.join(", ")
+    let row = nodes::derived(
+        nodes::select(row, vec![], None, false),
+        "portcullis_row",
+        &[],
+    );
+    Ok(Expr::Subquery(Box::new(nodes::select(
+        vec![SelectItem::UnnamedExpr(checked)],
+        vec![row],
+        None,
+        false,
+    ))))
+}
+
+/// `a.tableoid = "<other>"."portcullis_tableoid" AND a.ctid = "<other>"."portcullis_ctid"`:
+/// the target row `a` is the row `other` found.
+fn same_row(alias: &str, other: &str) -> Expr {
+    let system = |name: &str| Expr::CompoundIdentifier(vec![ident(alias), Ident::new(name)]);
+    binary(
+        binary(
+            system("tableoid"),
+            BinaryOperator::Eq,
+            qualified_column(other, "portcullis_tableoid"),
+        ),
+        BinaryOperator::And,
+        binary(
+            system("ctid"),
+            BinaryOperator::Eq,
+            qualified_column(other, "portcullis_ctid"),
+        ),
+    )
+}
+
+/// The row address columns a write fence adds, read through `alias`.
+fn address(alias: &str) -> Vec<SelectItem> {
+    vec![
+        SelectItem::UnnamedExpr(qualified_column(alias, "portcullis_tableoid")),
+        SelectItem::UnnamedExpr(qualified_column(alias, "portcullis_ctid")),
+    ]
+}
+
+/// `"portcullis_new"."portcullis_set_<i>"`: the i-th SET value, computed once.
+fn set_value(i: usize) -> Expr {
+    qualified_column("portcullis_new", &format!("portcullis_set_{i}"))
+}
+
+/// `CAST((value) AS <col's type>) AS "portcullis_set_<i>"`.
+fn set_item(i: usize, value: Expr, col: &Column) -> Result<SelectItem, Refusal> {
+    Ok(aliased(
+        cast_as(nested(value), cast_type(col)?),
+        &format!("portcullis_set_{i}"),
     ))
 }
 
@@ -281,18 +358,18 @@ fn row_check(
 /// would in PostgreSQL; but assigning to `varchar(n)` or `char(n)` silently drops trailing
 /// spaces beyond `n`, so the check sees the value cut to `n` (`'closed '` is stored, and
 /// checked, as `'closed'`). Where the cut drops more than spaces, the write itself fails.
-fn stored(rel: &Relation, name: &str, value: String) -> String {
-    match rel.columns.iter().find(|c| c.name == name) {
+fn stored(rel: &Relation, name: &str, value: Expr) -> Result<Expr, Refusal> {
+    Ok(match rel.columns.iter().find(|c| c.name == name) {
         Some(c)
             if matches!(
                 c.type_name.as_str(),
                 "varchar" | "_varchar" | "bpchar" | "_bpchar"
             ) && c.sql_type.contains('(') =>
         {
-            format!("CAST(({value}) AS {})", c.sql_type)
+            cast_as(nested(value), nodes::data_type(&c.sql_type)?)
         }
         _ => value,
-    }
+    })
 }
 
 fn violation(action: WriteAction, rel: &Relation, ids: &[String], returning: bool) -> String {
@@ -318,19 +395,19 @@ fn violation(action: WriteAction, rel: &Relation, ids: &[String], returning: boo
 /// explicit cast rounds as the assignment will, so the check sees the stored value);
 /// character and bit types lose it (an explicit cast to `varchar(5)` would truncate where the
 /// assignment raises an error), which the assignment to the column then enforces.
-fn cast_type(col: &Column) -> String {
-    match col.type_name.as_str() {
+fn cast_type(col: &Column) -> Result<DataType, Refusal> {
+    nodes::data_type(match col.type_name.as_str() {
         // Without a modifier these mean char(1) and bit(1).
-        "bpchar" => "pg_catalog.bpchar".into(),
-        "_bpchar" => "pg_catalog.bpchar[]".into(),
-        "bit" => "pg_catalog.varbit".into(),
-        "_bit" => "pg_catalog.varbit[]".into(),
-        "varchar" => "pg_catalog.varchar".into(),
-        "_varchar" => "pg_catalog.varchar[]".into(),
-        "varbit" => "pg_catalog.varbit".into(),
-        "_varbit" => "pg_catalog.varbit[]".into(),
-        _ => col.sql_type.clone(),
-    }
+        "bpchar" => "pg_catalog.bpchar",
+        "_bpchar" => "pg_catalog.bpchar[]",
+        "bit" => "pg_catalog.varbit",
+        "_bit" => "pg_catalog.varbit[]",
+        "varchar" => "pg_catalog.varchar",
+        "_varchar" => "pg_catalog.varchar[]",
+        "varbit" => "pg_catalog.varbit",
+        "_varbit" => "pg_catalog.varbit[]",
+        _ => &col.sql_type,
+    })
 }
 
 fn column<'r>(rel: &'r Relation, name: &str) -> Result<&'r Column, Refusal> {
@@ -346,9 +423,9 @@ fn is_default(e: &Expr) -> bool {
     matches!(e, Expr::Identifier(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default"))
 }
 
-/// The RETURNING clause: `*` (or `alias.*`) becomes the readable columns, masked; a masked
-/// column named alone is returned masked; other expressions may name only columns the agent
-/// reads in clear (see [`refs`]).
+/// The RETURNING clause, rewritten in place: `*` (or `alias.*`) becomes the readable columns,
+/// masked; a masked column named alone is returned masked; other expressions may name only
+/// columns the agent reads in clear (see [`refs`]).
 fn returning(
     items: &mut Option<Vec<SelectItem>>,
     rel: &Relation,
@@ -356,16 +433,16 @@ fn returning(
     alias: &str,
     ctx: &Context<'_>,
     reads: &mut Vec<Read>,
-) -> Result<String, Refusal> {
+) -> Result<(), Refusal> {
     let Some(items) = items else {
-        return Ok(String::new());
+        return Ok(());
     };
     reads.extend(protect(items, ctx)?);
     let target = refs::Target::new(rel, policy, vec![alias.to_string()]);
     let mut out = Vec::new();
     let mut checked = Vec::new();
-    for item in items.iter() {
-        let (expr, name) = match item {
+    for item in std::mem::take(items) {
+        let (expr, name) = match &item {
             SelectItem::Wildcard(_) => (None, None),
             SelectItem::QualifiedWildcard(
                 sqlparser::ast::SelectItemQualifiedWildcardKind::ObjectName(n),
@@ -392,11 +469,7 @@ fn returning(
             }
         };
         let Some(e) = expr else {
-            let items = fence::projection(rel, policy)?
-                .iter()
-                .map(to_sql)
-                .collect::<Result<Vec<_>, _>>()?;
-            out.push(items.join(", "));
+            out.extend(fence::projection(rel, policy)?);
             continue;
         };
         // A masked column named alone: its mask, under the column's name (or the alias).
@@ -410,22 +483,22 @@ fn returning(
                     ))
                 })?;
                 let value = match value {
-                    fence::Readable::Column => quote_ident(&col.name),
-                    fence::Readable::Masked(e) => to_sql(&*e)?,
+                    fence::Readable::Column => nodes::column(&col.name),
+                    fence::Readable::Masked(e) => *e,
                 };
                 let name = name.unwrap_or_else(|| col.name.clone());
-                out.push(format!("{value} AS {}", quote_ident(&name)));
+                out.push(aliased(value, &name));
                 continue;
             }
         }
-        let sql = to_sql(item)?;
-        checked.push(sql.clone());
-        out.push(sql);
+        checked.push(to_sql(&item)?);
+        out.push(item);
     }
     if !checked.is_empty() {
         target.check(&format!("SELECT {}", checked.join(", ")), "RETURNING")?;
     }
-    Ok(format!(" RETURNING {}", out.join(", ")))
+    *items = out;
+    Ok(())
 }
 
 /// The target's column that `e` names alone (`c`, `alias.c`), if it does.
@@ -471,7 +544,8 @@ fn rewrite_insert(insert: &mut Insert, ctx: &Context<'_>) -> Result<Built, Refus
     let mut reads = vec![rules.target_read(rel)];
     let checked = new_row(WriteAction::Insert, rel, &rules, insert.returning.is_some());
     let filter = checked.filter.clone();
-    let returning_sql = returning(
+    let is_returning = insert.returning.is_some();
+    returning(
         &mut insert.returning,
         rel,
         &rules.read,
@@ -479,35 +553,46 @@ fn rewrite_insert(insert: &mut Insert, ctx: &Context<'_>) -> Result<Built, Refus
         ctx,
         &mut reads,
     )?;
-    let conflict = upsert::on_conflict(
-        insert.on.as_mut(),
-        rel,
-        &alias,
-        ctx,
-        &mut reads,
-        insert.returning.is_some(),
-    )?;
+    insert.on = upsert::on_conflict(insert.on.take(), rel, &alias, ctx, &mut reads, is_returning)?;
     // Always aliased: an unaliased target can be named `db.schema.table`, a form the
     // reference checks do not read as the target.
-    let table = format!("{} AS {}", rel.qualified(), quote_ident(&alias));
+    insert.table = TableObject::TableName(nodes::table_name(&rel.schema, &rel.name));
+    insert.table_alias = Some(TableAliasWithoutColumns {
+        explicit: true,
+        alias: ident(&alias),
+    });
+    insert.into = true;
+    insert.has_table_keyword = false;
+    insert.optimizer_hints.clear();
+    let row_ok = |f: &Filter| row_check(f, rel, nodes::column);
 
     let Some(source) = insert.source.as_mut() else {
         // DEFAULT VALUES: every column from its default; those the check reads must be
         // constants, written explicitly and checked.
         if filter == Filter::True {
             return Ok(Built {
-                sql: format!("INSERT INTO {table} DEFAULT VALUES{conflict}{returning_sql}"),
                 reads,
                 target_fence: None,
             });
         }
         let defaulted = checked_defaults(&filter, &BTreeSet::new(), rel)?;
-        let (names, casts) = default_items(&defaulted)?;
-        let ok = checked.sql(|f| row_check(f, rel, quote_ident))?;
+        let (names, casts) = default_items(defaulted)?;
+        let new = nodes::derived(
+            nodes::select(casts, vec![], None, false),
+            "portcullis_new",
+            &[],
+        );
+        insert.columns = names.iter().map(|n| column_name(n)).collect();
+        insert.source = Some(Box::new(nodes::select(
+            names
+                .iter()
+                .map(|n| SelectItem::UnnamedExpr(nodes::column(n)))
+                .collect(),
+            vec![new],
+            Some(checked.expr(row_ok)?),
+            false,
+        )));
         return Ok(Built {
-            sql: format!(
-                "INSERT INTO {table} ({names}) SELECT {names} FROM (SELECT {casts}) AS \"portcullis_new\" WHERE {ok}{conflict}{returning_sql}"
-            ),
             reads,
             target_fence: None,
         });
@@ -525,7 +610,7 @@ fn rewrite_insert(insert: &mut Insert, ctx: &Context<'_>) -> Result<Built, Refus
         }
         _ => None,
     };
-    let source_sql = match values {
+    match values {
         Some(values) => {
             let width = values.rows.first().map_or(0, |r| r.len());
             if columns.is_empty() {
@@ -559,19 +644,11 @@ fn rewrite_insert(insert: &mut Insert, ctx: &Context<'_>) -> Result<Built, Refus
             }
             reads.extend(protect(&mut values.rows, ctx)?);
             // Typed as the columns, so literals and parameters are read as INSERT reads them.
-            let rows: Vec<String> = values
-                .rows
-                .iter()
-                .map(|row| {
-                    let items: Vec<String> = row
-                        .iter()
-                        .zip(&columns)
-                        .map(|(e, c)| Ok(format!("CAST(({}) AS {})", to_sql(e)?, cast_type(c))))
-                        .collect::<Result<_, Refusal>>()?;
-                    Ok(format!("({})", items.join(", ")))
-                })
-                .collect::<Result<_, Refusal>>()?;
-            format!("VALUES {}", rows.join(", "))
+            for row in values.rows.iter_mut() {
+                for (e, c) in row.content.iter_mut().zip(&columns) {
+                    *e = cast_as(nested(take(e)), cast_type(c)?);
+                }
+            }
         }
         None => {
             if columns.is_empty() {
@@ -584,33 +661,51 @@ fn rewrite_insert(insert: &mut Insert, ctx: &Context<'_>) -> Result<Built, Refus
                 columns = leading_columns(rel, width)?;
             }
             reads.extend(protect(&mut **source, ctx)?);
-            to_sql(&**source)?
         }
-    };
+    }
     refuse_unclear_columns(&columns, &rules, rel)?;
     let supplied: BTreeSet<&str> = columns.iter().map(|c| c.name.as_str()).collect();
     let defaulted = checked_defaults(&filter, &supplied, rel)?;
-    let names: Vec<String> = columns.iter().map(|c| quote_ident(&c.name)).collect();
-    let names = names.join(", ");
-    let mut casts: Vec<String> = columns
+    let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+    let mut casts: Vec<SelectItem> = columns
         .iter()
         .map(|c| {
-            let n = quote_ident(&c.name);
-            format!("CAST(\"portcullis_source\".{n} AS {}) AS {n}", cast_type(c))
+            let value = qualified_column("portcullis_source", &c.name);
+            Ok(aliased(cast_as(value, cast_type(c)?), &c.name))
         })
-        .collect();
-    let mut targets = names.clone();
-    if !defaulted.is_empty() {
-        let (default_names, default_casts) = default_items(&defaulted)?;
-        targets = format!("{targets}, {default_names}");
-        casts.push(default_casts);
-    }
-    let ok = checked.sql(|f| row_check(f, rel, quote_ident))?;
+        .collect::<Result<_, Refusal>>()?;
+    let mut targets: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let (default_names, default_casts) = default_items(defaulted)?;
+    targets.extend(default_names);
+    casts.extend(default_casts);
+    let ok = checked.expr(row_ok)?;
+    // SELECT <targets> FROM (SELECT <casts> FROM (SELECT * FROM (<source>) AS
+    // "portcullis_source" OFFSET 0) AS "portcullis_source"(<names>)) AS "portcullis_new"
+    // WHERE <ok>
+    let source = std::mem::replace(&mut **source, nodes::select(vec![], vec![], None, false));
+    let source = nodes::select(
+        vec![nodes::wildcard()],
+        vec![nodes::derived(source, "portcullis_source", &[])],
+        None,
+        true,
+    );
+    let typed = nodes::select(
+        casts,
+        vec![nodes::derived(source, "portcullis_source", &names)],
+        None,
+        false,
+    );
+    insert.columns = targets.iter().map(|n| column_name(n)).collect();
+    insert.source = Some(Box::new(nodes::select(
+        targets
+            .iter()
+            .map(|n| SelectItem::UnnamedExpr(nodes::column(n)))
+            .collect(),
+        vec![nodes::derived(typed, "portcullis_new", &[])],
+        Some(ok),
+        false,
+    )));
     Ok(Built {
-        sql: format!(
-            "INSERT INTO {table} ({targets}) SELECT {targets} FROM (SELECT {} FROM (SELECT * FROM ({source_sql}) AS \"portcullis_source\" OFFSET 0) AS \"portcullis_source\"({names})) AS \"portcullis_new\" WHERE {ok}{conflict}{returning_sql}",
-            casts.join(", "),
-        ),
         reads,
         target_fence: None,
     })
@@ -634,20 +729,17 @@ fn checked_defaults<'r>(
         .collect()
 }
 
-/// The column list and the `CAST(default AS type) AS column` items that write `defaulted`.
-fn default_items(defaulted: &[(&Column, Expr)]) -> Result<(String, String), Refusal> {
+/// The column names and the `CAST((default) AS type) AS column` items that write `defaulted`.
+fn default_items(
+    defaulted: Vec<(&Column, Expr)>,
+) -> Result<(Vec<String>, Vec<SelectItem>), Refusal> {
     let mut names = Vec::new();
     let mut casts = Vec::new();
     for (col, value) in defaulted {
-        let n = quote_ident(&col.name);
-        casts.push(format!(
-            "CAST(({}) AS {}) AS {n}",
-            to_sql(value)?,
-            cast_type(col)
-        ));
-        names.push(n);
+        casts.push(aliased(cast_as(nested(value), cast_type(col)?), &col.name));
+        names.push(col.name.clone());
     }
-    Ok((names.join(", "), casts.join(", ")))
+    Ok((names, casts))
 }
 
 /// The target columns an INSERT names (unqualified).
@@ -782,24 +874,22 @@ where
     Ok(())
 }
 
+/// The agent's FROM (or USING) items, protected, taken out of the statement.
 fn from_items(
-    items: &mut [TableWithJoins],
+    items: &mut Vec<TableWithJoins>,
     ctx: &Context<'_>,
     reads: &mut Vec<Read>,
-) -> Result<String, Refusal> {
-    let mut out = String::new();
+) -> Result<Vec<TableWithJoins>, Refusal> {
     for item in items.iter_mut() {
         reads.extend(protect(item, ctx)?);
-        out.push_str(", ");
-        out.push_str(&to_sql(item)?);
     }
-    Ok(out)
+    Ok(std::mem::take(items))
 }
 
-/// One SET item: the column, and its new value as SQL (`None`: `DEFAULT`).
+/// One SET item: the column, and its new value (`None`: `DEFAULT`).
 struct Set<'r> {
     col: &'r Column,
-    value: Option<String>,
+    value: Option<Expr>,
 }
 
 /// The SET items of an UPDATE (or of `ON CONFLICT DO UPDATE`): each target a column the agent
@@ -854,7 +944,7 @@ fn assignments<'r>(
             reads.extend(protect(value, ctx)?);
             sets.push(Set {
                 col,
-                value: Some(to_sql(value)?),
+                value: Some(take(value)),
             });
         }
     }
@@ -912,12 +1002,11 @@ fn rewrite_update(update: &mut Update, ctx: &Context<'_>) -> Result<Built, Refus
     let (rel, alias) = named_target(&update.table.relation, ctx)?;
     refuse_whole_row(&*update, &alias, rel)?;
     let rules = rules(rel, WriteAction::Update, ctx)?;
-    let a = quote_ident(&alias);
     let mut reads = vec![rules.target_read(rel)];
 
     let sets = assignments(&mut update.assignments, rel, &rules, ctx, &mut reads)?;
     let from = match update.from.as_mut() {
-        None => String::new(),
+        None => Vec::new(),
         Some(UpdateTableFromKind::AfterSet(items)) => from_items(items, ctx, &mut reads)?,
         Some(UpdateTableFromKind::BeforeSet(_)) => {
             return Err(Refusal::Syntax("FROM before SET".into()))
@@ -928,7 +1017,7 @@ fn rewrite_update(update: &mut Update, ctx: &Context<'_>) -> Result<Built, Refus
     let filter = checked.filter.clone();
     refuse_checked_generated(&filter, rel)?;
     refuse_checked_defaults(&sets, &filter, rel)?;
-    let returning_sql = returning(
+    returning(
         &mut update.returning,
         rel,
         &rules.read,
@@ -938,66 +1027,71 @@ fn rewrite_update(update: &mut Update, ctx: &Context<'_>) -> Result<Built, Refus
     )?;
 
     let (fence, target_fence) = rules.write_fence(rel, &alias)?;
-    let new_values: Vec<String> = sets
-        .iter()
-        .enumerate()
-        .filter_map(|(i, set)| {
-            let e = set.value.as_ref()?;
-            Some(format!(
-                "CAST(({e}) AS {}) AS \"portcullis_set_{i}\"",
-                cast_type(set.col)
-            ))
-        })
-        .collect();
-    let assignments: Vec<String> = sets
-        .iter()
-        .enumerate()
-        .map(|(i, set)| match set.value {
-            Some(_) => format!(
-                "{} = \"portcullis_new\".\"portcullis_set_{i}\"",
-                quote_ident(&set.col.name)
-            ),
-            None => format!("{} = DEFAULT", quote_ident(&set.col.name)),
-        })
-        .collect();
     // The new row's values of the columns the check reads: the SET value, or the old value.
     let value = |name: &str| match sets.iter().position(|set| set.col.name == name) {
-        Some(i) => format!("\"portcullis_new\".\"portcullis_set_{i}\""),
-        None => format!("{a}.{}", quote_ident(name)),
+        Some(i) => set_value(i),
+        None => qualified_column(&alias, name),
     };
-    let ok = checked.sql(|f| row_check(f, rel, value))?;
-    let same_row = format!(
-        "{a}.tableoid = \"portcullis_new\".\"portcullis_tableoid\" AND {a}.ctid = \"portcullis_new\".\"portcullis_ctid\""
-    );
+    let ok = checked.expr(|f| row_check(f, rel, value))?;
     // The check is guarded by the row match, so it never runs on a row that is not updated.
-    let guarded = format!("CASE WHEN NOT ({same_row}) THEN false ELSE {} END", ok);
-    let mut projection = vec![
-        format!("{a}.\"portcullis_tableoid\""),
-        format!("{a}.\"portcullis_ctid\""),
-    ];
-    projection.extend(new_values);
+    let guarded = case_when(
+        nodes::not(nested(same_row(&alias, "portcullis_new"))),
+        boolean(false),
+        ok,
+    );
+    let mut projection = address(&alias);
+    let mut assignments = Vec::new();
+    for (i, set) in sets.into_iter().enumerate() {
+        let target = AssignmentTarget::ColumnName(column_name(&set.col.name));
+        match set.value {
+            Some(e) => {
+                projection.push(set_item(i, e, set.col)?);
+                assignments.push(Assignment {
+                    target,
+                    value: set_value(i),
+                });
+            }
+            None => assignments.push(Assignment {
+                target,
+                value: nodes::default(),
+            }),
+        }
+    }
+    // UPDATE <target> AS a SET … FROM (SELECT <address>, <new values> FROM (<fence>) AS a,
+    // <from> WHERE <cond> OFFSET 0) AS "portcullis_new" WHERE <same row> AND <guarded>
+    let mut sources = vec![nodes::derived(fence, &alias, &[])];
+    sources.extend(from);
+    let new = nodes::select(projection, sources, Some(cond), true);
+    update.table = target_table(rel, &alias);
+    update.assignments = assignments;
+    update.from = Some(UpdateTableFromKind::AfterSet(vec![nodes::derived(
+        new,
+        "portcullis_new",
+        &[],
+    )]));
+    update.selection = Some(binary(
+        same_row(&alias, "portcullis_new"),
+        BinaryOperator::And,
+        guarded,
+    ));
+    update.optimizer_hints.clear();
     Ok(Built {
-        sql: format!(
-            "UPDATE {} AS {a} SET {} FROM (SELECT {} FROM ({fence}) AS {a}{from} WHERE {cond} OFFSET 0) AS \"portcullis_new\" WHERE {same_row} AND {guarded}{returning_sql}",
-            rel.qualified(),
-            assignments.join(", "),
-            projection.join(", "),
-        ),
         reads,
         target_fence: Some(target_fence),
     })
 }
 
+/// The agent's WHERE, protected and taken out of the statement: `(<where>)`, or `true`.
 fn where_clause(
     selection: &mut Option<Expr>,
     ctx: &Context<'_>,
     reads: &mut Vec<Read>,
-) -> Result<String, Refusal> {
+) -> Result<Expr, Refusal> {
     match selection {
-        None => Ok("true".into()),
+        None => Ok(boolean(true)),
         Some(e) => {
             reads.extend(protect(e, ctx)?);
-            Ok(format!("({})", to_sql(e)?))
+            Ok(nested(take(e)))
         }
     }
 }
@@ -1020,14 +1114,13 @@ fn rewrite_delete(delete: &mut Delete, ctx: &Context<'_>) -> Result<Built, Refus
     let (rel, alias) = named_target(&target_item.relation, ctx)?;
     refuse_whole_row(&*delete, &alias, rel)?;
     let rules = rules(rel, WriteAction::Delete, ctx)?;
-    let a = quote_ident(&alias);
     let mut reads = vec![rules.target_read(rel)];
     let using = match delete.using.as_mut() {
-        None => String::new(),
+        None => Vec::new(),
         Some(items) => from_items(items, ctx, &mut reads)?,
     };
     let cond = where_clause(&mut delete.selection, ctx, &mut reads)?;
-    let returning_sql = returning(
+    returning(
         &mut delete.returning,
         rel,
         &rules.read,
@@ -1036,14 +1129,18 @@ fn rewrite_delete(delete: &mut Delete, ctx: &Context<'_>) -> Result<Built, Refus
         &mut reads,
     )?;
     let (fence, target_fence) = rules.write_fence(rel, &alias)?;
-    let target_fence = Some(target_fence);
+    // DELETE FROM <target> AS a USING (SELECT <address> FROM (<fence>) AS a, <using> WHERE
+    // <cond> OFFSET 0) AS "portcullis_match" WHERE <same row>
+    let mut sources = vec![nodes::derived(fence, &alias, &[])];
+    sources.extend(using);
+    let matched = nodes::select(address(&alias), sources, Some(cond), true);
+    delete.from = FromTable::WithFromKeyword(vec![target_table(rel, &alias)]);
+    delete.using = Some(vec![nodes::derived(matched, "portcullis_match", &[])]);
+    delete.selection = Some(same_row(&alias, "portcullis_match"));
+    delete.optimizer_hints.clear();
     Ok(Built {
-        sql: format!(
-            "DELETE FROM {} AS {a} USING (SELECT {a}.\"portcullis_tableoid\", {a}.\"portcullis_ctid\" FROM ({fence}) AS {a}{using} WHERE {cond} OFFSET 0) AS \"portcullis_match\" WHERE {a}.tableoid = \"portcullis_match\".\"portcullis_tableoid\" AND {a}.ctid = \"portcullis_match\".\"portcullis_ctid\"{returning_sql}",
-            rel.qualified(),
-        ),
         reads,
-        target_fence,
+        target_fence: Some(target_fence),
     })
 }
 
