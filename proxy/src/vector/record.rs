@@ -52,7 +52,12 @@ impl Trace {
     ) -> Trace {
         Trace {
             recording,
-            id: crate::audit_record::new_id(),
+            // A record's id; none without an audit log (making one reads the OS's random source).
+            id: if recording {
+                crate::audit_record::new_id()
+            } else {
+                String::new()
+            },
             statement,
             request: request.filter(|_| recording).map(recordable),
             agent: caller.agent.clone(),
@@ -83,6 +88,9 @@ impl Trace {
 
     /// The basis of one action on one collection (once per collection and action).
     pub fn relation(&mut self, p: &CollectionPolicy, action: Action) {
+        if !self.recording {
+            return;
+        }
         let already = self
             .relations
             .iter()
