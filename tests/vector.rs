@@ -1035,6 +1035,89 @@ fn tokens_need_tls() {
     assert_eq!(st, 401);
 }
 
+/// SIGTERM: the shim accepts no new connection, answers the request in flight (its body was
+/// half sent when the signal came) and writes its audit record, closes an idle keep-alive
+/// connection, and the process exits 0.
+#[test]
+fn sigterm_lets_a_request_in_flight_finish() {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let mut s = start(Store::Embedded);
+    load(&s);
+    let connect = || std::net::TcpStream::connect(("127.0.0.1", s.port));
+    // An idle keep-alive connection, one request answered.
+    let mut idle = connect().unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = idle.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    // A request in flight: its head and the start of its body sent.
+    let body = json!({ "points": [point(6, 1, &["support"], "internal")] }).to_string();
+    let mut busy = connect().unwrap();
+    busy.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    busy.write_all(
+        format!(
+            "PUT /collections/support_docs/points?wait=true HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+             api-key: ingestor:{}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{}",
+            secret("ingestor"),
+            body.len(),
+            &body[..10]
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let status = Command::new("kill")
+        .args(["-TERM", &s.env.proxy_pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        connect().is_err(),
+        "a new connection was accepted while shutting down"
+    );
+    // The idle connection is closed.
+    assert_eq!(
+        idle.read(&mut buf).unwrap_or(0),
+        0,
+        "the idle connection stayed open"
+    );
+    // The request in flight completes, and its connection then closes.
+    busy.write_all(&body.as_bytes()[10..]).unwrap();
+    let mut reply = String::new();
+    busy.read_to_string(&mut reply).unwrap();
+    assert!(
+        reply.starts_with("HTTP/1.1 200"),
+        "{reply}\n{}",
+        s.env.proxy_log()
+    );
+    assert!(reply.contains(r#""status":"ok""#), "{reply}");
+    let exit = s.env.proxy_exit(Duration::from_secs(10));
+    assert!(
+        exit.is_some_and(|e| e.success()),
+        "exit {exit:?}\n{}",
+        s.env.proxy_log()
+    );
+    let recorded = s.entries().into_iter().any(|e| {
+        e["statement"] == "PUT /collections/support_docs/points"
+            && e["decision"] == "rewrite"
+            && e["written"] == json!([6])
+    });
+    assert!(
+        recorded,
+        "no audit record of the upsert answered while draining"
+    );
+}
+
 fn python() -> PathBuf {
     let p = repo_root().join(".venv/bin/python");
     assert!(

@@ -28,9 +28,10 @@ use connectors::vector::{Request, VectorBackend, VectorError};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tracing::info;
 
-use crate::server::Shared;
+use crate::server::{Shared, Shutdown};
 
 pub use routes::router;
 
@@ -173,8 +174,31 @@ impl Shim {
 #[derive(Debug, Clone, Copy)]
 pub struct OverTls;
 
-/// Serves the shim until the listener fails: plain HTTP, or HTTPS only with `vector.tls`.
+/// Serves the shim (plain HTTP, or HTTPS only with `vector.tls`) until shutdown. Once the
+/// proxy drains (see [`crate::server::drain`]) it accepts no new connection, lets each request
+/// in flight finish (and its audit record be written before the log's last checkpoint), and
+/// closes idle keep-alive connections. It holds a shutdown receiver until then, so the drain
+/// waits for it; when the drain times out it stops waiting.
 pub async fn serve(listener: TcpListener, shim: Arc<Shim>) -> std::io::Result<()> {
+    let held = shim.shared.shutdown.subscribe();
+    let result = tokio::select! {
+        r = serve_until_drained(listener, shim, held.clone()) => r,
+        _ = reached(held.clone(), Shutdown::Now) => Ok(()),
+    };
+    drop(held);
+    result
+}
+
+/// Resolves once shutdown has reached `at` (draining, or now).
+async fn reached(mut shutdown: watch::Receiver<Shutdown>, at: Shutdown) {
+    let _ = shutdown.wait_for(|s| *s == at || *s == Shutdown::Now).await;
+}
+
+async fn serve_until_drained(
+    listener: TcpListener,
+    shim: Arc<Shim>,
+    shutdown: watch::Receiver<Shutdown>,
+) -> std::io::Result<()> {
     let scheme = if shim.tls.is_some() { "https" } else { "http" };
     info!(
         "Qdrant API for agents on {scheme}://{}",
@@ -186,10 +210,15 @@ pub async fn serve(listener: TcpListener, shim: Arc<Shim>) -> std::io::Result<()
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
+        .with_graceful_shutdown(reached(shutdown, Shutdown::Draining))
         .await;
     };
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = reached(shutdown.clone(), Shutdown::Draining) => return Ok(()),
+        };
+        let (tcp, peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!("accept failed: {e}");
@@ -198,6 +227,8 @@ pub async fn serve(listener: TcpListener, shim: Arc<Shim>) -> std::io::Result<()
             }
         };
         let (acceptor, app) = (acceptor.clone(), app.clone());
+        // Each connection holds a receiver until it ends, so the drain waits for it.
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let handshake =
                 tokio::time::timeout(std::time::Duration::from_secs(30), acceptor.accept(tcp));
@@ -214,9 +245,18 @@ pub async fn serve(listener: TcpListener, shim: Arc<Shim>) -> std::io::Result<()
                     tower::ServiceExt::oneshot(app.clone(), request)
                 },
             );
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = reached(shutdown.clone(), Shutdown::Draining) => {
+                    // The request in flight is answered; an idle connection closes now.
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+            drop(shutdown);
         });
     }
 }
