@@ -16,7 +16,7 @@ use qdrant_edge::{
     JsonPath, PayloadOps, PointInsertOperations, PointOperations, ScrollRequest, SetPayloadOp,
     UpdateOperation, WalOptions,
 };
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::rest::{self, read};
 use super::{Request, VectorBackend, VectorError};
@@ -214,9 +214,12 @@ impl Embedded {
                 let request = read::<rest::QueryBody>(&body)?.into_request()?;
                 let c = self.collection(&collection)?;
                 let points = c.shard.query(request).map_err(bad_or_internal)?;
-                Ok(
-                    json!({ "points": points.into_iter().map(rest::scored_point).collect::<Vec<_>>() }),
-                )
+                // Built as a map around the points (`json!` would copy every point again).
+                let points = points.into_iter().map(rest::scored_point).collect();
+                Ok(Value::Object(Map::from_iter([(
+                    "points".to_string(),
+                    Value::Array(points),
+                )])))
             }
             Request::Scroll { collection, body } => {
                 let mut request: ScrollRequest = read(&body)?;
@@ -225,10 +228,11 @@ impl Embedded {
                 }
                 let c = self.collection(&collection)?;
                 let (records, next) = c.shard.scroll(request).map_err(bad_or_internal)?;
-                Ok(json!({
-                    "points": records.into_iter().map(rest::record).collect::<Vec<_>>(),
-                    "next_page_offset": next,
-                }))
+                let points = records.into_iter().map(rest::record).collect();
+                Ok(Value::Object(Map::from_iter([
+                    ("points".to_string(), Value::Array(points)),
+                    ("next_page_offset".to_string(), json!(next)),
+                ])))
             }
             Request::Count { collection, body } => {
                 let request: CountRequest = read(&body)?;

@@ -363,7 +363,8 @@ fn vector_json(v: qdrant_edge::VectorStructInternal) -> Value {
 pub fn scored_point(p: ScoredPoint) -> Value {
     let mut v = json!({ "id": p.id, "version": p.version, "score": p.score });
     if let Some(payload) = p.payload {
-        v["payload"] = json!(payload);
+        // Moved, not copied: the engine's payload is a serde_json map already.
+        v["payload"] = Value::Object(payload.0);
     }
     if let Some(vector) = p.vector {
         v["vector"] = vector_json(vector);
@@ -378,7 +379,8 @@ pub fn scored_point(p: ScoredPoint) -> Value {
 pub fn record(r: Record) -> Value {
     let mut v = json!({ "id": r.id });
     if let Some(payload) = r.payload {
-        v["payload"] = json!(payload);
+        // Moved, not copied: the engine's payload is a serde_json map already.
+        v["payload"] = Value::Object(payload.0);
     }
     if let Some(vector) = r.vector {
         v["vector"] = vector_json(vector);
