@@ -47,8 +47,9 @@ pub use shape::{lift, Lifted, Sentinels, Template};
 pub use sql_filter::render as render_filter;
 pub use vector_filter::{qdrant_filter, VectorFilterError};
 pub use vector_request::{
-    and_filter, field_path, filter_fields, ids_filter, order_by_field, project_payload,
-    restrict_count, restrict_filtered, restrict_query, Projected, VectorRefusal,
+    and_filter, field_path, filter_fields, ids_filter, order_by_field, payload_edits,
+    project_payload, restrict_count, restrict_filtered, restrict_query, PayloadEdits, Projected,
+    VectorRefusal,
 };
 pub use verify::{postgres_reading, Reading};
 

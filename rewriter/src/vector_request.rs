@@ -208,8 +208,11 @@ fn collect_fields(
     }
     match v {
         Value::Array(items) => {
+            // Only objects name fields (a query vector's numbers are passed over cheaply).
             for i in items {
-                collect_fields(i, prefix, out, depth + 1)?;
+                if matches!(i, Value::Array(_) | Value::Object(_)) {
+                    collect_fields(i, prefix, out, depth + 1)?;
+                }
             }
         }
         Value::Object(map) => {
@@ -288,7 +291,7 @@ pub fn project_payload(
     payload: &mut Map<String, Value>,
     decide: &mut dyn FnMut(&str, &Value) -> Projected,
 ) {
-    project_level(payload, "", decide, 0);
+    payload_edits(payload, decide).apply(payload);
 }
 
 /// What the projection does with one payload value.
@@ -299,31 +302,65 @@ pub enum Projected {
     Drop,
 }
 
-fn project_level(
-    map: &mut Map<String, Value>,
-    prefix: &str,
+/// The edits a projection makes to one payload, decided over the payload as stored (every
+/// decision sees the same values, whatever was decided before it), then applied.
+#[derive(Debug, Default)]
+pub struct PayloadEdits(Vec<(Vec<String>, Projected)>);
+
+/// Decides the projection of `payload` (as [`project_payload`] does) without changing it, so
+/// that `decide` may read the whole payload while deciding.
+pub fn payload_edits(
+    payload: &Map<String, Value>,
     decide: &mut dyn FnMut(&str, &Value) -> Projected,
-    depth: usize,
-) {
-    let keys: Vec<String> = map.keys().cloned().collect();
-    for key in keys {
-        let path = if prefix.is_empty() {
-            key.clone()
-        } else {
-            format!("{prefix}.{key}")
-        };
-        let value = map.get_mut(&key).expect("a key of this map");
-        if let (Value::Object(inner), true) = (&mut *value, depth < 32) {
-            project_level(inner, &path, decide, depth + 1);
-            continue;
-        }
-        match decide(&path, value) {
-            Projected::Keep => {}
-            Projected::Replace(v) => *value = v,
-            Projected::Drop => {
-                map.remove(&key);
+) -> PayloadEdits {
+    let mut edits = PayloadEdits::default();
+    decide_level(payload, &mut Vec::new(), decide, &mut edits);
+    edits
+}
+
+impl PayloadEdits {
+    /// Applies the edits to the payload they were decided over.
+    pub fn apply(self, payload: &mut Map<String, Value>) {
+        for (keys, edit) in self.0 {
+            let Some((last, parents)) = keys.split_last() else {
+                continue;
+            };
+            let mut map = &mut *payload;
+            for key in parents {
+                match map.get_mut(key) {
+                    Some(Value::Object(inner)) => map = inner,
+                    _ => unreachable!("edits are applied to the payload they were decided over"),
+                }
+            }
+            match edit {
+                Projected::Keep => {}
+                Projected::Replace(v) => {
+                    map.insert(last.clone(), v);
+                }
+                Projected::Drop => {
+                    map.remove(last);
+                }
             }
         }
+    }
+}
+
+fn decide_level(
+    map: &Map<String, Value>,
+    keys: &mut Vec<String>,
+    decide: &mut dyn FnMut(&str, &Value) -> Projected,
+    edits: &mut PayloadEdits,
+) {
+    for (key, value) in map {
+        keys.push(key.clone());
+        match value {
+            Value::Object(inner) if keys.len() <= 32 => decide_level(inner, keys, decide, edits),
+            _ => match decide(&keys.join("."), value) {
+                Projected::Keep => {}
+                edit => edits.0.push((keys.clone(), edit)),
+            },
+        }
+        keys.pop();
     }
 }
 
@@ -414,5 +451,47 @@ mod tests {
             _ => Projected::Keep,
         });
         assert_eq!(p, json!({"m": {"t": 2, "s": null}, "l": [1, 2]}));
+    }
+
+    #[test]
+    fn every_decision_sees_the_payload_as_stored() {
+        // A mask's condition may read a field decided before it (here `class`, dropped first):
+        // it must read the stored value, not what the projection left.
+        let Value::Object(mut payload) = json!({"class": "public", "m": {"author": "ann"}}) else {
+            unreachable!()
+        };
+        let stored = payload.clone();
+        let edits = payload_edits(&payload, &mut |path, _| match path {
+            "class" => Projected::Drop,
+            "m.author" if stored["class"] == "public" && payload.contains_key("class") => {
+                Projected::Replace(json!("***"))
+            }
+            _ => Projected::Keep,
+        });
+        assert_eq!(payload, stored, "deciding changes nothing");
+        edits.apply(&mut payload);
+        assert_eq!(Value::Object(payload), json!({"m": {"author": "***"}}));
+    }
+
+    #[test]
+    fn objects_nested_deeper_than_32_levels_are_decided_as_leaves() {
+        let mut deep = json!(1);
+        for _ in 0..40 {
+            deep = json!({ "k": deep });
+        }
+        let Value::Object(mut payload) = deep else {
+            unreachable!()
+        };
+        let mut leaves = Vec::new();
+        project_payload(&mut payload, &mut |path, value| {
+            leaves.push((path.split('.').count(), value.is_object()));
+            Projected::Drop
+        });
+        assert_eq!(leaves, vec![(33, true)]);
+        let mut left = &Value::Object(payload);
+        for _ in 0..32 {
+            left = &left["k"];
+        }
+        assert_eq!(left, &json!({}));
     }
 }

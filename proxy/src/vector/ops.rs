@@ -704,12 +704,16 @@ fn project(shim: &Shim, p: &CollectionPolicy, payload: &mut Map<String, Value>) 
     if !p.has_field_rules() {
         return;
     }
-    let row = p.schema().ok().map(|s| s.row(payload));
+    let stored: &Map<String, Value> = payload;
+    // The point's row (for masks that show a value on some points) is read from the payload
+    // as stored, and only when such a mask is met: most payloads meet none.
+    let row = std::cell::OnceCell::new();
     let leaf = |path: &str, value: &Value| match p.field(path) {
         ColumnRule::Visible => Projected::Keep,
         ColumnRule::Denied => Projected::Drop,
         ColumnRule::Masked { mask, unless } => {
             let shown = row
+                .get_or_init(|| p.schema().ok().map(|s| s.row(stored)))
                 .as_ref()
                 .is_some_and(|row| unless.eval(row) == Some(true));
             if shown {
@@ -719,7 +723,7 @@ fn project(shim: &Shim, p: &CollectionPolicy, payload: &mut Map<String, Value>) 
             }
         }
     };
-    rewriter::project_payload(payload, &mut |path, value| match (path, value) {
+    let edits = rewriter::payload_edits(stored, &mut |path, value| match (path, value) {
         (NODE_CONTENT, Value::String(blob)) => match p.field(NODE_CONTENT) {
             ColumnRule::Visible => match project_node(blob, &leaf) {
                 Some(projected) => Projected::Replace(Value::String(projected)),
@@ -729,6 +733,7 @@ fn project(shim: &Shim, p: &CollectionPolicy, payload: &mut Map<String, Value>) 
         },
         _ => leaf(path, value),
     });
+    edits.apply(payload);
 }
 
 /// A LlamaIndex node blob, projected: every `metadata` object in it (the node's own, and its
