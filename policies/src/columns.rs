@@ -19,7 +19,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use cedar_policy::{Context, EntityTypeName, EntityUid, PolicyId, RestrictedExpression};
+use cedar_policy::{
+    ActionConstraint, Context, EntityTypeName, EntityUid, PolicyId, RestrictedExpression,
+};
 
 use crate::derive::{action_uid, residuals, DeriveError};
 use crate::filter::Filter;
@@ -167,6 +169,35 @@ pub fn derive_fields(
         fields,
         context,
     )
+}
+
+/// Whether the rule a per-name action (`read_field`, `read_column`) gives can differ from name
+/// to name: the name is in the request's context, so it cannot when no policy that may apply
+/// to the action reads the context. Then one derivation holds for every name. Conservative:
+/// a policy scoped to the action through a group, or one that cannot be read as JSON, counts
+/// as reading the context.
+pub fn rule_depends_on_name(bundle: &PolicyBundle, action: &str) -> bool {
+    let Ok(action) = action_uid(action) else {
+        return true;
+    };
+    bundle.policies.policies().any(|policy| {
+        let may_apply = match policy.action_constraint() {
+            ActionConstraint::Eq(only) => only == action,
+            ActionConstraint::Any | ActionConstraint::In(_) => true,
+        };
+        may_apply && policy.to_json().map_or(true, |est| reads_context(&est))
+    })
+}
+
+/// Whether a policy's JSON form (EST) mentions the variable `context` anywhere.
+fn reads_context(est: &serde_json::Value) -> bool {
+    match est {
+        serde_json::Value::Object(map) => {
+            map.get("Var").is_some_and(|v| v == "context") || map.values().any(reads_context)
+        }
+        serde_json::Value::Array(items) => items.iter().any(reads_context),
+        _ => false,
+    }
 }
 
 /// Whether `action` applies to `resource_type` in the schema.

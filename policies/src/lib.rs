@@ -23,8 +23,8 @@ mod version;
 
 pub use cache::DerivationCache;
 pub use columns::{
-    action_applies, derive_columns, derive_fields, has_column_rules, ColumnRule, ColumnRules, Mask,
-    READ_COLUMN, READ_FIELD,
+    action_applies, derive_columns, derive_fields, has_column_rules, rule_depends_on_name,
+    ColumnRule, ColumnRules, Mask, READ_COLUMN, READ_FIELD,
 };
 pub use derive::{civil_from_days, derive, Check, DeriveError, Derived};
 pub use diagnostics::Diagnostic;

@@ -6,8 +6,8 @@ use std::str::FromStr;
 
 use cedar_policy::{Context, EntityUid, RestrictedExpression};
 use policies::{
-    derive_columns, load_dir, load_sources, ColumnRule, Filter, Mask, PolicyBundle, SourceFile,
-    SourceKind,
+    derive_columns, load_dir, load_sources, rule_depends_on_name, ColumnRule, Filter, Mask,
+    PolicyBundle, SourceFile, SourceKind, READ_COLUMN, READ_FIELD,
 };
 
 fn example(name: &str) -> PolicyBundle {
@@ -187,4 +187,69 @@ fn tables_without_read_column_have_no_column_rules() {
     )
     .unwrap();
     assert_eq!(rules, None);
+}
+
+/// A small vector set: `search` by tenant, `read_field` decided by `fields` (policies text).
+fn vector_set(fields: &str) -> PolicyBundle {
+    let schema = r#"
+entity Agent { tenant_id: Long };
+namespace qdrant { entity docs { tenant_id: Long, title: String, author: String }; }
+action search appliesTo { principal: [Agent], resource: [qdrant::docs], context: { purpose: String } };
+action read_field appliesTo { principal: [Agent], resource: [qdrant::docs], context: { field: String } };
+"#;
+    let policies = format!(
+        r#"@id("own-tenant")
+permit (principal, action == Action::"search", resource is qdrant::docs)
+when {{ resource.tenant_id == principal.tenant_id && context.purpose == "support" }};
+{fields}"#
+    );
+    load_sources(vec![
+        SourceFile {
+            kind: SourceKind::Schema,
+            name: "schema.cedarschema".into(),
+            text: schema.into(),
+        },
+        SourceFile {
+            kind: SourceKind::Policies,
+            name: "policies.cedar".into(),
+            text: policies,
+        },
+        SourceFile {
+            kind: SourceKind::Entities,
+            name: "entities.json".into(),
+            text: "[]".into(),
+        },
+    ])
+    .unwrap()
+}
+
+#[test]
+fn a_field_rule_depends_on_the_name_only_when_a_policy_for_the_action_reads_the_context() {
+    // Every field readable: one derivation holds for all (the `search` policy reads the
+    // context too, but it is not a `read_field` policy).
+    let all = vector_set(
+        r#"@id("f1") permit (principal, action == Action::"read_field", resource is qdrant::docs);"#,
+    );
+    assert!(!rule_depends_on_name(&all, READ_FIELD));
+    // By name, by a forbid on one name, through `context` as a whole, through an action list:
+    // each may decide fields differently.
+    for fields in [
+        r#"@id("f2") permit (principal, action == Action::"read_field", resource) when { context.field == "title" };"#,
+        r#"@id("f3") permit (principal, action == Action::"read_field", resource);
+@id("f4") forbid (principal, action == Action::"read_field", resource) when { context.field like "auth*" };"#,
+        r#"@id("f5") permit (principal, action == Action::"read_field", resource) when { context == {"field": "title"} };"#,
+        r#"@id("f6") permit (principal, action in [Action::"read_field"], resource) when { context.field == "title" };"#,
+    ] {
+        assert!(
+            rule_depends_on_name(&vector_set(fields), READ_FIELD),
+            "{fields}"
+        );
+    }
+    // A row condition is not a name condition.
+    let by_row = vector_set(
+        r#"@id("f7") permit (principal, action == Action::"read_field", resource) when { resource.tenant_id == 1 };"#,
+    );
+    assert!(!rule_depends_on_name(&by_row, READ_FIELD));
+    // SQL column rules: the finance set names its columns.
+    assert!(rule_depends_on_name(&example("finance"), READ_COLUMN));
 }

@@ -128,7 +128,7 @@ impl CollectionPolicy {
             };
         let fields = policies::action_applies(&bundle, policies::READ_FIELD, &resource_type)
             .then(|| Mutex::new(HashMap::new()));
-        CollectionPolicy {
+        let mut policy = CollectionPolicy {
             collection: collection.to_string(),
             resource_type,
             bundle,
@@ -138,7 +138,16 @@ impl CollectionPolicy {
             manage,
             vectors,
             fields,
+        };
+        // When no `read_field` policy reads the context (where the field's name is), every
+        // field gets the same rule: if that is "visible", there is nothing to project.
+        if policy.fields.is_some()
+            && !policies::rule_depends_on_name(&policy.bundle, policies::READ_FIELD)
+            && policy.field("any field") == ColumnRule::Visible
+        {
+            policy.fields = None;
         }
+        policy
     }
 
     /// The payload schema, or why the collection cannot be used at all.
