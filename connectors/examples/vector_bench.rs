@@ -48,9 +48,22 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize) -> T {
         .unwrap_or_else(|| panic!("argument {i} missing or malformed; see the usage in the source"))
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() {
+fn main() {
     let args: Vec<String> = std::env::args().collect();
+    // Over HTTP the generator only writes and reads sockets: one thread (as one `wrk` thread)
+    // leaves the most of the two cores to the shim. In process, the engine runs on the
+    // blocking pool either way.
+    let runtime = match args.get(1).map(String::as_str) {
+        Some("shim") => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build()
+    .expect("a tokio runtime");
+    runtime.block_on(run_mode(args));
+}
+
+async fn run_mode(args: Vec<String>) {
     match args.get(1).map(String::as_str) {
         Some("seed") => seed(&args[2], arg(&args, 3), arg(&args, 4)).await,
         Some("direct") => {
