@@ -577,21 +577,8 @@ fn rewrite_insert(insert: &mut Insert, ctx: &Context<'_>) -> Result<Built, Refus
         }
         let defaulted = checked_defaults(&filter, &BTreeSet::new(), rel)?;
         let (names, casts) = default_items(defaulted)?;
-        let new = nodes::derived(
-            nodes::select(casts, vec![], None, false),
-            "portcullis_new",
-            &[],
-        );
-        insert.columns = names.iter().map(|n| column_name(n)).collect();
-        insert.source = Some(Box::new(nodes::select(
-            names
-                .iter()
-                .map(|n| SelectItem::UnnamedExpr(nodes::column(n)))
-                .collect(),
-            vec![new],
-            Some(checked.expr(row_ok)?),
-            false,
-        )));
+        let new = nodes::select(casts, vec![], None, false);
+        insert_checked_rows(insert, &names, new, checked.expr(row_ok)?);
         return Ok(Built {
             reads,
             target_fence: None,
@@ -695,20 +682,26 @@ fn rewrite_insert(insert: &mut Insert, ctx: &Context<'_>) -> Result<Built, Refus
         None,
         false,
     );
+    insert_checked_rows(insert, &targets, typed, ok);
+    Ok(Built {
+        reads,
+        target_fence: None,
+    })
+}
+
+/// Makes the INSERT write `targets` from `SELECT <targets> FROM (<new>) AS "portcullis_new"
+/// WHERE <ok>`: only the new rows that pass the check.
+fn insert_checked_rows(insert: &mut Insert, targets: &[String], new: Query, ok: Expr) {
     insert.columns = targets.iter().map(|n| column_name(n)).collect();
     insert.source = Some(Box::new(nodes::select(
         targets
             .iter()
             .map(|n| SelectItem::UnnamedExpr(nodes::column(n)))
             .collect(),
-        vec![nodes::derived(typed, "portcullis_new", &[])],
+        vec![nodes::derived(new, "portcullis_new", &[])],
         Some(ok),
         false,
     )));
-    Ok(Built {
-        reads,
-        target_fence: None,
-    })
 }
 
 /// The columns the new-row check reads that the INSERT leaves to their defaults (not in
